@@ -1,0 +1,2 @@
+"""Packaged resources of OrthoDiffusion (installed as ``OrthoDiffusionLib.resources``): label tables, model registry,
+demo model."""
