@@ -7,8 +7,9 @@ from .dicom_write import write_dicom_series
 from .orientation import choose_slice_axis, classify_plane
 from .reader import read_all_series, read_series
 from .series import META_KEYS, PLANES, Series
+from .study import Exam, load_study
 
 __all__ = [
-    "Series", "PLANES", "META_KEYS", "read_series", "read_all_series", "classify_plane", "choose_slice_axis",
-    "write_dicom_series",
+    "Series", "Exam", "PLANES", "META_KEYS", "read_series", "read_all_series", "load_study", "classify_plane",
+    "choose_slice_axis", "write_dicom_series",
 ]
