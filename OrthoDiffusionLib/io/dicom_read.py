@@ -12,6 +12,7 @@ with per-frame functional groups, or legacy multi-frame) contribute one slice pe
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -137,7 +138,9 @@ def read_header(path: str) -> Optional[Dataset]:
     if not magic and not _looks_like_raw_dicom(path):
         return None
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True, force=not magic)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=not magic)
     except InvalidDicomError:
         if magic:
             raise CorruptFileError("not a valid DICOM file", path)
@@ -146,6 +149,15 @@ def read_header(path: str) -> Optional[Dataset]:
         if magic:
             raise CorruptFileError(f"cannot parse DICOM header ({type(e).__name__}: {e})", path)
         return None
+    eof = [str(w.message) for w in caught if "end of file" in str(w.message).lower()]
+    if eof and magic:
+        raise CorruptFileError(f"DICOM header ends early (truncated): {eof[0][:100]}", path)
+    if magic and len(ds) == 0:
+        raise CorruptFileError("DICOM file holds no data set (truncated or empty)", path)
+    sop = str(getattr(ds.get("file_meta", None), "MediaStorageSOPClassUID", "") or ds.get("SOPClassUID", ""))
+    if sop and "Image Storage" in pydicom.uid.UID(sop).name and ("Rows" not in ds or "Columns" not in ds):
+        raise CorruptFileError(f"{pydicom.uid.UID(sop).name} file without Rows/Columns (truncated header?)", path)
+    return ds
 
 
 def _vec(values: Any, n: int, what: str, path: str) -> np.ndarray:
@@ -266,23 +278,31 @@ def _iter_files(folder: str) -> Iterable[str]:
                 yield os.path.join(root, name)
 
 
-def scan_dicom(paths: Sequence[str]) -> DicomScan:
+def scan_dicom(paths: Sequence[str], strict: bool = True) -> DicomScan:
     """Read the headers of ``paths`` and group the image files into series (split by echo).
 
     Non-DICOM files are skipped silently; non-image DICOM (DICOMDIR, SR, ...) is listed in ``ignored``.
+    A corrupt DICOM file raises :class:`CorruptFileError` when ``strict``, else it is listed in ``ignored``.
     """
     by_uid: Dict[str, List[Tuple[Dataset, List[DicomFrame]]]] = {}
     ignored: List[Tuple[str, str]] = []
     for path in paths:
-        ds = read_header(path)
-        if ds is None:
-            continue
-        reason = _skip_reason(ds)
-        if reason:
-            ignored.append((path, reason))
+        try:
+            ds = read_header(path)
+            if ds is None:
+                continue
+            reason = _skip_reason(ds)
+            if reason:
+                ignored.append((path, reason))
+                continue
+            frames = _frames_of(ds, path)
+        except CorruptFileError as e:
+            if strict:
+                raise
+            ignored.append((path, e.problem))
             continue
         uid = str(ds.get("SeriesInstanceUID", "") or f"no-uid:{os.path.dirname(path)}")
-        by_uid.setdefault(uid, []).append((ds, _frames_of(ds, path)))
+        by_uid.setdefault(uid, []).append((ds, frames))
 
     groups: List[DicomSeriesGroup] = []
     for uid, items in by_uid.items():
@@ -317,9 +337,9 @@ def scan_dicom(paths: Sequence[str]) -> DicomScan:
     return DicomScan(groups, ignored)
 
 
-def scan_dicom_folder(folder: str) -> DicomScan:
+def scan_dicom_folder(folder: str, strict: bool = True) -> DicomScan:
     """:func:`scan_dicom` over every file in a folder tree (sorted walk)."""
-    return scan_dicom(list(_iter_files(folder)))
+    return scan_dicom(list(_iter_files(folder)), strict=strict)
 
 
 # ------------------------------------------------------------------------------------------------------------ volume

@@ -140,7 +140,7 @@ def find_candidates(folder: PathLike, tolerance_deg: float = 30.0,
     candidates: List[_Candidate] = []
     if progress:
         progress(0.0, "scanning DICOM headers")
-    scan = scan_dicom_folder(folder)
+    scan = scan_dicom_folder(folder, strict=False)
     ignored.extend(scan.ignored)
     for g in scan.groups:
         where = g.folder
