@@ -112,6 +112,21 @@ def _sr_file(path):
     ds.save_as(path, enforce_file_format=True)
 
 
+def _dicomdir_file(path):
+    """A minimal DICOMDIR-like index file (Media Storage Directory), no image."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    fm = FileMetaDataset()
+    fm.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
+    fm.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["dicomdir"])
+    fm.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = fm
+    ds.FileSetID = "KNEE"
+    ds.DirectoryRecordSequence = pydicom.sequence.Sequence([])
+    ds.save_as(path, enforce_file_format=True)
+
+
 def test_load_study_assigns_three_planes(reformats, tmp_path):
     study = tmp_path / "study"
     write_dicom_series(reformats["sagittal"], study / "s1", series_description="PD SAG", series_number=1,
@@ -127,6 +142,7 @@ def test_load_study_assigns_three_planes(reformats, tmp_path):
         sitk.WriteImage(sitk.DICOMOrient(reformats["axial"], code), str(study / f"axial_{code}.nii.gz"))
         sitk.WriteImage(sitk.DICOMOrient(reformats["coronal"], code), str(study / f"coronal_{code}.nrrd"))
     _sr_file(study / "report.dcm")
+    _dicomdir_file(study / "DICOMDIR")
     (study / "notes.txt").write_text("not an image")
 
     exam = load_study(study)
@@ -138,6 +154,7 @@ def test_load_study_assigns_three_planes(reformats, tmp_path):
     text = "\n".join(exam.choices)
     assert "COR PD FS" in text and "fat-suppressed" in text
     assert "report.dcm" in text and "non-image DICOM" in text
+    assert "DICOMDIR" in text
     exam.require(("sagittal", "coronal", "axial"))
 
     only_sag = load_study(study / "s1")
