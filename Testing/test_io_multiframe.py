@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
-import SimpleITK as sitk
 from io_helpers import code_direction
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -26,7 +25,6 @@ from pydicom.errors import InvalidDicomError
 from ..errors import (
     CorruptFileError,
     InconsistentSeriesError,
-    InputError,
     InvalidVolumeError,
     NoDicomError,
     NotMRError,
@@ -413,7 +411,7 @@ def sort_frames(frames: List[DicomFrame], where: str) -> Tuple[List[DicomFrame],
     return frames, normal, float(np.mean(steps))
 
 
-def _meta_from_header(ds: Dataset, n_slices: int, spacing: float, pixel_spacing: Tuple[float, float],
+def meta_from_header(ds: Dataset, n_slices: int, spacing: float, pixel_spacing: Tuple[float, float],
                       echo_number: Optional[int], echo_time: Optional[float]) -> Dict[str, Any]:
     def text(tag: str) -> Optional[str]:
         v = ds.get(tag)
@@ -488,7 +486,7 @@ def load_group(group: DicomSeriesGroup, *, where: Optional[str] = None,
     direction = np.stack([ref.row_dir, ref.col_dir, normal], axis=1)
     image.SetDirection(tuple(float(v) for v in direction.ravel()))
     plane, obliquity = classify_plane(image, 2, tolerance_deg, path=where)
-    meta = _meta_from_header(group.header, len(frames), slice_spacing, ref.pixel_spacing,
+    meta = meta_from_header(group.header, len(frames), slice_spacing, ref.pixel_spacing,
                              group.echo_number, group.echo_time)
     return Series(image=image, plane=plane, obliquity_deg=obliquity, source=where, meta=meta)
 
@@ -557,5 +555,5 @@ def read_all_dicom(folder: str, ignored: Optional[List[Tuple[str, str]]] = None)
 
 __all__ = [
     "DicomFrame", "DicomSeriesGroup", "DicomScan", "scan_dicom", "scan_dicom_folder", "load_group",
-    "select_group", "read_dicom", "read_all_dicom", "read_header", "is_dicom_file", "sort_frames", "InputError",
+    "select_group", "read_dicom", "read_all_dicom", "read_header", "is_dicom_file", "sort_frames", "meta_from_header",
 ]

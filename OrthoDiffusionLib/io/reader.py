@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 from typing import List, Optional, Tuple, Union
 
-from ..errors import CorruptFileError, InputError, MissingPathError, NoDicomError
-from .dicom_read import is_dicom_file, read_all_dicom, read_dicom, scan_dicom_folder
+from ..errors import CorruptFileError, MissingPathError, NoDicomError
+from .dicom_read import is_dicom_file, read_all_dicom, read_dicom
 from .series import Series
 from .volume_read import is_volume_file, read_volume, volume_suffix
 
@@ -73,4 +73,4 @@ def read_all_series(folder: PathLike, ignored: Optional[List[Tuple[str, str]]] =
     return out
 
 
-__all__ = ["read_series", "read_all_series", "InputError"]
+__all__ = ["read_series", "read_all_series"]
