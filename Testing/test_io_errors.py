@@ -189,3 +189,14 @@ def test_cli_reports_one_line_error_and_no_identifiers(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "OrthoDiffusionLib", "inspect", str(tmp_path / "missing_dir")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "missing_dir" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_folder_of_volume_files(tmp_path):
+    img = sitk.GetImageFromArray(np.random.default_rng(2).uniform(size=(5, 8, 8)).astype(np.float32))
+    (tmp_path / "one").mkdir()
+    sitk.WriteImage(img, str(tmp_path / "one" / "only.nii.gz"))
+    assert read_series(tmp_path / "one").source.endswith("only.nii.gz")
+    sitk.WriteImage(img, str(tmp_path / "one" / "second.nrrd"))
+    err = _raises(AmbiguousSeriesError, "one", read_series, tmp_path / "one")
+    assert "only.nii.gz" in str(err) and "second.nrrd" in str(err)
+    assert len(read_all_series(tmp_path / "one")) == 2

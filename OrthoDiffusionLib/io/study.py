@@ -17,11 +17,11 @@ import numpy as np
 
 from ..errors import InputError, MissingPathError, MissingPlaneError, NoDicomError
 from . import sequence
-from .dicom_read import DicomSeriesGroup, is_dicom_file, load_group, meta_from_header, scan_dicom_folder, sort_frames
+from .dicom_read import DicomSeriesGroup, load_group, meta_from_header, scan_dicom_folder, sort_frames
 from .orientation import classify_plane
-from .reader import read_series
+from .reader import _volume_files, read_series
 from .series import PLANES, Series
-from .volume_read import is_volume_file, read_volume
+from .volume_read import read_volume
 
 PathLike = Union[str, os.PathLike]
 SeriesLike = Union[Series, PathLike, None]
@@ -150,11 +150,7 @@ def find_candidates(folder: PathLike, tolerance_deg: float = 30.0,
             candidates.append(_dicom_candidate(g, where, tolerance_deg))
         except InputError as e:
             ignored.append((where, f"{g.label()}: {e.problem}"))
-    volumes = []
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        volumes += [os.path.join(root, n) for n in sorted(files)
-                    if is_volume_file(os.path.join(root, n)) and not is_dicom_file(os.path.join(root, n))]
+    volumes = _volume_files(folder)
     for i, path in enumerate(volumes):
         if progress:
             progress(0.5 + 0.5 * i / max(1, len(volumes)), f"reading {os.path.basename(path)}")
@@ -186,10 +182,30 @@ def load_study(folder: PathLike, *, tolerance_deg: float = 30.0,
         raise MissingPathError("no such study folder", folder)
     if not os.path.isdir(folder):
         s = read_series(folder)
-        exam = Exam.from_series(**{s.plane: s})
-        exam.source = folder
+        exam = Exam(source=folder)
+        setattr(exam, s.plane, s)
+        for plane in PLANES:
+            if plane == s.plane:
+                _, reason = sequence.preference(s.meta)
+                exam.choices.append(f"{plane}: {describe_series(s.meta, s.shape[0], s.spacing)} from {s.source}: "
+                                    f"{reason}; the only series in this file")
+            else:
+                exam.choices.append(f"{plane}: missing (a single file holds only the {s.plane} series)")
         return exam
     candidates, ignored = find_candidates(folder, tolerance_deg, progress)
+    exam = assign_planes(folder, candidates, ignored)
+    if progress:
+        progress(1.0, "done")
+    return exam
+
+
+def assign_planes(folder: str, candidates: List[_Candidate], ignored: List[Tuple[str, str]]) -> Exam:
+    """Choose one candidate per plane (rule in the module docstring), load it, and record the reasons.
+
+    Raises:
+        NoDicomError: no candidates at all.
+    """
+    ignored = list(ignored)
     if not candidates:
         why = f" (ignored: {'; '.join(f'{os.path.basename(p)}: {r}' for p, r in ignored[:5])})" if ignored else ""
         raise NoDicomError(f"no usable MR image series in this study folder{why}", folder)
@@ -223,9 +239,7 @@ def load_study(folder: PathLike, *, tolerance_deg: float = 30.0,
         exam.choices.append(line)
     for path, reason in ignored:
         exam.choices.append(f"ignored: {path}: {reason}")
-    if progress:
-        progress(1.0, "done")
     return exam
 
 
-__all__ = ["Exam", "load_study", "find_candidates", "describe_series"]
+__all__ = ["Exam", "load_study", "find_candidates", "assign_planes", "describe_series"]
