@@ -200,3 +200,20 @@ def test_folder_of_volume_files(tmp_path):
     err = _raises(AmbiguousSeriesError, "one", read_series, tmp_path / "one")
     assert "only.nii.gz" in str(err) and "second.nrrd" in str(err)
     assert len(read_all_series(tmp_path / "one")) == 2
+
+
+def test_screenshots_without_geometry_are_ignored(tmp_path):
+    paths = _series(tmp_path / "with_sc", d=4)
+    ds = pydicom.dcmread(paths[0])
+    for tag in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"):
+        delattr(ds, tag)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.SecondaryCaptureImageStorage
+    ds.SeriesInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["sc"])
+    ds.Modality = "OT"
+    ds.save_as(tmp_path / "with_sc" / "screenshot.dcm")
+    s = read_series(tmp_path / "with_sc")
+    assert s.shape == (4, 16, 12)
+    ignored = []
+    read_all_series(tmp_path / "with_sc", ignored)
+    assert any(p.endswith("screenshot.dcm") and "geometry" in r for p, r in ignored)
+    _raises(NoDicomError, "screenshot.dcm", read_series, tmp_path / "with_sc" / "screenshot.dcm")

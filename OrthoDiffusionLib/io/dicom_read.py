@@ -235,9 +235,6 @@ def _frames_of(ds: Dataset, path: str) -> List[DicomFrame]:
                                      echo_number, te, f_slope, f_inter))
         return frames
 
-    if "ImageOrientationPatient" not in ds or "ImagePositionPatient" not in ds or "PixelSpacing" not in ds:
-        raise CorruptFileError("image lacks ImageOrientationPatient/ImagePositionPatient/PixelSpacing (no geometry)",
-                               path)
     row, col = _orientation(ds.ImageOrientationPatient, path)
     ps = _vec(ds.PixelSpacing, 2, "PixelSpacing", path)
     pos = _vec(ds.ImagePositionPatient, 3, "ImagePositionPatient", path)
@@ -261,9 +258,13 @@ def _skip_reason(ds: Dataset) -> Optional[str]:
     sop = str(ds.get("SOPClassUID", "") or getattr(ds.get("file_meta", None), "MediaStorageSOPClassUID", ""))
     if sop == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
         return "DICOMDIR (index file, no image)"
+    name = pydicom.uid.UID(sop).name if sop else "unknown SOP class"
     if not _is_image(ds):
-        name = pydicom.uid.UID(sop).name if sop else "unknown SOP class"
         return f"non-image DICOM ({name})"
+    functional = "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
+    if not functional and not all(k in ds for k in ("ImageOrientationPatient", "ImagePositionPatient",
+                                                    "PixelSpacing")):
+        return f"image without patient geometry, e.g. a screenshot ({name}, modality {ds.get('Modality', '?')})"
     return None
 
 
@@ -342,7 +343,7 @@ def scan_dicom_folder(folder: str, strict: bool = True) -> DicomScan:
 
 # ------------------------------------------------------------------------------------------------------------ volume
 def _read_pixels(path: str) -> np.ndarray:
-    """Stored pixel values of a file, shape (frames, rows, columns) float64 (before rescale)."""
+    """Stored pixel values of a file, shape (frames, rows, columns) float32 (before rescale)."""
     try:
         ds = pydicom.dcmread(path)
         arr = ds.pixel_array
@@ -352,12 +353,12 @@ def _read_pixels(path: str) -> np.ndarray:
             ts = f" (transfer syntax {pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID.name})"
         except Exception:
             pass
-        raise CorruptFileError(f"cannot read pixel data{ts}: {type(e).__name__}: {e}", path)
+        raise CorruptFileError(f"cannot read pixel data{ts}: {type(e).__name__}: {str(e)[:200]}", path)
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         raise NotMRError(f"colour image ({ds.get('PhotometricInterpretation', '?')}), not an MR intensity image", path)
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     expected = (n_frames, int(ds.Rows), int(ds.Columns))
-    arr = np.asarray(arr, dtype=np.float64).reshape(expected) if arr.size == np.prod(expected) else None
+    arr = np.asarray(arr, dtype=np.float32).reshape(expected) if arr.size == np.prod(expected) else None
     if arr is None:
         raise CorruptFileError("pixel data does not match Rows x Columns x frames (truncated?)", path)
     return arr
