@@ -54,7 +54,8 @@ class CosineSchedule:
         out = values.to(t.device)[t].to(like.dtype)
         return out.reshape(-1, *([1] * (like.dim() - 1)))
 
-    def _timesteps(self, t: Union[int, torch.Tensor], batch: int, device: torch.device) -> torch.Tensor:
+    def as_timesteps(self, t: Union[int, torch.Tensor], batch: int, device: torch.device) -> torch.Tensor:
+        """A scalar or (batch,) timestep(s) as a checked (batch,) long tensor on ``device``."""
         t = torch.as_tensor(t, device=device, dtype=torch.long)
         if t.dim() == 0:
             t = t.expand(batch)
@@ -80,7 +81,7 @@ class CosineSchedule:
     # -------------------------------------------------------------------------------------------------- forward
     def q_sample(self, x0: torch.Tensor, t: Union[int, torch.Tensor], noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise. x0, noise (B, ...); t (B,) or scalar -> (B, ...)."""
-        t = self._timesteps(t, x0.shape[0], x0.device)
+        t = self.as_timesteps(t, x0.shape[0], x0.device)
         abar = self.alphas_cumprod
         return self._gather(abar.sqrt(), t, x0) * x0 + self._gather((1 - abar).sqrt(), t, x0) * noise
 
@@ -107,7 +108,7 @@ class CosineSchedule:
         """
         if t is None:
             t = self.sample_timesteps(x0.shape[0], generator, x0.device)
-        t = self._timesteps(t, x0.shape[0], x0.device)
+        t = self.as_timesteps(t, x0.shape[0], x0.device)
         if noise is None:
             noise = self.randn_like(x0, generator)
         x_t = self.q_sample(x0, t, noise)
