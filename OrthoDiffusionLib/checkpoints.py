@@ -70,8 +70,8 @@ def tensors_sha256(state: Mapping[str, torch.Tensor]) -> str:
     """Hex sha256 over sorted (name, dtype, shape, raw bytes) of a state dict; independent of the file container."""
     h = hashlib.sha256()
     for name in sorted(state):
-        t = state[name].detach().to("cpu").contiguous()
-        h.update(f"{name}|{str(t.dtype)}|{tuple(t.shape)}|".encode())
+        t = state[name].detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"{name}|{str(t.dtype)}|{tuple(state[name].shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 

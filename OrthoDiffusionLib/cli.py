@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES: List[str] = [
     "OrthoDiffusionLib.io.cli",
     "OrthoDiffusionLib.checkpoints_cli",
     "OrthoDiffusionLib.bench",
+    "OrthoDiffusionLib.training.pretrain_cli",
 ]
 
 
