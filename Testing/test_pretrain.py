@@ -64,22 +64,22 @@ def test_batch_indices_shard_each_epoch_and_are_pure():
 
 def test_stopped_and_resumed_run_is_bit_identical(tmp_path):
     data = InMemoryVolumes(smooth_volumes(3))
-    common = dict(TINY, steps=4, batch_size=1, lr_per_sample=1e-3, ema_every=1, ema_start=2, ckpt_every=2,
+    common = dict(TINY, steps=3, batch_size=1, lr_per_sample=1e-3, ema_every=1, ema_start=1, ckpt_every=3,
                   log_every=1, device="cpu", seed=5)
     full = pretrain(PretrainConfig(out=str(tmp_path / "full"), **common), data)
 
     part = tmp_path / "part"
-    first = pretrain(PretrainConfig(out=str(part), **common), data, stop_at=2)
-    assert first["step"] == 2 and not (part / "backbone_sagittal.safetensors").exists()
+    first = pretrain(PretrainConfig(out=str(part), **common), data, stop_at=1)
+    assert first["step"] == 1 and not (part / "backbone_sagittal.safetensors").exists()
     # a kill during the next checkpoint write leaves a temporary folder: it must be ignored
-    (part / "checkpoints" / ".step_0000004.x.tmp").mkdir()
+    (part / "checkpoints" / ".step_0000003.x.tmp").mkdir()
     with pytest.raises(OrthoDiffusionError, match="pass --resume"):
         pretrain(PretrainConfig(out=str(part), **common), data)
     resumed = pretrain(PretrainConfig(out=str(part), resume=True, **common), data)
 
-    assert resumed["step"] == full["step"] == 4
-    a = load_file(str(tmp_path / "full" / "checkpoints" / "step_0000004" / "weights.safetensors"))
-    b = load_file(str(part / "checkpoints" / "step_0000004" / "weights.safetensors"))
+    assert resumed["step"] == full["step"] == 3
+    a = load_file(str(tmp_path / "full" / "checkpoints" / "step_0000003" / "weights.safetensors"))
+    b = load_file(str(part / "checkpoints" / "step_0000003" / "weights.safetensors"))
     assert a.keys() == b.keys() and any(k.startswith("opt.") for k in a) and any(k.startswith("ema.") for k in a)
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -87,12 +87,12 @@ def test_stopped_and_resumed_run_is_bit_identical(tmp_path):
     assert resumed["ema_weight_sha256"] == full["ema_weight_sha256"]
     # the log of the resumed run continues the first part and equals the uninterrupted one
     assert [r["loss"] for r in read_log(part)] == [r["loss"] for r in read_log(tmp_path / "full")]
-    # the EMA started at step 2 and differs from the model afterwards
+    # the EMA blends from the 2nd step on and differs from the model afterwards
     model_keys = [k for k in a if k.startswith("model.")]
     assert any(not torch.equal(a[k], a["ema." + k[6:]]) for k in model_keys)
     # resuming with a different network is refused
     with pytest.raises(OrthoDiffusionError, match="width 32 -> 64"):
-        pretrain(PretrainConfig(out=str(part), resume=True, **{**common, "width": 64, "steps": 6}), data)
+        pretrain(PretrainConfig(out=str(part), resume=True, **{**common, "width": 64, "steps": 4}), data)
 
 
 def test_pretrain_cli_from_manifest_writes_run_folder(tmp_path):
@@ -176,3 +176,17 @@ def test_two_process_ddp_on_cpu_matches_single_process(tmp_path):
     for curve in (ddp_loss, one_loss):
         assert np.mean(curve[-2:]) < 0.7 * np.mean(curve[:2])  # falls
     assert 0.5 < np.mean(ddp_loss[-2:]) / np.mean(one_loss[-2:]) < 2.0  # and by a similar amount
+
+
+def test_ema_follows_the_authors_schedule():
+    from OrthoDiffusionLib.training.pretrain import EMA
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    ema = EMA(model, decay=0.5, every=2, start=2)
+    history = []
+    for step in range(1, 7):
+        model.weight.data.fill_(float(step))
+        ema.update(model, step)
+        history.append(ema.model.weight.item())
+    # k = step - 1: k=0 copy (1.0); k=2 blend 0.5*1 + 0.5*3 = 2.0; k=4 blend 0.5*2 + 0.5*5 = 3.5
+    assert history == [1.0, 1.0, 2.0, 2.0, 3.5, 3.5]

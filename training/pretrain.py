@@ -3,7 +3,7 @@
 Recipe (METHOD.md, the authors' code): unconditional epsilon-prediction DDPM on 1 x 16 x 256 x 256 volumes of ONE
 plane, cosine schedule (T = 1000), MSE loss, Adam with lr = lr_per_sample x batch x world size (1e-5 per sample),
 EMA of the weights (decay 0.995) updated every 10 steps from step 2000 -- before that step the EMA is reset to the
-model at each update, as in the authors' trainer -- checkpoints every 500 steps, fp32 (bf16 autocast on request).
+model at each update, as in the authors' trainer (see :class:`EMA`) -- checkpoints every 500 steps, fp32 (bf16 autocast on request).
 
 Why plain PyTorch DDP and not Lightning (the design doc's default for training loops): the acceptance test demands
 that a run killed mid-way and resumed reaches BIT-IDENTICAL weights. That needs the exact position inside the data
@@ -297,10 +297,12 @@ class _StepBatches(torch.utils.data.Sampler):
 
 # -------------------------------------------------------------------------------------------------------- EMA
 class EMA:
-    """Exponential moving average of a model's parameters (the authors' schedule).
+    """Exponential moving average of a model's parameters, on the authors' schedule.
 
-    ``update(model, step)`` is called after optimizer step ``step`` (1-based); every ``every`` steps it either copies
-    the model (step < start) or blends ``ema = decay * ema + (1 - decay) * model``.
+    The authors' trainer counts optimizer steps from 0 and, after optimizer step ``k`` with ``k % every == 0``,
+    copies the model into the EMA while ``k < start`` and blends ``ema = decay * ema + (1 - decay) * model`` from
+    then on. ``update(model, step)`` takes the 1-based number of completed steps (``k = step - 1``), so with the
+    defaults the EMA is refreshed after the 1st, 11th, 21st, ... step and averages from the 2001st on.
     """
 
     def __init__(self, model: torch.nn.Module, decay: float = 0.995, every: int = 10, start: int = 2000):
@@ -311,10 +313,11 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module, step: int) -> None:
-        if step % self.every:
+        k = step - 1
+        if k % self.every:
             return
         for e, p in zip(self.model.parameters(), model.parameters()):
-            if step < self.start:
+            if k < self.start:
                 e.copy_(p)
             else:
                 e.mul_(self.decay).add_(p.detach(), alpha=1 - self.decay)
