@@ -29,7 +29,6 @@ float32).
 from __future__ import annotations
 
 import math
-import re
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -210,8 +209,6 @@ class EmbedSequential(nn.Sequential):
         return x
 
 
-TapName = str
-_TAP_RE = re.compile(r"^(in|mid)_(\d+)$")
 
 
 class DiffusionUNet(nn.Module):

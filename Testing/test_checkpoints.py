@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import sys
 
 import pytest
 import torch
@@ -130,7 +129,7 @@ def test_backbone_safetensors_round_trip_and_integrity(tmp_path):
     model, meta = load_backbone(path, plane="sagittal")
     assert meta["plane"] == "sagittal" and meta["format_version"] == "1"
     assert meta["config"]["model_channels"] == 32 and meta["provenance"] == {"source_file": "model.pt"}
-    x = torch.randn(1, 1, 16, 32, 32)
+    x = torch.randn(1, 1, 16, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(model(x, 10), src.eval()(x, 10), rtol=0, atol=0)
     with pytest.raises(BundleError, match="expected 'coronal'"):
