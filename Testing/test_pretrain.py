@@ -4,8 +4,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -61,37 +63,66 @@ def test_batch_indices_shard_each_epoch_and_are_pure():
     assert batch_indices(n, 0, 3, seed=3) != batch_indices(n, 0, 3, seed=4)
 
 
-def test_stopped_and_resumed_run_is_bit_identical(tmp_path):
-    data = InMemoryVolumes(smooth_volumes(3))
-    common = dict(TINY, steps=3, batch_size=1, lr_per_sample=1e-3, ema_every=1, ema_start=1, ckpt_every=3,
-                  log_every=1, device="cpu", seed=5)
-    full = pretrain(PretrainConfig(out=str(tmp_path / "full"), **common), data)
+def test_stop_at_returns_after_a_checkpoint(tmp_path):
+    data = InMemoryVolumes(smooth_volumes(2))
+    cfg = PretrainConfig(out=str(tmp_path / "run"), steps=5, batch_size=1, ckpt_every=4, device="cpu", **TINY)
+    summary = pretrain(cfg, data, stop_at=1)
+    assert summary["step"] == 1 and json.loads((tmp_path / "run" / "checkpoints" / "latest.json").read_text()) == {
+        "step": 1, "dir": "step_0000001"}
+    assert not (tmp_path / "run" / "backbone_sagittal.safetensors").exists()  # only a finished run exports
 
-    part = tmp_path / "part"
-    first = pretrain(PretrainConfig(out=str(part), **common), data, stop_at=1)
-    assert first["step"] == 1 and not (part / "backbone_sagittal.safetensors").exists()
-    # a kill during the next checkpoint write leaves a temporary folder: it must be ignored
-    (part / "checkpoints" / ".step_0000003.x.tmp").mkdir()
-    with pytest.raises(OrthoDiffusionError, match="pass --resume"):
-        pretrain(PretrainConfig(out=str(part), **common), data)
-    resumed = pretrain(PretrainConfig(out=str(part), resume=True, **common), data)
 
-    assert resumed["step"] == full["step"] == 3
+def test_killed_process_resumes_bit_identically(tmp_path):
+    """SIGKILL a CLI run right after its first checkpoint, resume it, compare with an uninterrupted run."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        write_nifti(data / f"s{i}.nii.gz", SAGITTAL, 20 + i)
+    args = ["pretrain", "--data", str(data), "--plane", "sagittal", "--steps", "3", "--batch-size", "1",
+            "--lr-per-sample", "1e-3", "--ema-every", "1", "--ema-start", "1", "--ckpt-every", "1",
+            "--log-every", "1", "--seed", "9", "--device", "cpu", *TINY_ARGS]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "OrthoDiffusionLib", *args, "--out", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = killed / "checkpoints" / "latest.json"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if latest.exists():
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    killed_at = json.loads(latest.read_text())["step"]
+    assert 1 <= killed_at < 3, "the run was not interrupted"
+    assert not (killed / "backbone_sagittal.safetensors").exists()
+
+    # a kill during a checkpoint write leaves a temporary folder: ignored, then cleaned by the resume
+    (killed / "checkpoints" / ".step_0000003.x.tmp").mkdir()
+    assert cli_main([*args, "--out", str(killed)]) == 2  # not without --resume
+    with pytest.raises(OrthoDiffusionError, match="width 32 -> 64"):
+        pretrain(PretrainConfig(out=str(killed), resume=True, **{**TINY, "width": 64}), data=data)
+    assert cli_main([*args, "--out", str(killed), "--resume"]) == 0
+    assert not list((killed / "checkpoints").glob(".*"))
+
+    assert cli_main([*args, "--out", str(tmp_path / "full")]) == 0
     a = load_file(str(tmp_path / "full" / "checkpoints" / "step_0000003" / "weights.safetensors"))
-    b = load_file(str(part / "checkpoints" / "step_0000003" / "weights.safetensors"))
+    b = load_file(str(killed / "checkpoints" / "step_0000003" / "weights.safetensors"))
     assert a.keys() == b.keys() and any(k.startswith("opt.") for k in a) and any(k.startswith("ema.") for k in a)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    full = json.loads((tmp_path / "full" / "summary.json").read_text())
+    resumed = json.loads((killed / "summary.json").read_text())
     assert resumed["rank_weight_sha256"] == full["rank_weight_sha256"]
     assert resumed["ema_weight_sha256"] == full["ema_weight_sha256"]
-    # the log of the resumed run continues the first part and equals the uninterrupted one
-    assert [r["loss"] for r in read_log(part)] == [r["loss"] for r in read_log(tmp_path / "full")]
+    # the resumed log continues the killed one (rows past the checkpoint dropped) and equals the uninterrupted one
+    assert [r["step"] for r in read_log(killed)] == [1, 2, 3]
+    assert [r["loss"] for r in read_log(killed)] == [r["loss"] for r in read_log(tmp_path / "full")]
     # the EMA blends from the 2nd step on and differs from the model afterwards
-    model_keys = [k for k in a if k.startswith("model.")]
-    assert any(not torch.equal(a[k], a["ema." + k[6:]]) for k in model_keys)
-    # resuming with a different network is refused
-    with pytest.raises(OrthoDiffusionError, match="width 32 -> 64"):
-        pretrain(PretrainConfig(out=str(part), resume=True, **{**common, "width": 64, "steps": 4}), data)
+    assert any(not torch.equal(a[k], a["ema." + k[6:]]) for k in a if k.startswith("model."))
 
 
 def test_pretrain_cli_from_manifest_writes_run_folder(tmp_path):

@@ -507,7 +507,8 @@ def pretrain(cfg: PretrainConfig, dataset: Optional[VolumeDataset] = None, *,
         cfg: the run's settings (``cfg.out`` = RUN_DIR, ``cfg.resume`` continues from its newest checkpoint).
         dataset: volumes (1, slices, size, size); else read from ``manifest`` or ``data`` via the io API.
         progress: ``progress(step, total_steps, loss)`` after every step (rank 0); may raise to cancel.
-        stop_at: return after this step's checkpoint, as if killed there (for tests of exact resume).
+        stop_at: return after writing a checkpoint at this step (e.g. jobs of bounded length on a cluster;
+            continue later with ``resume``).
         show_progress: tqdm bar on rank 0.
     """
     run_dir = Path(cfg.out)
@@ -524,6 +525,9 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, d: _Dist, dataset: Optional[Vo
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     latest = _latest_checkpoint(run_dir)
+    if d.main and cfg.resume:
+        for stale in _checkpoint_dir(run_dir).glob(".step_*.tmp"):  # left by a kill during a checkpoint write
+            shutil.rmtree(stale, ignore_errors=True)
     if latest is not None and not cfg.resume:
         raise OrthoDiffusionError("the run folder already holds checkpoints; pass --resume to continue it or "
                                   "choose a new --out", run_dir)
