@@ -25,6 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from OrthoDiffusionLib import labels
+from OrthoDiffusionLib.errors import CorruptFileError, InvalidVolumeError, MissingPathError, NotVolumeError
 
 PathLike = Union[str, os.PathLike]
 ProbabilityMap = Union[sitk.Image, Sequence[sitk.Image]]
@@ -33,7 +34,7 @@ _INTEGER_PIXEL_IDS = (sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkI
                       sitk.sitkInt32, sitk.sitkUInt64, sitk.sitkInt64)
 
 
-def _atomic_write(path: PathLike, suffix: str, write) -> Path:
+def atomic_write(path: PathLike, suffix: str, write) -> Path:
     """Call ``write(tmp_path)`` on a temporary file beside ``path`` (same ``suffix``), then rename it onto ``path``."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -118,7 +119,7 @@ def write_seg_nrrd(labelmap: sitk.Image, path: PathLike, plane: Optional[str] = 
     out = _clean_copy(labelmap, arr)
     for key, value in segmentation_metadata(arr, structs).items():
         out.SetMetaData(key, value)
-    return _atomic_write(path, ".seg.nrrd", lambda tmp: sitk.WriteImage(out, tmp, True))
+    return atomic_write(path, ".seg.nrrd", lambda tmp: sitk.WriteImage(out, tmp, True))
 
 
 def write_labelmap_nifti(labelmap: sitk.Image, path: PathLike) -> Path:
@@ -128,7 +129,7 @@ def write_labelmap_nifti(labelmap: sitk.Image, path: PathLike) -> Path:
         raise ValueError(f"labelmap values must lie in 0..255, got {arr.min()}..{arr.max()}")
     out = _clean_copy(labelmap, arr)
     suffix = ".nii.gz" if str(path).endswith(".nii.gz") else ".nii"
-    return _atomic_write(path, suffix, lambda tmp: sitk.WriteImage(out, tmp, suffix == ".nii.gz"))
+    return atomic_write(path, suffix, lambda tmp: sitk.WriteImage(out, tmp, suffix == ".nii.gz"))
 
 
 def write_color_table(path: PathLike, plane: Optional[str] = None) -> Path:
@@ -139,7 +140,49 @@ def write_color_table(path: PathLike, plane: Optional[str] = None) -> Path:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
 
-    return _atomic_write(path, ".ctbl", write)
+    return atomic_write(path, ".ctbl", write)
+
+
+def read_labelmap(path: PathLike) -> sitk.Image:
+    """Read a labelmap (``.seg.nrrd``, ``.nrrd``, ``.nii``, ``.nii.gz``, ...) whose values are label-table values.
+
+    For a Slicer segmentation (segment fields in the header) every segment is mapped to its label-table structure
+    by ID (the structure key, as :func:`write_seg_nrrd` writes it) or by name (case-insensitive), and its
+    ``LabelValue`` is rewritten to the table's value; other segments are dropped. Raises MissingPathError,
+    CorruptFileError (unreadable, or no segment names a structure), NotVolumeError
+    (multi-layer or not 3-D) or InvalidVolumeError (non-integer voxels).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise MissingPathError("labelmap file does not exist", p)
+    try:
+        img = sitk.ReadImage(str(p))
+    except RuntimeError as e:
+        raise CorruptFileError(f"cannot read the labelmap ({str(e).strip().splitlines()[-1][:200]})", p) from None
+    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
+        raise NotVolumeError(f"a labelmap must be one 3-D label layer, got {img.GetDimension()}-D with "
+                             f"{img.GetNumberOfComponentsPerPixel()} components (overlapping segments?)", p)
+    if img.GetPixelID() not in _INTEGER_PIXEL_IDS:
+        raise InvalidVolumeError(f"a labelmap needs integer voxels, got {img.GetPixelIDTypeAsString()}", p)
+    keys = img.GetMetaDataKeys()
+    n_segments = sum(1 for k in keys if k.startswith("Segment") and k.endswith("_LabelValue"))
+    if n_segments == 0:
+        return img
+    by_key = labels.structure_by_key()
+    by_name = {s.name.lower(): s for s in by_key.values()}
+    arr = sitk.GetArrayFromImage(img)
+    out = np.zeros(arr.shape, np.uint8)
+    matched = 0
+    for i in range(n_segments):
+        get = (lambda f: img.GetMetaData(f"Segment{i}_{f}") if img.HasMetaDataKey(f"Segment{i}_{f}") else "")
+        s = by_key.get(get("ID")) or by_name.get(get("Name").strip().lower())
+        if s is None or not get("LabelValue").strip().lstrip("-").isdigit():
+            continue
+        out[arr == int(get("LabelValue"))] = s.value
+        matched += 1
+    if matched == 0:
+        raise CorruptFileError("no segment of this segmentation names a knee structure of the label table", p)
+    return _clean_copy(img, out)
 
 
 def _class_images(prob: ProbabilityMap) -> List[sitk.Image]:

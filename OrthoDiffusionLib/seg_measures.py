@@ -25,14 +25,21 @@ anisotropic spacing).
 """
 from __future__ import annotations
 
+import argparse
+import csv
+import io
+import json
 import math
+import sys
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
 from OrthoDiffusionLib import labels
+from OrthoDiffusionLib.seg_metrics import surface_voxels
 
 _RAY_CHUNK = 4096
 NORMAL_SIGMA_VOXELS = 1.0
@@ -69,19 +76,6 @@ def array_spacing(image: sitk.Image) -> Tuple[float, ...]:
 def structure_volume_ml(mask: np.ndarray, spacing: Sequence[float]) -> float:
     """Volume of a boolean mask in millilitres (voxel count x voxel volume in mm^3 / 1000)."""
     return float(np.count_nonzero(mask)) * float(np.prod([float(s) for s in spacing])) / 1000.0
-
-
-def _surface_voxels(mask: np.ndarray) -> np.ndarray:
-    """Boolean: voxels of ``mask`` with at least one background 6-neighbour (outside the array = background)."""
-    p = np.pad(mask, 1, constant_values=False)
-    inner = np.ones_like(mask)
-    core = tuple(slice(1, -1) for _ in range(mask.ndim))
-    for ax in range(mask.ndim):
-        for shift in (-1, 1):
-            sl = list(core)
-            sl[ax] = slice(1 + shift, p.shape[ax] - 1 + shift)
-            inner &= p[tuple(sl)]
-    return mask & ~inner
 
 
 def _trilinear(vol: np.ndarray, pts: np.ndarray) -> np.ndarray:
@@ -148,7 +142,7 @@ def local_thickness(mask: np.ndarray, spacing: Sequence[float],
         img == 0, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)).astype(np.float64)
     radius = np.where(crop, radius, 0.0)
 
-    surf = np.argwhere(_surface_voxels(crop))                               # (N, 3)
+    surf = np.argwhere(surface_voxels(crop))                               # (N, 3)
     g = grad[surf[:, 0], surf[:, 1], surf[:, 2]]
     norm = np.linalg.norm(g, axis=1)
     ok = norm > 1e-9
@@ -214,3 +208,67 @@ def measure_structures(labelmap: sitk.Image, plane: Optional[str] = None,
             thick = mean_thickness(mask, spacing, step_fraction).mean_mm
         rows.append(StructureMeasure(s.value, s.key, s.name, structure_volume_ml(mask, spacing), thick))
     return rows
+
+
+def format_measures(rows: Sequence[StructureMeasure]) -> str:
+    """Plain-text table: structure, volume (mL), mean thickness (mm; '-' where not measured)."""
+    lines = [f"{'Structure':<30} {'Volume (mL)':>11} {'Mean thickness (mm)':>20}"]
+    for r in rows:
+        thick = "-" if math.isnan(r.mean_thickness_mm) else f"{r.mean_thickness_mm:.2f}"
+        lines.append(f"{r.name:<30} {r.volume_ml:>11.2f} {thick:>20}")
+    return "\n".join(lines)
+
+
+def write_measures(rows: Sequence[StructureMeasure], path: Path) -> Path:
+    """Write the rows as CSV (``.csv``) or JSON (``.json``: a list of objects, NaN as null), atomically."""
+    from OrthoDiffusionLib.seg_io import atomic_write
+
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        data = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.as_dict().items()}
+                for r in rows]
+        text = json.dumps(data, indent=2) + "\n"
+    elif path.suffix.lower() == ".csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["value", "key", "name", "volume_ml", "mean_thickness_mm"])
+        for r in rows:
+            writer.writerow([r.value, r.key, r.name, f"{r.volume_ml:.4f}",
+                             "" if math.isnan(r.mean_thickness_mm) else f"{r.mean_thickness_mm:.4f}"])
+        text = buf.getvalue()
+    else:
+        raise ValueError(f"measures table must be .csv or .json, got {path.name}")
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    return atomic_write(path, path.suffix, write)
+
+
+def _cmd_measure(args: argparse.Namespace) -> int:
+    from OrthoDiffusionLib.errors import InputError
+    from OrthoDiffusionLib.seg_io import read_labelmap
+
+    if args.out is not None and Path(args.out).suffix.lower() not in (".csv", ".json"):
+        raise InputError("the measures table must end in .csv or .json", args.out)
+    rows = measure_structures(read_labelmap(args.labelmap), plane=args.plane)
+    print(format_measures(rows), file=sys.stdout)
+    if args.out is not None:
+        write_measures(rows, Path(args.out))
+    return 0
+
+
+def register(subparsers) -> None:
+    """``orthodiffusion measure-segmentation LABELMAP [--plane P] [--out FILE.csv|.json]``."""
+    p = subparsers.add_parser(
+        "measure-segmentation",
+        help="structure volumes (mL) and mean cartilage thickness (mm) of a knee labelmap or .seg.nrrd",
+        description="Volumes of the knee structures and mean cartilage thickness (surface-normal rays, sub-voxel) "
+                    "of a labelmap whose values are the OrthoDiffusion label table (or a Slicer .seg.nrrd whose "
+                    "segments are named after the structures).")
+    p.add_argument("labelmap", help="labelmap file: .seg.nrrd, .nrrd, .nii or .nii.gz")
+    p.add_argument("--plane", choices=labels.PLANES, default=None,
+                   help="only the structures segmented on this plane (default: all 11)")
+    p.add_argument("--out", default=None, help="also write the table to this .csv or .json file")
+    p.set_defaults(func=_cmd_measure)

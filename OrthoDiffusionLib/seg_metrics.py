@@ -1,6 +1,6 @@
 """Segmentation metrics per knee structure: Dice and the 95% Hausdorff distance (mm), and mean +- sd tables.
 
-Arrays are numpy label maps of shape (D, H, W) (or any N-D shape) with ``spacing`` given in the same axis order
+Core dependencies only (numpy + SimpleITK). Arrays are numpy label maps of shape (D, H, W) with ``spacing`` given in the same axis order
 (for a SimpleITK image ``img``: ``arr = GetArrayFromImage(img)``, ``spacing = img.GetSpacing()[::-1]``).
 
 Conventions for empty structures (documented, used by the tables):
@@ -11,7 +11,8 @@ Conventions for empty structures (documented, used by the tables):
 
 HD95 is surface based: a structure's surface is its voxels with a background 6-neighbour (the mask minus its
 erosion by the 3D cross; voxels on the array border count as surface). For every surface voxel of one mask the
-Euclidean distance (in mm, spacing-aware) to the nearest surface voxel of the other is computed with an exact EDT;
+Euclidean distance (in mm, spacing-aware) to the nearest surface voxel of the other is computed with an exact EDT
+(``sitk.SignedMaurerDistanceMap``);
 HD95 = max(95th percentile of prediction->truth, 95th percentile of truth->prediction) (symmetric, linear
 percentile interpolation). This is the definition of ``monai.metrics.compute_hausdorff_distance(percentile=95)``.
 """
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-from scipy import ndimage
+import SimpleITK as sitk
 
 from OrthoDiffusionLib import labels
 
@@ -39,9 +40,27 @@ def dice_score(pred: np.ndarray, gt: np.ndarray) -> float:
     return 2.0 * float(np.logical_and(pred, gt).sum()) / denom
 
 
-def _surface(mask: np.ndarray) -> np.ndarray:
-    structure = ndimage.generate_binary_structure(mask.ndim, 1)
-    return mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
+def surface_voxels(mask: np.ndarray) -> np.ndarray:
+    """Boolean: voxels of ``mask`` with at least one background face neighbour (outside the array = background),
+    i.e. the mask minus its erosion by the cross-shaped structuring element."""
+    mask = np.asarray(mask, dtype=bool)
+    p = np.pad(mask, 1, constant_values=False)
+    inner = np.ones_like(mask)
+    core = [slice(1, -1)] * mask.ndim
+    for ax in range(mask.ndim):
+        for shift in (-1, 1):
+            sl = list(core)
+            sl[ax] = slice(1 + shift, p.shape[ax] - 1 + shift)
+            inner &= p[tuple(sl)]
+    return mask & ~inner
+
+
+def _distance_to(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """Exact Euclidean distance (mm) from every voxel centre to the nearest voxel centre of the 3-D ``mask``."""
+    img = sitk.GetImageFromArray(mask.astype(np.uint8))
+    img.SetSpacing(tuple(float(s) for s in spacing)[::-1])
+    d = sitk.SignedMaurerDistanceMap(img, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
+    return np.abs(sitk.GetArrayFromImage(d)).astype(np.float64) * ~mask
 
 
 def _crop_box(a: np.ndarray, b: np.ndarray) -> Tuple[slice, ...]:
@@ -68,9 +87,8 @@ def surface_distances(from_mask: np.ndarray, to_mask: np.ndarray, spacing: Seque
     if any(touches):
         box = tuple(slice(0, n) if t else s for s, n, t in zip(box, a.shape, touches))
     a, b = a[box], b[box]
-    sa, sb = _surface(a), _surface(b)
-    dist_to_b = ndimage.distance_transform_edt(~sb, sampling=[float(s) for s in spacing])
-    return dist_to_b[sa].astype(np.float64)
+    sa, sb = surface_voxels(a), surface_voxels(b)
+    return _distance_to(sb, spacing)[sa]
 
 
 def hausdorff95(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]) -> float:

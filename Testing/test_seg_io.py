@@ -190,3 +190,41 @@ def test_common_reference_grid_covers_all_images():
     with pytest.raises(ValueError, match="number of classes"):
         fuse_plane_probabilities({"sagittal": _vector_image(np.ones((3, 2, 2, 2), np.float32)),
                                   "coronal": _vector_image(np.ones((4, 2, 2, 2), np.float32))}, a)
+
+
+def test_read_labelmap_maps_slicer_segments_to_the_table(tmp_path):
+    from OrthoDiffusionLib.errors import CorruptFileError, MissingPathError, NotVolumeError
+    from OrthoDiffusionLib.seg_io import read_labelmap
+
+    arr = np.zeros((4, 6, 8), np.uint8)
+    arr[1, 1:3, 1:3] = 1
+    arr[2, 3:5, 4:7] = 2
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((0.5, 0.5, 2.0))
+    # a segmentation made in Slicer: its own label values, segments named after the structures
+    for i, (name, value) in enumerate([("Medial meniscus", 1), ("tibia", 2)]):
+        img.SetMetaData(f"Segment{i}_Name", name)
+        img.SetMetaData(f"Segment{i}_ID", f"Segment_{i + 1}")
+        img.SetMetaData(f"Segment{i}_LabelValue", str(value))
+    sitk.WriteImage(img, str(tmp_path / "slicer.seg.nrrd"), True)
+    lab = read_labelmap(tmp_path / "slicer.seg.nrrd")
+    want = np.where(arr == 1, labels.structure_by_key()["medial_meniscus"].value,
+                    np.where(arr == 2, labels.structure_by_key()["tibia"].value, 0))
+    assert np.array_equal(sitk.GetArrayFromImage(lab), want) and lab.GetSpacing() == (0.5, 0.5, 2.0)
+    # our own .seg.nrrd reads back unchanged
+    ours = write_seg_nrrd(lab, tmp_path / "ours.seg.nrrd")
+    assert np.array_equal(sitk.GetArrayFromImage(read_labelmap(ours)), want)
+
+    with pytest.raises(MissingPathError, match="missing.nii.gz"):
+        read_labelmap(tmp_path / "missing.nii.gz")
+    (tmp_path / "junk.nrrd").write_bytes(b"NRRD0004\nnot a header\n")
+    with pytest.raises(CorruptFileError, match="junk.nrrd"):
+        read_labelmap(tmp_path / "junk.nrrd")
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((5, 6), np.uint8)), str(tmp_path / "flat.nrrd"))
+    with pytest.raises(NotVolumeError, match="flat.nrrd"):
+        read_labelmap(tmp_path / "flat.nrrd")
+    img.SetMetaData("Segment0_Name", "Spleen")
+    img.SetMetaData("Segment1_Name", "Liver")
+    sitk.WriteImage(img, str(tmp_path / "other.seg.nrrd"), True)
+    with pytest.raises(CorruptFileError, match="other.seg.nrrd"):
+        read_labelmap(tmp_path / "other.seg.nrrd")

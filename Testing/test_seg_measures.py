@@ -93,3 +93,34 @@ def test_measure_structures_table_from_labelmap():
     assert by["tibia"].volume_ml == 0.0 and math.isnan(by["medial_tibial_cartilage"].mean_thickness_mm)
     d = by["femoral_cartilage"].as_dict()
     assert set(d) == {"value", "key", "name", "volume_ml", "mean_thickness_mm"} and d["name"] == "Femoral cartilage"
+
+
+def test_measure_segmentation_cli(tmp_path, capsys):
+    import json
+
+    from OrthoDiffusionLib.cli import main
+    from OrthoDiffusionLib.seg_io import write_labelmap_nifti
+
+    spacing = (0.5, 0.5, 0.5)
+    shell = _shell(spacing, r_out=6.0, thickness=2.0)
+    lab = np.where(shell, labels.structure_by_key()["patellar_cartilage"].value, 0).astype(np.uint8)
+    img = sitk.GetImageFromArray(lab)
+    img.SetSpacing(spacing)
+    path = write_labelmap_nifti(img, tmp_path / "seg.nii.gz")
+    assert main(["measure-segmentation", str(path), "--out", str(tmp_path / "m.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "Patellar cartilage" in printed and "Mean thickness (mm)" in printed
+    rows = {r["key"]: r for r in json.loads((tmp_path / "m.json").read_text())}
+    assert len(rows) == 11 and rows["femur"]["mean_thickness_mm"] is None
+    assert rows["patellar_cartilage"]["mean_thickness_mm"] == pytest.approx(2.0, rel=0.05)
+    assert rows["patellar_cartilage"]["volume_ml"] == pytest.approx(4 / 3 * math.pi * (6 ** 3 - 4 ** 3) / 1000,
+                                                                     rel=0.05)
+    assert main(["measure-segmentation", str(path), "--plane", "coronal", "--out", str(tmp_path / "m.csv")]) == 0
+    lines = (tmp_path / "m.csv").read_text().splitlines()
+    assert lines[0] == "value,key,name,volume_ml,mean_thickness_mm" and len(lines) == 1 + 9
+    capsys.readouterr()
+    assert main(["measure-segmentation", str(tmp_path / "nope.nii.gz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nope.nii.gz" in err and "does not exist" in err
+    assert main(["measure-segmentation", str(path), "--out", str(tmp_path / "m.txt")]) == 2
+    assert not (tmp_path / "m.txt").exists()
