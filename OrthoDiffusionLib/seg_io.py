@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -206,14 +206,9 @@ def _plane_classes(plane: str, num_classes: int) -> np.ndarray:
     return seg
 
 
-def fuse_plane_probabilities(prob_maps: Mapping[str, ProbabilityMap], reference: sitk.Image) -> np.ndarray:
-    """Average the per-class probabilities of several planes on the grid of ``reference``.
-
-    ``prob_maps`` maps a plane name to its probabilities on its own geometry: a vector image with one component per
-    class or a list of scalar images (class 0 = background). Each class map is resampled (linear) onto
-    ``reference``; a plane votes for a class where its volume covers the voxel and its label table segments that
-    class (patella is averaged over sagittal and axial only). Returns float32 (C, z, y, x), 0 where no plane votes.
-    """
+def _fused_class_maps(prob_maps: Mapping[str, ProbabilityMap], reference: sitk.Image
+                      ) -> Iterator[Tuple[int, np.ndarray]]:
+    """Yield ``(class, fused probability (z, y, x) float32)`` one class at a time (see fuse_plane_probabilities)."""
     if not prob_maps:
         raise ValueError("no probability maps to fuse")
     per_plane = {plane: _class_images(p) for plane, p in prob_maps.items()}
@@ -229,7 +224,6 @@ def fuse_plane_probabilities(prob_maps: Mapping[str, ProbabilityMap], reference:
         ones.CopyInformation(imgs[0])
         coverage[plane] = sitk.GetArrayFromImage(
             sitk.Resample(ones, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)) > 0
-    fused = np.zeros((num_classes, *shape), dtype=np.float32)
     for c in range(num_classes):
         total = np.zeros(shape, dtype=np.float32)
         weight = np.zeros(shape, dtype=np.float32)
@@ -240,15 +234,35 @@ def fuse_plane_probabilities(prob_maps: Mapping[str, ProbabilityMap], reference:
                                                      sitk.sitkFloat32))
             total += np.where(coverage[plane], p, 0.0)
             weight += coverage[plane]
-        np.divide(total, weight, out=fused[c], where=weight > 0)
-    return fused
+        fused = np.zeros(shape, dtype=np.float32)
+        np.divide(total, weight, out=fused, where=weight > 0)
+        yield c, fused
+
+
+def fuse_plane_probabilities(prob_maps: Mapping[str, ProbabilityMap], reference: sitk.Image) -> np.ndarray:
+    """Average the per-class probabilities of several planes on the grid of ``reference``.
+
+    ``prob_maps`` maps a plane name to its probabilities on its own geometry: a vector image with one component per
+    class or a list of scalar images (class 0 = background). Each class map is resampled (linear) onto
+    ``reference``; a plane votes for a class where its volume covers the voxel and its label table segments that
+    class (patella is averaged over sagittal and axial only). Returns float32 (C, z, y, x), 0 where no plane votes
+    (C x the reference size in memory; :func:`fuse_plane_segmentations` needs only two reference-size arrays).
+    """
+    return np.stack([fused for _, fused in _fused_class_maps(prob_maps, reference)])
 
 
 def fuse_plane_segmentations(prob_maps: Mapping[str, ProbabilityMap], reference: sitk.Image) -> sitk.Image:
-    """Fused uint8 labelmap on the grid of ``reference``: argmax of :func:`fuse_plane_probabilities`
-    (background where no plane covers a voxel)."""
-    fused = fuse_plane_probabilities(prob_maps, reference)
-    out = sitk.GetImageFromArray(np.argmax(fused, axis=0).astype(np.uint8))
+    """Fused uint8 labelmap on the grid of ``reference``: the per-voxel argmax over classes of the averaged
+    probabilities of :func:`fuse_plane_probabilities` (ties -> lowest class; background where no plane covers)."""
+    best = best_label = None
+    for c, fused in _fused_class_maps(prob_maps, reference):
+        if best is None:
+            best, best_label = fused, np.zeros(fused.shape, np.uint8)
+            continue
+        better = fused > best
+        best = np.where(better, fused, best)
+        best_label[better] = c
+    out = sitk.GetImageFromArray(best_label)
     out.SetOrigin(reference.GetOrigin())
     out.SetSpacing(reference.GetSpacing())
     out.SetDirection(reference.GetDirection())
