@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES: List[str] = [
     "OrthoDiffusionLib.checkpoints_cli",
     "OrthoDiffusionLib.bench",
     "OrthoDiffusionLib.training.pretrain_cli",
+    "OrthoDiffusionLib.seg_measures",
 ]
 
 
