@@ -181,15 +181,20 @@ class CrossAttentionFusion(_Fusion):
         i = self.planes.index(plane)
         return self.planes[(i + 1) % len(self.planes)]
 
-    def forward(self, features: PlaneFeatures) -> FusionOutput:
+    def refine(self, features: PlaneFeatures) -> Dict[str, torch.Tensor]:
+        """The refined embeddings ``H'^o`` ``plane -> (B, E)``."""
         _require_all(features, self.planes, self.name)
         h = {p: self.project[p](features[p]).unsqueeze(1) for p in self.planes}  # (B, 1, E)
-        refined = []
+        refined = {}
         for p in self.planes:
             src = h[self.source_of(p)]
             attended, _ = self.attention[p](h[p], src, src, need_weights=False)
-            refined.append(self.norm[p](h[p] + attended).squeeze(1))
-        return FusionOutput(self.head(torch.cat(refined, dim=1)))
+            refined[p] = self.norm[p](h[p] + attended).squeeze(1)
+        return refined
+
+    def forward(self, features: PlaneFeatures) -> FusionOutput:
+        refined = self.refine(features)
+        return FusionOutput(self.head(torch.cat([refined[p] for p in self.planes], dim=1)))
 
 
 class MPAEFusion(_Fusion):
