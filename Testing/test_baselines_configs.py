@@ -40,6 +40,8 @@ def test_unet_encoder_bottleneck_geometry():
     assert enc.bottleneck(torch.randn(1, 1, 16, 32, 32)).shape == (1, 16, 1, 2, 2)
     full = UNetEncoder()
     assert full.out_features == 256
+    with torch.no_grad():  # full size: the bottleneck matches the diffusion U-Net's mid_0 tap (256 x 1 x 16 x 16)
+        assert full.bottleneck(torch.zeros(1, 1, 16, 256, 256)).shape == (1, 256, 1, 16, 16)
     with pytest.raises(ValueError):
         build_classification_baseline("vit", 8)
 

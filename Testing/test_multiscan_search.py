@@ -6,7 +6,8 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from OrthoDiffusionLib.training.multiscan import aggregate_by_patient, enumerate_combinations, patient_folds
+from OrthoDiffusionLib.training.multiscan import (aggregate_by_patient, enumerate_combinations,
+                                                  nested_patient_subsets, patient_folds)
 from OrthoDiffusionLib.training.search import (BLOCKS, TIMESTEPS, candidate_grid, timestep_block_search,
                                                top_candidates, write_search_outputs)
 
@@ -66,6 +67,18 @@ def test_patient_folds_disjoint_and_complete():
     assert [h.tolist() for _, h in patient_folds(ids, 5, seed=0)] == [h.tolist() for _, h in folds]
     with pytest.raises(ValueError):
         patient_folds(ids, 11)
+
+
+def test_nested_patient_subsets():
+    ids = [f"p{i // 2}" for i in range(200)]  # 100 patients, 2 rows each
+    subsets = nested_patient_subsets(ids, [50, 10, 100], seed=3)
+    assert list(subsets) == [10, 50, 100]
+    assert set(subsets[10]) < set(subsets[50]) < set(subsets[100]) == set(ids)
+    assert len(set(subsets[50])) == 50
+    assert nested_patient_subsets(ids, [10], seed=3)[10] == subsets[10]
+    assert nested_patient_subsets(ids, [10], seed=4)[10] != subsets[10]
+    with pytest.raises(ValueError, match="101"):
+        nested_patient_subsets(ids, [101])
 
 
 def synthetic():

@@ -24,6 +24,7 @@ __all__ = [
     "enumerate_combinations",
     "aggregate_by_patient",
     "patient_folds",
+    "nested_patient_subsets",
 ]
 
 
@@ -117,3 +118,16 @@ def patient_folds(patient_ids: Sequence[Any], n_folds: int = 5, seed: int = 0) -
     fold_of = {unique[j]: f for f, chunk in enumerate(np.array_split(perm, n_folds)) for j in chunk}
     row_fold = np.array([fold_of[i] for i in ids.tolist()])
     return [(np.nonzero(row_fold != f)[0], np.nonzero(row_fold == f)[0]) for f in range(n_folds)]
+
+
+def nested_patient_subsets(patient_ids: Sequence[Any], sizes: Sequence[int], seed: int = 0) -> Dict[int, List[Any]]:
+    """Nested patient subsets for label-efficiency runs: ``{size: [patient ids]}`` where every smaller subset is
+    contained in every larger one (prefixes of one seeded permutation of the unique patients). A size larger than
+    the number of patients raises ``ValueError``; use the patient count itself for "all"."""
+    unique = list(dict.fromkeys(patient_ids))
+    bad = [n for n in sizes if not 1 <= int(n) <= len(unique)]
+    if bad:
+        raise ValueError(f"subset sizes {bad} outside [1, {len(unique)}] (number of patients)")
+    perm = np.random.default_rng(seed).permutation(len(unique))
+    ordered = [unique[i] for i in perm]
+    return {int(n): ordered[: int(n)] for n in sorted(sizes)}
