@@ -11,7 +11,7 @@ the grid. Labels with a single class in the validation set keep ``T = 1``.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 import torch

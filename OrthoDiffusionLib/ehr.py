@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, Mapping, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -98,7 +98,8 @@ EHR_FEATURES = 3 + 3 + 3 + 8
 _MISSING_STRINGS = {"", "na", "n/a", "nan", "none", "null", "unknown", "unk", "?", "-"}
 _SEX_SYNONYMS = {"male": "male", "m": "male", "man": "male", "boy": "male",
                  "female": "female", "f": "female", "woman": "female", "girl": "female"}
-_PTYPE_SYNONYMS = {"athlete": "athlete", "athletic": "athlete", "sportsman": "athlete", "professional_athlete": "athlete",
+_PTYPE_SYNONYMS = {"athlete": "athlete", "athletic": "athlete", "sportsman": "athlete",
+                   "professional_athlete": "athlete",
                    "non_athlete": "non-athlete", "nonathlete": "non-athlete", "not_athlete": "non-athlete",
                    "general": "non-athlete", "civilian": "non-athlete", "non_sport": "non-athlete"}
 

@@ -41,6 +41,7 @@ from .labels import PLANES
 __all__ = [
     "FusionOutput",
     "PlaneClassifier",
+    "PlaneFusion",
     "SimpleConcatFusion",
     "LinearAddFusion",
     "LinearConcatFusion",
@@ -91,7 +92,10 @@ class PlaneClassifier(nn.Module):
         return self.linear(features)
 
 
-class _Fusion(nn.Module):
+class PlaneFusion(nn.Module):
+    """Base of the fusions: ``forward({plane: (B, F)}) -> FusionOutput``. ``requires_all_planes`` says whether the
+    fusion raises ``MissingPlaneError`` for an absent plane."""
+
     requires_all_planes: bool = True
     name: str = ""
 
@@ -100,7 +104,7 @@ class _Fusion(nn.Module):
         self.in_features, self.num_labels, self.planes = int(in_features), int(num_labels), tuple(planes)
 
 
-class SimpleConcatFusion(_Fusion):
+class SimpleConcatFusion(PlaneFusion):
     """``[F_sag || F_cor || F_ax]`` ``(B, 3F)`` -> ``Linear(3F, K)``. Needs all three planes."""
 
     name = "concat"
@@ -119,7 +123,7 @@ class SimpleConcatFusion(_Fusion):
         return FusionOutput(self.head(self.fuse(features)))
 
 
-class LinearAddFusion(_Fusion):
+class LinearAddFusion(PlaneFusion):
     """Per plane ``Linear(F, E)`` (E = 512), sum -> ``Linear(E, K)``.
 
     Tolerates missing planes: the sum runs over the present planes and is rescaled by ``n_planes / n_present`` so its
@@ -142,7 +146,7 @@ class LinearAddFusion(_Fusion):
         return FusionOutput(self.head(total * (len(self.planes) / len(have))))
 
 
-class LinearConcatFusion(_Fusion):
+class LinearConcatFusion(PlaneFusion):
     """Per plane ``Linear(F, E)`` (E = 512), concat ``(B, 3E)`` -> ``Linear(3E, K)``. Needs all three planes."""
 
     name = "linear_concat"
@@ -157,7 +161,7 @@ class LinearConcatFusion(_Fusion):
         return FusionOutput(self.head(torch.cat([self.project[p](features[p]) for p in self.planes], dim=1)))
 
 
-class CrossAttentionFusion(_Fusion):
+class CrossAttentionFusion(PlaneFusion):
     """Cross-plane attention fusion. Needs all three planes.
 
     ``H^o = W^o F^o`` (E = 512); for each plane ``o`` attending to ``src(o)`` (sag<-cor, cor<-ax, ax<-sag, i.e. each
@@ -197,7 +201,7 @@ class CrossAttentionFusion(_Fusion):
         return FusionOutput(self.head(torch.cat([refined[p] for p in self.planes], dim=1)))
 
 
-class MPAEFusion(_Fusion):
+class MPAEFusion(PlaneFusion):
     """Multi-plane adaptive expert (interpretable, label-level fusion).
 
     ``z^(o) = head_o(F^o)`` ``(B, K)``; for label ``k``: ``s_k = gate(z_k^sag, z_k^cor, z_k^ax)`` (the gate MLP
@@ -252,7 +256,7 @@ class MPAEFusion(_Fusion):
         return self.fuse_logits(self.plane_logits(features), available)
 
 
-FUSIONS: Dict[str, Type[_Fusion]] = {
+FUSIONS: Dict[str, Type[PlaneFusion]] = {
     "concat": SimpleConcatFusion,
     "linear_add": LinearAddFusion,
     "linear_concat": LinearConcatFusion,
@@ -263,7 +267,8 @@ _ALIASES = {"simple_concat": "concat", "simpleconcat": "concat", "linearadd": "l
             "linearconcat": "linear_concat", "crossattention": "cross_attention", "cross_attn": "cross_attention"}
 
 
-def build_fusion(name: str, in_features: int, num_labels: int, planes: Sequence[str] = PLANES, **kwargs) -> _Fusion:
+def build_fusion(name: str, in_features: int, num_labels: int, planes: Sequence[str] = PLANES,
+                 **kwargs) -> PlaneFusion:
     """Fusion module by name (``concat`` (default), ``linear_add``, ``linear_concat``, ``cross_attention``, ``mpae``;
     case-insensitive, ``-`` or ``_``). ``kwargs`` go to the class (``embed_dim``, ``heads``, ``gate_hidden``,
     ``gate_dropout``)."""

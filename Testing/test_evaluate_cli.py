@@ -56,7 +56,8 @@ def test_evaluate_end_to_end(cohort, capsys):
     assert summary["comparisons"][0]["p_value"] < 0.05
     t = M.choose_thresholds(y[:20], good[:20])
     assert list(summary["thresholds"].values()) == pytest.approx(list(t))
-    assert summary["multilabel"]["youden (val)"]["CF1"] == pytest.approx(M.multilabel_prf(y[test], good[test], t)["CF1"])
+    expected_cf1 = M.multilabel_prf(y[test], good[test], t)["CF1"]
+    assert summary["multilabel"]["youden (val)"]["CF1"] == pytest.approx(expected_cf1)
     for f in ("per_label.csv", "per_label.md", "multilabel.md", "subgroups.csv", "comparison.md", "roc.png"):
         assert (d / "out" / f).is_file(), f
     with open(d / "out" / "subgroups.csv") as f:

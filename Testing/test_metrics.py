@@ -49,7 +49,8 @@ def test_small_hand_examples():
 def test_cp_cr_cf1_op_or_of1_hand_computed():
     y = np.array([[1, 0, 1], [0, 1, 1], [1, 0, 0], [0, 0, 1]])
     p = np.array([[0.9, 0.6, 0.4], [0.2, 0.7, 0.8], [0.4, 0.1, 0.55], [0.7, 0.3, 0.5]])
-    # at 0.5 (>=): label0 pred [1,0,0,1] -> tp1 fp1 fn1; label1 [1,1,0,0] -> tp1 fp1 fn0; label2 [0,1,1,1] -> tp2 fp1 fn1
+    # at 0.5 (>=): label0 pred [1,0,0,1] -> tp1 fp1 fn1; label1 [1,1,0,0] -> tp1 fp1 fn0;
+    # label2 [0,1,1,1] -> tp2 fp1 fn1
     r = M.multilabel_prf(y, p, 0.5)
     cp = (1 / 2 + 1 / 2 + 2 / 3) / 3
     cr = (1 / 2 + 1 / 1 + 2 / 3) / 3
@@ -131,7 +132,7 @@ def test_rows_subgroups_and_writers(tmp_path):
     M.write_markdown(rows, tmp_path / "t.md", title="AUROC")
     text = (tmp_path / "t.md").read_text()
     assert text.startswith("## AUROC\n\n| label | n_pos")
-    assert f"| macro |" in text and text.count("\n") == 2 + 2 + 5
+    assert "| macro |" in text and text.count("\n") == 2 + 2 + 5
     assert "–" in M.markdown_table([{"x": float("nan")}])
 
 

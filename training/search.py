@@ -85,7 +85,8 @@ def top_candidates(plane_scores: PlaneScores, k: int = 4) -> Dict[str, List[Cand
 
 def search_combinations(top: Mapping[str, Sequence[Candidate]],
                         score_combination: Callable[[Dict[str, Candidate]], float],
-                        progress: Optional[Callable[[int, int], None]] = None) -> List[Tuple[Dict[str, Candidate], float]]:
+                        progress: Optional[Callable[[int, int], None]] = None
+                        ) -> List[Tuple[Dict[str, Candidate], float]]:
     """Score every cross-plane combination of the per-plane candidates; returns ``[(config, score)]`` best first."""
     planes = list(top)
     combos = [dict(zip(planes, choice)) for choice in itertools.product(*[top[p] for p in planes])]
