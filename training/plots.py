@@ -13,7 +13,8 @@ import numpy as np
 
 from .metrics import roc_auc, roc_curve
 
-__all__ = ["plot_roc_curves", "plot_reliability", "plot_label_efficiency", "write_plane_weight_sankey"]
+__all__ = ["plot_roc_curves", "plot_reliability", "plot_label_efficiency", "plot_timestep_block_grid",
+           "write_plane_weight_sankey"]
 
 _PLANE_COLORS = {"sagittal": "#1f77b4", "coronal": "#2ca02c", "axial": "#d62728"}
 
@@ -101,6 +102,40 @@ def plot_label_efficiency(curves: Mapping[str, Mapping[float, float]], path: str
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
+    out = _prepare(path)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def plot_timestep_block_grid(plane_scores: Mapping[str, Mapping[tuple, float]], path: str | os.PathLike,
+                             top: Mapping[str, Sequence[tuple]] | None = None,
+                             title: str = "Validation score per timestep and block") -> Path:
+    """Heatmaps (timestep rows x block columns, one per plane) of the search's per-plane scores
+    (``SearchResult.plane_scores``), like the paper's Extended Data Fig. 1; kept candidates (``top``) are boxed."""
+    plt = _pyplot()
+    planes = list(plane_scores)
+    fig, axes = plt.subplots(1, len(planes), figsize=(3.0 * len(planes), 4.0), squeeze=False)
+    finite = [s for sc in plane_scores.values() for s in sc.values() if np.isfinite(s)]
+    vmin, vmax = (min(finite), max(finite)) if finite else (0.0, 1.0)
+    for ax, plane in zip(axes[0], planes):
+        scores = plane_scores[plane]
+        ts = sorted({t for t, _ in scores})
+        bs = sorted({b for _, b in scores})
+        grid = np.array([[scores.get((t, b), np.nan) for b in bs] for t in ts], dtype=float)
+        im = ax.imshow(grid, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
+        for i, t in enumerate(ts):
+            for j, b in enumerate(bs):
+                if np.isfinite(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", fontsize=7, color="w")
+                if top is not None and (t, b) in top.get(plane, ()):
+                    ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="r", lw=1.5))
+        ax.set_xticks(range(len(bs)), bs, fontsize=8)
+        ax.set_yticks(range(len(ts)), [str(t) for t in ts], fontsize=8)
+        ax.set_title(plane, fontsize=10)
+    axes[0][0].set_ylabel("timestep", fontsize=8)
+    fig.colorbar(im, ax=list(axes[0]), shrink=0.8)
+    fig.suptitle(title)
     out = _prepare(path)
     fig.savefig(out, dpi=120)
     plt.close(fig)
