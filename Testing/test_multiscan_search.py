@@ -121,6 +121,7 @@ def test_search_picks_known_best(tmp_path):
     assert len(combos) == 64 and combos[0]["sagittal_timestep"] == "30" and combos[0]["axial_block"] == "mid_2"
     md = paths["per_plane.md"].read_text()
     assert "## sagittal" in md and "0.9500*" in md and md.count("| 500 |") == 3
+    assert paths["per_plane.png"].read_bytes()[:4] == b"\x89PNG"
 
 
 def test_search_with_callback_and_nan_is_worst():

@@ -164,9 +164,10 @@ def _grid_markdown(result: SearchResult, digits: int) -> str:
     return "\n".join(parts)
 
 
-def write_search_outputs(result: SearchResult, out_dir: Union[str, os.PathLike], digits: int = 4) -> Dict[str, Path]:
-    """Write ``per_plane.csv``, ``per_plane.md``, ``combinations.csv``, ``combinations.md``, ``chosen.json`` into
-    ``out_dir`` (created); returns their paths keyed by file name."""
+def write_search_outputs(result: SearchResult, out_dir: Union[str, os.PathLike], digits: int = 4,
+                         figure: bool = True) -> Dict[str, Path]:
+    """Write ``per_plane.csv``, ``per_plane.md``, ``combinations.csv``, ``combinations.md``, ``chosen.json`` and (with
+    ``figure``) the heatmap ``per_plane.png`` into ``out_dir`` (created); returns their paths keyed by file name."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / name for name in ("per_plane.csv", "per_plane.md", "combinations.csv", "combinations.md",
@@ -184,4 +185,9 @@ def write_search_outputs(result: SearchResult, out_dir: Union[str, os.PathLike],
     paths["combinations.md"].write_text(f"# Cross-plane combinations ({result.metric}), best first\n\n"
                                         + markdown_table(combo_rows, digits), encoding="utf-8")
     paths["chosen.json"].write_text(json.dumps(result.chosen_config(), indent=2) + "\n", encoding="utf-8")
+    if figure:
+        from .plots import plot_timestep_block_grid
+
+        paths["per_plane.png"] = plot_timestep_block_grid(result.plane_scores, out / "per_plane.png", top=result.top,
+                                                          title=f"Per-plane {result.metric}")
     return paths
