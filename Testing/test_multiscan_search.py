@@ -124,6 +124,14 @@ def test_search_picks_known_best(tmp_path):
     assert paths["per_plane.png"].read_bytes()[:4] == b"\x89PNG"
 
 
+def test_top_candidates_ties_go_to_smaller_timestep_then_block():
+    scores = {"sagittal": {(300, "mid_1"): 0.9, (50, "mid_2"): 0.9, (50, "mid_0"): 0.9, (10, "mid_0"): 0.5,
+                           (500, "mid_2"): 0.95}}
+    assert top_candidates(scores, 4)["sagittal"] == [(500, "mid_2"), (50, "mid_0"), (50, "mid_2"), (300, "mid_1")]
+    with pytest.raises(ValueError, match="fewer than top-6"):
+        top_candidates(scores, 6)
+
+
 def test_search_with_callback_and_nan_is_worst():
     def plane_score(plane, t, b):
         if t == 10:

@@ -76,10 +76,10 @@ def top_candidates(plane_scores: PlaneScores, k: int = 4) -> Dict[str, List[Cand
     """The ``k`` best candidates per plane, best first."""
     out = {}
     for plane, scores in plane_scores.items():
-        ranked = sorted(enumerate(scores.items()), key=lambda item: (-_key(item[1][1]), item[0]))
+        ranked = sorted(scores.items(), key=lambda item: (-_key(item[1]), int(item[0][0]), str(item[0][1])))
         if len(ranked) < k:
             raise ValueError(f"plane {plane!r} has {len(ranked)} scored candidates, fewer than top-{k}")
-        out[plane] = [(int(c[0]), str(c[1])) for _, (c, _s) in ranked[:k]]
+        out[plane] = [(int(c[0]), str(c[1])) for c, _s in ranked[:k]]
     return out
 
 
