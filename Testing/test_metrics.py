@@ -141,3 +141,13 @@ def test_bad_inputs():
         M.per_label_auroc(np.zeros((3, 2)), np.zeros((3, 3)))
     with pytest.raises(ValueError, match="0 and 1"):
         M.per_label_auroc(np.array([[2.0]]), np.array([[0.1]]))
+
+
+def test_metrics_module_needs_only_numpy():
+    import subprocess
+    import sys
+
+    code = ("import sys; import OrthoDiffusionLib.training.metrics as m; "
+            "bad = [n for n in ('torch', 'sklearn', 'scipy', 'pandas') if n in sys.modules]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
