@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES: List[str] = [
     "OrthoDiffusionLib.bench",
     "OrthoDiffusionLib.training.pretrain_cli",
     "OrthoDiffusionLib.seg_measures",
+    "OrthoDiffusionLib.training.evaluate",
 ]
 
 

@@ -1,0 +1,56 @@
+"""Predictive uncertainty from repeated noise draws (beyond the paper).
+
+Diffusion features depend on the random noise used to form ``x_t``. Predicting the same exam with ``S`` independent
+noise draws gives ``S`` probability vectors; their mean is the prediction and their spread (standard deviation over
+draws, ``ddof = 1``; 0 for a single draw) the uncertainty.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+__all__ = ["NoiseDrawSummary", "aggregate_noise_draws", "predict_with_noise_draws"]
+
+
+@dataclass
+class NoiseDrawSummary:
+    """``mean``, ``std``: ``(B, K)``; ``draws``: ``(S, B, K)`` (numpy, float64)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    draws: np.ndarray
+
+    @property
+    def num_draws(self) -> int:
+        return int(self.draws.shape[0])
+
+
+def aggregate_noise_draws(probabilities) -> NoiseDrawSummary:
+    """Summarise ``(S, B, K)`` (or ``(S, K)``) probabilities over the draw axis 0."""
+    draws = probabilities.detach().cpu().numpy() if torch.is_tensor(probabilities) else np.asarray(probabilities)
+    draws = draws.astype(np.float64)
+    if draws.ndim < 2 or draws.shape[0] < 1:
+        raise ValueError(f"expected (S, B, K) probabilities with S >= 1, got shape {draws.shape}")
+    std = draws.std(axis=0, ddof=1) if draws.shape[0] > 1 else np.zeros(draws.shape[1:])
+    return NoiseDrawSummary(mean=draws.mean(axis=0), std=std, draws=draws)
+
+
+def predict_with_noise_draws(predict: Callable[[torch.Generator], torch.Tensor], num_draws: int, seed: int = 0,
+                             progress: Optional[Callable[[int, int], None]] = None,
+                             device: torch.device | str = "cpu") -> NoiseDrawSummary:
+    """Call ``predict(generator)`` once per draw (a ``device`` generator seeded ``seed + s``; ``predict`` must draw
+    its noise from it and return probabilities ``(B, K)``) and summarise. ``progress(done, total)`` is called after
+    each draw."""
+    if num_draws < 1:
+        raise ValueError("num_draws must be >= 1")
+    outs = []
+    for s in range(num_draws):
+        g = torch.Generator(device=device).manual_seed(int(seed) + s)
+        with torch.no_grad():
+            outs.append(torch.as_tensor(predict(g)).detach().cpu().double())
+        if progress is not None:
+            progress(s + 1, num_draws)
+    return aggregate_noise_draws(torch.stack(outs))

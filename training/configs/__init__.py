@@ -1,0 +1,122 @@
+"""Named training configurations (JSON files in this folder), loadable by name.
+
+``load_config("knee-ft-opt")`` (or the paper's name ``"FT-Opt"``, or a path to a JSON file) returns a plain dict:
+the named file deep-merged over the file it ``extends`` (here ``diagnosis-defaults``), validated, with ``labels``
+(the anatomy's label keys in model output order) and ``num_labels`` added.
+
+Shipped: ``knee-lp-opt`` (LP-Opt), ``knee-ft-opt`` (FT-Opt), ``ankle-ft-opt`` (FT-A-Opt), ``shoulder-ft-opt``
+(FT-S-Opt) -- the per-plane (timestep, block) of Supplementary Table 10 -- and ``knee-ablation`` (t = 30, mid_2 on
+every plane, the paper's pooling/fusion ablation setting). The paper gives no linear-probing selection for ankle
+or shoulder, so none is shipped.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Dict, List, Mapping
+
+from OrthoDiffusionLib.errors import CorruptFileError, InputError, MissingPathError
+from OrthoDiffusionLib.labels import PLANES, anatomies, diagnosis_labels
+
+__all__ = ["list_configs", "load_config", "config_path", "PAPER_NAMES"]
+
+BLOCK_NAMES = ("mid_0", "mid_1", "mid_2")
+PAPER_NAMES = {"lp-opt": "knee-lp-opt", "ft-opt": "knee-ft-opt", "ft-a-opt": "ankle-ft-opt",
+               "ft-s-opt": "shoulder-ft-opt"}
+PROTOCOLS = ("linear_probe", "finetune")
+
+
+def _folder():
+    return resources.files(__name__)
+
+
+def list_configs() -> List[str]:
+    """Names of the shipped configurations that can be trained (files that only serve as a base are left out)."""
+    names = [Path(e.name).stem for e in _folder().iterdir() if e.name.endswith(".json")]
+    return sorted(n for n in names if not n.endswith("-defaults"))
+
+
+def config_path(name: str):
+    """The shipped file of ``name`` (case-insensitive; paper names like ``FT-Opt`` accepted)."""
+    key = str(name).strip().lower()
+    key = PAPER_NAMES.get(key, key)
+    node = _folder() / f"{key}.json"
+    if not node.is_file():
+        raise InputError(f"unknown configuration; known: {', '.join(list_configs())} "
+                         f"(or paper names {', '.join(sorted(PAPER_NAMES))})", name)
+    return node
+
+
+def _read(node, shown: str) -> Dict[str, Any]:
+    try:
+        with node.open("r", encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise CorruptFileError(f"not valid JSON ({e.msg} at line {e.lineno})", shown) from None
+    if not isinstance(data, dict):
+        raise CorruptFileError("a configuration must be a JSON object", shown)
+    return data
+
+
+def _merge(base: Dict[str, Any], over: Mapping[str, Any]) -> Dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _resolve(node, shown: str, depth: int = 0) -> Dict[str, Any]:
+    data = _read(node, shown)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if depth > 8:
+        raise InputError("'extends' nests too deeply (a cycle?)", shown)
+    base_node = _folder() / f"{parent}.json"
+    if not base_node.is_file():
+        raise InputError(f"extends unknown configuration {parent!r}", shown)
+    return _merge(_resolve(base_node, str(parent), depth + 1), data)
+
+
+def _validate(cfg: Dict[str, Any], shown: str) -> None:
+    anatomy = cfg.get("anatomy")
+    if anatomy not in anatomies():
+        raise InputError(f"anatomy must be one of {', '.join(anatomies())}, got {anatomy!r}", shown)
+    if cfg.get("protocol") not in PROTOCOLS:
+        raise InputError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {cfg.get('protocol')!r}", shown)
+    planes = cfg.get("planes")
+    if not isinstance(planes, dict) or set(planes) != set(PLANES):
+        raise InputError(f"'planes' must give a timestep and block for each of {', '.join(PLANES)}", shown)
+    for p, sel in planes.items():
+        t, b = sel.get("timestep"), sel.get("block")
+        if not isinstance(t, int) or not 0 <= t <= 999:
+            raise InputError(f"planes.{p}.timestep must be an integer in [0, 999], got {t!r}", shown)
+        if b not in BLOCK_NAMES:
+            raise InputError(f"planes.{p}.block must be one of {', '.join(BLOCK_NAMES)}, got {b!r}", shown)
+
+
+def load_config(name_or_path: str | os.PathLike) -> Dict[str, Any]:
+    """A configuration by shipped name, paper name, or path to a JSON file (see module doc).
+
+    Raises ``MissingPathError`` / ``CorruptFileError`` / ``InputError`` naming the file for a missing, unparsable or
+    invalid configuration.
+    """
+    text = os.fspath(name_or_path)
+    if text.endswith(".json") or os.sep in text:
+        path = Path(text)
+        if not path.is_file():
+            raise MissingPathError("configuration file not found", path)
+        node, shown = path, str(path)
+    else:
+        node, shown = config_path(text), text
+    cfg = _resolve(node, shown)
+    _validate(cfg, shown)
+    cfg["labels"] = [d.key for d in diagnosis_labels(cfg["anatomy"])]
+    cfg["num_labels"] = len(cfg["labels"])
+    return cfg
