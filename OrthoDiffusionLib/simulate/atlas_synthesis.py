@@ -314,22 +314,22 @@ def oai_attachments(vol: LabelVolume, frame: KneeFrame) -> dict:
 def complete_oai(vol: LabelVolume, skin_mm: float = 1.6, fat_mm: float = 5.0) -> LabelVolume:
     """Synthesise ligaments, tendons and soft tissue around the OAI bones/cartilage/menisci (padded copy returned)."""
     frame = knee_frame(vol)
+    att = oai_attachments(vol, frame)  # measured before padding (same LPS geometry, fewer voxels to scan)
     # Room for the soft tissue the DESS field of view cuts off (posterior calf/popliteal fossa, medial/lateral).
     vol = pad_volume(vol, tuple(_pad_for(vol, frame)))
-    att = oai_attachments(vol, frame)
     grid = CoarseGrid(vol)
     q = grid.knee_coordinates(frame)
     l, a, h = q[..., 0], q[..., 1], q[..., 2]
     lab = grid.labels
     bone = np.isin(lab, np.asarray(_STRUCTURES, dtype=np.uint8))
     # Per-height bone extents (2 mm bins) drive the body outline.
-    bq = frame.coordinates(vol.points_of(_BONES, 400_000))
+    bq = frame.coordinates(grid.volume.points_of(_BONES, 400_000))
     bins = np.arange(np.floor(h.min()) - 2.0, np.ceil(h.max()) + 4.0, 2.0)
     lat_min = _profile(bq[:, 2], bq[:, 0], bins, 0.005)
     lat_max = _profile(bq[:, 2], bq[:, 0], bins, 0.995)
     ant_min = _profile(bq[:, 2], bq[:, 1], bins, 0.005)
     ant_max = _profile(bq[:, 2], bq[:, 1], bins, 0.995, smooth=9)
-    fq = frame.coordinates(vol.points_of([Tissue.FEMUR, Tissue.TIBIA], 400_000))
+    fq = frame.coordinates(grid.volume.points_of([Tissue.FEMUR, Tissue.TIBIA], 400_000))
     shaft_front = _profile(fq[:, 2], fq[:, 1], bins, 0.99, smooth=5)
     tt = att["tibia_top"]
     hb = np.array([-80.0, -35.0, -14.0, 0.0, 14.0, 35.0, 80.0]) + tt
@@ -379,12 +379,14 @@ def complete_oai(vol: LabelVolume, skin_mm: float = 1.6, fat_mm: float = 5.0) ->
     out[body & (d_cart <= 1.0) & (d_cart > -0.5) & (d_in > fat_mm + skin_mm)] = Tissue.FLUID
     original_air = vol.labels == Tissue.AIR
     grid.upsample_into(out)
-    _paint_oai_bands(vol, original_air, frame, att)
+    # bands go where the source had no structure and inside the skin
+    writable = original_air & (vol.labels != Tissue.AIR) & (vol.labels != Tissue.SKIN)
+    _paint_oai_bands(vol, writable, frame, att)
     return vol
 
 
-def _pad_for(vol: LabelVolume, frame: KneeFrame, margin_mm: float = 60.0) -> np.ndarray:
-    """Padding (mm along i, j, k) so the synthetic body (up to ~55 mm beyond the bones) fits in the grid.
+def _pad_for(vol: LabelVolume, frame: KneeFrame, margin_mm: float = 50.0) -> np.ndarray:
+    """Padding (mm along i, j, k) so the synthetic body (<= ~50 mm beyond the bones) fits in the grid.
 
     The index axis closest to the knee's long axis is not padded: the body ends where the source's bones end.
     """

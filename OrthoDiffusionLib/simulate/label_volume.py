@@ -9,6 +9,16 @@ import numpy as np
 from .tissues import Tissue
 
 
+def apply_affine(points: np.ndarray, matrix: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """``points @ matrix.T + offset`` for (N, 3) points in their own dtype (broadcast form: numpy's matmul is slow
+    for an (N, 3) x (3, 3) product)."""
+    m = np.asarray(matrix, dtype=points.dtype)
+    out = points[:, 0:1] * m[:, 0] + np.asarray(offset, dtype=points.dtype)
+    out += points[:, 1:2] * m[:, 1]
+    out += points[:, 2:3] * m[:, 2]
+    return out
+
+
 @dataclass
 class LabelVolume:
     """Tissue ids on an oriented grid.
@@ -47,26 +57,34 @@ class LabelVolume:
     def sample(self, points: np.ndarray) -> np.ndarray:
         """Nearest-neighbour tissue ids at (N, 3) LPS points; AIR outside the grid. Returns (N,) uint8."""
         pts = np.asarray(points)
-        inv = np.linalg.inv(self.index_to_lps).astype(pts.dtype if pts.dtype == np.float32 else np.float64)
-        ijk = (pts - self.origin.astype(inv.dtype)) @ inv.T
+        dtype = np.float32 if pts.dtype == np.float32 else np.float64
+        inv = np.linalg.inv(self.index_to_lps)
+        ijk = apply_affine(pts.astype(dtype, copy=False), inv, -(inv @ self.origin))
         return self.sample_index(ijk)
 
     def sample_index(self, ijk: np.ndarray) -> np.ndarray:
         """Nearest-neighbour tissue ids at (N, 3) continuous indices; AIR outside the grid. Returns (N,) uint8."""
-        idx = np.rint(ijk).astype(np.int64)
         ni, nj, nk = (int(v) for v in self.size_ijk)
+        itype = np.int32 if self.labels.size < 2 ** 31 - 1 else np.int64
+        idx = np.rint(ijk).astype(itype)
         inside = ((idx[:, 0] >= 0) & (idx[:, 0] < ni) & (idx[:, 1] >= 0) & (idx[:, 1] < nj)
                   & (idx[:, 2] >= 0) & (idx[:, 2] < nk))
         flat = (idx[:, 2] * nj + idx[:, 1]) * ni + idx[:, 0]
-        out = np.zeros(len(idx), dtype=np.uint8)
-        out[inside] = self.labels.reshape(-1)[flat[inside]]
+        flat[~inside] = 0
+        out = self.labels.reshape(-1)[flat]
+        out[~inside] = 0
         return out
 
     def points_of(self, tissues: Iterable[int], max_points: int = 200_000) -> np.ndarray:
         """LPS centres (N, 3) of the voxels whose label is in ``tissues`` (evenly subsampled to <= max_points)."""
-        values = np.asarray(list(tissues), dtype=np.uint8)
+        values = np.asarray(list(tissues), dtype=np.int64)
         flat = self.labels.reshape(-1)
-        mask = np.isin(flat, values) if len(values) > 1 else flat == values[0]
+        if len(values) == 1:
+            mask = flat == values[0]
+        else:
+            wanted = np.zeros(256, dtype=bool)
+            wanted[values] = True
+            mask = wanted[flat]
         idx = np.flatnonzero(mask)
         if len(idx) > max_points:
             idx = idx[:: int(np.ceil(len(idx) / max_points))]
