@@ -293,3 +293,20 @@ def test_corrupt_and_incomplete_label_maps(tmp_path):
     with pytest.raises(InvalidVolumeError, match="lacks .*femur") as e:
         AtlasAnatomy.from_oai(empty)
     assert str(empty) in str(e.value)
+
+
+def test_bone_holes_are_filled_only_inside_bones():
+    from OrthoDiffusionLib.simulate.atlas_synthesis import fill_bone_holes
+    from OrthoDiffusionLib.simulate.label_volume import LabelVolume
+
+    lab = np.zeros((16, 32, 32), np.uint8)
+    lab[2:14, 4:28, 4:28] = Tissue.FEMUR
+    lab[6:10, 10:20, 10:20] = Tissue.AIR  # enclosed marrow gap
+    lab[6:10, 0:8, 14:18] = Tissue.AIR  # notch open to the outside: must stay
+    lab[0:2, 10:12, 10:12] = Tissue.MUSCLE
+    vol = LabelVolume(lab.copy(), np.zeros(3), np.ones(3), np.eye(3))
+    n = fill_bone_holes(vol)
+    assert n == 4 * 10 * 10
+    assert np.all(vol.labels[6:10, 10:20, 10:20] == Tissue.FEMUR)
+    assert np.all(vol.labels[6:10, 0:8, 14:18] == Tissue.AIR)
+    assert np.all(vol.labels[0:2, 10:12, 10:12] == Tissue.MUSCLE)

@@ -104,6 +104,35 @@ def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def fill_bone_holes(vol: LabelVolume) -> int:
+    """Fill enclosed unlabelled cavities inside each bone (segmentation gaps in the marrow), in place.
+
+    3D hole filling per bone within its bounding box, then per 2D slice of the label map (catches gaps that open
+    onto the edge of the field of view). Only AIR voxels are changed. Returns the number of voxels filled.
+    """
+    import SimpleITK as sitk
+
+    filled_total = 0
+    for bone in _BONES:
+        mask = vol.labels == bone
+        if not mask.any():
+            continue
+        box = tuple(slice(int(np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != ax)))[0]),
+                          int(np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != ax)))[-1]) + 1)
+                    for ax in range(3))
+        sub = mask[box]
+        filled = sitk.GetArrayFromImage(sitk.BinaryFillhole(sitk.GetImageFromArray(sub.astype(np.uint8)))) > 0
+        for n in range(filled.shape[0]):  # 2D holes in each slice of the label map
+            plane = filled[n]
+            if plane.any():
+                filled[n] = sitk.GetArrayFromImage(sitk.BinaryFillhole(sitk.GetImageFromArray(plane.astype(np.uint8)))) > 0
+        region = vol.labels[box]
+        new = filled & (region == Tissue.AIR)
+        region[new] = bone
+        filled_total += int(new.sum())
+    return filled_total
+
+
 # ---------------------------------------------------------------------------------------------------- bands (fine)
 def paint_band(vol: LabelVolume, writable: np.ndarray, p0: np.ndarray, p1: np.ndarray, tissue: int,
                half_width: float, half_thickness: float, width_hint: np.ndarray) -> int:
@@ -150,6 +179,7 @@ def complete_spl(vol: LabelVolume, fat_mm: float = 5.0, skin_mm: float = 1.6, fl
     ``fat_mm`` of subcutaneous fat and ``skin_mm`` of skin; inside, unlabelled voxels within ``fluid_mm`` of cartilage
     or meniscus are synovial fluid and the rest is fat.
     """
+    fill_bone_holes(vol)
     vol = pad_volume(vol, (fat_mm + skin_mm + 3.0, fat_mm + skin_mm + 3.0, 0.0))
     grid = CoarseGrid(vol)
     labelled = grid.labels != Tissue.AIR
@@ -313,6 +343,7 @@ def oai_attachments(vol: LabelVolume, frame: KneeFrame) -> dict:
 
 def complete_oai(vol: LabelVolume, skin_mm: float = 1.6, fat_mm: float = 5.0) -> LabelVolume:
     """Synthesise ligaments, tendons and soft tissue around the OAI bones/cartilage/menisci (padded copy returned)."""
+    fill_bone_holes(vol)
     frame = knee_frame(vol)
     att = oai_attachments(vol, frame)  # measured before padding (same LPS geometry, fewer voxels to scan)
     # Room for the soft tissue the DESS field of view cuts off (posterior calf/popliteal fossa, medial/lateral).
@@ -345,8 +376,9 @@ def complete_oai(vol: LabelVolume, skin_mm: float = 1.6, fat_mm: float = 5.0) ->
     ra = np.where(a > ac, front[which] - ac, ac - (ant_min - m_post)[which])
     rho = ((l - cl) / rl) ** 2 + ((a - ac) / np.maximum(ra, 1.0)) ** 2
     h_lo, h_hi = np.quantile(bq[:, 2], [0.0005, 0.9995])
-    body = ((rho <= 1.0) | (grid.distance(bone) <= 3.0)) & (h >= h_lo - 1.0) & (h <= h_hi + 1.0)
+    body = (rho <= 1.0) | (grid.distance(bone) <= 3.0)
     d_in = -grid.distance(body)  # > 0 inside the body: depth below the skin surface
+    body &= (h >= h_lo - 1.0) & (h <= h_hi + 1.0)  # the leg is cut where the source's bones end (no skin cap)
     d_bone = np.maximum(grid.distance(bone), 0.5)
     d_cart = grid.distance(np.isin(lab, np.asarray(_CARTILAGE, dtype=np.uint8)))
     out = np.zeros(lab.shape, dtype=np.uint8)
