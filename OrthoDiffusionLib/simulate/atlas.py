@@ -17,12 +17,12 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
 from ..errors import CorruptFileError, InvalidVolumeError, MissingPathError
-from .atlas_landmarks import compute_landmarks, knee_frame
+from .atlas_landmarks import compute_landmarks
 from .atlas_synthesis import complete_oai, complete_spl
 from .atlas_tables import OAI_LABELS, oai_lookup_table, read_color_table, spl_lookup_table
 from .knee_deformation import KneeTransform
@@ -131,20 +131,20 @@ def load_oai_volume(path: Path) -> LabelVolume:
         raise InvalidVolumeError(f"cannot place ligaments/soft tissue on this label map ({e})", path) from e
 
 
-_CACHE: Dict[Tuple[str, str, float, int], Tuple[LabelVolume, Dict[str, np.ndarray]]] = {}
+_CACHE: Dict[Tuple[str, str, float, int], tuple] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def cached_atlas(kind: str, path: Path) -> Tuple[LabelVolume, Dict[str, np.ndarray]]:
-    """(completed volume, landmarks in atlas space) for ``kind`` in ``{"spl", "oai"}``, cached per process by
-    (kind, resolved path, mtime, size). Treat the returned arrays as read-only."""
+def cached_atlas(kind: str, path: Path) -> Tuple[LabelVolume, Dict[str, np.ndarray], Tuple[np.ndarray, np.ndarray]]:
+    """(completed volume, landmarks in atlas space, (lo, hi) LPS box of the body) for ``kind`` in
+    ``{"spl", "oai"}``, cached per process by (kind, resolved path, mtime, size). Treat the arrays as read-only."""
     st = path.stat()
     key = (kind, str(path.resolve()), st.st_mtime, st.st_size)
     with _CACHE_LOCK:
         if key not in _CACHE:
             vol = load_spl_volume(path) if kind == "spl" else load_oai_volume(path)
             vol.labels.setflags(write=False)
-            _CACHE[key] = (vol, compute_landmarks(vol, str(path)))
+            _CACHE[key] = (vol, compute_landmarks(vol, str(path)), vol.bounding_box())
         return _CACHE[key]
 
 
@@ -164,7 +164,7 @@ class AtlasAnatomy:
     def __init__(self, volume: LabelVolume, atlas_landmarks: Dict[str, np.ndarray], *, name: str, seed: int,
                  side: str = "right", deformation: float = 3.0, control_spacing: float = 25.0,
                  scale_range: Tuple[float, float] = (0.92, 1.08), anisotropy: float = 0.04,
-                 rotation_deg: float = 4.0):
+                 rotation_deg: float = 4.0, atlas_box: Optional[Tuple[np.ndarray, np.ndarray]] = None):
         if side not in ("right", "left"):
             raise ValueError(f"side must be 'right' or 'left', got {side!r}")
         if not (0.5 < scale_range[0] <= scale_range[1] < 2.0):
@@ -173,13 +173,13 @@ class AtlasAnatomy:
         self.side = side
         self.seed = int(seed)
         self.volume = volume
-        frame = knee_frame(volume)
-        self.atlas_side = frame.side
+        # the atlas's own side: its lateral axis points to patient left (+L) for a left knee
+        self.atlas_side = "left" if atlas_landmarks["axis_lateral"][0] > 0 else "right"
         self.atlas_landmarks = atlas_landmarks
-        lo, hi = volume.bounding_box()
+        lo, hi = atlas_box if atlas_box is not None else volume.bounding_box()
         self._atlas_box = (lo, hi)
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, 0x41544C53]))
-        axes = np.stack([frame.lateral, frame.anterior, frame.superior], axis=1)
+        axes = np.stack([atlas_landmarks[n] for n in ("axis_lateral", "axis_anterior", "axis_superior")], axis=1)
         self.transform = KneeTransform.random(
             rng, atlas_landmarks["knee_center"], axes, lo, hi, mirror=(side != self.atlas_side),
             deformation_mm=float(deformation), control_spacing=float(control_spacing),
@@ -205,8 +205,8 @@ class AtlasAnatomy:
             MissingPathError, CorruptFileError, InvalidVolumeError (messages name the file).
         """
         p = _resolve(path, "spl", SPL_FOLDER, SPL_LABELS)
-        vol, lm = cached_atlas("spl", p)
-        return cls(vol, lm, name="spl", seed=seed, side=side, deformation=deformation,
+        vol, lm, box = cached_atlas("spl", p)
+        return cls(vol, lm, atlas_box=box, name="spl", seed=seed, side=side, deformation=deformation,
                    control_spacing=control_spacing, scale_range=scale_range, anisotropy=anisotropy,
                    rotation_deg=rotation_deg)
 
@@ -220,8 +220,8 @@ class AtlasAnatomy:
         Arguments as :meth:`from_spl`; ``path`` is the label .nrrd or its folder.
         """
         p = _resolve(path, "oai", OAI_FOLDER, OAI_LABELS_FILE)
-        vol, lm = cached_atlas("oai", p)
-        return cls(vol, lm, name="oai", seed=seed, side=side, deformation=deformation,
+        vol, lm, box = cached_atlas("oai", p)
+        return cls(vol, lm, atlas_box=box, name="oai", seed=seed, side=side, deformation=deformation,
                    control_spacing=control_spacing, scale_range=scale_range, anisotropy=anisotropy,
                    rotation_deg=rotation_deg)
 

@@ -398,7 +398,7 @@ def complete_oai(vol: LabelVolume, skin_mm: float = 1.6, fat_mm: float = 5.0) ->
     interior[prefemoral] = Tissue.FAT
     # Popliteal artery and vein behind the joint, following the posterior bone profile.
     vessel_a = (ant_min[which] - 11.0)
-    vessel_l = notch = att["notch_center"]
+    vessel_l = att["notch_center"]
     interior[((l - vessel_l) ** 2 + (a - vessel_a) ** 2) <= 3.0 ** 2] = Tissue.VESSEL
     lat_sign = 1.0 if lc > mc else -1.0
     interior[((l - vessel_l - 2.0 * lat_sign) ** 2 + (a - vessel_a + 7.0) ** 2) <= 3.8 ** 2] = Tissue.VESSEL
