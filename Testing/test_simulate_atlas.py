@@ -17,6 +17,17 @@ IDENTITY = dict(deformation=0.0, scale_range=(1.0, 1.0), rotation_deg=0.0, aniso
 STRUCTURES = [Tissue(v) for v in range(1, 12)]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def fresh_atlas_cache(tmp_path_factory):
+    """Build the atlases from the label maps in this session (no stale on-disk cache from another code version)."""
+    mp = pytest.MonkeyPatch()
+    folder = tmp_path_factory.mktemp("atlas_cache")
+    mp.setenv("ORTHODIFFUSION_CACHE_DIR", str(folder))
+    mp.setattr(atlas_mod, "_CACHE", {})
+    yield folder
+    mp.undo()
+
+
 @pytest.fixture(scope="module")
 def paths(shared_data):
     return {"spl": shared_data / "spl_knee_atlas" / "SPLKneeAtlasLabels.nrrd",
@@ -312,3 +323,21 @@ def test_bone_holes_are_filled_only_inside_bones():
     assert np.all(vol.labels[6:10, 10:20, 10:20] == Tissue.FEMUR)
     assert np.all(vol.labels[6:10, 0:8, 14:18] == Tissue.AIR)
     assert np.all(vol.labels[0:2, 10:12, 10:12] == Tissue.MUSCLE)
+
+
+def test_disk_cache_round_trip_and_corrupt_cache_is_rebuilt(paths, fresh_atlas_cache, monkeypatch):
+    built = make("oai", paths, seed=9, side="left")  # built (or loaded) in this session
+    files = sorted(fresh_atlas_cache.glob("oai-*.npz"))
+    assert len(files) == 1
+    monkeypatch.setattr(atlas_mod, "_CACHE", {})
+    t0 = time.perf_counter()
+    loaded = make("oai", paths, seed=9, side="left")
+    print(f"\nOAI atlas from disk cache in {time.perf_counter() - t0:.2f} s")
+    np.testing.assert_array_equal(loaded.volume.labels, built.volume.labels)
+    for name in LANDMARK_NAMES:
+        np.testing.assert_array_equal(loaded.landmarks[name], built.landmarks[name])
+    files[0].write_bytes(b"not a zip")  # a damaged cache file is ignored and rewritten
+    monkeypatch.setattr(atlas_mod, "_CACHE", {})
+    rebuilt = make("oai", paths, seed=9, side="left")
+    np.testing.assert_array_equal(rebuilt.volume.labels, built.volume.labels)
+    assert files[0].stat().st_size > 1000

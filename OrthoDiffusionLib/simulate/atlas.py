@@ -10,10 +10,13 @@ Usage::
 The label maps are read from disk at run time (they are not part of the package): pass a path, or set
 ``ORTHODIFFUSION_SHARED_DATA`` (or keep ``shared/data`` beside the project) for :func:`default_atlas_paths`.
 Each label map is loaded, mapped to :class:`~OrthoDiffusionLib.simulate.tissues.Tissue` ids and completed into a
-whole-knee cross-section (:mod:`.atlas_synthesis`) once per process; sources built from it share the volume.
+whole-knee cross-section (:mod:`.atlas_synthesis`) once per process; sources built from it share the volume. The
+completed volume is also cached on disk (:func:`atlas_cache_dir`, keyed by the source files' content), so later
+processes load it in about a second.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from pathlib import Path
@@ -131,20 +134,83 @@ def load_oai_volume(path: Path) -> LabelVolume:
         raise InvalidVolumeError(f"cannot place ligaments/soft tissue on this label map ({e})", path) from e
 
 
+#: Bump when the mapping/synthesis/landmark code changes: on-disk caches of older versions are ignored.
+ATLAS_CACHE_VERSION = 1
+
 _CACHE: Dict[Tuple[str, str, float, int], tuple] = {}
 _CACHE_LOCK = threading.Lock()
 
 
+def atlas_cache_dir() -> Optional[Path]:
+    """Folder for completed atlas volumes: ``$ORTHODIFFUSION_CACHE_DIR`` (empty string: no disk cache), else
+    ``$XDG_CACHE_HOME/orthodiffusion/atlas`` (``~/.cache/orthodiffusion/atlas``)."""
+    env = os.environ.get("ORTHODIFFUSION_CACHE_DIR")
+    if env is not None:
+        return Path(env) if env.strip() else None
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "orthodiffusion" / "atlas"
+
+
+def _source_digest(kind: str, path: Path) -> str:
+    h = hashlib.sha256(f"{kind}:v{ATLAS_CACHE_VERSION}:".encode())
+    files = [path] + ([path.parent / SPL_COLORS] if kind == "spl" else [])
+    for f in files:
+        h.update(f.read_bytes() if f.is_file() else b"-")
+    return h.hexdigest()[:24]
+
+
+def _load_disk_cache(file: Path):
+    """(volume, landmarks, box) from a cache file, or None if absent/unreadable (it is then rebuilt)."""
+    if not file.is_file():
+        return None
+    try:
+        with np.load(file, allow_pickle=False) as z:
+            vol = LabelVolume(z["labels"], z["origin"], z["spacing"], z["direction"])
+            lm = {n: z["lm_" + n] for n in LANDMARK_NAMES}
+            box = (z["box_lo"], z["box_hi"])
+    except (OSError, KeyError, ValueError, EOFError):
+        return None
+    if vol.labels.dtype != np.uint8 or vol.labels.ndim != 3:
+        return None
+    return vol, lm, box
+
+
+def _save_disk_cache(file: Path, vol: LabelVolume, lm: Dict[str, np.ndarray], box) -> None:
+    """Write a cache file atomically; silently skipped where the folder is not writable."""
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, labels=vol.labels, origin=vol.origin, spacing=vol.spacing,
+                                direction=vol.direction, box_lo=box[0], box_hi=box[1],
+                                **{"lm_" + n: v for n, v in lm.items()})
+        os.replace(tmp, file)
+    except OSError:
+        try:
+            tmp.unlink()
+        except (OSError, UnboundLocalError):
+            pass
+
+
 def cached_atlas(kind: str, path: Path) -> Tuple[LabelVolume, Dict[str, np.ndarray], Tuple[np.ndarray, np.ndarray]]:
     """(completed volume, landmarks in atlas space, (lo, hi) LPS box of the body) for ``kind`` in
-    ``{"spl", "oai"}``, cached per process by (kind, resolved path, mtime, size). Treat the arrays as read-only."""
+    ``{"spl", "oai"}``. Cached in memory per process (key: kind, resolved path, mtime, size) and on disk in
+    :func:`atlas_cache_dir` (key: content hash of the source files + :data:`ATLAS_CACHE_VERSION`), so only the first
+    use on a machine pays for the synthesis. Treat the returned arrays as read-only."""
     st = path.stat()
     key = (kind, str(path.resolve()), st.st_mtime, st.st_size)
     with _CACHE_LOCK:
         if key not in _CACHE:
-            vol = load_spl_volume(path) if kind == "spl" else load_oai_volume(path)
-            vol.labels.setflags(write=False)
-            _CACHE[key] = (vol, compute_landmarks(vol, str(path)), vol.bounding_box())
+            folder = atlas_cache_dir()
+            file = folder / f"{kind}-{_source_digest(kind, path)}.npz" if folder is not None else None
+            entry = _load_disk_cache(file) if file is not None else None
+            if entry is None:
+                vol = load_spl_volume(path) if kind == "spl" else load_oai_volume(path)
+                entry = (vol, compute_landmarks(vol, str(path)), vol.bounding_box())
+                if file is not None:
+                    _save_disk_cache(file, *entry)
+            entry[0].labels.setflags(write=False)
+            _CACHE[key] = entry
         return _CACHE[key]
 
 
