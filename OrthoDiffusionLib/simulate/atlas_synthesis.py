@@ -368,7 +368,16 @@ def complete_oai(vol: LabelVolume, skin_mm: float = 1.6, fat_mm: float = 5.0) ->
     m_ant = np.interp(bins[:-1], hb, [5, 5, 20, 22, 8, 9, 30])
     m_ant = np.where(bins[:-1] > att["patella_top"] + 5.0, np.maximum(m_ant, 26.0), m_ant)
     m_post = np.interp(bins[:-1], hb, [55, 55, 42, 35, 35, 45, 50])
-    front = np.convolve(np.pad(ant_max + m_ant, 4, mode="edge"), np.ones(9) / 9, mode="valid")
+    front = ant_max + m_ant
+    # the tendons lie in front of the bones: keep subcutaneous fat and skin (+1 mm) in front of them
+    hc = 0.5 * (bins[1:] + bins[:-1])
+    for lo_name, hi_name, half in (("patellar_tendon_bottom", "patellar_tendon_top", 2.6),
+                                   ("quadriceps_tendon_bottom", "quadriceps_tendon_top", 3.2)):
+        p_lo, p_hi = att[lo_name], att[hi_name]
+        inside = (hc >= p_lo[2]) & (hc <= p_hi[2])
+        tendon_front = np.interp(hc, [p_lo[2], p_hi[2]], [p_lo[1], p_hi[1]]) + half + fat_mm + skin_mm + 1.0
+        front = np.where(inside, np.maximum(front, tendon_front), front)
+    front = np.convolve(np.pad(front, 4, mode="edge"), np.ones(9) / 9, mode="valid")
     which = np.clip(np.digitize(h, bins) - 1, 0, len(bins) - 2)
     cl = 0.5 * (lat_min + lat_max)[which]
     rl = (0.5 * (lat_max - lat_min) + m_lat)[which]
@@ -394,6 +403,13 @@ def complete_oai(vol: LabelVolume, skin_mm: float = 1.6, fat_mm: float = 5.0) ->
     interior = np.where(thigh | calf, Tissue.MUSCLE, Tissue.FAT).astype(np.uint8)
     interior[joint & gastro] = Tissue.MUSCLE
     interior[subcut_tibia] = Tissue.FAT
+    # Popliteal fossa: fat between the hamstrings/gastrocnemius heads, behind the femur, up to ~6 cm above the joint.
+    fossa_half = np.interp(rel_h, [-20.0, 0.0, 25.0, 60.0], [6.0, 10.0, 14.0, 8.0])
+    fossa = back & (np.abs(l - att["notch_center"]) < fossa_half) & (rel_h > -20.0) & (rel_h < 60.0)
+    interior[fossa & ~(joint & gastro & (np.abs(l - att["notch_center"]) > 9.0))] = Tissue.FAT
+    # Intercondylar notch (between the condyles, behind the trochlea): fat around the cruciates.
+    notch_fat = (np.abs(l - att["notch_center"]) < 12.0) & (rel_h > -4.0) & (rel_h < 32.0) & (a < ac) & ~back
+    interior[notch_fat] = Tissue.FAT
     prefemoral = thigh & (a > shaft_front[which]) & (rel_h < att["patella_top"] - tt + 30.0) & (np.abs(l - cl) < 25)
     interior[prefemoral] = Tissue.FAT
     # Popliteal artery and vein behind the joint, following the posterior bone profile.
