@@ -171,15 +171,31 @@ def paint_band(vol: LabelVolume, writable: np.ndarray, p0: np.ndarray, p1: np.nd
 
 
 # -------------------------------------------------------------------------------------------------------------- SPL
+def extend_slices(vol: LabelVolume, extend_mm: float) -> LabelVolume:
+    """Copy of ``vol`` with its first and last slices (numpy axis 0) repeated for ``extend_mm`` on each side.
+
+    The SPL atlas is an axial slab of only 116 mm; repeating its end slices continues the femoral and tibial shafts,
+    the fibula, muscles and vessels as straight cylinders, so fields of view taller than the slab do not end in air.
+    """
+    n = int(round(extend_mm / vol.spacing[2]))
+    if n <= 0:
+        return vol
+    labels = np.pad(vol.labels, [(n, n), (0, 0), (0, 0)], mode="edge")
+    origin = vol.origin - vol.index_to_lps @ np.array([0.0, 0.0, n])
+    return LabelVolume(labels, origin, vol.spacing.copy(), vol.direction.copy())
+
+
 def complete_spl(vol: LabelVolume, fat_mm: float = 5.0, skin_mm: float = 1.6, fluid_mm: float = 1.0,
-                 closing_mm: float = 12.0) -> LabelVolume:
+                 closing_mm: float = 12.0, extend_mm: float = 20.0) -> LabelVolume:
     """Fill the unlabelled space of the mapped SPL atlas (in place on a padded copy, which is returned).
 
-    Body core = the labelled region closed by ``closing_mm`` with 2D holes filled per axial slice; around it
-    ``fat_mm`` of subcutaneous fat and ``skin_mm`` of skin; inside, unlabelled voxels within ``fluid_mm`` of cartilage
-    or meniscus are synovial fluid and the rest is fat.
+    The axial slab is first extended by ``extend_mm`` above and below (:func:`extend_slices`). Body core = the
+    labelled region closed by ``closing_mm`` with 2D holes filled per axial slice; around it ``fat_mm`` of
+    subcutaneous fat and ``skin_mm`` of skin; inside, unlabelled voxels within ``fluid_mm`` of cartilage or meniscus
+    are synovial fluid and the rest is fat.
     """
     fill_bone_holes(vol)
+    vol = extend_slices(vol, extend_mm)
     vol = pad_volume(vol, (fat_mm + skin_mm + 3.0, fat_mm + skin_mm + 3.0, 0.0))
     grid = CoarseGrid(vol)
     labelled = grid.labels != Tissue.AIR
