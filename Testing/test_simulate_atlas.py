@@ -284,6 +284,10 @@ def test_default_paths_and_missing_data(paths, monkeypatch, tmp_path):
         AtlasAnatomy.from_spl(seed=0)
     with pytest.raises(MissingPathError, match="nope.nrrd"):
         AtlasAnatomy.from_oai(tmp_path / "nope.nrrd")
+    with pytest.raises(MissingPathError, match="nope.nrrd"):
+        atlas_mod.atlas_anatomy("spl", tmp_path / "nope.nrrd")
+    with pytest.raises(ValueError, match="unknown atlas"):
+        atlas_mod.atlas_anatomy("procedural")
 
 
 def test_corrupt_and_incomplete_label_maps(tmp_path):

@@ -135,7 +135,7 @@ def load_oai_volume(path: Path) -> LabelVolume:
 
 
 #: Bump when the mapping/synthesis/landmark code changes: on-disk caches of older versions are ignored.
-ATLAS_CACHE_VERSION = 4
+ATLAS_CACHE_VERSION = 5
 
 _CACHE: Dict[Tuple[str, str, float, int], tuple] = {}
 _CACHE_LOCK = threading.Lock()
@@ -350,3 +350,12 @@ class AtlasAnatomy:
 
 def _unit(v: np.ndarray) -> np.ndarray:
     return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+def atlas_anatomy(kind: str, path: Optional[os.PathLike | str] = None, **kwargs) -> AtlasAnatomy:
+    """``AtlasAnatomy.from_spl`` (``kind="spl"``) or ``AtlasAnatomy.from_oai`` (``kind="oai"``) with ``kwargs``."""
+    if kind == "spl":
+        return AtlasAnatomy.from_spl(path, **kwargs)
+    if kind == "oai":
+        return AtlasAnatomy.from_oai(path, **kwargs)
+    raise ValueError(f"unknown atlas {kind!r}; known: spl, oai")

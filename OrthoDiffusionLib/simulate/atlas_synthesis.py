@@ -10,7 +10,8 @@
   popliteal vessels, a joint capsule, a fluid film, subcutaneous fat and skin.
 
 Soft tissue is computed on a ~1 mm grid (a strided subsample of the label grid); bands (ligaments, tendons) are drawn
-analytically at full resolution. Original labels are never overwritten.
+analytically at full resolution. Original labels are never overwritten. Shell thicknesses (``skin_mm``, ``fat_mm``)
+are distances from the outermost body voxel centre, so the drawn skin is about one coarse voxel thicker (~2 mm).
 """
 from __future__ import annotations
 
@@ -185,7 +186,7 @@ def extend_slices(vol: LabelVolume, extend_mm: float) -> LabelVolume:
     return LabelVolume(labels, origin, vol.spacing.copy(), vol.direction.copy())
 
 
-def complete_spl(vol: LabelVolume, fat_mm: float = 5.0, skin_mm: float = 1.6, fluid_mm: float = 1.0,
+def complete_spl(vol: LabelVolume, fat_mm: float = 5.0, skin_mm: float = 1.0, fluid_mm: float = 1.0,
                  closing_mm: float = 12.0, extend_mm: float = 20.0) -> LabelVolume:
     """Fill the unlabelled space of the mapped SPL atlas (in place on a padded copy, which is returned).
 
@@ -357,7 +358,7 @@ def oai_attachments(vol: LabelVolume, frame: KneeFrame) -> dict:
     return out
 
 
-def complete_oai(vol: LabelVolume, skin_mm: float = 1.6, fat_mm: float = 5.0) -> LabelVolume:
+def complete_oai(vol: LabelVolume, skin_mm: float = 1.0, fat_mm: float = 5.0) -> LabelVolume:
     """Synthesise ligaments, tendons and soft tissue around the OAI bones/cartilage/menisci (padded copy returned)."""
     fill_bone_holes(vol)
     frame = knee_frame(vol)
