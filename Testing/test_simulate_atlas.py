@@ -345,3 +345,19 @@ def test_disk_cache_round_trip_and_corrupt_cache_is_rebuilt(paths, fresh_atlas_c
     rebuilt = make("oai", paths, seed=9, side="left")
     np.testing.assert_array_equal(rebuilt.volume.labels, built.volume.labels)
     assert files[0].stat().st_size > 1000
+
+
+def test_extend_slices_repeats_the_outermost_complete_slices():
+    from OrthoDiffusionLib.simulate.atlas_synthesis import extend_slices
+    from OrthoDiffusionLib.simulate.label_volume import LabelVolume
+
+    lab = np.zeros((10, 8, 8), np.uint8)
+    lab[1:9, 2:6, 2:6] = Tissue.FEMUR  # slices 0 and 9 are (nearly) empty, like the SPL slab's ends
+    lab[1, 2:6, 2:6] = Tissue.TIBIA
+    vol = LabelVolume(lab, np.array([0.0, 0.0, 5.0]), np.array([1.0, 1.0, 2.0]), np.eye(3))
+    ext = extend_slices(vol, extend_mm=4.0)
+    assert ext.labels.shape == (14, 8, 8)
+    np.testing.assert_allclose(ext.origin, [0.0, 0.0, 1.0])
+    # original slices keep their physical position
+    np.testing.assert_array_equal(ext.labels[3:11], lab[1:9])
+    assert np.all(ext.labels[:3, 2:6, 2:6] == Tissue.TIBIA) and np.all(ext.labels[11:, 2:6, 2:6] == Tissue.FEMUR)

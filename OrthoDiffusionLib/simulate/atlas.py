@@ -135,7 +135,7 @@ def load_oai_volume(path: Path) -> LabelVolume:
 
 
 #: Bump when the mapping/synthesis/landmark code changes: on-disk caches of older versions are ignored.
-ATLAS_CACHE_VERSION = 5
+ATLAS_CACHE_VERSION = 6
 
 _CACHE: Dict[Tuple[str, str, float, int], tuple] = {}
 _CACHE_LOCK = threading.Lock()

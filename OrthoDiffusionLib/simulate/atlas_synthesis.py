@@ -172,17 +172,21 @@ def paint_band(vol: LabelVolume, writable: np.ndarray, p0: np.ndarray, p1: np.nd
 
 
 # -------------------------------------------------------------------------------------------------------------- SPL
-def extend_slices(vol: LabelVolume, extend_mm: float) -> LabelVolume:
-    """Copy of ``vol`` with its first and last slices (numpy axis 0) repeated for ``extend_mm`` on each side.
+def extend_slices(vol: LabelVolume, extend_mm: float, complete_fraction: float = 0.8) -> LabelVolume:
+    """Copy of ``vol`` whose end slices (numpy axis 0) are replaced and continued by the outermost complete slices.
 
-    The SPL atlas is an axial slab of only 116 mm; repeating its end slices continues the femoral and tibial shafts,
-    the fibula, muscles and vessels as straight cylinders, so fields of view taller than the slab do not end in air.
+    The SPL atlas is an axial slab of only 116 mm whose first/last slices are sparsely labelled. Slices with fewer
+    labelled voxels than ``complete_fraction`` x the median are dropped at both ends; the outermost complete slices
+    are then repeated out to ``extend_mm`` beyond the original slab. This continues the femoral and tibial shafts,
+    fibula, muscles and vessels as straight cylinders, so fields of view taller than the slab do not end in air.
     """
+    area = np.count_nonzero(vol.labels.reshape(vol.labels.shape[0], -1), axis=1)
+    complete = np.flatnonzero(area >= complete_fraction * np.median(area[area > 0]))
+    first, last = int(complete[0]), int(complete[-1])
     n = int(round(extend_mm / vol.spacing[2]))
-    if n <= 0:
-        return vol
-    labels = np.pad(vol.labels, [(n, n), (0, 0), (0, 0)], mode="edge")
-    origin = vol.origin - vol.index_to_lps @ np.array([0.0, 0.0, n])
+    before, after = n + first, n + (vol.labels.shape[0] - 1 - last)
+    labels = np.pad(vol.labels[first:last + 1], [(before, after), (0, 0), (0, 0)], mode="edge")
+    origin = vol.origin + vol.index_to_lps @ np.array([0.0, 0.0, float(first - before)])
     return LabelVolume(labels, origin, vol.spacing.copy(), vol.direction.copy())
 
 
