@@ -82,3 +82,7 @@ class BundleError(OrthoDiffusionError):
 
 class CancelledError(OrthoDiffusionError):
     """Work was cancelled by the user."""
+
+
+class AmbiguousSeriesError(InputError):
+    """A path holds several series (or echoes) and the caller did not say which one to read."""

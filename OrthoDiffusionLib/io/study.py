@@ -1,0 +1,232 @@
+"""Multi-plane exams: the :class:`Exam` object and :func:`load_study`, which picks one series per plane.
+
+Choice rule per plane (the model was trained on PD-weighted, non-fat-suppressed series):
+1. rank by :func:`sequence.preference` (PD without fat suppression, then PD with fat suppression, then unknown
+   weighting without fat suppression, then T1/T2 without, then other fat-suppressed series);
+2. ties: more slices, then finer in-plane pixel area, then less obliquity, then shorter TE, then name.
+DICOM series are judged from their headers and only the chosen ones are read; a chosen series that fails to load is
+reported and the next candidate is taken.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+from ..errors import InputError, MissingPathError, MissingPlaneError, NoDicomError
+from . import sequence
+from .dicom_read import DicomSeriesGroup, _meta_from_header, load_group, scan_dicom_folder, sort_frames
+from .orientation import classify_plane
+from .reader import read_series
+from .series import PLANES, Series
+from .volume_read import is_volume_file, read_volume
+from .dicom_read import is_dicom_file
+
+PathLike = Union[str, os.PathLike]
+SeriesLike = Union[Series, PathLike, None]
+
+
+@dataclass
+class Exam:
+    """One knee exam: up to one series per plane.
+
+    Attributes:
+        sagittal, coronal, axial: the series per plane (None = missing).
+        choices: human-readable lines: what was chosen for each plane and why, which planes are missing, and which
+            files were ignored.
+        source: the study folder (or None when assembled from series).
+    """
+
+    sagittal: Optional[Series] = None
+    coronal: Optional[Series] = None
+    axial: Optional[Series] = None
+    choices: List[str] = field(default_factory=list)
+    source: Optional[str] = None
+
+    def get(self, plane: str) -> Optional[Series]:
+        if plane not in PLANES:
+            raise ValueError(f"plane must be one of {PLANES}, got {plane!r}")
+        return getattr(self, plane)
+
+    def planes_present(self) -> List[str]:
+        return [p for p in PLANES if getattr(self, p) is not None]
+
+    def require(self, planes: Iterable[str] = PLANES) -> None:
+        """Raise :class:`MissingPlaneError` naming every plane in ``planes`` that the exam lacks."""
+        missing = [p for p in planes if self.get(p) is None]
+        if missing:
+            present = ", ".join(self.planes_present()) or "none"
+            raise MissingPlaneError(f"exam lacks the {', '.join(missing)} series (present: {present})",
+                                    self.source or "exam")
+
+    @classmethod
+    def from_series(cls, sagittal: SeriesLike = None, coronal: SeriesLike = None, axial: SeriesLike = None) -> "Exam":
+        """Assemble an exam from Series objects or paths (read with :func:`read_series`).
+
+        Raises:
+            InputError: a series' slices are not in the plane it was given for.
+        """
+        exam = cls()
+        for plane, item in zip(PLANES, (sagittal, coronal, axial)):
+            if item is None:
+                exam.choices.append(f"{plane}: missing (not given)")
+                continue
+            s = item if isinstance(item, Series) else read_series(item)
+            if s.plane != plane:
+                raise InputError(f"given as the {plane} series, but its slices are {s.plane}", s.source)
+            setattr(exam, plane, s)
+            exam.choices.append(f"{plane}: {_describe(s.meta, s.shape[0], s.spacing)} from {s.source} (given)")
+        return exam
+
+
+@dataclass
+class _Candidate:
+    plane: str
+    obliquity: float
+    meta: dict
+    n_slices: int
+    spacing: Tuple[float, float, float]
+    label: str
+    source: str
+    load: Callable[[], Series]
+
+    def key(self) -> tuple:
+        rank, _ = sequence.preference(self.meta)
+        te = self.meta.get("echo_time")
+        return (rank, -self.n_slices, round(self.spacing[0] * self.spacing[1], 6), round(self.obliquity, 1),
+                te if te is not None else 1e9, self.label)
+
+
+def _describe(meta: dict, n_slices: int, spacing: Sequence[float]) -> str:
+    desc = meta.get("series_description") or "(no description)"
+    parts = []
+    if meta.get("series_number") is not None:
+        parts.append(f"series {meta['series_number']}")
+    parts.append(repr(desc))
+    if meta.get("echo_number") is not None and meta.get("format") == "DICOM":
+        parts.append(f"echo {meta['echo_number']}")
+    geo = f"{n_slices} slices, {spacing[0]:.2f}x{spacing[1]:.2f}x{spacing[2]:.2f} mm"
+    te, tr = meta.get("echo_time"), meta.get("repetition_time")
+    if te is not None or tr is not None:
+        geo += f", TE {te if te is not None else '?'}/TR {tr if tr is not None else '?'} ms"
+    return " ".join(parts) + f" ({geo})"
+
+
+def _dicom_candidate(group: DicomSeriesGroup, where: str, tolerance_deg: float) -> _Candidate:
+    frames, normal, spacing = sort_frames(group.frames, where)
+    ref = frames[0]
+    import numpy as np
+
+    direction = np.stack([ref.row_dir, ref.col_dir, normal], axis=1)
+    plane, obliquity = classify_plane(direction, 2, tolerance_deg, path=where)
+    meta = _meta_from_header(group.header, len(frames), spacing, ref.pixel_spacing, group.echo_number,
+                             group.echo_time)
+    sp = (ref.pixel_spacing[1], ref.pixel_spacing[0], spacing)
+    return _Candidate(plane, obliquity, meta, len(frames), sp, group.label(), where,
+                      lambda: load_group(group, where=where, tolerance_deg=tolerance_deg))
+
+
+def _volume_candidate(series: Series) -> _Candidate:
+    return _Candidate(series.plane, series.obliquity_deg, series.meta, series.shape[0], series.spacing,
+                      os.path.basename(series.source), series.source, lambda: series)
+
+
+def find_candidates(folder: PathLike, tolerance_deg: float = 30.0,
+                    progress: Optional[Callable[[float, str], None]] = None
+                    ) -> Tuple[List[_Candidate], List[Tuple[str, str]]]:
+    """All usable series under ``folder`` (DICOM judged from headers, volumes read) and the ignored files."""
+    folder = os.fspath(folder)
+    ignored: List[Tuple[str, str]] = []
+    candidates: List[_Candidate] = []
+    if progress:
+        progress(0.0, "scanning DICOM headers")
+    scan = scan_dicom_folder(folder)
+    ignored.extend(scan.ignored)
+    for g in scan.groups:
+        where = g.folder
+        if g.modality.upper() != "MR":
+            ignored.append((where, f"not MR (modality {g.modality or 'missing'}): {g.label()}"))
+            continue
+        try:
+            candidates.append(_dicom_candidate(g, where, tolerance_deg))
+        except InputError as e:
+            ignored.append((where, f"{g.label()}: {e.problem}"))
+    volumes = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        volumes += [os.path.join(root, n) for n in sorted(files)
+                    if is_volume_file(os.path.join(root, n)) and not is_dicom_file(os.path.join(root, n))]
+    for i, path in enumerate(volumes):
+        if progress:
+            progress(0.5 + 0.5 * i / max(1, len(volumes)), f"reading {os.path.basename(path)}")
+        try:
+            candidates.append(_volume_candidate(read_volume(path, tolerance_deg=tolerance_deg)))
+        except InputError as e:
+            ignored.append((path, e.problem))
+    return candidates, ignored
+
+
+def load_study(folder: PathLike, *, tolerance_deg: float = 30.0,
+               progress: Optional[Callable[[float, str], None]] = None) -> Exam:
+    """Scan a study folder (DICOM series and/or NIfTI/NRRD/MetaImage files) and assign one series per plane.
+
+    Args:
+        folder: study folder (searched recursively).
+        tolerance_deg: obliquity accepted when classifying planes; more oblique series are ignored (reported).
+        progress: optional callback ``progress(fraction, message)``.
+
+    Returns:
+        An :class:`Exam`; ``choices`` says what was chosen per plane and why, which planes are missing, and which
+        files/series were ignored. Missing planes are not an error here (use :meth:`Exam.require`).
+
+    Raises:
+        MissingPathError: the folder does not exist. NoDicomError: no usable MR series at all.
+    """
+    folder = os.fspath(folder)
+    if not os.path.exists(folder):
+        raise MissingPathError("no such study folder", folder)
+    if not os.path.isdir(folder):
+        s = read_series(folder)
+        exam = Exam.from_series(**{s.plane: s})
+        exam.source = folder
+        return exam
+    candidates, ignored = find_candidates(folder, tolerance_deg, progress)
+    if not candidates:
+        why = f" (ignored: {'; '.join(f'{os.path.basename(p)}: {r}' for p, r in ignored[:5])})" if ignored else ""
+        raise NoDicomError(f"no usable MR image series in this study folder{why}", folder)
+    exam = Exam(source=folder)
+    for plane in PLANES:
+        pool = sorted((c for c in candidates if c.plane == plane), key=_Candidate.key)
+        if not pool:
+            exam.choices.append(f"{plane}: missing (no series with {plane} slices found)")
+            continue
+        chosen = None
+        for c in pool:
+            try:
+                chosen = (c, c.load())
+                break
+            except InputError as e:
+                ignored.append((c.source, f"{c.label}: {e.problem}"))
+        if chosen is None:
+            exam.choices.append(f"{plane}: missing (every {plane} series failed to load, see ignored)")
+            continue
+        c, series = chosen
+        setattr(exam, plane, series)
+        _, reason = sequence.preference(c.meta)
+        line = f"{plane}: {_describe(c.meta, c.n_slices, c.spacing)} from {c.source}: {reason}"
+        if c.obliquity >= 0.05:
+            line += f"; {c.obliquity:.1f} deg oblique"
+        others = [o for o in pool if o is not c]
+        if others:
+            shown = "; ".join(f"{o.label} [{sequence.preference(o.meta)[1].split(' (')[0]}]" for o in others[:4])
+            more = f" and {len(others) - 4} more" if len(others) > 4 else ""
+            line += f". Preferred over {len(others)} other {plane} series: {shown}{more}"
+        exam.choices.append(line)
+    for path, reason in ignored:
+        exam.choices.append(f"ignored: {path}: {reason}")
+    if progress:
+        progress(1.0, "done")
+    return exam
+
+
+__all__ = ["Exam", "load_study", "find_candidates"]

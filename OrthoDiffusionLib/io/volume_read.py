@@ -1,0 +1,102 @@
+"""Read NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr) and MetaImage (.mha, .mhd) volumes with SimpleITK.
+
+These formats do not say which axis is the slice axis. Rule (:func:`choose_slice_axis`): the axis with the largest
+spacing; if spacings tie, the axis with the fewest voxels; if that ties too, the last such axis. The volume's axes are
+then permuted (no resampling) so the slice axis is ITK axis 2. SimpleITK reports geometry in LPS whatever the file's
+convention (a NIfTI RAS affine is converted on reading).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import CorruptFileError, InvalidVolumeError, NotVolumeError
+from . import sequence
+from .orientation import choose_slice_axis, classify_plane, move_slice_axis_last
+from .series import Series
+
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+_FORMAT = {".nii": "NIfTI", ".nii.gz": "NIfTI", ".nrrd": "NRRD", ".nhdr": "NRRD", ".mha": "MetaImage",
+           ".mhd": "MetaImage"}
+
+
+def volume_suffix(path: str) -> str:
+    """The recognised volume suffix of ``path`` (lower case) or ""."""
+    name = os.path.basename(path).lower()
+    for suffix in sorted(VOLUME_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            return suffix
+    return ""
+
+
+def is_volume_file(path: str) -> bool:
+    return bool(volume_suffix(path)) and not os.path.basename(path).lower().endswith(".seg.nrrd")
+
+
+def _stem(path: str) -> str:
+    name = os.path.basename(path)
+    suffix = volume_suffix(path)
+    return name[: len(name) - len(suffix)] if suffix else name
+
+
+def read_volume(path: str, *, tolerance_deg: float = 30.0) -> Series:
+    """One series from a volume file; slice axis chosen by the rule above and moved to ITK axis 2.
+
+    Raises:
+        CorruptFileError (unreadable / not that format), NotVolumeError (2D, vector or 4D image, or a single slice),
+        InvalidVolumeError (NaN/Inf or constant), ObliqueSeriesError.
+    """
+    suffix = volume_suffix(path)
+    if not suffix:
+        raise CorruptFileError("not a DICOM, NIfTI, NRRD or MetaImage file", path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+        raise CorruptFileError(f"cannot read as {_FORMAT[suffix]} ({first[:120]})", path)
+    dim = reader.GetDimension()
+    size = reader.GetSize()
+    if reader.GetNumberOfComponents() != 1:
+        raise NotVolumeError(f"{reader.GetNumberOfComponents()}-component (vector/colour) image, not a scalar volume",
+                             path)
+    if dim == 4 and size[3] == 1:
+        dim = 3
+    if dim != 3:
+        raise NotVolumeError(f"{dim}D image of size {list(size)}; a 3D volume is needed", path)
+    if min(size[:3]) < 2:
+        raise NotVolumeError(f"image of size {list(size[:3])} is a single slice, not a 3D volume", path)
+    try:
+        image = reader.Execute()
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+        raise CorruptFileError(f"cannot read the {_FORMAT[suffix]} voxel data (truncated?) ({first[:120]})", path)
+    if image.GetDimension() == 4:
+        image = image[:, :, :, 0]
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    values = sitk.GetArrayViewFromImage(image)
+    if not np.all(np.isfinite(values)):
+        raise InvalidVolumeError("volume holds NaN/Inf values", path)
+    if float(values.max()) == float(values.min()):
+        raise InvalidVolumeError(f"volume is constant ({float(values.min()):g} everywhere)", path)
+    axis = choose_slice_axis(image.GetSize(), image.GetSpacing())
+    image = move_slice_axis_last(image, axis)
+    plane, obliquity = classify_plane(image, 2, tolerance_deg, path=path)
+    w, h, d = image.GetSize()
+    sx, sy, sz = image.GetSpacing()
+    meta: Dict[str, Any] = {
+        "format": _FORMAT[suffix],
+        "modality": "MR",
+        "series_description": _stem(path),
+        "spacing_between_slices": float(sz),
+        "pixel_spacing": [float(sy), float(sx)],
+        "rows": h,
+        "columns": w,
+        "number_of_slices": d,
+    }
+    return Series(image=image, plane=plane, obliquity_deg=obliquity, source=os.fspath(path),
+                  meta=sequence.annotate(meta))

@@ -1,0 +1,53 @@
+"""Helpers shared by the io/preprocess tests: cached real-data loads and reformats of the DESS series."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from OrthoDiffusionLib.io import Series, read_series
+
+CODES = {"sagittal": "PIL", "coronal": "LIP", "axial": "LPS"}
+
+
+@functools.lru_cache(maxsize=2)
+def load_dess(shared_data: Path) -> Series:
+    """The real sagittal DESS series (read once per test session)."""
+    return read_series(shared_data / "dess_sagittal_dicom")
+
+
+def code_direction(code: str) -> np.ndarray:
+    """3x3 direction matrix of a DICOMOrient code (letters = where increasing index points)."""
+    dummy = sitk.DICOMOrient(sitk.Image([2, 2, 2], sitk.sitkUInt8), code)
+    return np.asarray(dummy.GetDirection()).reshape(3, 3)
+
+
+def reformat(image: sitk.Image, plane: str, spacing=(1.5, 1.5, 3.0)) -> sitk.Image:
+    """Resample ``image`` (linear) onto a grid of ``plane`` covering its bounding box; ITK axis 2 = slice axis."""
+    direction = code_direction(CODES[plane])
+    size = np.asarray(image.GetSize())
+    corners = np.array([[i, j, k] for i in (0, size[0] - 1) for j in (0, size[1] - 1) for k in (0, size[2] - 1)])
+    pts = np.array([image.TransformContinuousIndexToPhysicalPoint(c.astype(float).tolist()) for c in corners])
+    local = pts @ direction  # coordinates along the new axes
+    lo, hi = local.min(axis=0), local.max(axis=0)
+    spacing = np.asarray(spacing, dtype=float)
+    new_size = [int(v) for v in np.floor((hi - lo) / spacing) + 1]
+    origin = direction @ lo
+    return sitk.Resample(image, new_size, sitk.Transform(), sitk.sitkLinear, tuple(origin), tuple(spacing),
+                         tuple(direction.ravel()), 0.0, sitk.sitkFloat32)
+
+
+def physical_points(image: sitk.Image, zyx: np.ndarray) -> np.ndarray:
+    """LPS points (n, 3) of voxel indices given as (n, 3) rows (z, y, x)."""
+    d = np.asarray(image.GetDirection()).reshape(3, 3)
+    xyz = zyx[:, ::-1].astype(np.float64) * np.asarray(image.GetSpacing())
+    return np.asarray(image.GetOrigin()) + xyz @ d.T
+
+
+def continuous_index(image: sitk.Image, points: np.ndarray) -> np.ndarray:
+    """Continuous (x, y, z) indices (n, 3) of LPS points in ``image``."""
+    d = np.asarray(image.GetDirection()).reshape(3, 3)
+    m = d @ np.diag(image.GetSpacing())
+    return (points - np.asarray(image.GetOrigin())) @ np.linalg.inv(m).T
