@@ -18,7 +18,7 @@ from .tissues import BONES, Tissue
 
 #: Relative PD intensity per tissue (fat ~0.85, fluid ~0.92; dark fibrous tissue and cortex near 0).
 PD_INTENSITY: Dict[int, float] = {
-    Tissue.AIR: 0.0, Tissue.FEMUR: 0.70, Tissue.TIBIA: 0.70, Tissue.PATELLA: 0.68, Tissue.FIBULA: 0.66,
+    Tissue.AIR: 0.0, Tissue.FEMUR: 0.76, Tissue.TIBIA: 0.76, Tissue.PATELLA: 0.74, Tissue.FIBULA: 0.72,
     Tissue.FEMORAL_CARTILAGE: 0.52, Tissue.MEDIAL_TIBIAL_CARTILAGE: 0.50, Tissue.LATERAL_TIBIAL_CARTILAGE: 0.50,
     Tissue.PATELLAR_CARTILAGE: 0.54, Tissue.MEDIAL_MENISCUS: 0.05, Tissue.LATERAL_MENISCUS: 0.05,
     Tissue.ACL: 0.20, Tissue.PCL: 0.07, Tissue.MCL: 0.08, Tissue.LCL: 0.08, Tissue.TENDON: 0.05,

@@ -247,7 +247,7 @@ class PatellarDislocation(Lesion):
 class JointEffusion(Lesion):
     """Joint effusion: fluid distends the suprapatellar recess (an ellipsoid 40-56 mm wide, 14-22 mm deep, 40-60 mm
     high posterior to the quadriceps tendon, replacing fat, muscle and soft tissue there) and widens the fluid film
-    next to the articular cartilage and menisci (soft tissue within 2.5 mm of them inside the joint)."""
+    next to the tibiofemoral cartilage and menisci (soft tissue within 2.5 mm of them, within 9 mm of the joint line)."""
 
     NEAR = (Tissue.FEMORAL_CARTILAGE, Tissue.MEDIAL_TIBIAL_CARTILAGE, Tissue.LATERAL_TIBIAL_CARTILAGE,
             Tissue.PATELLAR_CARTILAGE, Tissue.MEDIAL_MENISCUS, Tissue.LATERAL_MENISCUS)
@@ -267,7 +267,7 @@ class JointEffusion(Lesion):
         inside = np.sum((rel / self.radii) ** 2, axis=1) < 1.0
         t[inside & np.isin(t, SOFT)] = Tissue.FLUID
         relk = (p - self.knee) @ self.axes.T
-        joint = np.sum((relk / np.array([48.0, 36.0, 30.0])) ** 2, axis=1) < 1.0
+        joint = (np.sum((relk / np.array([48.0, 36.0, 30.0])) ** 2, axis=1) < 1.0) & (np.abs(relk[:, 2]) < 9.0)
         cand = np.nonzero(joint & np.isin(t, (Tissue.FAT, Tissue.SOFT_TISSUE, Tissue.CAPSULE)))[0]
         if len(cand):
             hit = np.zeros(len(cand), dtype=bool)

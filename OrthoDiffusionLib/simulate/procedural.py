@@ -159,7 +159,7 @@ class ProceduralKnee:
         cond = np.minimum(sdf.round_cylinder_x(q, (-24, -6, 24), 21.3, 15, 5),
                           sdf.round_cylinder_x(q, (24, -4.5, 24.5), 21.8, 15, 5))
         d = sdf.smin(d, cond, 4)
-        d = sdf.smin(d, sdf.round_box(q, (0, 9, 30), (31, 15, 21), 10), 8)
+        d = sdf.smin(d, sdf.round_box(q, (0, 9, 30), (29, 15, 21), 14), 8)
         d = sdf.smin(d, np.minimum(sdf.sphere(q, (-39, -4, 26), 7), sdf.sphere(q, (39, -6, 24), 6.5)), 4)
         groove = sdf.capsule(q, (1, 37.5, -10), (2, 35, 70), 18)
         return sdf.smax(d, -groove, 3)
@@ -225,7 +225,7 @@ class ProceduralKnee:
         return (art < 0) | (vein < 0)
 
     def _cavity(self, q: np.ndarray) -> np.ndarray:
-        main = sdf.ellipsoid(q, (0, -2, 8), (45, 33, 27))
+        main = sdf.ellipsoid(q, (0, 0, 8), (44, 30, 25))
         recess = sdf.ellipsoid(q, self.recess_c, (26, 6, 24))
         return sdf.smin(main, recess, 6)
 
