@@ -17,6 +17,7 @@ from .errors import OrthoDiffusionError
 # Modules that contribute subcommands, in the order they appear in --help.
 SUBCOMMAND_MODULES: List[str] = [
     "OrthoDiffusionLib.io.cli",
+    "OrthoDiffusionLib.simulate.cli",
 ]
 
 

@@ -122,16 +122,17 @@ def _subsample_offsets(spec: SeriesSpec) -> np.ndarray:
 
 def _voxel_points(geo: Geometry, off: np.ndarray, k: np.ndarray, j: np.ndarray, i: np.ndarray,
                   s: np.ndarray) -> np.ndarray:
-    """(M,3) LPS points of sub-sample ``s`` of voxels (k, j, i) (integer arrays of length M)."""
+    """(M,3) float32 LPS points of sub-sample ``s`` of voxels (k, j, i) (integer arrays of length M); float32 keeps
+    ~0.1 um precision at knee coordinates and halves the memory traffic."""
     px, _, dz = geo.spacing
     D = geo.direction
     a = (i * px + off[s, 0]).astype(np.float32)
     b = (j * px + off[s, 1]).astype(np.float32)
     c = (k * dz + off[s, 2]).astype(np.float32)
-    pts = np.empty((len(a), 3), dtype=np.float64)
+    pts = np.empty((len(a), 3), dtype=np.float32)
     for r in range(3):
         pts[:, r] = np.float32(D[r, 0]) * a + np.float32(D[r, 1]) * b + np.float32(D[r, 2]) * c
-        pts[:, r] += geo.origin[r]
+        pts[:, r] += np.float32(geo.origin[r])
     return pts
 
 

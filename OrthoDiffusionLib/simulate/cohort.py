@@ -43,7 +43,7 @@ DEFAULT_PREVALENCES: Dict[str, float] = {
 MANIFEST_COLUMNS: Tuple[str, ...] = ("patient_id", "plane", "series_path", "split", *LABEL_KEYS, "seg_path",
                                      *EHR_FIELDS, "center", "field_strength")
 #: Slice coverage (mm) per plane used to choose the number of slices when not given.
-COVERAGE_MM = {"sagittal": 100.0, "coronal": 92.0, "axial": 100.0}
+COVERAGE_MM = {"sagittal": 92.0, "coronal": 88.0, "axial": 92.0}
 ANATOMIES = ("procedural", "atlas", "atlas_spl", "atlas_oai")
 
 
@@ -88,7 +88,7 @@ def make_anatomy(kind: str, side: str, rng: np.random.Generator, atlas_path: Opt
 
 
 def _sample_spec(plane: str, rng: np.random.Generator, matrix: Tuple[int, int], field_strength: float,
-                 n_slices: Optional[int]) -> SeriesSpec:
+                 n_slices: Optional[int], inplane_subsamples: int = 0) -> SeriesSpec:
     thickness = float(rng.choice([3.0, 3.5, 4.0], p=[0.05, 0.86, 0.09]))
     gap = round(0.1 * thickness, 2)
     n = n_slices or int(round(COVERAGE_MM[plane] / (thickness + gap)))
@@ -98,7 +98,8 @@ def _sample_spec(plane: str, rng: np.random.Generator, matrix: Tuple[int, int], 
                       slice_thickness=thickness, slice_gap=gap,
                       oblique_deg=tuple(float(v) for v in rng.uniform(-3.0, 3.0, size=3)),
                       center_offset_mm=tuple(float(v) for v in rng.normal(0.0, 3.0, size=3)),
-                      field_strength=field_strength, repetition_time=round(tr, 1), echo_time=round(te, 1))
+                      field_strength=field_strength, repetition_time=round(tr, 1), echo_time=round(te, 1),
+                      inplane_subsamples=inplane_subsamples)
 
 
 def simulate_exam(seed: int, abnormalities: Optional[Mapping[str, bool]] = None, anatomy: str = "procedural",
@@ -106,7 +107,8 @@ def simulate_exam(seed: int, abnormalities: Optional[Mapping[str, bool]] = None,
                   matrix: Union[int, Tuple[int, int]] = (256, 256), planes: Sequence[str] = PLANES,
                   n_slices: Optional[int] = None, series_per_plane: Optional[Mapping[str, int]] = None,
                   atlas_path: Optional[str] = None, side: Optional[str] = None, ehr_missing_rate: float = 0.05,
-                  patient_id: Optional[str] = None, coarse_to_fine: bool = True) -> SimulatedExam:
+                  patient_id: Optional[str] = None, coarse_to_fine: bool = True,
+                  inplane_subsamples: int = 0) -> SimulatedExam:
     """Simulate one multi-plane knee exam.
 
     Args:
@@ -119,8 +121,10 @@ def simulate_exam(seed: int, abnormalities: Optional[Mapping[str, bool]] = None,
         field_strength: 1.5 or 3.0; None = 3 T with probability 0.75.
         matrix: in-plane matrix (rows, cols) or one int.
         planes: planes to render.
-        n_slices: slices per series (None = cover ~95 mm).
+        n_slices: slices per series (None = cover ~90 mm: 23-24 slices of 3.5 mm).
         series_per_plane: {plane: count} to render several series of a plane (other acquisition parameters).
+        coarse_to_fine: see :func:`.acquisition.sample_tissue`.
+        inplane_subsamples: sub-samples per pixel side (0 = automatic: 1 for pixels <= 0.8 mm, else 2).
     """
     labels = {k: bool((abnormalities or {}).get(k, False)) for k in LABEL_KEYS}
     unknown = set(abnormalities or {}) - set(LABEL_KEYS)
@@ -148,7 +152,7 @@ def simulate_exam(seed: int, abnormalities: Optional[Mapping[str, bool]] = None,
         count = int((series_per_plane or {}).get(plane, 1))
         for n in range(count):
             r_series = np.random.default_rng(np.random.SeedSequence([int(seed), 104729, PLANES.index(plane), n]))
-            spec = _sample_spec(plane, r_series, matrix, field_strength, n_slices)
+            spec = _sample_spec(plane, r_series, matrix, field_strength, n_slices, inplane_subsamples)
             rs: RenderedSeries = render_series(lesioned, spec, cen, r_series, coarse_to_fine=coarse_to_fine)
             meta = {
                 "plane": plane, "series_index": n + 1, "series_description": SERIES_DESCRIPTIONS[plane],

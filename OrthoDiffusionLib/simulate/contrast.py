@@ -60,35 +60,45 @@ def snr_for(field_strength: float, voxel_mm3: float) -> float:
     return base * ratio
 
 
-def _erode_inplane(mask: np.ndarray, r: int) -> np.ndarray:
-    """Binary erosion of (..., ny, nx) masks by a (2r+1) square in the last two axes (r >= 1)."""
-    out = mask.copy()
-    for _ in range(r):
-        m = out
+def _cortex_mask(t: np.ndarray, r: int) -> np.ndarray:
+    """(..., ny, nx) bool: bone pixels within ``r`` pixels (4-neighbour steps, in-plane) of a pixel of another
+    tissue, i.e. the cortical rim. ``t``: tissue ids."""
+    bone = np.isin(t, np.asarray(BONES, dtype=t.dtype))
+    inner = bone.copy()
+    # first step: neighbour must be the same bone
+    inner[..., 1:, :] &= t[..., 1:, :] == t[..., :-1, :]
+    inner[..., :-1, :] &= t[..., :-1, :] == t[..., 1:, :]
+    inner[..., :, 1:] &= t[..., :, 1:] == t[..., :, :-1]
+    inner[..., :, :-1] &= t[..., :, :-1] == t[..., :, 1:]
+    for _ in range(r - 1):
+        m = inner
         e = m.copy()
         e[..., 1:, :] &= m[..., :-1, :]
         e[..., :-1, :] &= m[..., 1:, :]
         e[..., :, 1:] &= m[..., :, :-1]
         e[..., :, :-1] &= m[..., :, 1:]
-        out = e
-    return out
+        inner = e
+    return bone & ~inner
 
 
 def _blur_inplane(img: np.ndarray, sigma_px: float) -> np.ndarray:
-    """Separable Gaussian blur in the last two axes (edge-replicated)."""
+    """Separable Gaussian blur (3 or 5 taps) in the last two axes, edge-replicated; (..., ny, nx) float32."""
     if sigma_px <= 0.05:
         return img
-    r = max(1, int(np.ceil(2.5 * sigma_px)))
+    r = 1 if sigma_px < 0.6 else 2
     k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma_px) ** 2)
     k = (k / k.sum()).astype(np.float32)
     for axis in (-1, -2):
         pad = [(0, 0)] * img.ndim
         pad[axis] = (r, r)
         p = np.pad(img, pad, mode="edge")
-        acc = np.zeros_like(img)
         n = img.shape[axis]
-        for i, w in enumerate(k):
-            acc += w * np.take(p, np.arange(i, i + n), axis=axis)
+        sl = [slice(None)] * img.ndim
+        sl[axis] = slice(0, n)
+        acc = k[0] * p[tuple(sl)]
+        for i in range(1, len(k)):
+            sl[axis] = slice(i, i + n)
+            acc += k[i] * p[tuple(sl)]
         img = acc
     return img
 
@@ -110,12 +120,7 @@ def tissue_intensity(tissue_sub: np.ndarray, pixel_mm: float, cortex_mm: float =
     val = lut[tissue_sub]
     r = max(1, int(round(cortex_mm / pixel_mm)))
     t = np.moveaxis(tissue_sub, -1, 0)  # (S, nz, ny, nx)
-    cortex = np.zeros(t.shape, dtype=bool)
-    for b in BONES:
-        m = t == b
-        if m.any():
-            cortex |= m & ~_erode_inplane(m, r)
-    val[np.moveaxis(cortex, 0, -1)] = CORTEX_INTENSITY
+    val[np.moveaxis(_cortex_mask(t, r), 0, -1)] = CORTEX_INTENSITY
     return val
 
 

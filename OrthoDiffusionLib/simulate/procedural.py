@@ -92,7 +92,7 @@ class ProceduralKnee:
 
     def to_canonical(self, points: np.ndarray) -> np.ndarray:
         """(N,3) LPS mm -> (N,3) canonical mm (float32)."""
-        p = np.asarray(points, dtype=np.float64)
+        p = np.asarray(points)
         d = [(p[:, c] - self.center[c]).astype(F32) for c in range(3)]
         A = self._A_inv.astype(F32)
         q = np.empty((len(p), 3), dtype=F32)
@@ -274,7 +274,7 @@ class ProceduralKnee:
     # ---- sampling ------------------------------------------------------------------------------------------------
     def tissue_at(self, points: np.ndarray) -> np.ndarray:
         """(N,3) LPS mm -> (N,) uint8 Tissue ids."""
-        pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        pts = np.asarray(points).reshape(-1, 3)
         n = len(pts)
         q = self.to_canonical(pts)
         out = np.zeros(n, dtype=np.uint8)
