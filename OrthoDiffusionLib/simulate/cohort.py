@@ -25,6 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .. import labels as label_tables
+from ..errors import InputError
 from . import contrast as C
 from .acquisition import SERIES_DESCRIPTIONS, RenderedSeries, SeriesSpec, render_series
 from .ehr import EHR_FIELDS, sample_ehr
@@ -78,7 +79,10 @@ def make_anatomy(kind: str, side: str, rng: np.random.Generator, atlas_path: Opt
     if kind == "procedural":
         return ProceduralKnee(side=side, rng=rng)
     if kind in ("atlas", "atlas_spl", "atlas_oai"):
-        from .atlas import AtlasAnatomy  # optional second source (needs real label maps)
+        try:
+            from .atlas import AtlasAnatomy  # second source (needs real label maps)
+        except ImportError as e:
+            raise InputError(f"the atlas anatomy source is not available ({e})", atlas_path or "atlas") from None
 
         seed = int(rng.integers(0, 2**31 - 1))
         if kind == "atlas_oai":

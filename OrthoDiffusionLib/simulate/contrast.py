@@ -3,7 +3,8 @@
 Pipeline for one series (all numpy):
   sub-sample tissues (nz, ny, nx, S) -> per-tissue PD intensity (bone: dark cortex within ``cortex_mm`` of the bone
   surface, fatty marrow inside; computed by in-plane erosion, so it works for any anatomy source) -> mean over the
-  S sub-samples (partial volume of thick slices) -> in-plane point-spread blur -> smooth multiplicative bias field ->
+  S sub-samples (partial volume of thick slices) -> in-plane point-spread blur -> smooth multiplicative bias field
+  and a faint fine texture ->
   Rician noise with field-strength- and voxel-size-dependent SNR -> vendor-like scaling of the center
   (gain, offset, gamma, integer range) -> int16.
 """
@@ -124,13 +125,15 @@ def tissue_intensity(tissue_sub: np.ndarray, pixel_mm: float, cortex_mm: float =
     return val
 
 
-def bias_field(points_mm: np.ndarray, rng: np.random.Generator, amplitude: float = 0.12) -> np.ndarray:
-    """Smooth multiplicative field exp(sum of 3 low-frequency cosines) at (..., 3) physical points."""
+def bias_field(points_mm: np.ndarray, rng: np.random.Generator, amplitude: float = 0.12,
+               wavelength_mm: Tuple[float, float] = (180.0, 400.0), n_waves: int = 3) -> np.ndarray:
+    """Smooth multiplicative field exp(sum of ``n_waves`` random cosines) at (..., 3) physical points. With long
+    wavelengths it is the coil bias field; with short ones (10-30 mm, small amplitude) a tissue texture."""
     f = np.zeros(points_mm.shape[:-1], dtype=np.float32)
-    for _ in range(3):
+    for _ in range(n_waves):
         k = rng.normal(size=3)
         k /= np.linalg.norm(k)
-        wavelength = rng.uniform(180.0, 400.0)
+        wavelength = rng.uniform(*wavelength_mm)
         phase = rng.uniform(0, 2 * np.pi)
         f += np.float32(amplitude * rng.uniform(0.5, 1.0)) * np.cos(
             (points_mm @ (k * 2 * np.pi / wavelength)).astype(np.float32) + np.float32(phase))
@@ -151,6 +154,7 @@ def render_intensity(tissue_sub: np.ndarray, voxel_centers: np.ndarray, pixel_mm
     val = tissue_intensity(tissue_sub, pixel_mm).mean(axis=-1)
     val = _blur_inplane(val, psf_sigma_px)
     val *= bias_field(voxel_centers, rng, bias_amplitude)
+    val *= bias_field(voxel_centers, rng, 0.025, (8.0, 30.0), 5)  # fine tissue inhomogeneity
     sigma = 0.85 / snr_for(field_strength, pixel_mm * pixel_mm * slice_mm)
     n1 = rng.normal(0.0, sigma, size=val.shape).astype(np.float32)
     n2 = rng.normal(0.0, sigma, size=val.shape).astype(np.float32)

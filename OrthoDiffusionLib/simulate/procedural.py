@@ -156,8 +156,8 @@ class ProceduralKnee:
     def femur(self, q: np.ndarray) -> np.ndarray:
         d = sdf.capsule(q, (0, 3, 40), (0, 3, 270), 14.5)
         d = sdf.smin(d, sdf.round_box(q, (0, 0, 44), (33, 20, 19), 12), 14)
-        cond = np.minimum(sdf.round_cylinder_x(q, (-24, -6, 24), 21.3, 15, 5),
-                          sdf.round_cylinder_x(q, (24, -4.5, 24.5), 21.8, 15, 5))
+        cond = np.minimum(sdf.round_cylinder_x(q, (-24, -6, 24), 21.3, 15, 9),
+                          sdf.round_cylinder_x(q, (24, -4.5, 24.5), 21.8, 15, 9))
         d = sdf.smin(d, cond, 4)
         d = sdf.smin(d, sdf.round_box(q, (0, 9, 30), (29, 15, 21), 14), 8)
         d = sdf.smin(d, np.minimum(sdf.sphere(q, (-39, -4, 26), 7), sdf.sphere(q, (39, -6, 24), 6.5)), 4)
@@ -246,7 +246,7 @@ class ProceduralKnee:
         retinacula = np.minimum(
             sdf.capsule(q, (pc[0] - 19, pc[1] - 1, pc[2]), (-40, -2, 26), 1.4, (1, 1, 5)),
             sdf.capsule(q, (pc[0] + 19, pc[1] - 1, pc[2]), (40, -4, 24), 1.4, (1, 1, 5)))
-        return ((d >= 0) & (d < 1.4)) | (retinacula < 0)
+        return ((d >= 0) & (d < 0.9)) | (retinacula < 0)
 
     def _muscles(self):
         """(bbox, inside-function) of each muscle group (quadriceps, vastus medialis, hamstrings, gastrocnemius
@@ -257,8 +257,8 @@ class ProceduralKnee:
             (((-52, -6, 28), (-20, 30, 134)), cap((-35, 12, 120), (-38, 10, 44), 14)),
             (((-40, -50, -2), (-12, -22, 152)), cap((-26, -36, 140), (-29, -34, 12), 12)),
             (((15, -49, -2), (45, -23, 152)), cap((28, -36, 140), (31, -34, 10), 11)),
-            (((-34, -68, -136), (1, -24, 50)), cap((-18, -40, 34), (-13, -52, -120), 15)),
-            (((3, -64, -134), (32, -24, 44)), cap((18, -38, 30), (13, -50, -120), 13)),
+            (((-40, -76, -140), (4, -22, 56)), cap((-19, -42, 36), (-14, -56, -120), 18)),
+            (((-2, -72, -138), (38, -22, 52)), cap((19, -40, 32), (14, -54, -120), 16)),
             (((-75, -80, -230), (75, 60, -40)), lambda q: sdf.round_cone_z(q, (0, -12, -48), 34, -230, 50) < 0),
         ]
 
