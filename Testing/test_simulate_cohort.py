@@ -152,3 +152,13 @@ def test_cli_exam_and_errors(tmp_path, capsys):
     assert "broken_leg" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
     assert main(["simulate", "cohort", "--out", str(tmp_path / "c"), "--n", "2", "--prevalence", "acl_injury=2"]) == 2
+
+
+def test_pictures_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    from OrthoDiffusionLib.simulate.pictures import write_pictures
+
+    paths = write_pictures(tmp_path, seed=3, abnormalities=("joint_effusion",), matrix=32)
+    assert [p.name for p in paths] == ["normal.png", "joint_effusion.png"]
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10000
