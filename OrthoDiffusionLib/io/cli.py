@@ -13,7 +13,7 @@ from typing import Any, Dict, List
 
 from ..errors import MissingPathError
 from .reader import read_series
-from .study import _describe, find_candidates, load_study
+from .study import assign_planes, describe_series, find_candidates, load_study
 
 
 def inspect_path(path: str) -> Dict[str, Any]:
@@ -24,6 +24,7 @@ def inspect_path(path: str) -> Dict[str, Any]:
     series: List[Dict[str, Any]] = []
     if os.path.isdir(path):
         candidates, ignored = find_candidates(path)
+        exam = assign_planes(path, candidates, ignored)
         for c in sorted(candidates, key=lambda c: (c.plane, c.label)):
             series.append({
                 "label": c.label, "source": c.source, "plane": c.plane, "obliquity_deg": round(c.obliquity, 2),
@@ -36,10 +37,10 @@ def inspect_path(path: str) -> Dict[str, Any]:
     else:
         s = read_series(path)
         summary = s.summary()
-        series.append({"label": _describe(s.meta, s.shape[0], s.spacing), **{k: summary[k] for k in (
+        series.append({"label": describe_series(s.meta, s.shape[0], s.spacing), **{k: summary[k] for k in (
             "source", "plane", "obliquity_deg", "size", "spacing", "echo_time", "repetition_time",
             "series_description", "weighting", "fat_sat", "format")}})
-    exam = load_study(path)
+        exam = load_study(path)
     return {
         "path": os.fspath(path),
         "series": series,

@@ -12,8 +12,8 @@ with per-frame functional groups, or legacy multi-frame) contribute one slice pe
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -25,7 +25,6 @@ from pydicom.errors import InvalidDicomError
 from ..errors import (
     CorruptFileError,
     InconsistentSeriesError,
-    InputError,
     InvalidVolumeError,
     NoDicomError,
     NotMRError,
@@ -137,7 +136,9 @@ def read_header(path: str) -> Optional[Dataset]:
     if not magic and not _looks_like_raw_dicom(path):
         return None
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True, force=not magic)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=not magic)
     except InvalidDicomError:
         if magic:
             raise CorruptFileError("not a valid DICOM file", path)
@@ -146,6 +147,15 @@ def read_header(path: str) -> Optional[Dataset]:
         if magic:
             raise CorruptFileError(f"cannot parse DICOM header ({type(e).__name__}: {e})", path)
         return None
+    eof = [str(w.message) for w in caught if "end of file" in str(w.message).lower()]
+    if eof and magic:
+        raise CorruptFileError(f"DICOM header ends early (truncated): {eof[0][:100]}", path)
+    if magic and len(ds) == 0:
+        raise CorruptFileError("DICOM file holds no data set (truncated or empty)", path)
+    sop = str(getattr(ds.get("file_meta", None), "MediaStorageSOPClassUID", "") or ds.get("SOPClassUID", ""))
+    if sop and "Image Storage" in pydicom.uid.UID(sop).name and ("Rows" not in ds or "Columns" not in ds):
+        raise CorruptFileError(f"{pydicom.uid.UID(sop).name} file without Rows/Columns (truncated header?)", path)
+    return ds
 
 
 def _vec(values: Any, n: int, what: str, path: str) -> np.ndarray:
@@ -225,9 +235,6 @@ def _frames_of(ds: Dataset, path: str) -> List[DicomFrame]:
                                      echo_number, te, f_slope, f_inter))
         return frames
 
-    if "ImageOrientationPatient" not in ds or "ImagePositionPatient" not in ds or "PixelSpacing" not in ds:
-        raise CorruptFileError("image lacks ImageOrientationPatient/ImagePositionPatient/PixelSpacing (no geometry)",
-                               path)
     row, col = _orientation(ds.ImageOrientationPatient, path)
     ps = _vec(ds.PixelSpacing, 2, "PixelSpacing", path)
     pos = _vec(ds.ImagePositionPatient, 3, "ImagePositionPatient", path)
@@ -251,9 +258,13 @@ def _skip_reason(ds: Dataset) -> Optional[str]:
     sop = str(ds.get("SOPClassUID", "") or getattr(ds.get("file_meta", None), "MediaStorageSOPClassUID", ""))
     if sop == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
         return "DICOMDIR (index file, no image)"
+    name = pydicom.uid.UID(sop).name if sop else "unknown SOP class"
     if not _is_image(ds):
-        name = pydicom.uid.UID(sop).name if sop else "unknown SOP class"
         return f"non-image DICOM ({name})"
+    functional = "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
+    if not functional and not all(k in ds for k in ("ImageOrientationPatient", "ImagePositionPatient",
+                                                    "PixelSpacing")):
+        return f"image without patient geometry, e.g. a screenshot ({name}, modality {ds.get('Modality', '?')})"
     return None
 
 
@@ -266,23 +277,31 @@ def _iter_files(folder: str) -> Iterable[str]:
                 yield os.path.join(root, name)
 
 
-def scan_dicom(paths: Sequence[str]) -> DicomScan:
+def scan_dicom(paths: Sequence[str], strict: bool = True) -> DicomScan:
     """Read the headers of ``paths`` and group the image files into series (split by echo).
 
     Non-DICOM files are skipped silently; non-image DICOM (DICOMDIR, SR, ...) is listed in ``ignored``.
+    A corrupt DICOM file raises :class:`CorruptFileError` when ``strict``, else it is listed in ``ignored``.
     """
     by_uid: Dict[str, List[Tuple[Dataset, List[DicomFrame]]]] = {}
     ignored: List[Tuple[str, str]] = []
     for path in paths:
-        ds = read_header(path)
-        if ds is None:
-            continue
-        reason = _skip_reason(ds)
-        if reason:
-            ignored.append((path, reason))
+        try:
+            ds = read_header(path)
+            if ds is None:
+                continue
+            reason = _skip_reason(ds)
+            if reason:
+                ignored.append((path, reason))
+                continue
+            frames = _frames_of(ds, path)
+        except CorruptFileError as e:
+            if strict:
+                raise
+            ignored.append((path, e.problem))
             continue
         uid = str(ds.get("SeriesInstanceUID", "") or f"no-uid:{os.path.dirname(path)}")
-        by_uid.setdefault(uid, []).append((ds, _frames_of(ds, path)))
+        by_uid.setdefault(uid, []).append((ds, frames))
 
     groups: List[DicomSeriesGroup] = []
     for uid, items in by_uid.items():
@@ -317,14 +336,14 @@ def scan_dicom(paths: Sequence[str]) -> DicomScan:
     return DicomScan(groups, ignored)
 
 
-def scan_dicom_folder(folder: str) -> DicomScan:
+def scan_dicom_folder(folder: str, strict: bool = True) -> DicomScan:
     """:func:`scan_dicom` over every file in a folder tree (sorted walk)."""
-    return scan_dicom(list(_iter_files(folder)))
+    return scan_dicom(list(_iter_files(folder)), strict=strict)
 
 
 # ------------------------------------------------------------------------------------------------------------ volume
 def _read_pixels(path: str) -> np.ndarray:
-    """Stored pixel values of a file, shape (frames, rows, columns) float64 (before rescale)."""
+    """Stored pixel values of a file, shape (frames, rows, columns) float32 (before rescale)."""
     try:
         ds = pydicom.dcmread(path)
         arr = ds.pixel_array
@@ -334,12 +353,12 @@ def _read_pixels(path: str) -> np.ndarray:
             ts = f" (transfer syntax {pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID.name})"
         except Exception:
             pass
-        raise CorruptFileError(f"cannot read pixel data{ts}: {type(e).__name__}: {e}", path)
+        raise CorruptFileError(f"cannot read pixel data{ts}: {type(e).__name__}: {str(e)[:200]}", path)
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         raise NotMRError(f"colour image ({ds.get('PhotometricInterpretation', '?')}), not an MR intensity image", path)
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     expected = (n_frames, int(ds.Rows), int(ds.Columns))
-    arr = np.asarray(arr, dtype=np.float64).reshape(expected) if arr.size == np.prod(expected) else None
+    arr = np.asarray(arr, dtype=np.float32).reshape(expected) if arr.size == np.prod(expected) else None
     if arr is None:
         raise CorruptFileError("pixel data does not match Rows x Columns x frames (truncated?)", path)
     return arr
@@ -393,7 +412,7 @@ def sort_frames(frames: List[DicomFrame], where: str) -> Tuple[List[DicomFrame],
     return frames, normal, float(np.mean(steps))
 
 
-def _meta_from_header(ds: Dataset, n_slices: int, spacing: float, pixel_spacing: Tuple[float, float],
+def meta_from_header(ds: Dataset, n_slices: int, spacing: float, pixel_spacing: Tuple[float, float],
                       echo_number: Optional[int], echo_time: Optional[float]) -> Dict[str, Any]:
     def text(tag: str) -> Optional[str]:
         v = ds.get(tag)
@@ -468,7 +487,7 @@ def load_group(group: DicomSeriesGroup, *, where: Optional[str] = None,
     direction = np.stack([ref.row_dir, ref.col_dir, normal], axis=1)
     image.SetDirection(tuple(float(v) for v in direction.ravel()))
     plane, obliquity = classify_plane(image, 2, tolerance_deg, path=where)
-    meta = _meta_from_header(group.header, len(frames), slice_spacing, ref.pixel_spacing,
+    meta = meta_from_header(group.header, len(frames), slice_spacing, ref.pixel_spacing,
                              group.echo_number, group.echo_time)
     return Series(image=image, plane=plane, obliquity_deg=obliquity, source=where, meta=meta)
 
@@ -537,5 +556,5 @@ def read_all_dicom(folder: str, ignored: Optional[List[Tuple[str, str]]] = None)
 
 __all__ = [
     "DicomFrame", "DicomSeriesGroup", "DicomScan", "scan_dicom", "scan_dicom_folder", "load_group",
-    "select_group", "read_dicom", "read_all_dicom", "read_header", "is_dicom_file", "sort_frames", "InputError",
+    "select_group", "read_dicom", "read_all_dicom", "read_header", "is_dicom_file", "sort_frames", "meta_from_header",
 ]

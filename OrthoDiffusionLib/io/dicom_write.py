@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, List, Mapping, Optional, Union
 
 import numpy as np
 import pydicom
@@ -17,7 +17,7 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from ..errors import NotVolumeError
+from ..errors import InvalidVolumeError, NotVolumeError
 
 PATIENT_NAME = "ANONYMOUS^SIMULATED"
 PATIENT_ID = "SIMULATED"
@@ -37,9 +37,6 @@ def _stored_values(array: np.ndarray):
     Returns (stored array, pixel_representation, slope, intercept): integral data within int16 (or uint16) range is
     stored as-is with slope 1; anything else is mapped linearly onto 0..65535 (uint16) with a rescale slope/intercept.
     """
-    finite = np.isfinite(array)
-    if not finite.all():
-        raise ValueError("image holds NaN/Inf values; cannot store them in DICOM")
     lo, hi = float(array.min()), float(array.max())
     integral = bool(np.all(np.round(array) == array))
     if integral and lo >= -32768 and hi <= 32767:
@@ -107,6 +104,8 @@ def write_dicom_series(
     frame_uid = generate_uid(entropy_srcs=[seed, "frame-of-reference"])
 
     array = sitk.GetArrayFromImage(image)  # (D, H, W)
+    if not np.all(np.isfinite(array)):
+        raise InvalidVolumeError("image holds NaN/Inf values; cannot store them in DICOM", folder)
     stored, pixel_rep, slope, intercept = _stored_values(array)
     n_slices, rows, cols = stored.shape
     spacing = image.GetSpacing()

@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 from typing import List, Optional, Tuple, Union
 
-from ..errors import CorruptFileError, InputError, MissingPathError, NoDicomError
-from .dicom_read import is_dicom_file, read_all_dicom, read_dicom, scan_dicom_folder
+from ..errors import CorruptFileError, MissingPathError, NoDicomError
+from .dicom_read import is_dicom_file, read_all_dicom, read_dicom
 from .series import Series
 from .volume_read import is_volume_file, read_volume, volume_suffix
 
@@ -32,6 +32,15 @@ def read_series(path: PathLike, *, series_uid: Optional[str] = None, echo: Optio
     if not os.path.exists(path):
         raise MissingPathError("no such file or folder", path)
     if os.path.isdir(path):
+        volumes = _volume_files(path)
+        if volumes and not any(is_dicom_file(os.path.join(r, n)) for r, _, fs in os.walk(path) for n in fs):
+            if len(volumes) == 1:
+                return read_volume(volumes[0])
+            from ..errors import AmbiguousSeriesError
+
+            raise AmbiguousSeriesError(
+                f"{len(volumes)} volume files and no DICOM; give one file: "
+                f"{', '.join(os.path.relpath(v, path) for v in volumes[:10])}", path)
         return read_dicom(path, series_uid=series_uid, echo=echo)
     if is_dicom_file(path) and not volume_suffix(path):
         return read_dicom(path, series_uid=series_uid, echo=echo)
@@ -40,6 +49,16 @@ def read_series(path: PathLike, *, series_uid: Optional[str] = None, echo: Optio
     if is_dicom_file(path):
         return read_dicom(path, series_uid=series_uid, echo=echo)
     raise CorruptFileError("not a DICOM, NIfTI, NRRD or MetaImage file", path)
+
+
+def _volume_files(folder: str) -> List[str]:
+    """NIfTI/NRRD/MetaImage files under ``folder`` (sorted walk), excluding DICOM files and Slicer .seg.nrrd."""
+    out = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        out += [os.path.join(root, n) for n in sorted(files)
+                if is_volume_file(os.path.join(root, n)) and not is_dicom_file(os.path.join(root, n))]
+    return out
 
 
 def read_all_series(folder: PathLike, ignored: Optional[List[Tuple[str, str]]] = None) -> List[Series]:
@@ -60,12 +79,7 @@ def read_all_series(folder: PathLike, ignored: Optional[List[Tuple[str, str]]] =
         raise MissingPathError("no such folder", folder)
     skipped: List[Tuple[str, str]] = []
     out = read_all_dicom(folder, skipped)
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        for name in sorted(files):
-            p = os.path.join(root, name)
-            if is_volume_file(p) and not is_dicom_file(p):
-                out.append(read_volume(p))
+    out += [read_volume(p) for p in _volume_files(folder)]
     if ignored is not None:
         ignored.extend(skipped)
     if not out:
@@ -73,4 +87,4 @@ def read_all_series(folder: PathLike, ignored: Optional[List[Tuple[str, str]]] =
     return out
 
 
-__all__ = ["read_series", "read_all_series", "InputError"]
+__all__ = ["read_series", "read_all_series"]

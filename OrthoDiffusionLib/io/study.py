@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
 
 from ..errors import InputError, MissingPathError, MissingPlaneError, NoDicomError
 from . import sequence
-from .dicom_read import DicomSeriesGroup, _meta_from_header, load_group, scan_dicom_folder, sort_frames
+from .dicom_read import DicomSeriesGroup, load_group, meta_from_header, scan_dicom_folder, sort_frames
 from .orientation import classify_plane
-from .reader import read_series
+from .reader import _volume_files, read_series
 from .series import PLANES, Series
-from .volume_read import is_volume_file, read_volume
-from .dicom_read import is_dicom_file
+from .volume_read import read_volume
 
 PathLike = Union[str, os.PathLike]
 SeriesLike = Union[Series, PathLike, None]
@@ -75,7 +76,7 @@ class Exam:
             if s.plane != plane:
                 raise InputError(f"given as the {plane} series, but its slices are {s.plane}", s.source)
             setattr(exam, plane, s)
-            exam.choices.append(f"{plane}: {_describe(s.meta, s.shape[0], s.spacing)} from {s.source} (given)")
+            exam.choices.append(f"{plane}: {describe_series(s.meta, s.shape[0], s.spacing)} from {s.source} (given)")
         return exam
 
 
@@ -97,7 +98,7 @@ class _Candidate:
                 te if te is not None else 1e9, self.label)
 
 
-def _describe(meta: dict, n_slices: int, spacing: Sequence[float]) -> str:
+def describe_series(meta: dict, n_slices: int, spacing: Sequence[float]) -> str:
     desc = meta.get("series_description") or "(no description)"
     parts = []
     if meta.get("series_number") is not None:
@@ -115,11 +116,9 @@ def _describe(meta: dict, n_slices: int, spacing: Sequence[float]) -> str:
 def _dicom_candidate(group: DicomSeriesGroup, where: str, tolerance_deg: float) -> _Candidate:
     frames, normal, spacing = sort_frames(group.frames, where)
     ref = frames[0]
-    import numpy as np
-
     direction = np.stack([ref.row_dir, ref.col_dir, normal], axis=1)
     plane, obliquity = classify_plane(direction, 2, tolerance_deg, path=where)
-    meta = _meta_from_header(group.header, len(frames), spacing, ref.pixel_spacing, group.echo_number,
+    meta = meta_from_header(group.header, len(frames), spacing, ref.pixel_spacing, group.echo_number,
                              group.echo_time)
     sp = (ref.pixel_spacing[1], ref.pixel_spacing[0], spacing)
     return _Candidate(plane, obliquity, meta, len(frames), sp, group.label(), where,
@@ -140,7 +139,7 @@ def find_candidates(folder: PathLike, tolerance_deg: float = 30.0,
     candidates: List[_Candidate] = []
     if progress:
         progress(0.0, "scanning DICOM headers")
-    scan = scan_dicom_folder(folder)
+    scan = scan_dicom_folder(folder, strict=False)
     ignored.extend(scan.ignored)
     for g in scan.groups:
         where = g.folder
@@ -151,11 +150,7 @@ def find_candidates(folder: PathLike, tolerance_deg: float = 30.0,
             candidates.append(_dicom_candidate(g, where, tolerance_deg))
         except InputError as e:
             ignored.append((where, f"{g.label()}: {e.problem}"))
-    volumes = []
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        volumes += [os.path.join(root, n) for n in sorted(files)
-                    if is_volume_file(os.path.join(root, n)) and not is_dicom_file(os.path.join(root, n))]
+    volumes = _volume_files(folder)
     for i, path in enumerate(volumes):
         if progress:
             progress(0.5 + 0.5 * i / max(1, len(volumes)), f"reading {os.path.basename(path)}")
@@ -187,10 +182,30 @@ def load_study(folder: PathLike, *, tolerance_deg: float = 30.0,
         raise MissingPathError("no such study folder", folder)
     if not os.path.isdir(folder):
         s = read_series(folder)
-        exam = Exam.from_series(**{s.plane: s})
-        exam.source = folder
+        exam = Exam(source=folder)
+        setattr(exam, s.plane, s)
+        for plane in PLANES:
+            if plane == s.plane:
+                _, reason = sequence.preference(s.meta)
+                exam.choices.append(f"{plane}: {describe_series(s.meta, s.shape[0], s.spacing)} from {s.source}: "
+                                    f"{reason}; the only series in this file")
+            else:
+                exam.choices.append(f"{plane}: missing (a single file holds only the {s.plane} series)")
         return exam
     candidates, ignored = find_candidates(folder, tolerance_deg, progress)
+    exam = assign_planes(folder, candidates, ignored)
+    if progress:
+        progress(1.0, "done")
+    return exam
+
+
+def assign_planes(folder: str, candidates: List[_Candidate], ignored: List[Tuple[str, str]]) -> Exam:
+    """Choose one candidate per plane (rule in the module docstring), load it, and record the reasons.
+
+    Raises:
+        NoDicomError: no candidates at all.
+    """
+    ignored = list(ignored)
     if not candidates:
         why = f" (ignored: {'; '.join(f'{os.path.basename(p)}: {r}' for p, r in ignored[:5])})" if ignored else ""
         raise NoDicomError(f"no usable MR image series in this study folder{why}", folder)
@@ -213,7 +228,7 @@ def load_study(folder: PathLike, *, tolerance_deg: float = 30.0,
         c, series = chosen
         setattr(exam, plane, series)
         _, reason = sequence.preference(c.meta)
-        line = f"{plane}: {_describe(c.meta, c.n_slices, c.spacing)} from {c.source}: {reason}"
+        line = f"{plane}: {describe_series(c.meta, c.n_slices, c.spacing)} from {c.source}: {reason}"
         if c.obliquity >= 0.05:
             line += f"; {c.obliquity:.1f} deg oblique"
         others = [o for o in pool if o is not c]
@@ -224,9 +239,7 @@ def load_study(folder: PathLike, *, tolerance_deg: float = 30.0,
         exam.choices.append(line)
     for path, reason in ignored:
         exam.choices.append(f"ignored: {path}: {reason}")
-    if progress:
-        progress(1.0, "done")
     return exam
 
 
-__all__ = ["Exam", "load_study", "find_candidates"]
+__all__ = ["Exam", "load_study", "find_candidates", "assign_planes", "describe_series"]

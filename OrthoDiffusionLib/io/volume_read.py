@@ -7,7 +7,9 @@ convention (a NIfTI RAS affine is converted on reading).
 """
 from __future__ import annotations
 
+import gzip
 import os
+import struct
 from typing import Any, Dict
 
 import numpy as np
@@ -40,6 +42,39 @@ def _stem(path: str) -> str:
     name = os.path.basename(path)
     suffix = volume_suffix(path)
     return name[: len(name) - len(suffix)] if suffix else name
+
+
+def nifti_has_nonfinite(path: str) -> bool:
+    """True if a float NIfTI-1/2 file stores NaN/Inf voxels.
+
+    ITK's NIfTI reader silently turns NaN into 0, so the raw voxel block is checked here (float32/float64 only;
+    integer data cannot hold NaN).
+    """
+    opener = gzip.open if path.lower().endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        data = fh.read()
+    if len(data) < 348:
+        return False
+    for endian in ("<", ">"):
+        (sizeof_hdr,) = struct.unpack(endian + "i", data[:4])
+        if sizeof_hdr == 348:
+            datatype = struct.unpack(endian + "h", data[70:72])[0]
+            offset = int(struct.unpack(endian + "f", data[108:112])[0])
+            break
+        if sizeof_hdr == 540:
+            datatype = struct.unpack(endian + "h", data[12:14])[0]
+            offset = int(struct.unpack(endian + "q", data[168:176])[0])
+            break
+    else:
+        return False
+    dtype = {16: "f4", 64: "f8"}.get(datatype)
+    if dtype is None:
+        return False
+    start = max(offset, 352 if sizeof_hdr == 348 else 544)
+    item = np.dtype(dtype).itemsize
+    usable = max(0, (len(data) - start) // item) * item
+    voxels = np.frombuffer(data[start:start + usable], dtype=endian + dtype)
+    return not bool(np.all(np.isfinite(voxels)))
 
 
 def read_volume(path: str, *, tolerance_deg: float = 30.0) -> Series:
@@ -79,7 +114,7 @@ def read_volume(path: str, *, tolerance_deg: float = 30.0) -> Series:
         image = image[:, :, :, 0]
     image = sitk.Cast(image, sitk.sitkFloat32)
     values = sitk.GetArrayViewFromImage(image)
-    if not np.all(np.isfinite(values)):
+    if not np.all(np.isfinite(values)) or (_FORMAT[suffix] == "NIfTI" and nifti_has_nonfinite(str(path))):
         raise InvalidVolumeError("volume holds NaN/Inf values", path)
     if float(values.max()) == float(values.min()):
         raise InvalidVolumeError(f"volume is constant ({float(values.min()):g} everywhere)", path)
