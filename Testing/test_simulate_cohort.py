@@ -104,6 +104,8 @@ def test_cohort_files_load_deterministic_and_manifest(tmp_path):
         assert all(r[k] in ("0", "1") for k in LABEL_KEYS)
     assert all(len(s) == 1 for s in by_patient.values())  # splits are patient level
     assert "seed" in (tmp_path / "a" / "README.md").read_text() and "21" in (tmp_path / "a" / "README.md").read_text()
+    write_cohort(tmp_path / "w", **kw, workers=2)
+    assert _tree_digest(tmp_path / "w") == d1  # independent of the number of worker processes
     m3 = write_cohort(tmp_path / "c", **{**kw, "seed": 22})
     assert _tree_digest(tmp_path / "c") != d1 and m3.exists()
 
