@@ -25,6 +25,18 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
+def _box(points: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """(N,) bool: points inside the axis-aligned box [lo, hi] (cheap pre-filter before exact tests)."""
+    m = (points[:, 0] >= lo[0]) & (points[:, 0] <= hi[0])
+    for i in (1, 2):
+        m &= (points[:, i] >= lo[i]) & (points[:, i] <= hi[i])
+    return m
+
+
+def _segment_box(a: np.ndarray, b: np.ndarray, margin: float) -> Tuple[np.ndarray, np.ndarray]:
+    return np.minimum(a, b) - margin, np.maximum(a, b) + margin
+
+
 def _segment_coords(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> Tuple[np.ndarray, np.ndarray, float]:
     """For (N,3) points: (t in [0,1] unclipped position along a->b, radial distance from the line, length)."""
     ab = b - a
@@ -34,6 +46,45 @@ def _segment_coords(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> Tuple[n
     s = rel @ u
     radial = np.linalg.norm(rel - s[:, None] * u, axis=1)
     return s / L, radial, L
+
+
+class _LocalGrid:
+    """The wrapped source sampled once on a regular axis-aligned grid (LPS, ``step`` mm) around a lesion, so
+    neighbourhood questions (is the ligament within 3 mm?) become array dilations instead of repeated sampling."""
+
+    def __init__(self, source: AnatomySource, lo: np.ndarray, hi: np.ndarray, step: float = 1.0):
+        self.lo = np.asarray(lo, dtype=np.float64)
+        self.step = float(step)
+        self.shape = tuple(int(v) for v in np.ceil((np.asarray(hi) - self.lo) / step).astype(int) + 1)
+        axes = [self.lo[i] + step * np.arange(self.shape[i]) for i in range(3)]
+        g = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+        self.tissue = source.tissue_at(g).reshape(self.shape)
+
+    @staticmethod
+    def dilate(mask: np.ndarray, mm: float, step: float) -> np.ndarray:
+        """Dilation by about ``mm`` (alternating 6- and 18-neighbour steps approximate a ball)."""
+        out = mask.copy()
+        for it in range(int(round(mm / step))):
+            m = out.copy()
+            for ax in range(3):
+                for sh in (1, -1):
+                    m |= np.roll(out, sh, axis=ax)
+            if it % 2 == 1:
+                for a, b in ((0, 1), (0, 2), (1, 2)):
+                    for sa in (1, -1):
+                        for sb in (1, -1):
+                            m |= np.roll(np.roll(out, sa, axis=a), sb, axis=b)
+            out = m
+        return out
+
+    def lookup(self, mask: np.ndarray, points: np.ndarray) -> np.ndarray:
+        """(N,) values of a grid array at the nearest grid cell (False/0 outside the grid)."""
+        idx = np.rint((points - self.lo) / self.step).astype(np.int64)
+        inside = np.all((idx >= 0) & (idx < np.array(self.shape)), axis=1)
+        out = np.zeros(len(points), dtype=mask.dtype)
+        i = idx[inside]
+        out[inside] = mask[i[:, 0], i[:, 1], i[:, 2]]
+        return out
 
 
 class Lesion:
@@ -51,7 +102,7 @@ class Lesion:
         return self.source.bounds()
 
     def tissue_at(self, points: np.ndarray) -> np.ndarray:
-        pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        pts = np.asarray(points).reshape(-1, 3)
         return self._edit(pts, self.source.tissue_at(pts))
 
     def _edit(self, points: np.ndarray, t: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
@@ -85,12 +136,15 @@ class CruciateTear(Lesion):
         self.wavelength = rng.uniform(7.0, 10.0)
 
     def _edit(self, p: np.ndarray, t: np.ndarray) -> np.ndarray:
-        s, rad, L = _segment_coords(p, self.a, self.b)
+        box = np.nonzero(_box(p, *_segment_box(self.a, self.b, 3.0 * self.r + 4.0)))[0]
+        if len(box) == 0:
+            return t
+        s, rad, L = _segment_coords(p[box].astype(np.float64), self.a, self.b)
         near = (s > -0.1) & (s < 1.1) & (rad < 3.0 * self.r + 3.0)
         if not near.any():
             return t
-        idx = np.nonzero(near)[0]
-        si, ri, ti = s[idx], rad[idx], t[idx].copy()
+        idx = box[near]
+        si, ri, ti = s[near], rad[near], t[idx].copy()
         lo, hi = self.t0 - self.gap / 2, self.t0 + self.gap / 2
         in_gap = (si >= lo) & (si <= hi)
         distal = si > hi
@@ -134,15 +188,16 @@ class MeniscusTear(Lesion):
         self.extent = rng.uniform(0.45, 0.7) * self.R  # half-length along the horn (lateral direction)
 
     def _edit(self, p: np.ndarray, t: np.ndarray) -> np.ndarray:
-        rel = p - self.c
+        box = np.nonzero(t == self.tissue)[0]
+        rel = p[box] - self.c
         a = rel @ self.ant
         x = rel @ self.lat
-        cand = (t == self.tissue) & (a < -0.3 * self.R) & (np.abs(x) < self.extent)
+        cand = (a < -0.3 * self.R) & (np.abs(x) < self.extent)
         if not cand.any():
             return t
-        d = (p[cand] - self.p0) @ self.normal
+        ci = box[cand]
+        d = (p[ci] - self.p0) @ self.normal
         t = t.copy()
-        ci = np.nonzero(cand)[0]
         t[ci[np.abs(d) < self.half]] = Tissue.FLUID
         return t
 
@@ -162,33 +217,38 @@ class CollateralInjury(Lesion):
         self.thick = rng.uniform(1.5, 2.5)
         self.halo = rng.uniform(4.0, 6.5)
         self.t0 = rng.uniform(0.3, 0.6)
-        axis = _unit(self.b - self.a)
-        e1 = _unit(np.cross(axis, lm["axis_anterior"]))
-        e2 = np.cross(axis, e1)
-        self.dirs = np.stack([e1, -e1, e2, -e2, _unit(e1 + e2), -_unit(e1 + e2), _unit(e1 - e2), -_unit(e1 - e2)])
+        self._grid: Optional[_LocalGrid] = None
 
-    def _touches(self, p: np.ndarray, dists: Iterable[float]) -> np.ndarray:
-        """(N,) bool: the ligament lies at one of ``dists`` mm from the point in one of 8 perpendicular directions."""
-        hit = np.zeros(len(p), dtype=bool)
-        for dist in dists:
-            for d in self.dirs:
-                todo = ~hit
-                if todo.any():
-                    hit[todo] |= self.source.tissue_at(p[todo] + dist * d) == self.tissue
-        return hit
+    def _masks(self):
+        if self._grid is None:
+            margin = self.halo + self.thick + 12.0
+            lo = np.minimum(self.a, self.b) - margin
+            hi = np.maximum(self.a, self.b) + margin
+            g = _LocalGrid(self.source, lo, hi, 1.0)
+            lig = g.tissue == self.tissue
+            self._grid = g
+            self._thick = _LocalGrid.dilate(lig, self.thick, g.step)
+            self._halo = _LocalGrid.dilate(self._thick, self.halo, g.step)
+        return self._grid, self._thick, self._halo
 
     def _edit(self, p: np.ndarray, t: np.ndarray) -> np.ndarray:
-        s, rad, L = _segment_coords(p, self.a, self.b)
-        near = (s > -0.05) & (s < 1.05) & (rad < 4.0 * self.r + 12.0) & (np.isin(t, SOFT) | (t == self.tissue))
+        box = np.nonzero(_box(p, *_segment_box(self.a, self.b, 4.0 * self.r + 15.0)))[0]
+        if len(box) == 0:
+            return t
+        s_all, rad, L = _segment_coords(p[box].astype(np.float64), self.a, self.b)
+        near = ((s_all > -0.1) & (s_all < 1.1) & (rad < 4.0 * self.r + 14.0)
+                & (np.isin(t[box], SOFT) | (t[box] == self.tissue)))
         if not near.any():
             return t
-        idx = np.nonzero(near)[0]
+        g, thick_m, halo_m = self._masks()
+        idx = box[near]
+        s = np.zeros(len(p))
+        s[idx] = s_all[near]
         ti = t[idx].copy()
         soft = ti != self.tissue
-        thick = soft & self._touches(p[idx], (self.thick,))
+        thick = soft & g.lookup(thick_m, p[idx])
         ti[thick] = self.tissue
-        soft2 = soft & ~thick
-        halo = soft2 & self._touches(p[idx], (0.5 * self.halo, self.halo))
+        halo = soft & ~thick & g.lookup(halo_m, p[idx])
         ti[halo] = np.where(np.abs(s[idx][halo] - self.t0) < 0.2, Tissue.FLUID, Tissue.EDEMA)
         # intrasubstance oedema at the injured segment (about a fifth of the length)
         core = (ti == self.tissue) & (np.abs(s[idx] - self.t0) < 0.1)
@@ -222,11 +282,12 @@ class PatellarDislocation(Lesion):
         self.landmarks["patella_center"] = self.c + self.shift
 
     def _edit(self, p: np.ndarray, t: np.ndarray) -> np.ndarray:
-        rel = p - self.c
+        box = np.nonzero(_box(p, self.c - 60.0, self.c + 60.0))[0]
+        rel = p[box] - self.c
         cand = (np.abs(rel @ self.sup) < 40) & (np.abs(rel @ self.ant) < 30) & (np.abs(rel @ self.lat) < 55)
         if not cand.any():
             return t
-        idx = np.nonzero(cand)[0]
+        idx = box[cand]
         ti = t[idx].copy()
         # inverse transform: q = c + R^T (p - c - shift)
         q = self.c + (p[idx] - self.c - self.shift) @ self.R
@@ -236,7 +297,7 @@ class PatellarDislocation(Lesion):
         vacated = np.isin(ti, self.MOVED) & ~np.isin(src, self.MOVED)
         ti[vacated] = Tissue.FLUID
         ti[moved_in] = src[moved_in]
-        r = rel[idx]
+        r = p[idx] - self.c
         med = ((r @ self.lat + 30.0) / 14.0) ** 2 + ((r @ self.ant + 2.0) / 9.0) ** 2 + (r @ self.sup / 16.0) ** 2 < 1.0
         ti[med & np.isin(ti, SOFT)] = Tissue.EDEMA
         t = t.copy()
@@ -260,21 +321,34 @@ class JointEffusion(Lesion):
         self.axes = np.stack([lm["axis_lateral"], lm["axis_anterior"], lm["axis_superior"]])
         self.radii = np.array([rng.uniform(20, 28), rng.uniform(7, 11), rng.uniform(20, 30)])
         self.knee = lm["knee_center"]
+        self._grid: Optional[_LocalGrid] = None
 
     def _edit(self, p: np.ndarray, t: np.ndarray) -> np.ndarray:
         t = t.copy()
-        rel = (p - self.c) @ self.axes.T
-        inside = np.sum((rel / self.radii) ** 2, axis=1) < 1.0
-        t[inside & np.isin(t, SOFT)] = Tissue.FLUID
-        relk = (p - self.knee) @ self.axes.T
-        joint = (np.sum((relk / np.array([48.0, 36.0, 30.0])) ** 2, axis=1) < 1.0) & (np.abs(relk[:, 2]) < 9.0)
-        cand = np.nonzero(joint & np.isin(t, (Tissue.FAT, Tissue.SOFT_TISSUE, Tissue.CAPSULE)))[0]
-        if len(cand):
-            hit = np.zeros(len(cand), dtype=bool)
-            for d in (self.axes[2], -self.axes[2], self.axes[1], -self.axes[1], self.axes[0], -self.axes[0]):
-                hit |= np.isin(self.source.tissue_at(p[cand] + 2.5 * d), self.NEAR)
-            t[cand[hit]] = Tissue.FLUID
+        r = float(self.radii.max())
+        box = np.nonzero(_box(p, self.c - r, self.c + r))[0]
+        if len(box):
+            rel = (p[box] - self.c) @ self.axes.T
+            inside = box[np.sum((rel / self.radii) ** 2, axis=1) < 1.0]
+            t[inside[np.isin(t[inside], SOFT)]] = Tissue.FLUID
+        half = np.abs(self.axes.T) @ np.array([48.0, 36.0, 9.0])
+        box = np.nonzero(_box(p, self.knee - half, self.knee + half))[0]
+        if len(box):
+            relk = (p[box] - self.knee) @ self.axes.T
+            joint = (np.sum((relk / np.array([48.0, 36.0, 30.0])) ** 2, axis=1) < 1.0) & (np.abs(relk[:, 2]) < 9.0)
+            cand = box[joint & np.isin(t[box], (Tissue.FAT, Tissue.SOFT_TISSUE, Tissue.CAPSULE))]
+            if len(cand):
+                g, near = self._near()
+                t[cand[g.lookup(near, p[cand])]] = Tissue.FLUID
         return t
+
+    def _near(self):
+        if self._grid is None:
+            half = np.abs(self.axes.T) @ np.array([50.0, 38.0, 11.0])  # AABB of the oriented joint slab
+            g = _LocalGrid(self.source, self.knee - half, self.knee + half, 1.0)
+            self._grid = g
+            self._near_mask = _LocalGrid.dilate(np.isin(g.tissue, self.NEAR), 2.5, g.step)
+        return self._grid, self._near_mask
 
 
 #: Order in which lesions are applied (dislocation before effusion so the vacated space and recess are consistent).
