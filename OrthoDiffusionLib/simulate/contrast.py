@@ -154,7 +154,7 @@ def render_intensity(tissue_sub: np.ndarray, voxel_centers: np.ndarray, pixel_mm
     val = tissue_intensity(tissue_sub, pixel_mm).mean(axis=-1)
     val = _blur_inplane(val, psf_sigma_px)
     val *= bias_field(voxel_centers, rng, bias_amplitude)
-    val *= bias_field(voxel_centers, rng, 0.03, (8.0, 30.0), 3)  # fine tissue inhomogeneity
+    val *= bias_field(voxel_centers, rng, 0.012, (8.0, 30.0), 5)  # fine tissue inhomogeneity
     sigma = 0.85 / snr_for(field_strength, pixel_mm * pixel_mm * slice_mm)
     n1 = rng.normal(0.0, sigma, size=val.shape).astype(np.float32)
     n2 = rng.normal(0.0, sigma, size=val.shape).astype(np.float32)
