@@ -86,7 +86,7 @@ class AnatomySource(Protocol):
         """Tissue ids at physical points.
 
         Args:
-            points: (N, 3) float64, LPS millimetres (DICOM patient coordinates).
+            points: (N, 3) float64 or float32, LPS millimetres (DICOM patient coordinates).
         Returns:
             (N,) uint8 :class:`Tissue` values.
         """

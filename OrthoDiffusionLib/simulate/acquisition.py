@@ -1,0 +1,202 @@
+"""2D multi-slice acquisition: series geometry and rendering of an anatomy source onto it.
+
+A series is a stack of ``n_slices`` thick slices (ITK axis 2 = slice axis) with in-plane pixels ``fov/matrix``.
+Base orientations (ITK direction columns, LPS) follow clinical DICOM conventions:
+sagittal rows->posterior, columns->inferior; coronal rows->left, columns->inferior; axial rows->left,
+columns->posterior; the slice axis is their cross product. A small oblique rotation (a few degrees) is applied.
+Rendering evaluates ``tissue_at`` on ``slice_subsamples x inplane_subsamples**2`` points per voxel (spread over the
+slice thickness and the pixel), so thick slices get partial-volume averaging, then applies :mod:`.contrast`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import contrast as C
+from .tissues import AnatomySource, segmentation_from_tissue
+
+PLANE_DIRECTIONS: Dict[str, Tuple[Tuple[float, float, float], Tuple[float, float, float]]] = {
+    "sagittal": ((0.0, 1.0, 0.0), (0.0, 0.0, -1.0)),
+    "coronal": ((1.0, 0.0, 0.0), (0.0, 0.0, -1.0)),
+    "axial": ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0)),
+}
+SERIES_DESCRIPTIONS = {"sagittal": "PD SAG", "coronal": "PD COR", "axial": "PD AX"}
+_TILE = 16
+
+
+@dataclass
+class SeriesSpec:
+    """Acquisition parameters of one 2D multi-slice series."""
+
+    plane: str
+    matrix: Tuple[int, int] = (256, 256)  # (rows, columns)
+    n_slices: int = 24
+    fov_mm: float = 150.0
+    slice_thickness: float = 3.5
+    slice_gap: float = 0.35
+    oblique_deg: Tuple[float, float, float] = (0.0, 0.0, 0.0)  # rotation about x, y, z (LPS)
+    center_offset_mm: Tuple[float, float, float] = (0.0, 0.0, 0.0)  # in the knee's (lat, ant, sup) axes
+    slice_subsamples: int = 3
+    inplane_subsamples: int = 0  # 0 = automatic: 1 for pixels <= 0.8 mm, else 2
+    field_strength: float = 3.0
+    repetition_time: float = 2450.0
+    echo_time: float = 34.0
+    extra: Dict[str, object] = field(default_factory=dict)
+
+    @property
+    def pixel_mm(self) -> float:
+        return self.fov_mm / max(self.matrix)
+
+
+@dataclass
+class Geometry:
+    size: Tuple[int, int, int]  # ITK order (columns, rows, slices)
+    spacing: Tuple[float, float, float]
+    origin: np.ndarray  # (3,)
+    direction: np.ndarray  # (3,3), columns = ITK axes in LPS
+
+    def apply(self, img: sitk.Image) -> sitk.Image:
+        img.SetSpacing(tuple(float(s) for s in self.spacing))
+        img.SetOrigin(tuple(float(v) for v in self.origin))
+        img.SetDirection(tuple(float(v) for v in self.direction.ravel()))
+        return img
+
+
+@dataclass
+class RenderedSeries:
+    """One rendered series: image (int16 stored values), tissue ids and the 11-structure labelmap on one grid."""
+
+    spec: SeriesSpec
+    image: sitk.Image
+    tissue: sitk.Image
+    labelmap: sitk.Image
+    noise_sigma: float
+
+
+def _rot(deg: Tuple[float, float, float]) -> np.ndarray:
+    rx, ry, rz = np.deg2rad(deg)
+    Rx = np.array([[1, 0, 0], [0, np.cos(rx), -np.sin(rx)], [0, np.sin(rx), np.cos(rx)]])
+    Ry = np.array([[np.cos(ry), 0, np.sin(ry)], [0, 1, 0], [-np.sin(ry), 0, np.cos(ry)]])
+    Rz = np.array([[np.cos(rz), -np.sin(rz), 0], [np.sin(rz), np.cos(rz), 0], [0, 0, 1]])
+    return Rz @ Ry @ Rx
+
+
+def series_geometry(spec: SeriesSpec, anatomy: AnatomySource) -> Geometry:
+    """Geometry of a series centred on the knee (``knee_center`` + 12 mm superior + ``center_offset_mm``)."""
+    if spec.plane not in PLANE_DIRECTIONS:
+        raise ValueError(f"unknown plane {spec.plane!r}")
+    row, col = (np.asarray(v, dtype=np.float64) for v in PLANE_DIRECTIONS[spec.plane])
+    D = np.stack([row, col, np.cross(row, col)], axis=1)
+    D = _rot(spec.oblique_deg) @ D
+    lm = anatomy.landmarks
+    off = spec.center_offset_mm
+    center = (lm["knee_center"] + 12.0 * lm["axis_superior"] + off[0] * lm["axis_lateral"]
+              + off[1] * lm["axis_anterior"] + off[2] * lm["axis_superior"])
+    rows, cols = spec.matrix
+    px = spec.pixel_mm
+    dz = spec.slice_thickness + spec.slice_gap
+    spacing = (px, px, dz)
+    size = (cols, rows, spec.n_slices)
+    half = np.array([(cols - 1) * px / 2, (rows - 1) * px / 2, (spec.n_slices - 1) * dz / 2])
+    origin = center - D @ half
+    return Geometry(size, spacing, origin, D)
+
+
+def _subsample_offsets(spec: SeriesSpec) -> np.ndarray:
+    """(S, 3) offsets in mm along the (i, j, k) axes of the sub-samples of one voxel."""
+    q = spec.inplane_subsamples or (1 if spec.pixel_mm <= 0.8 else 2)
+    s = max(1, spec.slice_subsamples)
+    ip = ((np.arange(q) + 0.5) / q - 0.5) * spec.pixel_mm
+    sl = ((np.arange(s) + 0.5) / s - 0.5) * spec.slice_thickness
+    # centre sub-sample first along the slice so index 0 (with odd s) is at the voxel centre when q == 1
+    order = np.argsort(np.abs(sl), kind="stable")
+    sl = sl[order]
+    oi, oj, ok = np.meshgrid(ip, ip, sl, indexing="ij")
+    off = np.stack([oi, oj, ok], axis=-1).reshape(-1, 3)
+    # sort so the sub-sample nearest the voxel centre comes first
+    return off[np.argsort(np.linalg.norm(off, axis=1), kind="stable")]
+
+
+def _voxel_points(geo: Geometry, off: np.ndarray, k: np.ndarray, j: np.ndarray, i: np.ndarray,
+                  s: np.ndarray) -> np.ndarray:
+    """(M,3) float32 LPS points of sub-sample ``s`` of voxels (k, j, i) (integer arrays of length M); float32 keeps
+    ~0.1 um precision at knee coordinates and halves the memory traffic."""
+    px, _, dz = geo.spacing
+    D = geo.direction
+    a = (i * px + off[s, 0]).astype(np.float32)
+    b = (j * px + off[s, 1]).astype(np.float32)
+    c = (k * dz + off[s, 2]).astype(np.float32)
+    pts = np.empty((len(a), 3), dtype=np.float32)
+    for r in range(3):
+        pts[:, r] = np.float32(D[r, 0]) * a + np.float32(D[r, 1]) * b + np.float32(D[r, 2]) * c
+        pts[:, r] += np.float32(geo.origin[r])
+    return pts
+
+
+def _tile_order(k: np.ndarray, j: np.ndarray, i: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Stable permutation grouping points by (slice, 16x16 tile), so consecutive points are spatially compact."""
+    nty, ntx = rows // _TILE + 1, cols // _TILE + 1
+    key = (k.astype(np.int64) * nty + j // _TILE) * ntx + i // _TILE
+    return np.argsort(key, kind="stable")
+
+
+def _sample(anatomy: AnatomySource, geo: Geometry, off: np.ndarray, k, j, i, s, batch: int = 1 << 20) -> np.ndarray:
+    order = _tile_order(k, j, i, geo.size[1] + 2, geo.size[0] + 2)
+    out = np.empty(len(k), dtype=np.uint8)
+    for b0 in range(0, len(order), batch):
+        o = order[b0:b0 + batch]
+        out[o] = anatomy.tissue_at(_voxel_points(geo, off, k[o], j[o], i[o], s[o]))
+    return out
+
+
+def sample_tissue(anatomy: AnatomySource, spec: SeriesSpec, geo: Geometry, coarse_to_fine: bool = True) -> np.ndarray:
+    """Tissue ids of every sub-sample of every voxel: (nz, rows, cols, S) uint8.
+
+    With ``coarse_to_fine`` the sub-samples are first evaluated on every second row and column; a fine sample whose
+    (up to four) surrounding coarse samples agree takes that label, the others are evaluated exactly. Exact for any
+    structure thicker than two pixels (all knee structures at clinical resolutions), about 3x faster.
+    """
+    cols, rows, nz = geo.size
+    off = _subsample_offsets(spec)
+    S = len(off)
+    if not coarse_to_fine:
+        k, j, i, s = (a.ravel() for a in np.meshgrid(np.arange(nz), np.arange(rows), np.arange(cols), np.arange(S),
+                                                     indexing="ij"))
+        return _sample(anatomy, geo, off, k, j, i, s).reshape(nz, rows, cols, S)
+    mr, mc = rows // 2 + 1, cols // 2 + 1
+    k, jc, ic, s = (a.ravel() for a in np.meshgrid(np.arange(nz), np.arange(mr), np.arange(mc), np.arange(S),
+                                                  indexing="ij"))
+    coarse = _sample(anatomy, geo, off, k, 2 * jc, 2 * ic, s).reshape(nz, mr, mc, S)
+    jA, jB = np.arange(rows) // 2, (np.arange(rows) + 1) // 2
+    iA, iB = np.arange(cols) // 2, (np.arange(cols) + 1) // 2
+    l00 = coarse[:, jA][:, :, iA]
+    same = (l00 == coarse[:, jA][:, :, iB]) & (l00 == coarse[:, jB][:, :, iA]) & (l00 == coarse[:, jB][:, :, iB])
+    k, j, i, s = np.nonzero(~same)
+    if len(k):
+        l00[k, j, i, s] = _sample(anatomy, geo, off, k, j, i, s)
+    return l00
+
+
+def render_series(anatomy: AnatomySource, spec: SeriesSpec, center: C.Center, rng: np.random.Generator,
+                  coarse_to_fine: bool = True) -> RenderedSeries:
+    """Render one series from an anatomy source.
+
+    The tissue label of a voxel is the label at the sub-sample nearest its centre; the labelmap is the segmentation
+    (values 1..11) of those labels. Image: (slices, rows, cols) int16 via :func:`.contrast.render_intensity`.
+    """
+    geo = series_geometry(spec, anatomy)
+    cols, rows, nz = geo.size
+    px, _, dz = geo.spacing
+    tissue = sample_tissue(anatomy, spec, geo, coarse_to_fine)
+    kk, jy, ix = np.meshgrid(np.arange(nz), np.arange(rows), np.arange(cols), indexing="ij")
+    centers = _voxel_points(geo, np.zeros((1, 3)), kk.ravel(), jy.ravel(), ix.ravel(),
+                            np.zeros(kk.size, dtype=int)).reshape(nz, rows, cols, 3)
+    img, sigma = C.render_intensity(tissue, centers, px, spec.slice_thickness, spec.field_strength, center, rng)
+    center_tissue = tissue[..., 0]
+    image = geo.apply(sitk.GetImageFromArray(img))
+    tis = geo.apply(sitk.GetImageFromArray(center_tissue))
+    seg = geo.apply(sitk.GetImageFromArray(segmentation_from_tissue(center_tissue)))
+    return RenderedSeries(spec, image, tis, seg, sigma)
