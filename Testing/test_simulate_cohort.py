@@ -139,6 +139,20 @@ def test_ehr_fields_and_correlations():
     assert 0.22 < frac < 0.38
 
 
+def test_simulated_ehr_is_understood_by_the_encoder():
+    """Every simulated record encodes with no UNK except where a field is missing."""
+    from OrthoDiffusionLib.ehr import EHREncoder, INJURY_EVENTS as ENCODER_EVENTS
+
+    rng = np.random.default_rng(1)
+    recs = [sample_ehr({"acl_injury": bool(i % 2)}, rng, missing_rate=0.0) for i in range(50)]
+    enc = EHREncoder().fit(recs)
+    batch = enc.encode(recs)
+    assert INJURY_EVENTS == ENCODER_EVENTS
+    assert int(batch.event.max()) < len(ENCODER_EVENTS)  # index len(INJURY_EVENTS) is UNK
+    assert float(batch.fixed[:, 5].sum()) == 0.0 and float(batch.fixed[:, 8].sum()) == 0.0  # sex / type UNK
+    assert float(batch.fixed[:, 3:5].sum()) == 50 and float(batch.fixed[:, 6:8].sum()) == 50
+
+
 def test_cli_exam_and_errors(tmp_path, capsys):
     rc = main(["simulate", "exam", "--out", str(tmp_path / "e"), "--seed", "2", "--matrix", "32",
                "--abnormality", "acl_injury"])

@@ -5,9 +5,9 @@ Fields (the manifest's EHR columns): ``age`` (years, int), ``sex`` (``"F"``/``"M
 values are ``None`` (an empty manifest cell), each field independently with probability ``missing_rate``.
 
 Correlations (documented, deliberately simple): ACL/PCL/meniscus/collateral injuries make athletes and sports or
-traffic events more likely; patellar dislocation makes younger, female patients and twisting events more likely;
-meniscus tears without ligament injury shift age upwards and favour ``degenerative``; normal knees favour
-``none_reported``/``overuse``. Marginals follow the paper's Supplementary Table 3 (mean age ~33, female ~35 %,
+traffic events more likely; patellar dislocation makes younger, female patients and sports events more likely;
+meniscus tears without ligament injury shift age upwards and favour ``spontaneous``; normal knees favour
+``spontaneous``/``daily_life_accident``. Marginals follow the paper's Supplementary Table 3 (mean age ~33, female ~35 %,
 weight ~85 kg).
 """
 from __future__ import annotations
@@ -16,17 +16,12 @@ from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-#: The 8 injury-event classes.
-INJURY_EVENTS: Tuple[str, ...] = (
-    "none_reported",  # no trauma reported (pain, swelling)
-    "sports_twisting",  # non-contact pivoting/landing in sport
-    "sports_contact",  # contact in sport (tackle, collision)
-    "fall",  # fall from standing or height
-    "traffic_accident",  # road traffic (dashboard, motorcycle)
-    "direct_blow",  # blow to the knee outside sport
-    "overuse",  # repetitive load, running
-    "degenerative",  # chronic degenerative complaints
-)
+from ..ehr import INJURY_EVENTS as _ENCODER_EVENTS
+
+#: The 8 injury-event classes: the paper's classes, shared with the EHR encoder (one list, defined there).
+#: Order: overuse, traffic_accident, duty_accident, daily_life_accident, sports_accident, spontaneous,
+#: performance_accident, other.
+INJURY_EVENTS: Tuple[str, ...] = _ENCODER_EVENTS
 EHR_FIELDS: Tuple[str, ...] = ("age", "sex", "height", "weight", "patient_type", "injury_event")
 
 
@@ -57,15 +52,16 @@ def sample_ehr(labels: Mapping[str, bool], rng: np.random.Generator, missing_rat
     weight = float(np.clip(bmi * (height / 100) ** 2, 15, 165))
     p_ath = 0.55 if (lig or pd) else (0.3 if menisc else 0.18)
     patient_type = "athlete" if rng.random() < p_ath else "non-athlete"
-    w = np.array([0.30, 0.10, 0.06, 0.14, 0.06, 0.06, 0.14, 0.14])  # normal knee
+    # weights in INJURY_EVENTS order (overuse, traffic, duty, daily life, sports, spontaneous, performance, other)
+    w = np.array([0.14, 0.06, 0.05, 0.20, 0.16, 0.30, 0.03, 0.06])  # normal knee
     if lig:
-        w = np.array([0.04, 0.38, 0.20, 0.12, 0.12, 0.08, 0.03, 0.03])
+        w = np.array([0.03, 0.12, 0.06, 0.12, 0.55, 0.04, 0.05, 0.03])
     elif pd:
-        w = np.array([0.05, 0.50, 0.12, 0.12, 0.04, 0.12, 0.03, 0.02])
+        w = np.array([0.03, 0.04, 0.04, 0.14, 0.55, 0.05, 0.12, 0.03])
     elif menisc:
-        w = np.array([0.12, 0.20, 0.06, 0.10, 0.04, 0.04, 0.14, 0.30])
+        w = np.array([0.14, 0.04, 0.05, 0.16, 0.24, 0.30, 0.03, 0.04])
     if patient_type == "athlete":
-        w = w * np.array([0.6, 1.8, 1.8, 0.8, 0.6, 0.8, 1.5, 0.4])
+        w = w * np.array([1.5, 0.6, 0.6, 0.8, 1.8, 0.6, 1.5, 0.8])
     event = INJURY_EVENTS[int(rng.choice(len(INJURY_EVENTS), p=w / w.sum()))]
     rec: Dict[str, Optional[object]] = {"age": age, "sex": sex, "height": round(height, 1),
                                         "weight": round(weight, 1), "patient_type": patient_type,
