@@ -14,21 +14,20 @@ Our backbone files (``backbone_{plane}.safetensors``): the denoiser state dict (
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import pickle
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
 from .backbone import DiffusionUNet
+from .atomic import atomic_path  # noqa: F401  (re-exported: public API)
 from .errors import BundleError, CorruptFileError, MissingPathError, UnsafeFileError, WeightsMismatchError
 
 __all__ = [
@@ -74,23 +73,6 @@ def tensors_sha256(state: Mapping[str, torch.Tensor]) -> str:
         h.update(f"{name}|{str(t.dtype)}|{tuple(state[name].shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
-
-
-@contextlib.contextmanager
-def atomic_path(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically (os.replace), on error it
-    is removed, so ``path`` is never left half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------------------------- state-dict checks

@@ -17,7 +17,6 @@ plane's label table) the key/value fields ``Segment{i}_ID`` (the structure key),
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -25,6 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from OrthoDiffusionLib import labels
+from OrthoDiffusionLib.atomic import atomic_path
 from OrthoDiffusionLib.errors import CorruptFileError, InvalidVolumeError, MissingPathError, NotVolumeError
 
 PathLike = Union[str, os.PathLike]
@@ -36,18 +36,9 @@ _INTEGER_PIXEL_IDS = (sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkI
 
 def atomic_write(path: PathLike, suffix: str, write) -> Path:
     """Call ``write(tmp_path)`` on a temporary file beside ``path`` (same ``suffix``), then rename it onto ``path``."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return target
+    with atomic_path(path, suffix=suffix) as tmp:
+        write(str(tmp))
+    return Path(path)
 
 
 def _label_array(labelmap: sitk.Image) -> np.ndarray:

@@ -13,12 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
+from OrthoDiffusionLib.atomic import atomic_path
 from OrthoDiffusionLib.errors import CorruptFileError
 
 __all__ = ["feature_cache_key", "series_noise", "FeatureCache"]
@@ -84,14 +84,8 @@ class FeatureCache:
         path = self.path(series_id, plane, timestep, block, noise_seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = _fields(self.backbone_sha256, plane, timestep, block, noise_seed, series_id)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"features": features.detach().contiguous().cpu()}, tmp, metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_path(path) as tmp:
+            save_file({"features": features.detach().contiguous().cpu()}, str(tmp), metadata=meta)
         return path
 
     def get_or_compute(self, series_id: str, plane: str, timestep: int, block: str, noise_seed: int,
