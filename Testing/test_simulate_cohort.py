@@ -178,3 +178,21 @@ def test_pictures_written(tmp_path):
     assert [p.name for p in paths] == ["normal.png", "joint_effusion.png"]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10000
+
+
+@pytest.mark.parametrize("anatomy, folder", [("atlas_spl", "spl_knee_atlas"), ("atlas_oai", "oai_dess_labels")])
+def test_atlas_exam_dicom_loads_in_plane_with_labelmap_on_image(anatomy, folder, shared_data, tmp_path, monkeypatch,
+                                                                capsys):
+    """The atlas-based source goes through the same writer/loader path as the procedural one."""
+    monkeypatch.setenv("ORTHODIFFUSION_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "e"
+    rc = main(["simulate", "exam", "--out", str(out), "--seed", "3", "--matrix", "32", "--anatomy", anatomy,
+               "--atlas-path", str(shared_data / folder), "--abnormality", "joint_effusion"])
+    assert rc == 0, capsys.readouterr().err
+    for plane in ("sagittal", "coronal", "axial"):
+        s = read_series(out / "dicom" / f"{plane}_1")
+        assert s.plane == plane
+        lab = sitk.ReadImage(str(out / "labels" / f"{plane}_1_seg.nii.gz"))
+        assert _same_grid(s.image, lab, tol=1e-2)
+        seg = sitk.GetArrayFromImage(lab)
+        assert {1, 2} <= set(np.unique(seg).tolist())  # femur and tibia in every plane
