@@ -34,6 +34,14 @@ def _prepare(path) -> Path:
     return p
 
 
+def _save_figure(fig, path) -> Path:
+    """Write a matplotlib figure as PNG (120 dpi) to ``path`` (folders created) and close it."""
+    out = _prepare(path)
+    fig.savefig(out, dpi=120)
+    _pyplot().close(fig)
+    return out
+
+
 def plot_roc_curves(y_true, y_prob, label_names: Sequence[str], path: str | os.PathLike,
                     title: str = "ROC curves", baseline_prob=None, baseline_name: str = "baseline") -> Path:
     """One panel per label with the model's ROC curve (AUROC in the legend) and optionally a baseline's."""
@@ -58,10 +66,7 @@ def plot_roc_curves(y_true, y_prob, label_names: Sequence[str], path: str | os.P
         axes[j // cols][j % cols].axis("off")
     fig.suptitle(title)
     fig.tight_layout()
-    out = _prepare(path)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save_figure(fig, path)
 
 
 def plot_reliability(diagrams: Mapping[str, Mapping[str, np.ndarray]], path: str | os.PathLike,
@@ -81,10 +86,7 @@ def plot_reliability(diagrams: Mapping[str, Mapping[str, np.ndarray]], path: str
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    out = _prepare(path)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save_figure(fig, path)
 
 
 def plot_label_efficiency(curves: Mapping[str, Mapping[float, float]], path: str | os.PathLike,
@@ -102,10 +104,7 @@ def plot_label_efficiency(curves: Mapping[str, Mapping[float, float]], path: str
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    out = _prepare(path)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save_figure(fig, path)
 
 
 def plot_timestep_block_grid(plane_scores: Mapping[str, Mapping[tuple, float]], path: str | os.PathLike,
@@ -136,10 +135,7 @@ def plot_timestep_block_grid(plane_scores: Mapping[str, Mapping[tuple, float]], 
     axes[0][0].set_ylabel("timestep", fontsize=8)
     fig.colorbar(im, ax=list(axes[0]), shrink=0.8)
     fig.suptitle(title)
-    out = _prepare(path)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save_figure(fig, path)
 
 
 def write_plane_weight_sankey(rows: Sequence[Mapping[str, float]], path: str | os.PathLike,
