@@ -510,7 +510,8 @@ def read_result_json(folder: PathLike) -> Dict[str, Any]:
 
 
 def import_result_folder(scene, folder: PathLike, volumes: Mapping[str, Any], prefix: str = "OrthoDiffusion",
-                         diagnosis: bool = True, show_3d: bool = True) -> ImportedResult:
+                         diagnosis: bool = True, show_3d: bool = True,
+                         planes: Sequence[str] = PLANES) -> ImportedResult:
     """Import the outputs of ``orthodiffusion predict`` (:func:`OrthoDiffusionLib.predictor.write_outputs`) from
     ``folder`` into ``scene``.
 
@@ -518,6 +519,7 @@ def import_result_folder(scene, folder: PathLike, volumes: Mapping[str, Any], pr
         volumes: ``{plane: volume node}`` the prediction ran on; each ``segmentation_<plane>.seg.nrrd`` present
             becomes a segmentation node on that plane's volume geometry (named ``<prefix> <plane>``).
         diagnosis: also make the diagnosis table (when ``diagnosis.json`` has labels) and the structure table.
+        planes: import the segmentations of these planes only.
 
     Raises:
         MissingPathError / CorruptFileError naming the offending file; no node is left in the scene on error.
@@ -533,7 +535,7 @@ def import_result_folder(scene, folder: PathLike, volumes: Mapping[str, Any], pr
             raise CorruptFileError(str(e).strip("'\""), folder / "diagnosis.json") from None
     out = ImportedResult(folder=folder, result=result)
     try:
-        for plane in PLANES:
+        for plane in (p for p in PLANES if p in planes):
             path = folder / f"segmentation_{plane}.seg.nrrd"
             if not path.exists():
                 continue

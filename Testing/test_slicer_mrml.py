@@ -175,6 +175,11 @@ def test_import_result_folder(scene, slicer, dess, coronal_image, tmp_path):
     assert mrml.table_column(measures, "name")[0] == "Femur"
     assert imported.report == folder / "report.html"
 
+    only_coronal = mrml.import_result_folder(scene, folder, volumes, prefix="again", diagnosis=False,
+                                             show_3d=False, planes=["coronal"])
+    assert list(only_coronal.segmentations) == ["coronal"]
+    assert only_coronal.diagnosis_table is None and only_coronal.measures_table is None
+
 
 def test_segmentation_matches_slicers_own_seg_nrrd_reader(scene, slicer, dess, tmp_path):
     """Independent check of the RAS/LPS handling: MRML's segmentation storage node reads the same .seg.nrrd."""
