@@ -345,7 +345,7 @@ class OrthoDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         sankey = self.logic.sankeyHtml(result)
         self.ui.sankeyLabel.visible = self.ui.sankeyFrame.visible = sankey is not None
         if sankey is not None:
-            self.webWidget.url = qt.QUrl.fromLocalFile(str(sankey))
+            self.webWidget.setUrl(qt.QUrl.fromLocalFile(str(sankey)).toString())
         report = result.report
         self.ui.reportPathLineEdit.text = str(report) if report else ""
         self.ui.openReportButton.enabled = report is not None
@@ -589,6 +589,8 @@ class OrthoDiffusionLogic(ScriptedLoadableModuleLogic):
         volumes = {p: n for p, n in zip(PLANES, (sagittalNode, coronalNode, axialNode)) if n is not None}
         if not volumes:
             raise ValueError("select at least one volume (sagittal, coronal or axial)")
+        if not segmentationPlanes and not diagnosis:
+            raise ValueError("nothing to do: turn on segmentation for a plane or the diagnosis")
         work = Path(tempfile.mkdtemp(prefix="OrthoDiffusion-", dir=slicer.app.temporaryPath))
         out = Path(outputFolder) if outputFolder else work / "result"
         if onProgress:
