@@ -528,6 +528,8 @@ class OrthoDiffusionLogic(ScriptedLoadableModuleLogic):
         """Simulate a three-plane knee exam (``orthodiffusion simulate exam``, with a joint effusion) in a child
         process and load its NIfTI series as volume nodes; ``onFinished({plane: node}, error)``. With ``wait`` it
         blocks and returns the dict."""
+        from OrthoDiffusionLib.child_process import sample_exam_arguments, sample_exam_series
+
         folder = Path(tempfile.mkdtemp(prefix="OrthoDiffusion-sample-", dir=slicer.app.temporaryPath))
         out = {}
 
@@ -537,18 +539,15 @@ class OrthoDiffusionLogic(ScriptedLoadableModuleLogic):
                 from OrthoDiffusionLib import mrml
 
                 try:
-                    for plane in PLANES:
-                        path = folder / "nifti" / f"{plane}_1.nii.gz"
-                        if path.is_file():
-                            volumes[plane] = mrml.load_volume_file(slicer.mrmlScene, path, f"Sample {plane}")
+                    for plane, path in sample_exam_series(folder).items():
+                        volumes[plane] = mrml.load_volume_file(slicer.mrmlScene, path, f"Sample {plane}")
                 except Exception as e:
                     error = str(e)
             out.update(volumes=volumes, error=error)
             if onFinished:
                 onFinished(volumes, error)
 
-        self._startProcess(["simulate", "exam", "--out", str(folder), "--no-dicom", "--seed", str(seed),
-                            "--abnormality", SAMPLE_ABNORMALITY], onLine, None, done)
+        self._startProcess(sample_exam_arguments(folder, seed, SAMPLE_ABNORMALITY), onLine, None, done)
         if wait:
             self._wait()
             if out.get("error"):
@@ -562,22 +561,6 @@ class OrthoDiffusionLogic(ScriptedLoadableModuleLogic):
                            lambda error: onFinished and onFinished(error is None, error))
 
     # ----------------------------------------------------------------------------------------- prediction
-    def predictArguments(self, inputs: Dict[str, Path], outputFolder: Path, model: Optional[str], device: str,
-                         segmentation: bool, diagnosis: bool, noiseDraws: int) -> List[str]:
-        """The ``orthodiffusion predict`` arguments for the written input files."""
-        args = ["predict"]
-        for plane, path in inputs.items():
-            args += [f"--{plane}", str(path)]
-        args += ["--out", str(outputFolder), "--device", device, "--noise-draws", str(int(noiseDraws)),
-                 "--progress", "json"]
-        if model:
-            args += ["--model", model]
-        if not segmentation:
-            args.append("--no-segmentation")
-        if not diagnosis:
-            args.append("--no-diagnosis")
-        return args
-
     def start(self, sagittalNode=None, coronalNode=None, axialNode=None, model: Optional[str] = None,
               device: str = "auto", segmentationPlanes: Sequence[str] = PLANES, diagnosis: bool = True,
               noiseDraws: int = 1, outputFolder: Optional[str] = None, onProgress=None, onLine=None,
@@ -585,6 +568,7 @@ class OrthoDiffusionLogic(ScriptedLoadableModuleLogic):
         """Write the volumes, start ``orthodiffusion predict`` in a child process and return the output folder;
         ``onFinished(ImportedResult, None)`` or ``onFinished(None, one-line reason)`` is called when it ends."""
         from OrthoDiffusionLib import mrml
+        from OrthoDiffusionLib.child_process import predict_arguments
 
         volumes = {p: n for p, n in zip(PLANES, (sagittalNode, coronalNode, axialNode)) if n is not None}
         if not volumes:
@@ -598,7 +582,8 @@ class OrthoDiffusionLogic(ScriptedLoadableModuleLogic):
         inputs = {}
         for plane, node in volumes.items():
             inputs[plane] = mrml.write_volume_node(node, work / "inputs" / f"{plane}.nrrd")
-        args = self.predictArguments(inputs, out, model, device, bool(segmentationPlanes), diagnosis, noiseDraws)
+        args = predict_arguments(inputs, out, model=model, device=device, segmentation=bool(segmentationPlanes),
+                                 diagnosis=diagnosis, noise_draws=noiseDraws)
 
         def done(error):
             if error is not None:

@@ -18,14 +18,58 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from OrthoDiffusionLib.errors import CorruptFileError
+from OrthoDiffusionLib.labels import PLANES
+
+PathLike = Union[str, os.PathLike]
 PROGRESS_PREFIX = "ORTHODIFFUSION-PROGRESS"
 
 
 def library_command(python: str, *args: str) -> List[str]:
     """argv running ``python -m OrthoDiffusionLib ARGS`` (the ``orthodiffusion`` command)."""
     return [python, "-m", "OrthoDiffusionLib", *args]
+
+
+def predict_arguments(inputs: Mapping[str, PathLike], out: PathLike, *, model: Optional[str] = None,
+                      device: str = "auto", segmentation: bool = True, diagnosis: bool = True,
+                      noise_draws: int = 1) -> List[str]:
+    """``orthodiffusion predict`` arguments for ``{plane: series file}``, writing into ``out`` with JSON progress
+    lines (the Slicer module's run)."""
+    args = ["predict"]
+    for plane, path in inputs.items():
+        args += [f"--{plane}", os.fspath(path)]
+    args += ["--out", os.fspath(out), "--device", device, "--noise-draws", str(int(noise_draws)), "--progress", "json"]
+    if model:
+        args += ["--model", model]
+    if not segmentation:
+        args.append("--no-segmentation")
+    if not diagnosis:
+        args.append("--no-diagnosis")
+    return args
+
+
+def sample_exam_arguments(folder: PathLike, seed: int = 0, abnormality: str = "joint_effusion",
+                          matrix: int = 256) -> List[str]:
+    """``orthodiffusion simulate exam`` arguments for the module's sample knee (NIfTI only, one lesion)."""
+    return ["simulate", "exam", "--out", os.fspath(folder), "--no-dicom", "--seed", str(int(seed)),
+            "--abnormality", abnormality, "--matrix", str(int(matrix))]
+
+
+def sample_exam_series(folder: PathLike) -> Dict[str, Path]:
+    """``{plane: NIfTI path}`` of a simulated exam folder, from its ``exam.json`` (first series of each plane)."""
+    folder = Path(folder)
+    try:
+        series = json.loads((folder / "exam.json").read_text(encoding="utf-8"))["series"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CorruptFileError(f"not a simulated exam ({e})", folder / "exam.json") from None
+    out: Dict[str, Path] = {}
+    for s in series:
+        if s.get("plane") in PLANES and s.get("nifti") and s["plane"] not in out:
+            out[s["plane"]] = folder / s["nifti"]
+    return {p: out[p] for p in PLANES if p in out}
 
 
 def parse_progress_line(line: str) -> Optional[Tuple[str, float]]:

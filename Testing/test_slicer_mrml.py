@@ -4,6 +4,8 @@ prediction output folder imported as segmentation and table nodes on the volumes
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,9 +13,13 @@ import SimpleITK as sitk
 
 from io_helpers import load_dess, reformat
 from OrthoDiffusionLib import labels, mrml
+from OrthoDiffusionLib.child_process import ChildProcess, library_command, sample_exam_arguments, sample_exam_series
 from OrthoDiffusionLib.errors import CorruptFileError, MissingPathError
 from OrthoDiffusionLib.io import read_series
 from OrthoDiffusionLib.seg_io import write_seg_nrrd
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -221,6 +227,21 @@ def test_labelmap_on_another_grid_is_resampled_onto_the_volume(scene, dess, coro
                                                 show_3d=False)
     mask = _assert_same_geometry(node, volume, "femur")
     assert mask[10:20, 30:50, 30:50].all() and mask.sum() == 10 * 20 * 20
+
+
+def test_simulated_sample_loads_as_three_assigned_volumes(scene, tmp_path):
+    """The module's "Load sample" path: `orthodiffusion simulate exam` in a child process, series from exam.json,
+    read by MRML, assigned to their planes."""
+    proc = ChildProcess(library_command(sys.executable, *sample_exam_arguments(tmp_path / "sample", seed=1,
+                                                                                 matrix=48)),
+                        env={"PYTHONPATH": str(ROOT)}).start()
+    assert proc.wait(timeout=300) == 0, proc.output()
+    series = sample_exam_series(tmp_path / "sample")
+    assert list(series) == ["sagittal", "coronal", "axial"]
+    nodes = {plane: mrml.load_volume_file(scene, path, f"Sample {plane}") for plane, path in series.items()}
+    assert mrml.assign_planes(mrml.scene_volume_nodes(scene)) == nodes
+    with pytest.raises(CorruptFileError, match="exam.json"):
+        sample_exam_series(tmp_path)
 
 
 def test_bad_result_folder_leaves_no_nodes(scene, dess, coronal_image, tmp_path):
