@@ -174,6 +174,8 @@ class OrthoDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateButtons()
 
     def onLoadSample(self):
+        if not self.ensureDependencies():
+            return
         self.setBusy(True, "Simulating a sample knee exam...")
         self.logic.loadSample(onLine=self.appendLog, onFinished=self._sampleLoaded)
 

@@ -4,8 +4,6 @@ prediction output folder imported as segmentation and table nodes on the volumes
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,13 +11,11 @@ import SimpleITK as sitk
 
 from io_helpers import load_dess, reformat
 from OrthoDiffusionLib import labels, mrml
-from OrthoDiffusionLib.child_process import ChildProcess, library_command, sample_exam_arguments, sample_exam_series
+from OrthoDiffusionLib.child_process import ChildProcess, sample_exam_arguments, sample_exam_series
+from core_only import CORE_ENV, core_only_command
 from OrthoDiffusionLib.errors import CorruptFileError, MissingPathError
 from OrthoDiffusionLib.io import read_series
 from OrthoDiffusionLib.seg_io import write_seg_nrrd
-
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -230,11 +226,10 @@ def test_labelmap_on_another_grid_is_resampled_onto_the_volume(scene, dess, coro
 
 
 def test_simulated_sample_loads_as_three_assigned_volumes(scene, tmp_path):
-    """The module's "Load sample" path: `orthodiffusion simulate exam` in a child process, series from exam.json,
-    read by MRML, assigned to their planes."""
-    proc = ChildProcess(library_command(sys.executable, *sample_exam_arguments(tmp_path / "sample", seed=1,
-                                                                                 matrix=48)),
-                        env={"PYTHONPATH": str(ROOT)}).start()
+    """The module's "Load sample" path: `orthodiffusion simulate exam` in a child process with only the core
+    packages importable (as in Slicer), series from exam.json, read by MRML, assigned to their planes."""
+    proc = ChildProcess(core_only_command(*sample_exam_arguments(tmp_path / "sample", seed=1, matrix=48)),
+                        env=CORE_ENV).start()
     assert proc.wait(timeout=300) == 0, proc.output()
     series = sample_exam_series(tmp_path / "sample")
     assert list(series) == ["sagittal", "coronal", "axial"]
