@@ -4,8 +4,8 @@ File layout (safetensors, never pickle):
 
 * tensors named ``<component>::<state-dict key>``; components are ``backbone.<id>`` (one per distinct backbone:
   planes that share identical weights share one entry), ``diagnosis_head``, ``ehr`` and ``segmentation.<plane>``.
-  Backbones may be stored encoder + middle block only (the decoder is never used at inference) and as float16
-  (``half``); loading casts every tensor back to float32.
+  Backbones may be stored encoder + middle block only (the decoder is never used at inference); any component may be
+  stored as float16 (``half``; export does so for backbones and segmentation heads); loading casts back to float32.
 * header metadata: ``format`` (:data:`BUNDLE_FORMAT`), ``format_version``, ``bundle`` (the bundle JSON, below) and
   ``bundle_sha256`` (sha256 of that JSON text).
 

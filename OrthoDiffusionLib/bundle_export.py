@@ -6,8 +6,9 @@
 A diagnosis run (``train-diagnosis``) supplies the per-plane backbones, (timestep, block), the DiagnosisHead (pooling,
 fusion, MPAE, temperatures) and the optional EHR branch; each segmentation run (``train-segmentation``, one plane per
 run) a backbone, (timestep, block) and a segmentation head. Backbones are stored encoder + middle block only and
-deduplicated by the sha256 of those tensors (identical backbones are stored once). ``--half`` stores the backbones as
-float16 (half the size; loading casts back to float32). Every weight file is checked while exporting: backbone files
+deduplicated by the sha256 of those tensors (identical backbones are stored once). ``--half`` stores the backbones and
+segmentation heads as float16 (half the size; loading casts back to float32); the small diagnosis and EHR heads stay
+float32. Every weight file is checked while exporting: backbone files
 by their own integrity digest, heads by loading them into the network their run.json describes.
 """
 from __future__ import annotations
@@ -212,9 +213,12 @@ def export_bundle(diagnosis: Optional[PathLike], segmentation: Sequence[PathLike
     meta["synthetic_data_only"] = _synthetic_flag(runs)
     for key, state in backbones.states.items():
         components[f"backbone.{key}"] = state
-    half_components = [f"backbone.{k}" for k in backbones.states] if half else []
+    # float16 where the bytes are (backbones, segmentation decoders); the small diagnosis/EHR heads stay float32
+    half_components = [c for c in components if c.startswith(("backbone.", "segmentation."))] if half else []
     for k in backbones.meta:
         backbones.meta[k]["dtype"] = "float16" if half else "float32"
+    for seg in meta["segmentation"].values():
+        seg["dtype"] = "float16" if half else "float32"
     save_bundle(out, meta, components, half=half_components)
     load_bundle(out)  # read back: the file verifies
     return Path(out)

@@ -79,7 +79,7 @@ def mid_slice_overlay(image: sitk.Image, labelmap: Optional[sitk.Image], plane: 
     k = arr.shape[0] // 2
     lab = None
     if labelmap is not None:
-        lab = sitk.GetArrayViewFromImage(reorient(labelmap, plane))[k]
+        lab = sitk.GetArrayFromImage(reorient(labelmap, plane))[k]
     rgb = overlay_rgb(arr[k], lab, colors)
     sx, sy = img.GetSpacing()[:2]
     h, w = arr.shape[1:]

@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
+import SimpleITK as sitk
 import torch
 from safetensors.torch import save_file
 
@@ -18,6 +20,7 @@ from OrthoDiffusionLib.backbone import DiffusionUNet
 from OrthoDiffusionLib.bundle_export import export_bundle
 from OrthoDiffusionLib.checkpoints import file_sha256, save_backbone
 from OrthoDiffusionLib.heads import DiagnosisHead
+from OrthoDiffusionLib.io import Exam, Series
 from OrthoDiffusionLib.seg_head import build_seg_head
 
 TINY_WIDTH = 32
@@ -47,8 +50,8 @@ def make_diagnosis_run(folder: Path, *, fusion: str = "concat", with_mpae: bool 
     plane_info, digests = {}, {}
     timesteps = {"sagittal": 150, "coronal": 50, "axial": 200}
     blocks = {"sagittal": "mid_0", "coronal": "mid_2", "axial": "mid_0"}
-    for plane in planes:
-        model = shared if shared_backbone else DiffusionUNet(model_channels=TINY_WIDTH)
+    for i, plane in enumerate(planes):
+        model = shared if shared_backbone or i == 0 else DiffusionUNet(model_channels=TINY_WIDTH)
         name = f"backbone_{plane}.safetensors"
         digests[plane] = save_backbone(model, folder / name, plane)
         plane_info[plane] = {"timestep": timesteps[plane], "block": blocks[plane], "backbone": name}
@@ -115,5 +118,24 @@ def make_tiny_bundle(path, *, diagnosis: bool = True, segmentation_planes: Seque
     return path
 
 
-__all__ = ["make_tiny_bundle", "make_diagnosis_run", "make_segmentation_run", "file_sha256", "TINY_SIZE",
-           "TINY_WIDTH", "TINY_SLICES"]
+def tiny_volume(plane: str, seed: int = 0) -> Series:
+    """A textured 20 x 40 x 40 series of ``plane`` (1 mm voxels, slice axis = ITK axis 2) with a bright block."""
+    rng = np.random.default_rng(seed)
+    arr = rng.normal(100, 20, (20, 40, 40)).astype(np.float32)
+    arr[6:14, 10:30, 12:28] += 150
+    img = sitk.GetImageFromArray(arr)
+    codes = {"sagittal": "PIL", "coronal": "LIP", "axial": "LPS"}
+    img.SetDirection(sitk.DICOMOrient(sitk.Image([2, 2, 2], sitk.sitkUInt8), codes[plane]).GetDirection())
+    return Series(image=img, plane=plane, obliquity_deg=0.0, source=f"{plane}_{seed}.nii")
+
+
+def tiny_exam(seed: int = 0, planes: Sequence[str] = label_tables.PLANES) -> Exam:
+    """An exam of :func:`tiny_volume` series for ``planes`` (others missing)."""
+    exam = Exam(source=f"tiny exam {seed}")
+    for i, plane in enumerate(planes):
+        setattr(exam, plane, tiny_volume(plane, seed + i))
+    return exam
+
+
+__all__ = ["make_tiny_bundle", "make_diagnosis_run", "make_segmentation_run", "tiny_volume", "tiny_exam",
+           "file_sha256", "TINY_SIZE", "TINY_WIDTH", "TINY_SLICES"]
