@@ -79,8 +79,11 @@ h1{font-size:24px;margin:8px 0 4px} h2{font-size:18px;margin:26px 0 8px;border-b
 table{border-collapse:collapse;background:#fff;width:100%;font-size:14px}
 th,td{border-bottom:1px solid #e3e6eb;padding:6px 8px;text-align:left;vertical-align:middle}
 th{background:#eef0f4;font-weight:600} td.num{text-align:right;font-variant-numeric:tabular-nums}
-.bar{background:#e9ecf1;border-radius:4px;height:14px;width:260px;position:relative}
+table.compact{width:auto;min-width:460px}
+.pbar{display:flex;align-items:center;gap:10px}
+.bar{background:#e9ecf1;border-radius:4px;height:14px;width:240px}
 .bar>span{display:block;height:14px;border-radius:4px;background:#d62728}
+.pbar b{min-width:52px;text-align:right;font-variant-numeric:tabular-nums}
 .pw{display:inline-block;height:10px;margin-right:1px}
 .card{background:#fff;border:1px solid #e3e6eb;border-radius:8px;padding:8px;margin-top:6px}
 .overlays{display:flex;flex-wrap:wrap;gap:14px}
@@ -116,10 +119,11 @@ def _labels_table(labels: List[Mapping[str, Any]]) -> str:
         shares = "".join(f"<span class='pw' title='{p}: {lb['plane_weights'].get(p, 0):.2f}' style='width:"
                          f"{90 * lb['plane_weights'].get(p, 0):.1f}px;background:{PLANE_COLORS[p]}'></span>"
                          for p in PLANES)
-        rows.append(f"<tr><td>{_e(lb['name'])}</td><td><div class='bar'><span style='width:{100 * cal:.1f}%'></span>"
-                    f"</div></td><td class='num'>{_pct(cal)}</td><td class='num'>&plusmn; {_pct(lb['uncertainty'])}"
-                    f"</td><td class='num'>{_pct(lb['probability'])}</td><td>{shares}</td></tr>")
-    return ("<table><tr><th>Abnormality</th><th>Calibrated probability</th><th></th><th>Uncertainty (sd)</th>"
+        rows.append(f"<tr><td>{_e(lb['name'])}</td><td><div class='pbar'><div class='bar'><span style='width:"
+                    f"{100 * cal:.1f}%'></span></div><b>{_pct(cal)}</b></div></td>"
+                    f"<td class='num'>&plusmn; {_pct(lb['uncertainty'])}</td><td class='num'>{_pct(lb['probability'])}"
+                    f"</td><td>{shares}</td></tr>")
+    return ("<table><tr><th>Abnormality</th><th>Calibrated probability</th><th>Uncertainty (sd)</th>"
             "<th>Uncalibrated</th><th>Plane weights (sag / cor / ax)</th></tr>" + "".join(rows) + "</table>")
 
 
@@ -146,13 +150,28 @@ def _exam_table(data: Mapping[str, Any]) -> str:
 
 
 def _measures_table(measures: List[Mapping[str, Any]]) -> str:
+    """One row per structure; volume and mean thickness per segmented plane side by side."""
     if not measures:
         return "<p class='muted'>No segmentation.</p>"
-    rows = "".join(f"<tr><td>{_e(m['plane'])}</td><td>{_e(m['name'])}</td><td class='num'>{_fmt(m['volume_ml'])}</td>"
-                   f"<td class='num'>{_fmt(m.get('mean_thickness_mm'))}</td></tr>" for m in measures)
-    return ("<table><tr><th>Plane</th><th>Structure</th><th>Volume (mL)</th><th>Mean thickness (mm)</th></tr>"
-            + rows + "</table><p class='muted'>Volumes are measured on each plane's segmentation of the model's 16 "
-            "central slices, so they cover only that slab.</p>")
+    planes = [p for p in PLANES if any(m["plane"] == p for m in measures)]
+    by_key: Dict[str, Dict[str, Mapping[str, Any]]] = {}
+    names: Dict[str, str] = {}
+    for m in sorted(measures, key=lambda m: m["value"]):
+        by_key.setdefault(m["key"], {})[m["plane"]] = m
+        names[m["key"]] = m["name"]
+    head = "".join(f"<th>{p.capitalize()} volume (mL)</th><th>{p.capitalize()} thickness (mm)</th>" for p in planes)
+    rows = []
+    for key, per_plane in by_key.items():
+        cells = []
+        for p in planes:
+            m = per_plane.get(p)
+            cells.append("<td class='num muted' colspan='2'>not segmented on this plane</td>" if m is None else
+                         f"<td class='num'>{_fmt(m['volume_ml'])}</td><td class='num'>"
+                         f"{_fmt(m.get('mean_thickness_mm'))}</td>")
+        rows.append(f"<tr><td>{_e(names[key])}</td>{''.join(cells)}</tr>")
+    return (f"<table><tr><th>Structure</th>{head}</tr>{''.join(rows)}</table><p class='muted'>Measured on each "
+            "plane's segmentation, which covers the model's central slices of that series only; thickness is "
+            "measured for cartilage.</p>")
 
 
 def _overlays(result: Any) -> str:
@@ -218,14 +237,14 @@ def report_html(result: Any) -> str:
     timings = "".join(f"<tr><td>{_e(k)}</td><td class='num'>{_fmt(v, 3)}</td></tr>"
                       for k, v in (data.get("timings") or {}).items())
     parts.append(
-        "<h2>Model and run</h2><table>"
+        "<h2>Model and run</h2><table class='compact'>"
         f"<tr><th>Model</th><td>{_e(model.get('name'))} (bundle format v{_e(model.get('version'))})</td></tr>"
         f"<tr><th>Description</th><td>{_e(model.get('description') or '-')}</td></tr>"
         f"<tr><th>sha256</th><td><code>{_e(model.get('sha256'))}</code></td></tr>"
         f"<tr><th>File</th><td><code>{_e(model.get('file'))}</code></td></tr>"
         f"<tr><th>Trained on synthetic data only</th><td>{_e(model.get('synthetic_data_only'))}</td></tr>"
         f"<tr><th>Device</th><td>{_e(data.get('device'))}</td></tr></table>"
-        f"<h2>Timings (seconds per exam)</h2><table>{timings}</table>")
+        f"<h2>Timings (seconds per exam)</h2><table class='compact'>{timings}</table>")
     body = "\n".join(parts)
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"

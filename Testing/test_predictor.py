@@ -28,7 +28,8 @@ def bundles(tmp_path_factory):
     d = tmp_path_factory.mktemp("bundles")
     return {"mpae": make_tiny_bundle(d / "tiny.odbundle"),
             "strict": make_tiny_bundle(d / "strict.odbundle", with_mpae=False, segmentation_planes=("sagittal",)),
-            "ehr": make_tiny_bundle(d / "ehr.odbundle", ehr=True, segmentation_planes=())}
+            "ehr": make_tiny_bundle(d / "ehr.odbundle", ehr=True, segmentation_planes=()),
+            "seg_only": make_tiny_bundle(d / "seg.odbundle", diagnosis=False, segmentation_planes=("coronal",))}
 
 
 @pytest.fixture(scope="module")
@@ -254,3 +255,27 @@ def test_demo_without_the_shipped_model_says_so(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "demo model" in err[0] and "--model" in err[0]
     assert not (tmp_path / "d").exists()
+
+
+def test_segmentation_only_model(bundles, tmp_path):
+    result = Predictor(bundles["seg_only"], device="cpu").predict(tiny_exam(6))
+    assert result.labels == [] and result.fused_by is None
+    assert list(result.segmentations) == ["coronal"]
+    assert any("no diagnosis head" in w for w in result.warnings)
+    write_outputs(result, tmp_path / "o")
+    report = (tmp_path / "o" / "report.html").read_text()
+    assert 'id="sankey"' not in report and "No diagnosis" in report
+    assert json.loads((tmp_path / "o" / "diagnosis.json").read_text())["labels"] == []
+
+
+def test_bench_predict_subject_runs(bundles, tmp_path, capsys):
+    exam_dir = tmp_path / "in"
+    exam_dir.mkdir()
+    for plane in PLANES:
+        sitk.WriteImage(tiny_exam(7).get(plane).image, str(exam_dir / f"{plane}.nii.gz"))
+    rc = main(["bench", "predict", "--model", str(bundles["mpae"]), "--exams", "1", "2", "--repeats", "1",
+               "--study", str(exam_dir), "--no-segmentation", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["exams"] for r in out["rows"]] == [1, 2]
+    assert out["ratio_per_exam_N1_over_N2"] > 0 and out["model"] == "tiny-test"
