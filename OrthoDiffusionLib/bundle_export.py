@@ -242,6 +242,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     print(f"  diagnosis planes: {', '.join(s['diagnosis_planes']) or 'none'}; segmentation planes: "
           f"{', '.join(s['segmentation_planes']) or 'none'}; backbones stored: {len(bundle.meta['backbones'])}; "
           f"synthetic data only: {s['synthetic_data_only']}")
+    bytes_per = {"float16": 2, "float32": 4}
+    for comp, info in bundle.meta["components"].items():
+        n = sum(v.numel() for v in bundle.states[comp].values())
+        print(f"  {comp:<24} {n / 1e6:8.2f} M values  {n * bytes_per.get(info['dtype'], 4) / 2**20:8.2f} MiB "
+              f"({info['dtype']})")
     return 0
 
 
