@@ -17,6 +17,9 @@ from .errors import OrthoDiffusionError
 # Modules that contribute subcommands, in the order they appear in --help.
 SUBCOMMAND_MODULES: List[str] = [
     "OrthoDiffusionLib.io.cli",
+    "OrthoDiffusionLib.predict_cli",
+    "OrthoDiffusionLib.bundle_export",
+    "OrthoDiffusionLib.model_registry",
     "OrthoDiffusionLib.checkpoints_cli",
     "OrthoDiffusionLib.bench",
     "OrthoDiffusionLib.training.pretrain_cli",
