@@ -227,3 +227,20 @@ def test_config_overrides_and_errors(tmp_path):
         load_seg_config("knee-ft-opt")
     with pytest.raises(MissingPathError):
         load_seg_config(tmp_path / "none.json")
+
+
+def test_baseline_trains_on_the_same_cases_and_reloads(cohort, tmp_path):
+    pytest.importorskip("monai")
+    from OrthoDiffusionLib.training.train_segmentation import train_seg_baseline
+
+    out = tmp_path / "unet"
+    run = train_seg_baseline(cohort, "sagittal", "unet", out, config="seg-demo", device="cpu",
+                             overrides=["preprocessing.size=32", "baseline.epochs=1",
+                                        "baseline.unet3d.channels=[8,8,16,16,32]"])
+    assert run["format"] == "orthodiffusion.segmentation-baseline-run"
+    assert run["model"] == {"name": "unet3d", "channels": [8, 8, 16, 16, 32]}
+    assert run["data"] == {"train_cases": 4, "val_cases": 2, "test_cases": 2, "train_patients": 4}
+    model, _ = load_segmentation_run(out)
+    cases = [c for c in read_seg_cases(cohort, "sagittal") if c.split == "test"]
+    res = evaluate(model, SegVolumes(cases, 16, 32), "sagittal", torch.device("cpu"))
+    assert res["summary"]["dice"]["mean"]["mean"] == pytest.approx(run["metrics"]["test"]["dice"]["mean"]["mean"])

@@ -162,13 +162,14 @@ def train(model: torch.nn.Module, train_set: SegVolumes, settings: TrainSettings
           config: Mapping[str, Any], *, device: torch.device, resume: bool = False,
           val_set: Optional[SegVolumes] = None, stop_after_epoch: Optional[int] = None,
           progress: Optional[ProgressFn] = None, cancel: Optional[threading.Event] = None,
-          show_progress: bool = False) -> Dict[str, Any]:
+          show_progress: bool = False, desc: str = "train-segmentation") -> Dict[str, Any]:
     """Train ``model`` (already on ``device``) for ``settings.epochs`` epochs, or resume it from ``run_dir``.
 
     Args:
         config: the resolved run config, stored in every checkpoint; a resumed run must have the same one.
         val_set: if given with ``settings.val_every``, the mean validation Dice is logged every that many epochs.
         stop_after_epoch: return after the checkpoint of this epoch (a bounded job; continue with ``resume``).
+        desc: label of the tqdm bar (``show_progress``).
         progress: ``progress("train", fraction)`` after every step; cancel: a set Event stops between steps
             (CancelledError; the last epoch checkpoint stays).
 
@@ -218,7 +219,7 @@ def train(model: torch.nn.Module, train_set: SegVolumes, settings: TrainSettings
     if show_progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=total_steps, initial=start * steps_per_epoch, desc=f"train-segmentation {settings.plane}",
+        bar = tqdm(total=total_steps, initial=start * steps_per_epoch, desc=f"{desc} {settings.plane}",
                    unit="step", dynamic_ncols=True)
     epoch, mean_loss = start, float("nan")
     try:
@@ -246,7 +247,7 @@ def train(model: torch.nn.Module, train_set: SegVolumes, settings: TrainSettings
                     sums[k] += float(terms[k].detach()) * len(idx)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(epoch=epoch, loss=f"{float(terms['loss']):.4f}")
+                    bar.set_postfix(epoch=epoch, loss=f"{float(terms['loss'].detach()):.4f}")
                 if progress is not None:
                     progress("train", (step + 1) / total_steps)
             mean_loss = sums["loss"] / n

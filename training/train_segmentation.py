@@ -276,10 +276,10 @@ class _Job:
 
     def fit(self, model: torch.nn.Module, settings: TrainSettings, device: torch.device, resume: bool,
             stop_after_epoch: Optional[int], progress: Optional[ProgressFn], cancel: Optional[threading.Event],
-            show_progress: bool) -> Dict[str, Any]:
+            show_progress: bool, desc: str = "train-segmentation") -> Dict[str, Any]:
         return train(model, self.sets["train"], settings, self.run_dir, self.cfg, device=device, resume=resume,
                      val_set=self.sets["val"], stop_after_epoch=stop_after_epoch, progress=progress, cancel=cancel,
-                     show_progress=show_progress)
+                     show_progress=show_progress, desc=desc)
 
     def evaluate(self, model: torch.nn.Module, settings: TrainSettings, device: torch.device,
                  progress: Optional[ProgressFn], cancel: Optional[threading.Event]) -> Dict[str, Any]:
@@ -398,7 +398,8 @@ def train_seg_baseline(manifest: PathLike, plane: str, model_name: str, out: Pat
                              **spec)
     model = BaselineSegmenter(net).to(dev)
     settings = _settings(cfg, plane, section="baseline")
-    state = job.fit(model, settings, dev, resume, stop_after_epoch, progress, cancel, show_progress)
+    state = job.fit(model, settings, dev, resume, stop_after_epoch, progress, cancel, show_progress,
+                    desc=f"train-seg-baseline {name}")
     if not state["finished"]:
         return None
     metrics = job.evaluate(model, settings, dev, progress, cancel)
