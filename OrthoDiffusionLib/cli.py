@@ -23,6 +23,7 @@ SUBCOMMAND_MODULES: List[str] = [
     "OrthoDiffusionLib.seg_measures",
     "OrthoDiffusionLib.training.evaluate",
     "OrthoDiffusionLib.training.train_segmentation",
+    "OrthoDiffusionLib.training.evaluate_segmentation",
     "OrthoDiffusionLib.simulate.cli",
 ]
 

@@ -244,3 +244,30 @@ def test_baseline_trains_on_the_same_cases_and_reloads(cohort, tmp_path):
     cases = [c for c in read_seg_cases(cohort, "sagittal") if c.split == "test"]
     res = evaluate(model, SegVolumes(cases, 16, 32), "sagittal", torch.device("cpu"))
     assert res["summary"]["dice"]["mean"]["mean"] == pytest.approx(run["metrics"]["test"]["dice"]["mean"]["mean"])
+
+
+def test_evaluate_segmentation_tables_and_fusion(cohort, backbone_file, finished_run, tmp_path, capsys):
+    cor = tmp_path / "cor"
+    train_segmentation(cohort, "coronal", backbone_file, cor, config="seg-demo", device="cpu",
+                       overrides=[o if o != "epochs=2" else "epochs=1" for o in TINY])
+    out = tmp_path / "eval"
+    assert main(["evaluate-segmentation", "--runs", str(finished_run), str(cor), "--out", str(out)]) == 0
+    md = (out / "table.md").read_text()
+    assert "### Sagittal: Dice (%)" in md and "### Coronal: HD95 (mm)" in md
+    coronal_part = md.split("### Coronal")[1]
+    assert "Patella" not in coronal_part and "Femur" in coronal_part and "OrthoDiffusion FT" in coronal_part
+    with open(out / "table.csv") as f:
+        rows = list(csv.DictReader(f))
+    run = json.loads((finished_run / "run.json").read_text())
+    femur = [r for r in rows if r["plane"] == "sagittal" and r["metric"] == "dice" and r["structure"] == "femur"]
+    assert float(femur[0]["mean"]) == pytest.approx(run["metrics"]["test"]["dice"]["femur"]["mean"], rel=1e-5)
+    with open(out / "fusion.csv") as f:
+        fusion = list(csv.DictReader(f))
+    assert {r["method"] for r in fusion} == {"sagittal only", "coronal only", "fused"}
+    assert {r["grid"] for r in fusion} == {"sagittal", "coronal"}
+    assert all(int(r["n"]) <= 2 for r in fusion)
+    example = list(out.glob("fusion_example_*.nii.gz"))
+    assert len(example) == 1
+    fused = sitk.GetArrayFromImage(sitk.ReadImage(str(example[0])))
+    assert fused.max() <= 11 and fused.ndim == 3
+    assert "fused" in capsys.readouterr().out
