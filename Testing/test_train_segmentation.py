@@ -112,11 +112,14 @@ def test_run_folder_matches_the_contract(finished_run, backbone_file):
         with open(finished_run / m["cases_file"]) as f:
             rows = list(csv.DictReader(f))
         assert len(rows) == n and "dice_femur" in rows[0] and "hd95_pcl" in rows[0]
-    # the fine-tuned backbone differs from the input one (encoder trained), its decoder does not
+    # the fine-tuned backbone differs from the input one in the trained encoder blocks; the decoder and the
+    # full-resolution blocks that seg-demo freezes (frozen_input_blocks 3) are unchanged
     tuned, meta = load_backbone_state(finished_run / run["backbone"])
     base, _ = load_backbone_state(backbone_file)
-    assert meta["plane"] == "sagittal"
-    assert not torch.equal(tuned["input_blocks.1.0.in_layers.2.weight"], base["input_blocks.1.0.in_layers.2.weight"])
+    assert meta["plane"] == "sagittal" and run["config"]["frozen_input_blocks"] == 3
+    assert not torch.equal(tuned["input_blocks.3.0.in_layers.2.weight"], base["input_blocks.3.0.in_layers.2.weight"])
+    assert not torch.equal(tuned["middle_block.2.out_layers.3.weight"], base["middle_block.2.out_layers.3.weight"])
+    assert torch.equal(tuned["input_blocks.1.0.in_layers.2.weight"], base["input_blocks.1.0.in_layers.2.weight"])
     assert torch.equal(tuned["out.2.weight"], base["out.2.weight"])
     log = (finished_run / "log.csv").read_text().splitlines()
     assert len(log) == 3 and log[0].startswith("epoch,loss")

@@ -25,15 +25,25 @@ class DiffusionSegmenter(nn.Module):
     Every forward draws fresh noise for ``q_sample`` (during fine-tuning this acts as augmentation, as in the
     paper); with ``draws > 1`` the taps are averaged over independent draws. Only the encoder runs (never the
     decoder), so the decoder's parameters are frozen and left out of :meth:`param_groups`.
+
+    ``frozen_input_blocks`` = k also freezes ``input_blocks[:k]`` (0 = the paper: the whole encoder + middle block
+    is fine-tuned). Freezing the full-resolution blocks (k = 3 for the default layout: conv, ResBlock, Downsample)
+    makes a CPU training step about 3x faster, because no gradient is propagated through full-resolution
+    activations.
     """
 
-    def __init__(self, backbone: DiffusionUNet, head: nn.Module, timestep: int, schedule_steps: int = 1000):
+    def __init__(self, backbone: DiffusionUNet, head: nn.Module, timestep: int, schedule_steps: int = 1000,
+                 frozen_input_blocks: int = 0):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.timestep = int(timestep)
         self.schedule = CosineSchedule(T=schedule_steps)
-        encoder = {id(p) for p in backbone.encoder_parameters()}
+        if not 0 <= frozen_input_blocks <= len(backbone.input_blocks):
+            raise ValueError(f"frozen_input_blocks must be in 0..{len(backbone.input_blocks)}, "
+                             f"got {frozen_input_blocks}")
+        frozen = {id(p) for p in backbone.input_blocks[:frozen_input_blocks].parameters()}
+        encoder = {id(p) for p in backbone.encoder_parameters()} - frozen
         for p in backbone.parameters():
             p.requires_grad_(id(p) in encoder)
 
@@ -46,8 +56,8 @@ class DiffusionSegmenter(nn.Module):
         """Optimizer groups: head at ``lr``, encoder + middle block at ``backbone_lr_scale * lr`` (none if 0)."""
         groups: List[Dict[str, object]] = [{"params": list(self.head.parameters()), "lr": lr, "name": "head"}]
         if backbone_lr_scale > 0:
-            groups.append({"params": self.backbone.encoder_parameters(), "lr": lr * backbone_lr_scale,
-                           "name": "backbone"})
+            groups.append({"params": [p for p in self.backbone.encoder_parameters() if p.requires_grad],
+                           "lr": lr * backbone_lr_scale, "name": "backbone"})
         else:
             for p in self.backbone.parameters():
                 p.requires_grad_(False)

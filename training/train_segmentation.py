@@ -349,7 +349,8 @@ def train_segmentation(manifest: PathLike, plane: str, backbone: PathLike, out: 
     job = _Job(manifest, plane, out, cfg)
     hcfg = head_config(cfg["head"]["name"], net, sel["block"], cfg["head"])
     torch.manual_seed(int(cfg.get("seed", 0)))
-    model = DiffusionSegmenter(net, build_head(hcfg), sel["timestep"]).to(dev)
+    model = DiffusionSegmenter(net, build_head(hcfg), sel["timestep"],
+                               frozen_input_blocks=int(cfg.get("frozen_input_blocks", 0))).to(dev)
     settings = _settings(cfg, plane)
     state = job.fit(model, settings, dev, resume, stop_after_epoch, progress, cancel, show_progress)
     if not state["finished"]:
