@@ -261,14 +261,15 @@ def _fmt(v: Optional[float]) -> str:
 class _Job:
     """Shared plumbing of both commands: cases, datasets, training, evaluation, metrics files."""
 
-    def __init__(self, manifest: PathLike, plane: str, out: PathLike, cfg: Dict[str, Any]):
+    def __init__(self, manifest: PathLike, plane: str, out: PathLike, cfg: Dict[str, Any],
+                 cache_dir: Optional[PathLike] = None):
         if plane not in labels.PLANES:
             raise InputError(f"plane must be one of {', '.join(labels.PLANES)}, got {plane!r}")
         self.manifest, self.plane, self.run_dir, self.cfg = Path(manifest), plane, Path(out), cfg
         self.started = _now()
         cases = read_seg_cases(self.manifest, plane)
         pre = cfg["preprocessing"]
-        cache = self.run_dir / "cache"
+        cache = Path(cache_dir) if cache_dir is not None else self.run_dir / "cache"
         self.train_cases = training_cases(cases, cfg.get("train_patients"), int(cfg.get("seed", 0)))
         self.sets = {"train": SegVolumes(self.train_cases, pre["slices"], pre["size"], cache),
                      "val": SegVolumes(split_cases(cases, "val"), pre["slices"], pre["size"], cache),
@@ -326,7 +327,8 @@ def train_segmentation(manifest: PathLike, plane: str, backbone: PathLike, out: 
                        train_patients: Optional[int] = None, resume: bool = False, device: str = "auto",
                        progress: Optional[ProgressFn] = None, cancel: Optional[threading.Event] = None,
                        stop_after_epoch: Optional[int] = None, show_progress: bool = False,
-                       command: Optional[str] = None) -> Optional[Dict[str, Any]]:
+                       command: Optional[str] = None, cache_dir: Optional[PathLike] = None
+                       ) -> Optional[Dict[str, Any]]:
     """Fine-tune ``backbone`` with a segmentation head on ``plane``; returns the run.json record (None when stopped
     early by ``stop_after_epoch``). See the module docstring for the run folder."""
     from OrthoDiffusionLib.checkpoints import load_backbone, save_backbone
@@ -346,7 +348,7 @@ def train_segmentation(manifest: PathLike, plane: str, backbone: PathLike, out: 
     net, _ = load_backbone(backbone_path, device="cpu")
     sel = cfg["planes"][plane]
     cfg["backbone_sha256"] = _sha256(backbone_path)
-    job = _Job(manifest, plane, out, cfg)
+    job = _Job(manifest, plane, out, cfg, cache_dir)
     hcfg = head_config(cfg["head"]["name"], net, sel["block"], cfg["head"])
     torch.manual_seed(int(cfg.get("seed", 0)))
     model = DiffusionSegmenter(net, build_head(hcfg), sel["timestep"],
@@ -377,7 +379,8 @@ def train_seg_baseline(manifest: PathLike, plane: str, model_name: str, out: Pat
                        train_patients: Optional[int] = None, resume: bool = False, device: str = "auto",
                        progress: Optional[ProgressFn] = None, cancel: Optional[threading.Event] = None,
                        stop_after_epoch: Optional[int] = None, show_progress: bool = False,
-                       command: Optional[str] = None) -> Optional[Dict[str, Any]]:
+                       command: Optional[str] = None, cache_dir: Optional[PathLike] = None
+                       ) -> Optional[Dict[str, Any]]:
     """Train a from-scratch baseline (``unet``/``unet3d`` or ``unetr``) on the same cases and splits; the network
     size and epochs / batch / lr come from the config's ``baseline`` section."""
     from .seg_baselines import build_seg_baseline
@@ -391,7 +394,7 @@ def train_seg_baseline(manifest: PathLike, plane: str, model_name: str, out: Pat
         extra.append(f"train_patients={int(train_patients)}")
     cfg = load_seg_config(config, extra)
     dev = resolve_device(device)
-    job = _Job(manifest, plane, out, cfg)
+    job = _Job(manifest, plane, out, cfg, cache_dir)
     pre = cfg["preprocessing"]
     spec = dict(cfg["baseline"].get(name, {}))
     torch.manual_seed(int(cfg.get("seed", 0)))
@@ -426,6 +429,8 @@ def _common_arguments(p) -> None:
                    help="train on a nested seeded subset of N training patients (label efficiency)")
     p.add_argument("--resume", action="store_true", help="continue the run folder from its newest checkpoint")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="folder for preprocessed cases (default RUN/cache; runs on the same data can share one)")
 
 
 def register(subparsers) -> None:
@@ -456,7 +461,8 @@ def _report(record: Dict[str, Any], out: Path) -> None:
 def _run_train(args) -> int:
     record = train_segmentation(args.manifest, args.plane, args.backbone, args.out, config=args.config,
                                 overrides=args.overrides, head=args.head, train_patients=args.train_patients,
-                                resume=args.resume, device=args.device, show_progress=True)
+                                resume=args.resume, device=args.device, show_progress=True,
+                                cache_dir=args.cache_dir)
     _report(record, args.out)
     return 0
 
@@ -464,6 +470,6 @@ def _run_train(args) -> int:
 def _run_baseline(args) -> int:
     record = train_seg_baseline(args.manifest, args.plane, args.model, args.out, config=args.config,
                                 overrides=args.overrides, train_patients=args.train_patients, resume=args.resume,
-                                device=args.device, show_progress=True)
+                                device=args.device, show_progress=True, cache_dir=args.cache_dir)
     _report(record, args.out)
     return 0
