@@ -23,9 +23,9 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from OrthoDiffusionLib.errors import CorruptFileError
 from OrthoDiffusionLib.labels import PLANES
+from OrthoDiffusionLib.predict_cli import PROGRESS_PREFIX
 
 PathLike = Union[str, os.PathLike]
-PROGRESS_PREFIX = "ORTHODIFFUSION-PROGRESS"
 
 
 def library_command(python: str, *args: str) -> List[str]:

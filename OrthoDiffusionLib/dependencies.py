@@ -40,6 +40,7 @@ CORE_REQUIREMENTS: Tuple[Requirement, ...] = (
     Requirement("pylibjpeg-libjpeg>=2.0", "libjpeg"),
     Requirement("safetensors>=0.4", "safetensors"),
     Requirement("tqdm>=4.60", "tqdm"),
+    Requirement("plotly>=5.18", "plotly"),
 )
 
 

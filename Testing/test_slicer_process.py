@@ -103,3 +103,23 @@ def test_missing_requirements():
     assert absent.dist == "orthodiffusion-no-such-package" and too_old.minimum == "999.0"
     assert version_tuple("2.13.0+cpu") == (2, 13, 0) and version_tuple("1.26.4") > version_tuple("1.24")
     assert version_tuple("2.0rc1") == (2, 0)
+
+
+def test_module_command_lines_parse_with_the_cli():
+    from OrthoDiffusionLib.child_process import predict_arguments, sample_exam_arguments
+    from OrthoDiffusionLib.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(predict_arguments({"sagittal": "s.nrrd", "axial": "a.nrrd"}, "out", model="tiny",
+                                               device="cuda", segmentation=False, diagnosis=False, noise_draws=4))
+    assert (args.command, args.sagittal, args.coronal, args.axial, args.out) == ("predict", "s.nrrd", None, "a.nrrd",
+                                                                                  "out")
+    assert (args.model, args.device, args.noise_draws, args.progress) == ("tiny", "cuda", 4, "json")
+    assert args.no_segmentation and args.no_diagnosis
+    args = parser.parse_args(predict_arguments({"coronal": "c.nrrd"}, "out"))
+    assert args.model is None and not args.no_segmentation and not args.no_diagnosis and args.device == "auto"
+    sample = parser.parse_args(sample_exam_arguments("dir", seed=3, matrix=128))
+    assert (sample.out, sample.seed, sample.abnormality, sample.matrix, sample.no_dicom) == \
+        ("dir", 3, ["joint_effusion"], 128, True)
+    imported = parser.parse_args(["models", "import", "x.odbundle"])
+    assert imported.func is not None
