@@ -38,6 +38,10 @@ PLANES = ("sagittal", "coronal", "axial")
 DEVICES = {"Auto": "auto", "CPU": "cpu", "GPU": "cuda"}
 SAMPLE_ABNORMALITY = "joint_effusion"
 TORCH_REQUIREMENT = "torch>=2.2"
+# Progress stages of `orthodiffusion predict` (and the module's own) as shown in the progress bar.
+STAGE_LABELS = {"loading": "loading exam and model", "preprocess": "preprocessing",
+                "backbone": "diffusion backbone (per plane)", "diagnosis": "diagnosis",
+                "segmentation": "segmentation", "measures": "structure measures", "done": "writing results"}
 
 
 #
@@ -277,9 +281,10 @@ class OrthoDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.elapsedLabel.text = f"{time.monotonic() - self._startTime:.0f} s"
 
     def onProgress(self, stage: str, fraction: float):
+        label = STAGE_LABELS.get(stage, stage)
         self.ui.progressBar.value = int(round(100 * fraction))
-        self.ui.progressBar.format = f"{stage}: %p%"
-        self.ui.statusLabel.text = f"Running: {stage}"
+        self.ui.progressBar.format = f"{label}: %p%"
+        self.ui.statusLabel.text = f"Running: {label}"
 
     def appendLog(self, text: str):
         self.ui.logTextEdit.appendPlainText(text)
@@ -482,6 +487,8 @@ class OrthoDiffusionLogic(ScriptedLoadableModuleLogic):
             onLine(self.lastLog[0])
         self.process = ChildProcess(argv, env=env).start()
         self._callbacks = {"line": onLine, "progress": onProgress, "done": onDone}
+        if onProgress:
+            onProgress("loading", 0.0)          # until the child's first progress line
         self._timer = qt.QTimer()
         self._timer.setInterval(100)
         self._timer.timeout.connect(self._poll)
