@@ -15,6 +15,7 @@ Console use::
 """
 from __future__ import annotations
 
+import html
 import importlib
 import importlib.util
 import logging
@@ -218,7 +219,7 @@ class OrthoDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         m = getattr(self, "_models", {}).get(name)
         if not m:
             self.ui.modelInfoLabel.text = ("Model list appears once the OrthoDiffusion packages are installed "
-                                           "(first Apply)." if not self.logic.listModels() else "")
+                                           "(first Apply)." if not getattr(self, "_models", None) else "")
             return
         parts = [m.get("description") or ""]
         if m.get("cpu_seconds"):
@@ -237,13 +238,15 @@ class OrthoDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self.ensureDependencies():
             return
         self.setBusy(True, f"Verifying {Path(path).name} ...")
+        before = {(m["name"], m.get("sha256")) for m in self.logic.listModels()}
 
         def finished(ok, error):
             self.setBusy(False)
             if not ok:
                 self.showFailure(f"Model not imported: {error}")
                 return
-            self.refreshModels(select=Path(path).name.split(".")[0])
+            new = [m["name"] for m in self.logic.listModels() if (m["name"], m.get("sha256")) not in before]
+            self.refreshModels(select=new[0] if new else None)
             self.ui.statusLabel.text = f"Model {Path(path).name} verified and imported."
 
         self.logic.importModel(path, onLine=self.appendLog, onFinished=finished)
@@ -290,12 +293,16 @@ class OrthoDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.logTextEdit.appendPlainText(text)
 
     def showFailure(self, reason: str):
-        self.ui.statusLabel.text = f"<span style='color:#c0392b'>{reason}</span>"
+        self.ui.statusLabel.text = f"<span style='color:#c0392b'>{html.escape(reason)}</span>"
         self.ui.logCollapsibleButton.collapsed = False
 
     def ensureDependencies(self) -> bool:
         """Install what is missing after the user confirms; True when everything is present."""
-        needed = self.logic.missingPackages()
+        try:
+            needed = self.logic.missingPackages()
+        except RuntimeError as e:
+            self.showFailure(str(e))
+            return False
         if not needed:
             return True
         text = ("OrthoDiffusion needs these Python packages, which are not installed in Slicer yet:\n\n  "

@@ -275,8 +275,6 @@ def _same_grid(a: sitk.Image, b: sitk.Image, tol: float = GEOMETRY_TOLERANCE_MM)
 def labelmap_on_volume(labelmap: sitk.Image, volume_node) -> sitk.Image:
     """``labelmap`` on the voxel grid of ``volume_node``: unchanged when the grids agree (within 1 um), else
     resampled (nearest neighbour, background outside)."""
-    import slicer  # noqa: F401  (MRML must be importable: the reference is a node)
-
     image_data = volume_node.GetImageData()
     if image_data is None:
         raise NotVolumeError(f"volume {volume_node.GetName()!r} has no image data")

@@ -3,7 +3,6 @@ that kills its whole process tree (OrthoDiffusionLib.child_process), and the dep
 (OrthoDiffusionLib.dependencies)."""
 from __future__ import annotations
 
-import os
 import sys
 import textwrap
 import time
