@@ -22,7 +22,7 @@ SUBCOMMAND_MODULES: List[str] = [
     "OrthoDiffusionLib.training.pretrain_cli",
     "OrthoDiffusionLib.seg_measures",
     "OrthoDiffusionLib.training.evaluate",
-    "OrthoDiffusionLib.training.train_diagnosis",
+    "OrthoDiffusionLib.training.diagnosis_cli",
     "OrthoDiffusionLib.simulate.cli",
 ]
 

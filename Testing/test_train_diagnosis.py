@@ -103,12 +103,18 @@ def test_linear_probe_run_contract_and_reload(cohort, tmp_path):
     assert all(abs(sum(float(r[f"{KEYS[0]}__{p}"]) for p in PLANES) - 1) < 1e-4 for r in val)
 
 
+@pytest.fixture(scope="module")
+def small_cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cohort_ft")
+    return write_cohort(root, n_patients=10, seed=1), write_backbone(root / "backbone.safetensors")
+
+
 def _ft_config():
-    return resolve_config("knee-ft-opt", TINY_SETTINGS + TAPS + ["stage1.lr=0.001"])
+    return resolve_config("knee-ft-opt", TINY_SETTINGS + TAPS + ["stage1.lr=0.001", "stage1.validate_each_epoch=false"])
 
 
-def test_finetune_resume_gives_identical_run(cohort, tmp_path):
-    manifest, backbone = cohort
+def test_finetune_resume_gives_identical_run(small_cohort, tmp_path):
+    manifest, backbone = small_cohort
     cfg = _ft_config()
     full = train_diagnosis(manifest, cfg, tmp_path / "full", backbone=backbone)
 

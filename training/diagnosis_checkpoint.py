@@ -153,14 +153,18 @@ class EpochLoop:
 
     def run(self, stage: str, param_groups: Sequence[Dict[str, Any]], n_samples: int, batch_size: int, epochs: int,
             step: Callable[[torch.Tensor, int, int], torch.Tensor],
-            evaluate: Optional[Callable[[], Dict[str, float]]] = None) -> None:
-        """Adam + per-step cosine schedule over ``epochs``; ``step(indices, epoch, batch_no) -> loss`` (weighted mean
-        over the batch). Skips a completed stage; continues a stage in progress from its checkpoint."""
+            evaluate: Optional[Callable[[], Dict[str, float]]] = None, schedule: str = "cosine") -> None:
+        """Adam + per-step ``cosine`` (or ``constant``) learning rate over ``epochs``; ``step(indices, epoch,
+        batch_no) -> loss`` (weighted mean over the batch). Skips a completed stage; continues a stage in progress
+        from its checkpoint."""
         if stage in self.state.completed:
             return
         opt = torch.optim.Adam(param_groups)
         steps_per_epoch = max(1, math.ceil(n_samples / batch_size))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(epochs * steps_per_epoch))
+        if schedule not in ("cosine", "constant"):
+            raise ValueError(f"unknown schedule {schedule!r}; expected cosine or constant")
+        factor = cosine_lambda(epochs * steps_per_epoch) if schedule == "cosine" else (lambda step: 1.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         start = 0
         if self.state.stage == stage:
             if self.state.optimizer is not None:

@@ -32,7 +32,7 @@ from .feature_cache import series_noise
 from .multiscan import CombinationSet, enumerate_combinations, nested_patient_subsets
 
 __all__ = ["EHR_COLUMNS", "SPLITS", "SeriesRow", "DiagnosisManifest", "read_diagnosis_manifest",
-           "fixed_noise_taps", "series_weights"]
+           "fixed_noise_taps", "fixed_noise_tap_set", "series_weights", "is_simulated_cohort"]
 
 EHR_COLUMNS = ("age", "sex", "height", "weight", "patient_type", "injury_event")
 SPLITS = ("train", "val", "test")
@@ -162,6 +162,20 @@ def read_diagnosis_manifest(path: str | os.PathLike, label_keys: Sequence[str], 
     return DiagnosisManifest(path, _sha256(path), list(label_keys), rows, ehr)
 
 
+SIMULATED_COHORT_TITLE = "# Simulated knee MRI cohort (OrthoDiffusion)"
+
+
+def is_simulated_cohort(manifest: str | os.PathLike) -> Optional[bool]:
+    """``True`` when the manifest sits in a cohort written by ``orthodiffusion simulate cohort`` (its README.md
+    starts with that command's title), else ``None`` (unknown: the data may or may not be real)."""
+    readme = Path(manifest).parent / "README.md"
+    try:
+        first = readme.read_text(encoding="utf-8").splitlines()[0].strip() if readme.is_file() else ""
+    except (OSError, UnicodeDecodeError, IndexError):
+        return None
+    return True if first == SIMULATED_COHORT_TITLE else None
+
+
 def series_weights(rows: Sequence[SeriesRow]) -> np.ndarray:
     """``(N,)`` weights ``1 / (series of that patient in ``rows``)``: every patient weighs 1 in a per-plane set."""
     counts: Dict[str, int] = {}
@@ -170,13 +184,20 @@ def series_weights(rows: Sequence[SeriesRow]) -> np.ndarray:
     return np.array([1.0 / counts[r.patient_id] for r in rows], dtype=np.float32)
 
 
-def fixed_noise_taps(backbone: DiffusionUNet, schedule: CosineSchedule, x0: torch.Tensor, timestep: int, block: str,
-                     noise_seed: int, series_ids: Sequence[str]) -> torch.Tensor:
-    """Taps ``(B, C, D', H', W')`` of clean volumes ``x0`` ``(B, 1, D, H, W)`` noised at ``timestep`` with each
-    series' fixed noise draw (``series_noise((1, D, H, W), noise_seed, series_id)``); no gradients."""
+def fixed_noise_tap_set(backbone: DiffusionUNet, schedule: CosineSchedule, x0: torch.Tensor, timestep: int,
+                        blocks: Sequence[str], noise_seed: int, series_ids: Sequence[str]) -> Dict[str, torch.Tensor]:
+    """Taps ``{block: (B, C, D', H', W')}`` of clean volumes ``x0`` ``(B, 1, D, H, W)`` noised at ``timestep`` with
+    each series' fixed noise draw (``series_noise((1, D, H, W), noise_seed, series_id)``); one encoder pass, no
+    gradients."""
     if x0.shape[0] != len(series_ids):
         raise ValueError(f"{x0.shape[0]} volumes for {len(series_ids)} series ids")
     noise = torch.stack([series_noise(tuple(x0.shape[1:]), noise_seed, sid) for sid in series_ids]).to(x0)
     t = schedule.as_timesteps(int(timestep), x0.shape[0], x0.device)
     with torch.no_grad():
-        return backbone.encode(schedule.q_sample(x0, t, noise), t, (block,))[block]
+        return backbone.encode(schedule.q_sample(x0, t, noise), t, tuple(blocks))
+
+
+def fixed_noise_taps(backbone: DiffusionUNet, schedule: CosineSchedule, x0: torch.Tensor, timestep: int, block: str,
+                     noise_seed: int, series_ids: Sequence[str]) -> torch.Tensor:
+    """The ``block`` tap of :func:`fixed_noise_tap_set`: ``(B, C, D', H', W')``."""
+    return fixed_noise_tap_set(backbone, schedule, x0, timestep, (block,), noise_seed, series_ids)[block]

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as _dt
 import io
 import json
 import os
@@ -62,14 +61,16 @@ from OrthoDiffusionLib.schedule import CosineSchedule
 from . import metrics as M
 from .configs import _validate, load_config
 from .diagnosis_checkpoint import CHECKPOINT_NAME, EpochLoop, RunState, cosine_lambda, derived_seed
-from .diagnosis_data import DiagnosisManifest, SeriesRow, fixed_noise_taps, read_diagnosis_manifest, series_weights
+from .diagnosis_data import (DiagnosisManifest, SeriesRow, fixed_noise_taps, is_simulated_cohort,
+                             read_diagnosis_manifest, series_weights)
 from .feature_cache import FeatureCache
 from .losses import positive_class_weights, weighted_bce
 from .mpae import out_of_fold_predictions, train_mpae_gate
 from .multiscan import CombinationSet, aggregate_by_patient
 from .pretrain import SeriesVolumes
+from .run_files import resolve_device, save_tensors, utc_now, write_log_csv, write_text
 
-__all__ = ["RUN_FORMAT", "resolve_config", "train_diagnosis", "patient_metrics", "register"]
+__all__ = ["RUN_FORMAT", "resolve_config", "train_diagnosis", "patient_metrics", "fit_module", "register"]
 
 RUN_FORMAT = "orthodiffusion.diagnosis-run"
 DEFAULT_PREPROCESSING = {"slices": 16, "size": 256}
@@ -253,7 +254,8 @@ def _stage1(ctx: _Context, plane: str) -> Tuple[nn.Module, PlaneClassifier]:
         def step(idx: torch.Tensor, epoch: int, b: int) -> torch.Tensor:
             return weighted_bce(score(taps[idx]), y[idx], w[idx], pos_weight)
 
-    ctx.loop.run(name, groups, len(train), int(s1["batch_size"]), int(s1["epochs"]), step, evaluate)
+    ctx.loop.run(name, groups, len(train), int(s1["batch_size"]), int(s1["epochs"]), step,
+                 evaluate if s1.get("validate_each_epoch", True) else None)
     model.eval().requires_grad_(False)
     pool.eval()
     return pool, clf
@@ -342,25 +344,35 @@ def _stage2(ctx: _Context, pooled: _Pooled, classifiers: Mapping[str, PlaneClass
     return fusion.eval()
 
 
-def _fit_plane_head(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, lr: float, epochs: int, batch_size: int,
-                    seed: int) -> PlaneClassifier:
-    """A per-plane MPAE head ``Linear(F, K)`` fitted with Adam + cosine schedule (deterministic given ``seed``)."""
-    torch.manual_seed(seed)
-    head = PlaneClassifier(x.shape[1], y.shape[1]).to(x.device)
-    opt = torch.optim.Adam(head.parameters(), lr=lr)
-    steps = max(1, epochs * -(-x.shape[0] // batch_size))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(steps))
+def fit_module(module: nn.Module, logits_of: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor,
+               w: torch.Tensor, lr: float, epochs: int, batch_size: int, seed: int,
+               pos_weight: Optional[torch.Tensor] = None) -> nn.Module:
+    """Fit ``module``'s parameters with Adam + per-step cosine schedule on weighted BCE of ``logits_of(indices)``
+    ``(b, K)`` against ``y[indices]`` (``(N, K)``, weights ``w`` ``(N,)``); sample order seeded by ``seed``. Returns
+    ``module`` in eval mode. (For short fits that need no checkpoint: MPAE heads, search probes.)"""
+    n = y.shape[0]
+    opt = torch.optim.Adam(module.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(max(1, epochs * -(-n // batch_size))))
     g = torch.Generator().manual_seed(seed)
+    module.train()
     for _ in range(epochs):
-        order = torch.randperm(x.shape[0], generator=g)
-        for start in range(0, x.shape[0], batch_size):
+        order = torch.randperm(n, generator=g)
+        for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
-            loss = weighted_bce(head(x[idx]), y[idx], w[idx])
+            loss = weighted_bce(logits_of(idx), y[idx], w[idx], pos_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-    return head.eval()
+    return module.eval()
+
+
+def _fit_plane_head(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, lr: float, epochs: int, batch_size: int,
+                    seed: int) -> PlaneClassifier:
+    """A per-plane MPAE head ``Linear(F, K)`` on pooled features ``x`` ``(N, F)`` (initial weights from ``seed``)."""
+    torch.manual_seed(seed)
+    head = PlaneClassifier(x.shape[1], y.shape[1]).to(x.device)
+    return fit_module(head, lambda idx: head(x[idx]), y, w, lr, epochs, batch_size, seed)
 
 
 def _train_mpae(ctx: _Context, pooled: _Pooled, width: int, train: CombinationSet) -> MPAEFusion:
@@ -489,41 +501,6 @@ def _predictions_csv(pred: _SplitPredictions, keys: Sequence[str], probabilities
 
 
 # ------------------------------------------------------------------------------------------------ run folder
-def _write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-def _write_log(run: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    columns: List[str] = []
-    for r in rows:
-        columns.extend(c for c in r if c not in columns)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns)
-    w.writeheader()
-    w.writerows(rows)
-    _write_text(run / "log.csv", buf.getvalue())
-
-
-def _save_tensors(path: Path, state: Mapping[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
-
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, str(tmp))
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for but no CUDA device is available")
-    return torch.device(device)
-
-
 def _plane_backbones(backbone: Optional[str | os.PathLike], per_plane: Mapping[str, Optional[str | os.PathLike]]
                      ) -> Dict[str, Path]:
     out = {}
@@ -569,8 +546,8 @@ def train_diagnosis(manifest: str | os.PathLike, config: Mapping[str, Any], out:
     settings = {"config": cfg, "manifest_sha256": data.sha256, "backbone_sha256": sha, "seed": int(seed),
                 "train_patients": data.patients("train")}
     state = RunState.load(ckpt_path, settings) if resume else RunState(ckpt_path, settings)
-    state.extra.setdefault("started", _now())
-    dev = _resolve_device(device)
+    state.extra.setdefault("started", utc_now())
+    dev = resolve_device(device)
     models = {}
     for plane in PLANES:
         models[plane], _ = load_backbone(paths[plane], device=dev)
@@ -579,7 +556,7 @@ def train_diagnosis(manifest: str | os.PathLike, config: Mapping[str, Any], out:
     volumes = SeriesVolumes([r.path for r in data.rows], slices=slices, size=size, cache_dir=cache / "volumes")
 
     def log(row: Dict[str, Any]) -> None:
-        _write_log(run, state.extra["log"])
+        write_log_csv(run / "log.csv", state.extra["log"])
         if epoch_log is not None:
             epoch_log(row)
 
@@ -619,7 +596,7 @@ def train_diagnosis(manifest: str | os.PathLike, config: Mapping[str, Any], out:
             continue
         metrics[split] = patient_metrics(pred.patient_ids, pred.probabilities, data)
         metrics[split]["fused_by_mpae_rows"] = sum(f == "mpae" and cfg["fusion"] != "mpae" for f in pred.fused_by)
-        _write_text(run / f"predictions_{split}.csv", _predictions_csv(pred, keys, pred.probabilities))
+        write_text(run / f"predictions_{split}.csv", _predictions_csv(pred, keys, pred.probabilities))
         if pred.ehr_probabilities is not None:
             ok = ~np.isnan(pred.ehr_probabilities).any(axis=1)
             ids = [p for p, good in zip(pred.patient_ids, ok) if good]
@@ -633,10 +610,10 @@ def train_diagnosis(manifest: str | os.PathLike, config: Mapping[str, Any], out:
         else:
             with atomic_path(target) as tmp:
                 shutil.copyfile(paths[plane], tmp)
-    _save_tensors(run / "diagnosis_head.safetensors", head.state_dict())
+    save_tensors(run / "diagnosis_head.safetensors", head.state_dict())
     ehr_entry = None
     if ehr is not None:
-        _save_tensors(run / "ehr_fusion.safetensors", ehr.state_dict())
+        save_tensors(run / "ehr_fusion.safetensors", ehr.state_dict())
         ehr_entry = {"weights": "ehr_fusion.safetensors",
                      "config": {"num_labels": cfg["num_labels"], "mri_features": len(PLANES) * width},
                      "statistics": ehr.encoder.statistics()}
@@ -655,9 +632,10 @@ def train_diagnosis(manifest: str | os.PathLike, config: Mapping[str, Any], out:
                          "stage2_skipped_patients_missing_plane": len(skipped),
                          "temperatures": head.calibration.to_dict()["temperature"]},
             "provenance": {"command": command, "manifest": str(Path(manifest).resolve()),
-                           "manifest_sha256": data.sha256, "started": state.extra["started"], "finished": _now(),
-                           "backbone_sha256": sha, "synthetic_data_only": None}}
-    _write_text(run / "run.json", json.dumps(info, indent=2, default=float) + "\n")
+                           "manifest_sha256": data.sha256, "started": state.extra["started"], "finished": utc_now(),
+                           "backbone_sha256": sha,
+                           "synthetic_data_only": is_simulated_cohort(manifest)}}
+    write_text(run / "run.json", json.dumps(info, indent=2, default=float) + "\n")
     ckpt_path.unlink(missing_ok=True)
     return info
 
