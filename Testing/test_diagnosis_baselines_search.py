@@ -46,6 +46,7 @@ def test_baselines_write_predictions_that_evaluate_compares(cohort, tmp_path, ca
     assert comparison[0]["baseline"] == "predictions_val" and 0 < float(comparison[0]["p_value"]) <= 1
 
 
+@pytest.mark.slow
 def test_search_writes_table_and_a_trainable_config(cohort, tmp_path):
     manifest, backbone = cohort
     out = tmp_path / "search"

@@ -41,6 +41,7 @@ def read_rows(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_linear_probe_run_contract_and_reload(cohort, tmp_path):
     manifest, backbone = cohort
     out = tmp_path / "run"
@@ -113,6 +114,7 @@ def _ft_config():
     return resolve_config("knee-ft-opt", TINY_SETTINGS + TAPS + ["stage1.lr=0.001", "stage1.validate_each_epoch=false"])
 
 
+@pytest.mark.slow
 def test_finetune_resume_gives_identical_run(small_cohort, tmp_path):
     manifest, backbone = small_cohort
     cfg = _ft_config()
