@@ -65,28 +65,23 @@ _BONE_LUT = np.zeros(256, dtype=bool)
 _BONE_LUT[np.asarray(BONES, dtype=np.int64)] = True
 
 
-def _cortex_mask(t: np.ndarray, r: int, ax: Tuple[int, int] = (-2, -1)) -> np.ndarray:
-    """Bool mask of the bone pixels within ``r`` pixels (4-neighbour steps, in-plane) of a pixel of another tissue,
-    i.e. the cortical rim. ``t``: tissue ids of any shape; ``ax``: its two in-plane axes (rows, columns)."""
-
-    def sl(axis: int, part: slice) -> tuple:
-        out = [slice(None)] * t.ndim
-        out[axis] = part
-        return tuple(out)
-
-    head, tail = slice(1, None), slice(None, -1)
+def _cortex_mask(t: np.ndarray, r: int) -> np.ndarray:
+    """(..., ny, nx) bool: bone pixels within ``r`` pixels (4-neighbour steps, in-plane) of a pixel of another
+    tissue, i.e. the cortical rim. ``t``: tissue ids (contiguous is fastest)."""
     bone = _BONE_LUT[t]
     inner = bone.copy()
     # first step: neighbour must be the same bone
-    for a in ax:
-        inner[sl(a, head)] &= t[sl(a, head)] == t[sl(a, tail)]
-        inner[sl(a, tail)] &= t[sl(a, tail)] == t[sl(a, head)]
+    inner[..., 1:, :] &= t[..., 1:, :] == t[..., :-1, :]
+    inner[..., :-1, :] &= t[..., :-1, :] == t[..., 1:, :]
+    inner[..., :, 1:] &= t[..., :, 1:] == t[..., :, :-1]
+    inner[..., :, :-1] &= t[..., :, :-1] == t[..., :, 1:]
     for _ in range(r - 1):
         m = inner
         e = m.copy()
-        for a in ax:
-            e[sl(a, head)] &= m[sl(a, tail)]
-            e[sl(a, tail)] &= m[sl(a, head)]
+        e[..., 1:, :] &= m[..., :-1, :]
+        e[..., :-1, :] &= m[..., 1:, :]
+        e[..., :, 1:] &= m[..., :, :-1]
+        e[..., :, :-1] &= m[..., :, 1:]
         inner = e
     return bone & ~inner
 
@@ -127,10 +122,11 @@ def tissue_intensity(tissue_sub: np.ndarray, pixel_mm: float, cortex_mm: float =
     lut = np.zeros(256, dtype=np.float32)
     for k, v in table.items():
         lut[int(k)] = v
-    val = lut[tissue_sub]
+    t = np.ascontiguousarray(np.moveaxis(tissue_sub, -1, 0))  # (S, nz, ny, nx): in-plane steps on contiguous rows
+    val = lut[t]
     r = max(1, int(round(cortex_mm / pixel_mm)))
-    np.putmask(val, _cortex_mask(tissue_sub, r, ax=(-3, -2)), np.float32(CORTEX_INTENSITY))
-    return val
+    np.putmask(val, _cortex_mask(t, r), np.float32(CORTEX_INTENSITY))
+    return np.moveaxis(val, 0, -1)
 
 
 @dataclass(frozen=True)
@@ -199,11 +195,11 @@ def render_intensity(tissue_sub: np.ndarray, voxel_centers: Positions, pixel_mm:
     Returns:
         (image (nz, ny, nx) int16 stored values, noise sigma in stored units).
     """
-    sub = tissue_intensity(tissue_sub, pixel_mm)
-    val = sub[..., 0].copy()
-    for s in range(1, sub.shape[-1]):  # mean over the sub-samples (partial volume)
-        val += sub[..., s]
-    val *= np.float32(1.0 / sub.shape[-1])
+    sub = np.moveaxis(tissue_intensity(tissue_sub, pixel_mm), -1, 0)  # (S, nz, ny, nx), contiguous
+    val = sub[0].copy()
+    for s in range(1, len(sub)):  # mean over the sub-samples (partial volume)
+        val += sub[s]
+    val *= np.float32(1.0 / len(sub))
     val = _blur_inplane(val, psf_sigma_px)
     val *= bias_field(voxel_centers, rng, bias_amplitude)
     val *= bias_field(voxel_centers, rng, 0.012, (8.0, 30.0), 5)  # fine tissue inhomogeneity

@@ -34,6 +34,61 @@ class _Structure:
     inside: Optional[Callable[[np.ndarray], np.ndarray]]  # (3,n) canonical -> (n,) bool; None = subcutaneous fat
 
 
+class _Candidates:
+    """The points still without a tissue, compacted, with per-chunk bounding boxes for culling.
+
+    ``idx`` (M,) indices into the caller's points (spatial order kept), ``q`` (3, M) their canonical coordinates,
+    ``live`` (M,) whether each is still unassigned. Consecutive runs of ``_CHUNK`` points form chunks whose boxes
+    (``lo``/``hi``, (n_chunks, 3)) are tested against a structure's box: chunks outside are skipped, chunks inside
+    need no per-point box test. Assigned points are dropped (recompaction) once fewer than half are live, so later
+    structures scan only what is left.
+    """
+
+    def __init__(self, idx: np.ndarray, q: np.ndarray):
+        self._set(idx, q)
+
+    def _set(self, idx: np.ndarray, q: np.ndarray) -> None:
+        self.idx, self.q = idx, q
+        m = len(idx)
+        self.live = np.ones(m, dtype=bool)
+        self.n_live = m
+        n_chunks = (m + _CHUNK - 1) // _CHUNK
+        pad = n_chunks * _CHUNK - m
+        qp = np.concatenate([q, np.repeat(q[:, -1:], pad, axis=1)], axis=1) if pad and m else q
+        qc = qp.reshape(3, n_chunks, _CHUNK)
+        self.lo, self.hi = qc.min(axis=2).T, qc.max(axis=2).T
+
+    def take(self, lo: np.ndarray, hi: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """(positions into the candidate arrays, (3, k) coordinates) of the live points inside the box [lo, hi]."""
+        if self.n_live < len(self.idx) // 2:
+            keep = np.flatnonzero(self.live)
+            self._set(self.idx[keep], self.q[:, keep])
+        overlap = np.all((self.hi >= lo) & (self.lo <= hi), axis=1)
+        inner = overlap & np.all((self.lo >= lo) & (self.hi <= hi), axis=1)
+        m = len(self.idx)
+        ar = np.arange(_CHUNK)
+        parts = []
+        for chunks, test in ((np.flatnonzero(inner), False), (np.flatnonzero(overlap & ~inner), True)):
+            if len(chunks) == 0:
+                continue
+            pos = (chunks[:, None] * _CHUNK + ar).ravel()
+            if chunks[-1] == len(self.lo) - 1:
+                pos = pos[pos < m]
+            pos = pos[self.live[pos]]
+            if test:
+                x, y, z = (self.q[c, pos] for c in range(3))
+                pos = pos[(x >= lo[0]) & (x <= hi[0]) & (y >= lo[1]) & (y <= hi[1]) & (z >= lo[2]) & (z <= hi[2])]
+            parts.append(pos)
+        pos = np.concatenate(parts) if len(parts) > 1 else parts[0] if parts else np.zeros(0, dtype=np.int64)
+        return pos, self.q[:, pos]
+
+    def assign(self, pos: np.ndarray) -> np.ndarray:
+        """Mark candidate positions ``pos`` as assigned; returns their indices into the caller's points."""
+        self.live[pos] = False
+        self.n_live -= len(pos)
+        return self.idx[pos]
+
+
 def _rotation(rx: float, ry: float, rz: float) -> np.ndarray:
     cx, sx, cy, sy, cz, sz = np.cos(rx), np.sin(rx), np.cos(ry), np.sin(ry), np.cos(rz), np.sin(rz)
     Rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
@@ -299,31 +354,15 @@ class ProceduralKnee:
         out[d_env >= -1.8] = Tissue.SKIN
         out[~body] = Tissue.AIR
         # candidate points: inside the skin; per-chunk bounding boxes cull structures
-        n_chunks = (n + _CHUNK - 1) // _CHUNK
-        pad = n_chunks * _CHUNK - n
-        qp = np.concatenate([q, np.repeat(q[:, -1:], pad, axis=1)], axis=1) if pad else q
-        qc = qp.reshape(3, n_chunks, _CHUNK)
-        cmin, cmax = qc.min(axis=2).T, qc.max(axis=2).T  # (n_chunks, 3)
-        deep = body & (out == 0)
-        ar = np.arange(_CHUNK)
+        deep = np.flatnonzero(body & (out == 0))
+        cand = _Candidates(deep, q[:, deep])
         for s in self._structures:
-            hit = np.all((cmax >= s.lo) & (cmin <= s.hi), axis=1)
-            if not hit.any():
+            pos, qi = cand.take(s.lo, s.hi)
+            if len(pos) == 0:
                 continue
-            idx = (np.nonzero(hit)[0][:, None] * _CHUNK + ar).ravel()
-            idx = idx[idx < n]
-            idx = idx[deep[idx]]
-            qi = q[:, idx]
-            lo, hi = s.lo, s.hi
-            inbox = ((qi[0] >= lo[0]) & (qi[0] <= hi[0]) & (qi[1] >= lo[1]) & (qi[1] <= hi[1])
-                     & (qi[2] >= lo[2]) & (qi[2] <= hi[2]))
-            idx, qi = idx[inbox], qi[:, inbox]
-            if len(idx) == 0:
-                continue
-            m = s.inside(qi) if s.inside is not None else d_env[idx] > -1.8 - self.fat_mm
-            out[idx[m]] = s.tissue
-            deep[idx[m]] = False
-        out[deep] = Tissue.FAT
+            m = s.inside(qi) if s.inside is not None else d_env[cand.idx[pos]] > -1.8 - self.fat_mm
+            out[cand.assign(pos[m])] = s.tissue
+        out[cand.idx[cand.live]] = Tissue.FAT
         return out
 
     def bounds(self) -> Tuple[np.ndarray, np.ndarray]:
