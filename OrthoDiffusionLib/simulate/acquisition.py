@@ -142,8 +142,10 @@ def _voxel_points(geo: Geometry, off: np.ndarray, k: np.ndarray, j: np.ndarray, 
 def _tile_order(k: np.ndarray, j: np.ndarray, i: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """Stable permutation grouping points by (slice, 16x16 tile), so consecutive points are spatially compact."""
     nty, ntx = rows // _TILE + 1, cols // _TILE + 1
-    key = (k.astype(np.int64) * nty + j // _TILE) * ntx + i // _TILE
-    return np.argsort(key, kind="stable")
+    n_keys = (int(k.max(initial=0)) + 1) * nty * ntx
+    key = (k.astype(np.int32) * nty + j // _TILE) * ntx + i // _TILE
+    # 16-bit keys sort by radix (linear time)
+    return np.argsort(key.astype(np.int16) if n_keys <= np.iinfo(np.int16).max else key, kind="stable")
 
 
 def _sample(anatomy: AnatomySource, geo: Geometry, off: np.ndarray, k, j, i, s, batch: int = 1 << 20) -> np.ndarray:
@@ -170,17 +172,22 @@ def sample_tissue(anatomy: AnatomySource, spec: SeriesSpec, geo: Geometry, coars
                                                      indexing="ij"))
         return _sample(anatomy, geo, off, k, j, i, s).reshape(nz, rows, cols, S)
     mr, mc = rows // 2 + 1, cols // 2 + 1
-    k, jc, ic, s = (a.ravel() for a in np.meshgrid(np.arange(nz), np.arange(mr), np.arange(mc), np.arange(S),
+    k, jc, ic, s = (a.ravel() for a in np.meshgrid(*(np.arange(n, dtype=np.int32) for n in (nz, mr, mc, S)),
                                                   indexing="ij"))
     coarse = _sample(anatomy, geo, off, k, 2 * jc, 2 * ic, s).reshape(nz, mr, mc, S)
-    jA, jB = np.arange(rows) // 2, (np.arange(rows) + 1) // 2
-    iA, iB = np.arange(cols) // 2, (np.arange(cols) + 1) // 2
-    l00 = coarse[:, jA][:, :, iA]
-    same = (l00 == coarse[:, jA][:, :, iB]) & (l00 == coarse[:, jB][:, :, iA]) & (l00 == coarse[:, jB][:, :, iB])
-    k, j, i, s = np.nonzero(~same)
+    # fine sample (j, i) lies between coarse rows j // 2, (j + 1) // 2 and columns i // 2, (i + 1) // 2
+    fine = np.repeat(np.repeat(coarse, 2, axis=1)[:, :rows], 2, axis=2)[:, :, :cols]
+    eq_i = coarse[:, :, :-1] == coarse[:, :, 1:]  # coarse columns c and c + 1 agree
+    eq_j = coarse[:, :-1] == coarse[:, 1:]  # coarse rows r and r + 1 agree
+    hr, hc = rows // 2, cols // 2
+    differ = np.zeros(fine.shape, dtype=bool)  # even row and even column: a coarse sample itself
+    differ[:, 0::2, 1::2] = ~eq_i[:, :(rows + 1) // 2, :hc]
+    differ[:, 1::2, 0::2] = ~eq_j[:, :hr, :(cols + 1) // 2]
+    differ[:, 1::2, 1::2] = ~(eq_i[:, :hr, :hc] & eq_i[:, 1:hr + 1, :hc] & eq_j[:, :hr, :hc])
+    k, j, i, s = np.nonzero(differ)
     if len(k):
-        l00[k, j, i, s] = _sample(anatomy, geo, off, k, j, i, s)
-    return l00
+        fine[k, j, i, s] = _sample(anatomy, geo, off, k, j, i, s)
+    return fine
 
 
 def render_series(anatomy: AnatomySource, spec: SeriesSpec, center: C.Center, rng: np.random.Generator,
