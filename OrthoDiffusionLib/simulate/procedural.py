@@ -65,22 +65,19 @@ class _Candidates:
             self._set(self.idx[keep], self.q[:, keep])
         overlap = np.all((self.hi >= lo) & (self.lo <= hi), axis=1)
         inner = overlap & np.all((self.lo >= lo) & (self.hi <= hi), axis=1)
-        m = len(self.idx)
-        ar = np.arange(_CHUNK)
-        parts = []
-        for chunks, test in ((np.flatnonzero(inner), False), (np.flatnonzero(overlap & ~inner), True)):
-            if len(chunks) == 0:
-                continue
-            pos = (chunks[:, None] * _CHUNK + ar).ravel()
-            if chunks[-1] == len(self.lo) - 1:
-                pos = pos[pos < m]
-            pos = pos[self.live[pos]]
-            if test:
-                x, y, z = (self.q[c, pos] for c in range(3))
-                pos = pos[(x >= lo[0]) & (x <= hi[0]) & (y >= lo[1]) & (y <= hi[1]) & (z >= lo[2]) & (z <= hi[2])]
-            parts.append(pos)
-        pos = np.concatenate(parts) if len(parts) > 1 else parts[0] if parts else np.zeros(0, dtype=np.int64)
+        whole = self._live_in(np.flatnonzero(inner))  # chunks inside the box: no per-point test
+        edge = self._live_in(np.flatnonzero(overlap & ~inner))
+        x, y, z = self.q[:, edge]
+        edge = edge[(x >= lo[0]) & (x <= hi[0]) & (y >= lo[1]) & (y <= hi[1]) & (z >= lo[2]) & (z <= hi[2])]
+        pos = np.concatenate([whole, edge])
         return pos, self.q[:, pos]
+
+    def _live_in(self, chunks: np.ndarray) -> np.ndarray:
+        """Positions of the live candidates in the given chunks (ascending chunk numbers)."""
+        pos = (chunks[:, None] * _CHUNK + np.arange(_CHUNK)).ravel()
+        if len(chunks) and chunks[-1] == len(self.lo) - 1:  # the last chunk is padded
+            pos = pos[pos < len(self.idx)]
+        return pos[self.live[pos]]
 
     def assign(self, pos: np.ndarray) -> np.ndarray:
         """Mark candidate positions ``pos`` as assigned; returns their indices into the caller's points."""
@@ -332,7 +329,7 @@ class ProceduralKnee:
         ]
 
     def _envelope(self, q: np.ndarray) -> np.ndarray:
-        """Approximate signed distance to the skin surface (N,) float32."""
+        """Approximate signed distance to the skin surface: (3, N) canonical points -> (N,) float32."""
         z = q[2]
         a = np.interp(z, self.env_z, self.env_a).astype(F32)
         b = np.interp(z, self.env_z, self.env_b).astype(F32)
