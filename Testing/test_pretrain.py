@@ -82,8 +82,10 @@ def test_killed_process_resumes_bit_identically(tmp_path):
             "--lr-per-sample", "1e-3", "--ema-every", "1", "--ema-start", "1", "--ckpt-every", "1",
             "--log-every", "1", "--seed", "9", "--device", "cpu", *TINY_ARGS]
     killed = tmp_path / "killed"
+    # the child must compute with as many threads as this process (reduction order decides the last bits)
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.Popen([sys.executable, "-m", "OrthoDiffusionLib", *args, "--out", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     latest = killed / "checkpoints" / "latest.json"
     deadline = time.time() + 300
     try:
