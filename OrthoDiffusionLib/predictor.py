@@ -414,11 +414,8 @@ class Predictor:
                         raw = torch.where(use, torch.sigmoid(z), raw)
                         cal = torch.where(use, torch.sigmoid(z), cal)
                         ehr_used = True
-                    w = out.plane_weights
-                    if w is None:  # no MPAE: equal shares of the present planes
-                        mask = torch.tensor([p in diag_planes for p in PLANES], dtype=cal.dtype, device=dev)
-                        w = (mask / mask.sum()).expand(n, cal.shape[1], len(PLANES))
-                    weights_sum = w.detach().float().cpu() if weights_sum is None else weights_sum + w.float().cpu()
+                    w = self._weights_in_plane_order(out.plane_weights, diag_planes, n, cal.shape[1])
+                    weights_sum = w if weights_sum is None else weights_sum + w
                     diag_probs.append(cal.float().cpu())
                     raw_probs.append(raw.float().cpu())
                 head_seconds["diagnosis"] += time.perf_counter() - hc
@@ -492,6 +489,19 @@ class Predictor:
                 ehr_used=bool(ehr_used and records[i] is not None), noise_draws=draws,
                 images={p: exam.get(p).image for p in exam.planes_present()}))
         return results
+
+    def _weights_in_plane_order(self, weights: Optional[torch.Tensor], diag_planes: Sequence[str], n: int,
+                                k: int) -> torch.Tensor:
+        """(B, K, 3) CPU plane weights in ``PLANES`` order (0 for planes the head lacks) from the head's
+        ``(B, K, len(head.planes))`` MPAE weights, or equal shares of the present planes without MPAE."""
+        full = torch.zeros(n, k, len(PLANES))
+        if weights is None:
+            for p in diag_planes:
+                full[..., PLANES.index(p)] = 1.0 / len(diag_planes)
+        else:
+            for j, p in enumerate(self.diagnosis_head.planes):
+                full[..., PLANES.index(p)] = weights[..., j].detach().float().cpu()
+        return full
 
     def _ehr_rows(self, records: Sequence[Optional[Mapping[str, Any]]], diag_planes: Sequence[str]
                   ) -> Optional[torch.Tensor]:
