@@ -207,14 +207,13 @@ class Predictor:
     def labels(self) -> List[Dict[str, str]]:
         return self.bundle.labels
 
-    def _needs_all_diag_planes(self) -> bool:
-        from .fusion import FUSIONS
+    def _fusion_needs_all_planes(self) -> bool:
+        """Whether the head's main fusion needs all of its planes (then a missing plane is fused by MPAE)."""
+        return bool(getattr(self.diagnosis_head.fusion, "requires_all_planes", True))
 
-        head = self.diag_meta["head"]
-        fusion = str(head.get("fusion", "concat")).lower()
-        cls = FUSIONS.get(fusion)
-        needs = cls.requires_all_planes if cls is not None else True
-        return needs and not head.get("with_mpae", True) and fusion != "mpae"
+    def _needs_all_diag_planes(self) -> bool:
+        """Whether the model cannot predict at all with a plane missing (main fusion needs all, no MPAE)."""
+        return self._fusion_needs_all_planes() and self.diagnosis_head.weights_module is None
 
     def _plan(self, exam: Exam, diagnosis: bool, segmentation: bool, has_ehr: bool
               ) -> Tuple[List[str], List[str], List[str]]:
@@ -235,7 +234,8 @@ class Predictor:
                 raise MissingPlaneError(f"the exam has none of the planes the diagnosis model uses "
                                         f"({', '.join(wanted)})", where)
             if missing:
-                notes.append(f"{' and '.join(missing)} plane missing: diagnosis fused by MPAE over "
+                by = "MPAE" if self._fusion_needs_all_planes() else self.diagnosis_head.fusion.name
+                notes.append(f"{' and '.join(missing)} plane missing: diagnosis fused by {by} over "
                              f"{'+'.join(diag_planes)}")
         elif diagnosis and not self.diag_meta:
             notes.append("the model has no diagnosis head: no probabilities")
