@@ -73,7 +73,8 @@ def make_diagnosis_run(folder: Path, *, fusion: str = "concat", with_mpae: bool 
            "preprocessing": {"slices": TINY_SLICES, "size": size}, "planes": plane_info, "head": head.config(),
            "head_weights": "diagnosis_head.safetensors", "ehr": ehr_info,
            "config": {"protocol": "linear_probe", "seed": seed},
-           "metrics": {"val": {"macro_auroc": 0.5}, "test": {"macro_auroc": 0.5}},
+           "metrics": {"val": {"macro_auroc": 0.5, "auroc": {"pcl_injury": float("nan")}},
+                       "test": {"macro_auroc": 0.5}},
            "provenance": _provenance(synthetic, digests)}
     (folder / "run.json").write_text(json.dumps(run, indent=2), encoding="utf-8")
     return folder
