@@ -435,6 +435,8 @@ class Predictor:
         timings["backbone"] = time.perf_counter() - clock - sum(head_seconds.values())
         timings.update(head_seconds)
         # 3. per-exam results: labels, segmentations on the original grid, measures
+        if diag_planes:
+            report("diagnosis", 1.0)  # the heads ran with each draw; the probabilities are complete now
         report("segmentation", 0.0)
         clock = time.perf_counter()
         segs: List[Dict[str, sitk.Image]] = [{} for _ in range(n)]

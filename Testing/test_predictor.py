@@ -170,7 +170,7 @@ def test_progress_and_cancel(bundles):
     predictor.predict(tiny_exam(3), progress=lambda s, f: events.append((s, f)))
     fractions = [f for _, f in events]
     assert fractions == sorted(fractions) and fractions[0] == 0.0 and events[-1] == ("done", 1.0)
-    assert {"preprocess", "backbone", "segmentation", "measures"} <= {s for s, _ in events}
+    assert {"preprocess", "backbone", "diagnosis", "segmentation", "measures"} <= {s for s, _ in events}
     cancel = threading.Event()
 
     def stop_in_backbone(stage, fraction):
