@@ -34,6 +34,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,8 +72,19 @@ def encoder_state(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if k.startswith(ENCODER_PREFIXES)}
 
 
+def _finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN metrics of a class absent from a split, ...) replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def _json_text(meta: Mapping[str, Any]) -> str:
-    return json.dumps(meta, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return json.dumps(_finite(meta), sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
 def save_bundle(path: PathLike, meta: Mapping[str, Any], components: Mapping[str, Mapping[str, torch.Tensor]],

@@ -207,14 +207,13 @@ class Predictor:
     def labels(self) -> List[Dict[str, str]]:
         return self.bundle.labels
 
-    def _needs_all_diag_planes(self) -> bool:
-        from .fusion import FUSIONS
+    def _fusion_needs_all_planes(self) -> bool:
+        """Whether the head's main fusion needs all of its planes (then a missing plane is fused by MPAE)."""
+        return bool(getattr(self.diagnosis_head.fusion, "requires_all_planes", True))
 
-        head = self.diag_meta["head"]
-        fusion = str(head.get("fusion", "concat")).lower()
-        cls = FUSIONS.get(fusion)
-        needs = cls.requires_all_planes if cls is not None else True
-        return needs and not head.get("with_mpae", True) and fusion != "mpae"
+    def _needs_all_diag_planes(self) -> bool:
+        """Whether the model cannot predict at all with a plane missing (main fusion needs all, no MPAE)."""
+        return self._fusion_needs_all_planes() and self.diagnosis_head.weights_module is None
 
     def _plan(self, exam: Exam, diagnosis: bool, segmentation: bool, has_ehr: bool
               ) -> Tuple[List[str], List[str], List[str]]:
@@ -235,7 +234,8 @@ class Predictor:
                 raise MissingPlaneError(f"the exam has none of the planes the diagnosis model uses "
                                         f"({', '.join(wanted)})", where)
             if missing:
-                notes.append(f"{' and '.join(missing)} plane missing: diagnosis fused by MPAE over "
+                by = "MPAE" if self._fusion_needs_all_planes() else self.diagnosis_head.fusion.name
+                notes.append(f"{' and '.join(missing)} plane missing: diagnosis fused by {by} over "
                              f"{'+'.join(diag_planes)}")
         elif diagnosis and not self.diag_meta:
             notes.append("the model has no diagnosis head: no probabilities")
@@ -414,11 +414,8 @@ class Predictor:
                         raw = torch.where(use, torch.sigmoid(z), raw)
                         cal = torch.where(use, torch.sigmoid(z), cal)
                         ehr_used = True
-                    w = out.plane_weights
-                    if w is None:  # no MPAE: equal shares of the present planes
-                        mask = torch.tensor([p in diag_planes for p in PLANES], dtype=cal.dtype, device=dev)
-                        w = (mask / mask.sum()).expand(n, cal.shape[1], len(PLANES))
-                    weights_sum = w.detach().float().cpu() if weights_sum is None else weights_sum + w.float().cpu()
+                    w = self._weights_in_plane_order(out.plane_weights, diag_planes, n, cal.shape[1])
+                    weights_sum = w if weights_sum is None else weights_sum + w
                     diag_probs.append(cal.float().cpu())
                     raw_probs.append(raw.float().cpu())
                 head_seconds["diagnosis"] += time.perf_counter() - hc
@@ -438,6 +435,8 @@ class Predictor:
         timings["backbone"] = time.perf_counter() - clock - sum(head_seconds.values())
         timings.update(head_seconds)
         # 3. per-exam results: labels, segmentations on the original grid, measures
+        if diag_planes:
+            report("diagnosis", 1.0)  # the heads ran with each draw; the probabilities are complete now
         report("segmentation", 0.0)
         clock = time.perf_counter()
         segs: List[Dict[str, sitk.Image]] = [{} for _ in range(n)]
@@ -492,6 +491,19 @@ class Predictor:
                 ehr_used=bool(ehr_used and records[i] is not None), noise_draws=draws,
                 images={p: exam.get(p).image for p in exam.planes_present()}))
         return results
+
+    def _weights_in_plane_order(self, weights: Optional[torch.Tensor], diag_planes: Sequence[str], n: int,
+                                k: int) -> torch.Tensor:
+        """(B, K, 3) CPU plane weights in ``PLANES`` order (0 for planes the head lacks) from the head's
+        ``(B, K, len(head.planes))`` MPAE weights, or equal shares of the present planes without MPAE."""
+        full = torch.zeros(n, k, len(PLANES))
+        if weights is None:
+            for p in diag_planes:
+                full[..., PLANES.index(p)] = 1.0 / len(diag_planes)
+        else:
+            for j, p in enumerate(self.diagnosis_head.planes):
+                full[..., PLANES.index(p)] = weights[..., j].detach().float().cpu()
+        return full
 
     def _ehr_rows(self, records: Sequence[Optional[Mapping[str, Any]]], diag_planes: Sequence[str]
                   ) -> Optional[torch.Tensor]:

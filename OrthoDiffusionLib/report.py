@@ -33,20 +33,30 @@ def _rgba(hex_color: str, alpha: float) -> str:
 
 def sankey_figure(result_json: Mapping[str, Any]):
     """A ``plotly.graph_objects.Figure``: Sankey of plane -> label weights of one prediction (``diagnosis.json``
-    content, i.e. :meth:`PredictionResult.to_json`). Planes with weight 0 for every label (absent) have no links."""
+    content, i.e. :meth:`PredictionResult.to_json`). Nodes: the planes with any weight (an absent plane has weight 0
+    everywhere and is left out), stacked by mean weight, then the labels in model order, top to bottom."""
     import plotly.graph_objects as go
 
     labels = list(result_json.get("labels") or [])
-    planes = list(PLANES)
     means = {p: (sum(lb["plane_weights"].get(p, 0.0) for lb in labels) / len(labels) if labels else 0.0)
-             for p in planes}
-    node_names = [f"{p.capitalize()} ({100 * means[p]:.0f}%)" for p in planes]
-    node_colors = [PLANE_COLORS[p] for p in planes]
-    for lb in labels:
-        prob = lb.get("calibrated_probability", lb.get("probability", 0.0))
-        node_names.append(f"{lb['name']} ({100 * prob:.0f}%)")
-        node_colors.append(_rgba("#d62728", 0.25 + 0.75 * float(prob)))
-    source, target, value, colors, hover = [], [], [], [], []
+             for p in PLANES}
+    planes = [p for p in PLANES if means[p] > 0]
+    total = sum(means[p] for p in planes) or 1.0
+    names, colors, xs, ys = [], [], [], []
+    acc = 0.0
+    for p in planes:  # plotly drops nodes without links, so only linked nodes are listed (positions stay aligned)
+        names.append(f"{p.capitalize()} ({100 * means[p]:.0f}%)")
+        colors.append(PLANE_COLORS[p])
+        xs.append(0.001)
+        ys.append(0.03 + 0.94 * (acc + means[p] / 2) / total)
+        acc += means[p]
+    for k, lb in enumerate(labels):
+        prob = float(lb.get("calibrated_probability", lb.get("probability", 0.0)))
+        names.append(f"{lb['name']} ({100 * prob:.0f}%)")
+        colors.append(_rgba("#d62728", 0.25 + 0.75 * prob))
+        xs.append(0.999)
+        ys.append(0.03 + 0.94 * (k + 0.5) / len(labels))
+    source, target, value, link_colors, hover = [], [], [], [], []
     for k, lb in enumerate(labels):
         for i, p in enumerate(planes):
             w = float(lb["plane_weights"].get(p, 0.0))
@@ -55,12 +65,12 @@ def sankey_figure(result_json: Mapping[str, Any]):
             source.append(i)
             target.append(len(planes) + k)
             value.append(w)
-            colors.append(_rgba(PLANE_COLORS[p], 0.45))
+            link_colors.append(_rgba(PLANE_COLORS[p], 0.45))
             hover.append(f"{p} -> {lb['name']}: weight {w:.2f}")
     fig = go.Figure(go.Sankey(
         arrangement="fixed",
-        node=dict(label=node_names, color=node_colors, pad=14, thickness=18, line=dict(color="#444", width=0.5)),
-        link=dict(source=source, target=target, value=value, color=colors, customdata=hover,
+        node=dict(label=names, color=colors, pad=14, thickness=18, line=dict(color="#444", width=0.5), x=xs, y=ys),
+        link=dict(source=source, target=target, value=value, color=link_colors, customdata=hover,
                   hovertemplate="%{customdata}<extra></extra>"),
     ))
     fig.update_layout(title=dict(text="Plane contribution to each diagnosis (MPAE weights)", x=0.5),
@@ -121,7 +131,7 @@ def _labels_table(labels: List[Mapping[str, Any]]) -> str:
                          for p in PLANES)
         rows.append(f"<tr><td>{_e(lb['name'])}</td><td><div class='pbar'><div class='bar'><span style='width:"
                     f"{100 * cal:.1f}%'></span></div><b>{_pct(cal)}</b></div></td>"
-                    f"<td class='num'>&plusmn; {_pct(lb['uncertainty'])}</td><td class='num'>{_pct(lb['probability'])}"
+                    f"<td class='num'>&plusmn; {100 * float(lb['uncertainty']):.2f}%</td><td class='num'>{_pct(lb['probability'])}"
                     f"</td><td>{shares}</td></tr>")
     return ("<table><tr><th>Abnormality</th><th>Calibrated probability</th><th>Uncertainty (sd)</th>"
             "<th>Uncalibrated</th><th>Plane weights (sag / cor / ax)</th></tr>" + "".join(rows) + "</table>")

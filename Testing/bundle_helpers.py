@@ -73,7 +73,8 @@ def make_diagnosis_run(folder: Path, *, fusion: str = "concat", with_mpae: bool 
            "preprocessing": {"slices": TINY_SLICES, "size": size}, "planes": plane_info, "head": head.config(),
            "head_weights": "diagnosis_head.safetensors", "ehr": ehr_info,
            "config": {"protocol": "linear_probe", "seed": seed},
-           "metrics": {"val": {"macro_auroc": 0.5}, "test": {"macro_auroc": 0.5}},
+           "metrics": {"val": {"macro_auroc": 0.5, "auroc": {"pcl_injury": float("nan")}},
+                       "test": {"macro_auroc": 0.5}},
            "provenance": _provenance(synthetic, digests)}
     (folder / "run.json").write_text(json.dumps(run, indent=2), encoding="utf-8")
     return folder
@@ -103,7 +104,8 @@ def make_tiny_bundle(path, *, diagnosis: bool = True, segmentation_planes: Seque
                      fusion: str = "concat", with_mpae: bool = True, ehr: bool = False, half: bool = False,
                      shared_backbone: bool = True, seed: int = 0, synthetic: Optional[bool] = True,
                      name: str = "tiny-test", size: int = TINY_SIZE,
-                     temperatures: Optional[Sequence[float]] = None) -> Path:
+                     temperatures: Optional[Sequence[float]] = None,
+                     diagnosis_planes: Sequence[str] = label_tables.PLANES) -> Path:
     """Export a tiny bundle to ``path`` (run folders go to ``<path stem>_runs/`` beside it); returns ``path``."""
     path = Path(path)
     runs = path.parent / f"{path.stem}_runs"
@@ -111,7 +113,7 @@ def make_tiny_bundle(path, *, diagnosis: bool = True, segmentation_planes: Seque
     if diagnosis:
         diag = make_diagnosis_run(runs / "diagnosis", fusion=fusion, with_mpae=with_mpae, ehr=ehr,
                                   shared_backbone=shared_backbone, seed=seed, synthetic=synthetic, size=size,
-                                  temperatures=temperatures)
+                                  temperatures=temperatures, planes=tuple(diagnosis_planes))
     segs = [make_segmentation_run(runs / f"seg_{p}", p, seed=seed, synthetic=synthetic, size=size)
             for p in segmentation_planes]
     export_bundle(diag, segs, name, path, half=half, description="tiny test model (random weights)")

@@ -42,6 +42,7 @@ def test_bundle_holds_the_runs(tiny):
     assert b.meta["diagnosis"]["calibration"]["temperature"] == [1.5] * 8
     assert b.meta["segmentation"]["coronal"]["class_values"] == list(range(12))
     assert b.meta["synthetic_data_only"] is True
+    assert b.meta["diagnosis"]["metrics"]["val"]["auroc"]["pcl_injury"] is None  # NaN in run.json -> null
     assert [lb["key"] for lb in b.labels][0] == "acl_injury"
     assert b.summary()["sha256"] == file_sha256(tiny)
 

@@ -170,7 +170,7 @@ def test_progress_and_cancel(bundles):
     predictor.predict(tiny_exam(3), progress=lambda s, f: events.append((s, f)))
     fractions = [f for _, f in events]
     assert fractions == sorted(fractions) and fractions[0] == 0.0 and events[-1] == ("done", 1.0)
-    assert {"preprocess", "backbone", "segmentation", "measures"} <= {s for s, _ in events}
+    assert {"preprocess", "backbone", "diagnosis", "segmentation", "measures"} <= {s for s, _ in events}
     cancel = threading.Event()
 
     def stop_in_backbone(stage, fraction):
@@ -279,3 +279,14 @@ def test_bench_predict_subject_runs(bundles, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert [r["exams"] for r in out["rows"]] == [1, 2]
     assert out["ratio_per_exam_N1_over_N2"] > 0 and out["model"] == "tiny-test"
+
+
+def test_two_plane_diagnosis_model_and_plain_weights(tmp_path):
+    """A diagnosis head trained on sagittal + coronal only: weights in PLANES order with axial 0; without MPAE the
+    weights are equal shares of the present planes."""
+    two = make_tiny_bundle(tmp_path / "two.odbundle", diagnosis_planes=("sagittal", "coronal"),
+                           segmentation_planes=(), fusion="linear_add", with_mpae=False)
+    result = Predictor(two, device="cpu").predict(tiny_exam(8))
+    assert result.fused_by == "linear_add" and result.warnings == []
+    for lb in result.labels:
+        assert lb["plane_weights"] == {"sagittal": 0.5, "coronal": 0.5, "axial": 0.0}

@@ -51,3 +51,11 @@ def test_sankey_links_are_the_plane_weights():
     for k in (3, 4):
         assert sum(v for t, v in zip(trace.link.target, trace.link.value) if t == k) == pytest.approx(1.0)
     assert trace.node.color[0] == PLANE_COLORS["sagittal"]
+    assert trace.node.y[3] < trace.node.y[4]  # labels keep model order, top to bottom
+
+
+def test_sankey_leaves_out_an_absent_plane():
+    trace = sankey_figure(_result([(0.5, 0.5, 0.0), (0.7, 0.3, 0.0)])).data[0]
+    assert list(trace.node.label) == ["Sagittal (60%)", "Coronal (40%)", "Label 0 (30%)", "Label 1 (40%)"]
+    assert len(trace.node.x) == len(trace.node.label) == 4
+    assert set(trace.link.source) == {0, 1} and set(trace.link.target) == {2, 3}
