@@ -23,6 +23,7 @@ SUBCOMMAND_MODULES: List[str] = [
     "OrthoDiffusionLib.seg_measures",
     "OrthoDiffusionLib.training.evaluate",
     "OrthoDiffusionLib.simulate.cli",
+    "OrthoDiffusionLib.viewer.cli",
 ]
 
 
