@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 from ..errors import CorruptFileError
 from ..io import PLANES
+from ..seg_io import read_labelmap
 
 # Singleton tags of the four views (they become JavaScript identifiers in trame-slicer's UI: letters only).
 VIEW_TAGS: Dict[str, str] = {"sagittal": "Sagittal", "coronal": "Coronal", "axial": "Axial", "threed": "ThreeD"}
@@ -149,6 +150,9 @@ class ExamScene:
         """Load a ``.seg.nrrd`` (the plane's segmentation, on that plane's series geometry) and overlay it in the
         plane's slice view; the first plane in :data:`SURFACE_PLANE_ORDER` with a segmentation is shown in 3D."""
         path = Path(path)
+        # Slicer's reader aborts the process on a malformed NRRD: the library's reader checks the file first
+        # (MissingPathError / CorruptFileError / NotVolumeError naming the file).
+        read_labelmap(path)
         if plane in self.segmentations:
             self.scene.RemoveNode(self.segmentations.pop(plane))
         node = self._app.segmentation_editor.load_segmentation_from_file(str(path))
