@@ -31,6 +31,13 @@ LAYOUT_ID = "orthodiffusion"
 SAMPLE_ABNORMALITY = "joint_effusion"
 
 
+def use_offscreen_rendering() -> None:
+    """Without an X display, have VTK render through EGL (Mesa's, on a machine without a GPU) instead of first
+    failing to open X. A ``VTK_DEFAULT_OPENGL_WINDOW`` already set is kept."""
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+
+
 def orthodiffusion_home() -> Path:
     """``$ORTHODIFFUSION_HOME`` (default ``~/.local/share/orthodiffusion``)."""
     return Path(os.environ.get("ORTHODIFFUSION_HOME") or "~/.local/share/orthodiffusion").expanduser()
@@ -97,6 +104,7 @@ class ViewerApp:
     def __init__(self, server=None, model: Optional[str] = None, device: str = "auto",
                  out_root: Optional[os.PathLike] = None, sample_matrix: int = 256,
                  start_folder: Optional[os.PathLike] = None):
+        use_offscreen_rendering()
         from trame.app import get_server
         from trame_slicer import module as trame_slicer_module
         from trame_slicer.core import LayoutManager, SlicerApp
