@@ -218,3 +218,26 @@ def test_scene_shows_each_series_in_its_view_and_segments_by_structure_key(viewe
         scene.show_segmentation("axial", bad)
     scene.clear()
     assert not scene.volumes and not scene.segmentations
+
+
+def test_result_folder_reopens_with_the_series_it_records(study, tmp_path):
+    from OrthoDiffusionLib.viewer.app import ViewerApp
+
+    folder, truth = study
+    sources = {p: str(folder / f"{p}.nii.gz") for p in ("sagittal", "coronal", "axial")}
+    write_result_folder(tmp_path / "res", truth, series_sources=sources, study=str(folder))
+    result = open_result_folder(tmp_path / "res")
+    assert result.series_sources() == sources and result.study_source() == str(folder)
+    exam, notice = ViewerApp._exam_of_result(result, None, lambda *a: None)
+    assert notice == "" and {p: exam.get(p).source for p in exam.planes_present()} == sources
+    # the open exam is reused when it is those series
+    assert ViewerApp._exam_of_result(result, exam, lambda *a: None) == (exam, "")
+    # series moved away but the study folder is still there: the study is loaded
+    moved = dict(sources, sagittal=str(tmp_path / "gone.nii.gz"))
+    write_result_folder(tmp_path / "res2", truth, series_sources=moved, study=str(folder))
+    exam2, notice2 = ViewerApp._exam_of_result(open_result_folder(tmp_path / "res2"), None, lambda *a: None)
+    assert notice2 == "" and exam2.sagittal.source == sources["sagittal"]
+    # nothing readable: no exam, and a notice naming the missing file
+    write_result_folder(tmp_path / "res3", truth, series_sources=moved, study=str(tmp_path / "nowhere"))
+    exam3, notice3 = ViewerApp._exam_of_result(open_result_folder(tmp_path / "res3"), None, lambda *a: None)
+    assert exam3 is None and "gone.nii.gz" in notice3

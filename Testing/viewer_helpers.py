@@ -5,7 +5,7 @@ import importlib
 import json
 import os
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import pytest
@@ -42,9 +42,11 @@ def write_study(folder: Path, seed: int = 3, matrix: int = 48, abnormality: str 
     return truth
 
 
-def write_result_folder(folder: Path, labelmaps: Dict[str, sitk.Image], probabilities=None) -> Dict:
+def write_result_folder(folder: Path, labelmaps: Dict[str, sitk.Image], probabilities=None,
+                        series_sources: Optional[Dict[str, str]] = None, study: Optional[str] = None) -> Dict:
     """A result folder as ``write_outputs`` lays it out: ``segmentation_<plane>.seg.nrrd`` (each plane's label table
-    only) and a ``diagnosis.json`` with the 8 knee labels (``probabilities`` or 0.1, 0.2, ...); returns the JSON."""
+    only) and a ``diagnosis.json`` with the 8 knee labels (``probabilities`` or 0.1, 0.2, ...) and, when given, the
+    exam's series paths (``exam.planes.<plane>.source``) and study folder; returns the JSON."""
     folder.mkdir(parents=True, exist_ok=True)
     for plane in PLANES:
         if plane not in labelmaps:
@@ -61,6 +63,8 @@ def write_result_folder(folder: Path, labelmaps: Dict[str, sitk.Image], probabil
     for d, p in zip(keys, probs):
         entries.append({"key": d.key, "name": d.name, "probability": p, "calibrated_probability": p,
                         "uncertainty": 0.02, "plane_weights": {"sagittal": 0.5, "coronal": 0.3, "axial": 0.2}})
-    diagnosis = {"labels": entries, "warnings": ["a test result folder"]}
+    diagnosis = {"labels": entries, "warnings": ["a test result folder"],
+                 "exam": {"source": study, "planes": {p: ({"source": src} if src else None) for p, src in
+                                                      (series_sources or {}).items()}}}
     (folder / "diagnosis.json").write_text(json.dumps(diagnosis), encoding="utf-8")
     return diagnosis

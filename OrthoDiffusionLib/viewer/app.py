@@ -206,9 +206,9 @@ class ViewerApp:
         else:
             action()
 
-    def queue_results(self, folder: os.PathLike) -> None:
+    def queue_results(self, folder: os.PathLike, over_open_exam: bool = False) -> None:
         """Open a result folder once the running task (if any) has finished."""
-        self.then(lambda: self.open_results(folder))
+        self.then(lambda: self.open_results(folder, over_open_exam))
 
     def _error(self, message: str) -> None:
         self.state.error_message = message
@@ -251,9 +251,43 @@ class ViewerApp:
 
         return self._start("Simulated sample", work, lambda exam: self._show_exam(exam, f"simulated sample {seed}"))
 
-    def open_results(self, folder: os.PathLike) -> bool:
-        """Open a finished result folder (diagnosis + segmentations) over the exam that is open."""
-        return self._start("Open results", lambda progress, cancel: open_result_folder(folder), self._show_result)
+    def open_results(self, folder: os.PathLike, over_open_exam: bool = False) -> bool:
+        """Open a finished result folder (diagnosis + segmentations).
+
+        The series are those ``diagnosis.json`` records (read again from their paths; the open exam is kept when it
+        is the same series), or the open exam when ``over_open_exam``. When the recorded series cannot be read, the
+        segmentations are shown alone and a notice says why.
+        """
+        current = self.exam
+
+        def work(progress, cancel):
+            progress("reading the result folder", 0.0)
+            result = open_result_folder(folder)
+            if over_open_exam and current is not None:
+                return result, current, ""
+            return (result,) + self._exam_of_result(result, current, progress)
+
+        return self._start("Open results", work, lambda value: self._show_result(*value))
+
+    @staticmethod
+    def _exam_of_result(result: ResultFolder, current: Optional[Exam], progress) -> tuple:
+        """(exam, notice) for a result folder: its recorded series, the open exam if it is those, or (None, why)."""
+        sources = result.series_sources()
+        if not sources:
+            return None, "diagnosis.json records no series paths: showing the segmentations only"
+        if current is not None and {p: current.get(p).source for p in current.planes_present()} == sources:
+            return current, ""
+        progress("reading the exam's series", 0.3)
+        try:
+            return Exam.from_series(**sources), ""
+        except InputError as first:
+            study = result.study_source()
+            if study and Path(study).is_dir():
+                try:
+                    return load_study(study), ""
+                except InputError:
+                    pass
+            return None, f"the exam's series cannot be read ({first}): showing the segmentations only"
 
     def open_path(self, path: str) -> bool:
         """Open what ``path`` holds: a result folder or an exam."""
@@ -274,18 +308,22 @@ class ViewerApp:
         self.state.update({"has_exam": True, "exam_label": f"{name}: {', '.join(exam.planes_present())}",
                            "exam_choices": list(exam.choices), "info_message": ""})
 
-    def _show_result(self, result: ResultFolder) -> None:
-        self.scene.clear_segmentations()
-        missing = []
-        for plane, path in result.segmentations.items():
-            if self.exam is None or self.exam.get(plane) is not None:
-                self.scene.show_segmentation(plane, path)
+    def _show_result(self, result: ResultFolder, exam: Optional[Exam] = None, notice: str = "") -> None:
+        """Show a result over ``exam`` (None: without series; the exam that was open is closed)."""
+        if exam is not self.exam or exam is None:
+            if exam is None:
+                self.scene.clear()
+                self.exam, self.exam_name = None, ""
+                self.state.update({"has_exam": False, "exam_label": f"results {result.path.name} (no series)",
+                                   "exam_choices": []})
             else:
-                missing.append(plane)
+                self._show_exam(exam, Path(result.study_source() or result.path).name)
+        self.scene.clear_segmentations()
+        for plane, path in result.segmentations.items():
+            self.scene.show_segmentation(plane, path)
         self.result = result
         self._set_result_state(result)
-        if self.exam is None:
-            self.state.info_message = "no exam is open: the segmentations are shown without their series"
+        self.state.info_message = notice
 
     def _set_result_state(self, result: Optional[ResultFolder]) -> None:
         if result is None:
@@ -334,7 +372,7 @@ class ViewerApp:
             write_outputs(result, out)
             return open_result_folder(out)
 
-        return self._start("Run", work, self._show_result)
+        return self._start("Run", work, lambda result: self._show_result(result, exam))
 
     def cancel(self) -> None:
         if self.task.cancel():

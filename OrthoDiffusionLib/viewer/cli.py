@@ -76,7 +76,7 @@ def _view(a) -> int:
         elif a.exam:
             app.open_path(a.exam)
         if a.results:
-            app.queue_results(a.results)
+            app.queue_results(a.results, over_open_exam=bool(a.exam or series or a.demo))
 
     sys.argv[1:] = []  # trame parses sys.argv on start; ours are already parsed
     app.start(host=a.host, port=a.port, on_ready=on_ready)

@@ -6,7 +6,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, List, Optional, Union
 
 from ..errors import CorruptFileError, InputError, MissingPathError
 from ..io import PLANES
@@ -39,6 +39,21 @@ class ResultFolder:
     @property
     def warnings(self) -> List[str]:
         return [str(w) for w in self.diagnosis.get("warnings") or []]
+
+    def series_sources(self) -> Dict[str, str]:
+        """{plane: file or folder the series was read from}, as ``diagnosis.json`` records them (``exam.planes``)."""
+        planes = (self.diagnosis.get("exam") or {}).get("planes") or {}
+        out = {}
+        for plane in PLANES:
+            entry = planes.get(plane)
+            if isinstance(entry, dict) and entry.get("source"):
+                out[plane] = str(entry["source"])
+        return out
+
+    def study_source(self) -> Optional[str]:
+        """The study folder the exam was loaded from (``exam.source``), if recorded."""
+        source = (self.diagnosis.get("exam") or {}).get("source")
+        return str(source) if source else None
 
 
 def open_result_folder(folder: Union[str, os.PathLike]) -> ResultFolder:
