@@ -4,7 +4,9 @@
    real study folder.
 2. Open the simulated sample, press Run (tiny model bundle), wait for the result: the 4 views, the 8 diagnosis rows
    and the Sankey are on the page, the result folder is written; a screenshot is saved (and copied to
-   ``$ORTHODIFFUSION_VIEWER_SCREENSHOT`` when set, which is how docs/images/viewer.png is made).
+   ``$ORTHODIFFUSION_VIEWER_SCREENSHOT`` when set). docs/images/viewer.png is made this way with the demo model:
+   ``ORTHODIFFUSION_VIEWER_MODEL=<bundle> ORTHODIFFUSION_VIEWER_SCREENSHOT=docs/images/viewer.png
+   python -m pytest Testing/test_viewer_e2e.py -k run``.
 
 Skips outside CI when Chromium / Playwright / the viewer extra are missing; fails in CI (``CI`` set).
 """
@@ -53,12 +55,15 @@ def viewer(tmp_path_factory):
     from bundle_helpers import make_tiny_bundle
 
     home = tmp_path_factory.mktemp("viewer_home")
-    bundle = make_tiny_bundle(home / "tiny.odbundle")
+    # ORTHODIFFUSION_VIEWER_MODEL: a real bundle (e.g. the demo model) for the README screenshot
+    bundle = os.environ.get("ORTHODIFFUSION_VIEWER_MODEL") or \
+        make_tiny_bundle(home / "tiny.odbundle", segmentation_planes=("sagittal", "coronal", "axial"))
+    matrix = "256" if os.environ.get("ORTHODIFFUSION_VIEWER_MODEL") else "64"
     log_path = home / "viewer.log"
     env = dict(os.environ, ORTHODIFFUSION_HOME=str(home), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "OrthoDiffusionLib", "view", "--model", str(bundle), "--device", "cpu",
-           "--sample-matrix", "64", "--out", str(home / "results"), "--port", "0"]
+           "--sample-matrix", matrix, "--out", str(home / "results"), "--port", "0"]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(home))
     try:

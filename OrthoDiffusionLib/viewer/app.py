@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 LAYOUT_ID = "orthodiffusion"
 SAMPLE_ABNORMALITY = "joint_effusion"
+SIDE_PANEL_WIDTH = 460  # px
+SANKEY_HEIGHT = 320  # px
 
 
 def use_offscreen_rendering() -> None:
@@ -339,7 +341,8 @@ class ViewerApp:
         from ..report import sankey_figure
 
         fig = sankey_figure(result.diagnosis)
-        fig.update_layout(margin=dict(l=8, r=8, t=8, b=8), height=300, font=dict(size=12),
+        # the panel's card carries the title; the figure fills the card
+        fig.update_layout(title=None, margin=dict(l=4, r=4, t=6, b=6), height=SANKEY_HEIGHT, font=dict(size=11),
                           paper_bgcolor="rgba(0,0,0,0)")
         self._sankey.update(fig)
 
@@ -479,8 +482,9 @@ class ViewerApp:
             self._picker_dialog(html, v3)
 
     def _side_panel(self, html, v3, Figure) -> None:
-        with html.Div(id="side-panel", classes="pa-2", style="width: 420px; flex: 0 0 420px; overflow-y: auto; "
-                                                             "height: 100%; background: #fafafa"):
+        with html.Div(id="side-panel", classes="pa-2", style=f"width: {SIDE_PANEL_WIDTH}px; flex: 0 0 "
+                                                             f"{SIDE_PANEL_WIDTH}px; overflow-y: auto; height: 100%;"
+                                                             " background: #fafafa"):
             with v3.VCard(id="diagnosis-panel", density="compact", classes="mb-2"):
                 v3.VCardTitle("Diagnosis", classes="text-subtitle-1 py-1")
                 html.Div("Press Run to compute the 8 labels.", v_if="!has_result",
@@ -496,8 +500,9 @@ class ViewerApp:
                         html.Span("{{ w }}")
             with v3.VCard(id="sankey-panel", density="compact", classes="mb-2"):
                 v3.VCardTitle("Plane contributions", classes="text-subtitle-1 py-1")
-                with html.Div(style="height: 300px", id="sankey"):
-                    self._sankey = Figure(display_mode_bar=False, responsive=True, style="height: 300px")
+                with html.Div(style=f"height: {SANKEY_HEIGHT}px", id="sankey"):
+                    self._sankey = Figure(display_mode_bar=False, responsive=True,
+                                          style=f"height: {SANKEY_HEIGHT}px")
                     self._sankey.update(_empty_figure())
             with v3.VCard(id="structures-panel", density="compact", classes="mb-2"):
                 with v3.VCardTitle(classes="text-subtitle-1 py-1 d-flex align-center"):
@@ -568,7 +573,7 @@ def _empty_figure():
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    fig.update_layout(margin=dict(l=8, r=8, t=8, b=8), height=300, paper_bgcolor="rgba(0,0,0,0)",
+    fig.update_layout(margin=dict(l=8, r=8, t=8, b=8), height=SANKEY_HEIGHT, paper_bgcolor="rgba(0,0,0,0)",
                       plot_bgcolor="rgba(0,0,0,0)", xaxis=dict(visible=False), yaxis=dict(visible=False),
                       annotations=[dict(text="The Sankey of plane weights appears after Run", showarrow=False,
                                         x=0.5, y=0.5, xref="paper", yref="paper", font=dict(size=13))])
