@@ -92,9 +92,16 @@ def _open_page(browser, url):
 
 
 def _pick_folder(page, folder: Path) -> None:
-    page.click("#btn-open")
+    if not page.is_visible("#picker-path"):  # the picker is open at start when the viewer was given nothing
+        page.click("#btn-open")
     page.fill("#picker-path", str(folder))
     page.click("#picker-open")
+
+
+def _close_picker(page) -> None:
+    if page.is_visible("#picker-close"):
+        page.click("#picker-close")
+        page.wait_for_selector("#picker-path", state="hidden")
 
 
 def test_folder_without_mri_shows_the_library_error_and_the_app_keeps_working(browser, viewer, tmp_path):
@@ -128,6 +135,7 @@ def test_run_on_the_simulated_sample_shows_views_labels_and_sankey(browser, view
     url, home = viewer
     page = _open_page(browser, url)
     try:
+        _close_picker(page)
         page.click("#btn-sample")
         page.wait_for_function("document.querySelector('#exam-label').innerText.includes('simulated sample')",
                                timeout=180_000)

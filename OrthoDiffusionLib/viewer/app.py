@@ -549,7 +549,7 @@ class ViewerApp:
                                 v3.VIcon(icon=("e.kind == 'result' ? 'mdi-clipboard-pulse-outline' : 'mdi-folder'",))
                 with v3.VCardActions():
                     v3.VSpacer()
-                    v3.VBtn("Close", click="picker_open = false")
+                    v3.VBtn("Close", id="picker-close", click="picker_open = false")
                     v3.VBtn("Open this folder", id="picker-open", color="primary", variant="flat",
                             click=self.picker_open_current)
 

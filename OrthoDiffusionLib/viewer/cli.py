@@ -75,6 +75,8 @@ def _view(a) -> int:
             app.open_exam(series=series)
         elif a.exam:
             app.open_path(a.exam)
+        elif not a.results:
+            app.picker_show()  # nothing to open: start with the folder picker
         if a.results:
             app.queue_results(a.results, over_open_exam=bool(a.exam or series or a.demo))
 
