@@ -241,3 +241,50 @@ def test_result_folder_reopens_with_the_series_it_records(study, tmp_path):
     write_result_folder(tmp_path / "res3", truth, series_sources=moved, study=str(tmp_path / "nowhere"))
     exam3, notice3 = ViewerApp._exam_of_result(open_result_folder(tmp_path / "res3"), None, lambda *a: None)
     assert exam3 is None and "gone.nii.gz" in notice3
+
+
+def _drive(app, until, timeout: float = 300.0) -> None:
+    """Run the app's event loop (where the worker posts its progress and outcome) until ``until()``."""
+    import asyncio
+
+    async def wait():
+        deadline = time.monotonic() + timeout
+        while not until():
+            assert time.monotonic() < deadline, "timed out"
+            await asyncio.sleep(0.05)
+
+    app._loop.run_until_complete(wait())
+
+
+def test_run_shows_the_result_and_cancel_leaves_no_result_folder(viewer_app, study, tmp_path):
+    import asyncio
+
+    from bundle_helpers import make_tiny_bundle
+
+    from OrthoDiffusionLib.io import load_study
+
+    folder, _ = study
+    app = viewer_app
+    app._loop = asyncio.new_event_loop()
+    app.model = str(make_tiny_bundle(tmp_path / "tiny.odbundle", segmentation_planes=("sagittal", "coronal")))
+    app.device, app.out_root = "cpu", tmp_path / "results"
+    app._show_exam(load_study(folder), "study")
+
+    assert app.run()
+    assert app.state.busy and not app.run()  # one task at a time; the refusal is a banner, not a crash
+    assert "still running" in app.state.error_message
+    _drive(app, lambda: not app.task.busy and not app.state.busy)
+    assert app.state.progress_stage == "Run: done", app.state.error_message
+    written = list((tmp_path / "results").iterdir())
+    assert len(written) == 1 and (written[0] / "diagnosis.json").is_file()
+    assert app.state.result_dir == str(written[0]) and len(app.state.diagnosis_rows) == 8
+    assert sorted(app.scene.segmentations) == ["coronal", "sagittal"] and app.scene.surface_plane == "sagittal"
+    assert {r["key"] for r in app.state.structures} == set(app.scene.structures_present())
+    assert app.state[app._sankey.key]["data"][0]["type"] == "sankey"
+
+    assert app.run()
+    app.cancel()
+    _drive(app, lambda: not app.task.busy and not app.state.busy)
+    assert app.state.progress_stage == "Run: cancelled"
+    assert list((tmp_path / "results").iterdir()) == written  # no new (partial) result folder
+    assert app.result.path == written[0]  # the shown result is unchanged
