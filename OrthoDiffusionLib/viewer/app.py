@@ -557,7 +557,11 @@ class ViewerApp:
     def start(self, host: str = "127.0.0.1", port: int = 0, on_ready: Optional[Callable[[str], None]] = None) -> None:
         """Serve until interrupted (blocking). ``on_ready(url)`` is called once the port is bound."""
         if on_ready is not None:
-            self.ctrl.on_server_ready.add(lambda **_: on_ready(f"http://{host}:{self.server.port}/"))
+            def ready(**_) -> None:
+                with self.state:  # flush what on_ready changes, so clients that connect later see it in sync
+                    on_ready(f"http://{host}:{self.server.port}/")
+
+            self.ctrl.on_server_ready.add(ready)
         try:
             self.server.start(host=host, port=port, open_browser=False, show_connection_info=False, timeout=0)
         finally:
