@@ -469,12 +469,14 @@ class ViewerApp:
                     html.Div("{{ progress_stage }}", id="progress-stage", classes="text-caption text-truncate")
             with layout.content:
                 with html.Div(classes="d-flex flex-column", style="height: calc(100vh - 48px)"):
-                    v3.VAlert(v_if="error_message", id="error-banner", type="error", text=("error_message",),
-                              closable=True, density="compact", classes="ma-1",
-                              **{"click_close": "error_message = ''"})
-                    v3.VAlert(v_if="info_message && !error_message", id="info-banner", type="info",
-                              text=("info_message",), closable=True, density="compact", classes="ma-1",
-                              **{"click_close": "info_message = ''"})
+                    with v3.VAlert(v_if="error_message", id="error-banner", type="error", variant="tonal",
+                                   closable=True, density="compact", classes="ma-1", style="flex: 0 0 auto",
+                                   click_close="error_message = ''"):
+                        html.Span("{{ error_message }}", classes="text-body-2")
+                    with v3.VAlert(v_if="info_message && !error_message", id="info-banner", type="info",
+                                   variant="tonal", closable=True, density="compact", classes="ma-1", style="flex: 0 0 auto",
+                                   click_close="info_message = ''"):
+                        html.Span("{{ info_message }}", classes="text-body-2")
                     with html.Div(classes="d-flex flex-row flex-grow-1", style="min-height: 0"):
                         with html.Div(id="views", classes="flex-grow-1 d-flex", style="min-width: 0; height: 100%"):
                             self.layout_manager.initialize_layout_grid(layout)
