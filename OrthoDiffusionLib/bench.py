@@ -7,6 +7,7 @@ registrar. Subjects share :func:`time_callable` (warm-up, then ``repeats`` timed
 
 Subjects:
     backbone   full forward of the diffusion U-Net vs ``encode`` up to the middle block (feature extraction).
+    predict    per-exam time of batch prediction with the model loaded once (N=1 vs N=8; predict_bench.py).
 """
 from __future__ import annotations
 
@@ -154,7 +155,9 @@ def _run_backbone(args: argparse.Namespace) -> int:
 
 
 # name -> registrar; append new subjects here (issue 10: inference, training)
-SUBJECT_REGISTRARS: List[Callable[[argparse._SubParsersAction], None]] = [_register_backbone]
+from .predict_bench import register_predict_bench  # noqa: E402  (cheap: imports torch lazily)
+
+SUBJECT_REGISTRARS: List[Callable[[argparse._SubParsersAction], None]] = [_register_backbone, register_predict_bench]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -29,6 +29,7 @@ import torch
 from .backbone import DiffusionUNet
 from .atomic import atomic_path  # noqa: F401  (re-exported: public API)
 from .errors import BundleError, CorruptFileError, MissingPathError, UnsafeFileError, WeightsMismatchError
+from .labels import SHARED_PLANE
 
 __all__ = [
     "AUTHORS_POSE_TO_PLANE",
@@ -295,12 +296,12 @@ def load_backbone(
     """Build the :class:`DiffusionUNet` recorded in a backbone file and load its weights (strict), in eval mode.
 
     Args:
-        plane: if given, the file must be for this plane (else BundleError).
+        plane: if given, the file must be for this plane or a ``shared`` backbone (else BundleError).
     Returns:
         (model on ``device``, metadata).
     """
     state, meta = load_backbone_state(path)
-    if plane is not None and meta.get("plane") != plane:
+    if plane is not None and meta.get("plane") not in (plane, SHARED_PLANE):
         raise BundleError(f"backbone is for plane {meta.get('plane')!r}, expected {plane!r}", path)
     try:
         model = DiffusionUNet(**meta["config"])  # type: ignore[arg-type]

@@ -17,11 +17,16 @@ from .errors import OrthoDiffusionError
 # Modules that contribute subcommands, in the order they appear in --help.
 SUBCOMMAND_MODULES: List[str] = [
     "OrthoDiffusionLib.io.cli",
+    "OrthoDiffusionLib.predict_cli",
+    "OrthoDiffusionLib.bundle_export",
+    "OrthoDiffusionLib.model_registry",
     "OrthoDiffusionLib.checkpoints_cli",
     "OrthoDiffusionLib.bench",
     "OrthoDiffusionLib.training.pretrain_cli",
     "OrthoDiffusionLib.seg_measures",
     "OrthoDiffusionLib.training.evaluate",
+    "OrthoDiffusionLib.training.train_segmentation",
+    "OrthoDiffusionLib.training.evaluate_segmentation",
     "OrthoDiffusionLib.simulate.cli",
     "OrthoDiffusionLib.viewer.cli",
 ]

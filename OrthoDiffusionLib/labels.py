@@ -12,6 +12,7 @@ from importlib import resources
 from typing import Dict, List, Sequence, Tuple
 
 PLANES: Tuple[str, str, str] = ("sagittal", "coronal", "axial")
+SHARED_PLANE = "shared"  # a backbone trained on, and used for, every plane
 
 
 @dataclass(frozen=True)

@@ -220,3 +220,29 @@ def test_ema_follows_the_authors_schedule():
         history.append(ema.model.weight.item())
     # k = step - 1: k=0 copy (1.0); k=2 blend 0.5*1 + 0.5*3 = 2.0; k=4 blend 0.5*2 + 0.5*5 = 3.5
     assert history == [1.0, 1.0, 2.0, 2.0, 3.5, 3.5]
+
+
+def test_shared_backbone_trains_on_every_plane_and_loads_for_each(tmp_path):
+    series = tmp_path / "series"
+    series.mkdir()
+    rows = [("p1", "sagittal", write_nifti(series / "s1.nii.gz", SAGITTAL, 1), "train"),
+            ("p1", "coronal", write_nifti(series / "c1.nii.gz", CORONAL, 2), "train"),
+            ("p2", "coronal", series / "missing_but_test.nii.gz", "test")]
+    manifest = tmp_path / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["patient_id", "plane", "series_path", "split", "acl"])
+        for pid, plane, path, split in rows:
+            w.writerow([pid, plane, os.path.relpath(path, tmp_path), split, 0])
+    run = tmp_path / "run"
+    assert cli_main(["pretrain", "--manifest", str(manifest), "--plane", "shared", "--out", str(run),
+                     "--steps", "1", "--batch-size", "2", "--device", "cpu", *TINY_ARGS]) == 0
+    assert len(list((run / "cache").glob("*.npy"))) == 2  # one sagittal and one coronal train series
+    for plane in ("sagittal", "coronal", "axial"):
+        _, meta = load_backbone(run / "backbone_shared.safetensors", plane=plane)
+        assert meta["plane"] == "shared"
+    single = tmp_path / "single"
+    assert cli_main(["pretrain", "--manifest", str(manifest), "--plane", "coronal", "--out", str(single),
+                     "--steps", "1", "--batch-size", "1", "--device", "cpu", *TINY_ARGS]) == 0
+    with pytest.raises(OrthoDiffusionError, match="backbone is for plane 'coronal', expected 'sagittal'"):
+        load_backbone(single / "backbone_coronal.safetensors", plane="sagittal")

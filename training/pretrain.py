@@ -55,6 +55,7 @@ import torch.distributed as dist
 from ..backbone import DiffusionUNet
 from ..checkpoints import atomic_path, save_backbone, tensors_sha256
 from ..errors import InputError, MissingPathError, OrthoDiffusionError
+from ..labels import PLANES, SHARED_PLANE
 from ..schedule import CosineSchedule
 
 __all__ = [
@@ -69,7 +70,6 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT_VERSION = 1
-PLANES = ("sagittal", "coronal", "axial")
 # config keys that define the network, data and optimisation; a resumed run must agree on them
 _STRUCTURAL = ("plane", "batch_size", "lr_per_sample", "ema_decay", "ema_every", "ema_start", "width", "channel_mult",
                "attention_resolutions", "num_heads", "size", "slices", "precision", "seed", "timesteps")
@@ -109,8 +109,8 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
         self.attention_resolutions = tuple(int(a) for a in self.attention_resolutions)
-        if self.plane not in PLANES:
-            raise OrthoDiffusionError(f"plane must be one of {', '.join(PLANES)}, got {self.plane!r}")
+        if self.plane not in PLANES + (SHARED_PLANE,):
+            raise OrthoDiffusionError(f"plane must be one of {', '.join(PLANES + (SHARED_PLANE,))}, got {self.plane!r}")
         if self.precision not in ("fp32", "bf16"):
             raise OrthoDiffusionError(f"precision must be fp32 or bf16, got {self.precision!r}")
         for name in ("steps", "batch_size", "ema_every", "ckpt_every", "log_every", "sample_steps", "timesteps"):
@@ -207,6 +207,11 @@ class SeriesVolumes(VolumeDataset):
         return t
 
 
+def _plane_selected(series_plane: str, plane: str) -> bool:
+    """Whether a series of ``series_plane`` belongs to a run of ``plane`` (``shared``: every plane)."""
+    return series_plane == plane or (plane == SHARED_PLANE and series_plane in PLANES)
+
+
 def _manifest_paths(manifest: Path, plane: str) -> List[str]:
     if not manifest.is_file():
         raise MissingPathError("manifest not found", manifest)
@@ -215,7 +220,8 @@ def _manifest_paths(manifest: Path, plane: str) -> List[str]:
         missing = {"plane", "series_path", "split"} - set(reader.fieldnames or [])
         if missing:
             raise InputError(f"manifest lacks column(s) {', '.join(sorted(missing))}", manifest)
-        rows = [r for r in reader if r["plane"].strip().lower() == plane and r["split"].strip().lower() == "train"]
+        rows = [r for r in reader if _plane_selected(r["plane"].strip().lower(), plane)
+                and r["split"].strip().lower() == "train"]
     paths = []
     for r in rows:
         p = Path(r["series_path"].strip())
@@ -234,7 +240,7 @@ def _folder_volumes(folder: Path, plane: str, slices: int, size: int) -> InMemor
     if not folder.is_dir():
         raise MissingPathError("data folder not found", folder)
     volumes = [preprocess_series(s, slices=slices, size=size).volume for s in read_all_series(folder)
-               if s.plane == plane]
+               if _plane_selected(s.plane, plane)]
     if not volumes:
         raise InputError(f"no {plane} series under this folder", folder)
     return InMemoryVolumes(volumes)

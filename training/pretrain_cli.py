@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Tuple
 
 from ..errors import OrthoDiffusionError
-
-PLANES = ("sagittal", "coronal", "axial")
+from ..labels import PLANES, SHARED_PLANE
 
 
 def register(subparsers) -> None:
@@ -22,7 +21,8 @@ def register(subparsers) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--manifest", type=Path, help="manifest CSV (rows of --plane with split=train)")
     src.add_argument("--data", type=Path, help="folder of series (every series of --plane under it)")
-    p.add_argument("--plane", choices=PLANES, required=True)
+    p.add_argument("--plane", choices=PLANES + (SHARED_PLANE,), required=True,
+                   help="the plane whose series train the backbone; shared: one backbone on all planes' series")
     p.add_argument("--out", type=Path, required=True, help="run folder (RUN_DIR)")
     p.add_argument("--steps", type=int, default=21500)
     p.add_argument("--batch-size", type=int, default=10, help="per process (default 10)")

@@ -14,7 +14,7 @@ Both map a preprocessed volume (B, 1, D, H, W) (default 16 x 256 x 256) to logit
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 from torch import nn
 
@@ -43,18 +43,25 @@ def unet_strides(img_size: Sequence[int], levels: int = 4, min_size: int = 2) ->
 
 
 def build_seg_baseline(name: str, num_classes: int = 12, img_size: Sequence[int] = (16, 256, 256),
-                       in_channels: int = 1) -> nn.Module:
-    """A segmentation baseline by name (``"unet3d"`` or ``"unetr"``) for volumes of ``img_size`` (D, H, W)."""
+                       in_channels: int = 1, channels: Optional[Sequence[int]] = None, hidden_size: int = 768,
+                       num_heads: int = 12, mlp_dim: int = 3072, feature_size: int = 16) -> nn.Module:
+    """A segmentation baseline by name (``"unet3d"`` or ``"unetr"``) for volumes of ``img_size`` (D, H, W).
+
+    The defaults are the paper's sizes; ``channels`` (U-Net widths, one per level) and ``hidden_size``,
+    ``num_heads``, ``mlp_dim``, ``feature_size`` (UNETR) scale a network down, e.g. for CPU-only runs (say so
+    wherever results are reported)."""
     from monai.networks.nets import UNETR, UNet
 
     size = tuple(int(s) for s in img_size)
     if name == "unet3d":
-        return UNet(spatial_dims=3, in_channels=in_channels, out_channels=num_classes, channels=UNET_CHANNELS,
-                    strides=unet_strides(size, levels=len(UNET_CHANNELS) - 1), num_res_units=2, norm="INSTANCE")
+        widths = tuple(int(c) for c in (UNET_CHANNELS if channels is None else channels))
+        return UNet(spatial_dims=3, in_channels=in_channels, out_channels=num_classes, channels=widths,
+                    strides=unet_strides(size, levels=len(widths) - 1), num_res_units=2, norm="INSTANCE")
     if name == "unetr":
         bad = [s for s in size if s % UNETR_PATCH]
         if len(size) != 3 or bad:
             raise ValueError(f"UNETR needs a 3-D img_size divisible by {UNETR_PATCH}, got {size}")
-        return UNETR(in_channels=in_channels, out_channels=num_classes, img_size=size, feature_size=16,
-                     hidden_size=768, mlp_dim=3072, num_heads=12, norm_name="instance", res_block=True)
+        return UNETR(in_channels=in_channels, out_channels=num_classes, img_size=size, feature_size=feature_size,
+                     hidden_size=hidden_size, mlp_dim=mlp_dim, num_heads=num_heads, norm_name="instance",
+                     res_block=True)
     raise ValueError(f"unknown segmentation baseline {name!r}; known: {', '.join(SEG_BASELINES)}")

@@ -1,0 +1,567 @@
+"""Inference: run a model bundle on knee MRI exams (CONTRACTS.md section 3).
+
+``Predictor`` loads a bundle once (:mod:`OrthoDiffusionLib.bundle`) and composes, from its metadata, the per-plane
+diffusion backbones, the noise schedule, the diagnosis head (pooling + fusion + MPAE + temperatures), the optional EHR
+branch and the per-plane segmentation heads. For every exam:
+
+1. each present plane is preprocessed once per preprocessing setting the model uses (:mod:`preprocess`);
+2. each backbone pass runs ONCE per (backbone, plane, timestep, preprocessing) and serves every tap that the diagnosis
+   head and the segmentation head of that plane need (``DiffusionUNet.encode``; the decoder never runs);
+3. the diagnosis head gives calibrated probabilities and MPAE plane weights; the segmentation heads give class
+   probabilities on the preprocessed grid, which are mapped to label-table values and resampled (nearest) back onto
+   the ORIGINAL series geometry; structure volumes and cartilage thickness are measured there.
+
+Noise: ``noise_draws`` = K independent draws (default 1). The noise of draw ``s`` for a plane and timestep comes from
+a CPU generator seeded from (``seed``, s, plane, timestep), per exam, so a result does not depend on the device, on
+the batch an exam is predicted in, or on the other heads of the model. Probabilities are the mean over draws, the
+uncertainty their standard deviation (:mod:`uncertainty`); segmentation probabilities are averaged over draws.
+
+Shapes: a preprocessed volume is (slices, size, size); the backbone input (B, 1, slices, size, size); diagnosis
+outputs (B, K); plane weights (B, K, 3) in ``PLANES`` order; segmentation probabilities (B, C, slices, size, size).
+"""
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import SimpleITK as sitk
+import torch
+
+from . import labels as label_tables
+from .bundle import ModelBundle, load_bundle
+from .errors import CancelledError, InputError, MissingPlaneError
+from .io import Exam, load_study
+from .labels import PLANES
+from .preprocess import PreprocessedSeries, preprocess_series
+from .schedule import CosineSchedule
+from .uncertainty import aggregate_noise_draws
+
+__all__ = ["DISCLAIMER", "PredictionResult", "Predictor", "load_exam", "resolve_device", "write_outputs",
+           "RESULT_FORMAT"]
+
+PathLike = Union[str, os.PathLike]
+ProgressFn = Callable[[str, float], None]
+RESULT_FORMAT = "orthodiffusion.prediction"
+DISCLAIMER = "Research use only, not for diagnosis."
+#: Overall progress fraction at which each stage starts (the last one ends at 1).
+_STAGES = (("preprocess", 0.0), ("backbone", 0.1), ("diagnosis", 0.7), ("segmentation", 0.75), ("measures", 0.9))
+
+
+# ----------------------------------------------------------------------------------------------------- exams
+def load_exam(sagittal: Optional[PathLike] = None, coronal: Optional[PathLike] = None,
+              axial: Optional[PathLike] = None, study: Optional[PathLike] = None) -> Exam:
+    """An :class:`~OrthoDiffusionLib.io.Exam` from series paths (each checked to be in its plane) or from a study
+    folder (one series per plane chosen by :func:`~OrthoDiffusionLib.io.load_study`). Give either."""
+    if study is not None:
+        if any(p is not None for p in (sagittal, coronal, axial)):
+            raise InputError("give either a study folder or series per plane, not both", study)
+        return load_study(study)
+    if all(p is None for p in (sagittal, coronal, axial)):
+        raise InputError("no input: give a study folder or at least one series")
+    return Exam.from_series(sagittal, coronal, axial)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cpu``/``cuda``/``cuda:N`` as asked (CUDA must exist)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} asked for, but no CUDA device is available")
+    return dev
+
+
+def _nan_to_none(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+# ---------------------------------------------------------------------------------------------------- result
+@dataclass
+class PredictionResult:
+    """The prediction for one exam.
+
+    Attributes:
+        labels: one dict per diagnosis label: ``key``, ``name``, ``probability`` (uncalibrated, mean over draws),
+            ``calibrated_probability``, ``uncertainty`` (std over draws of the calibrated probability; 0 for one
+            draw), ``plane_weights`` ``{plane: w}`` (sum 1; absent plane 0). Empty without diagnosis.
+        segmentations: ``{plane: uint8 labelmap}`` on the ORIGINAL series geometry (label-table values).
+        measures: rows ``plane, value, key, name, volume_ml, mean_thickness_mm`` (NaN thickness -> None).
+        exam: summary: ``source``, ``planes`` ({plane: series summary with origin/direction, or None}), ``choices``.
+        model: bundle summary (name, version, sha256, file, description, synthetic_data_only, ...).
+        timings: seconds per stage (``load_model`` = the predictor's load time; batch stages divided by the batch).
+        device: where the networks ran.
+        warnings: human-readable notes (missing planes, fallbacks, ignored EHR).
+        fused_by: the fusion that gave the probabilities (``None`` without diagnosis).
+        ehr_used: whether EHR late fusion gave the probabilities.
+        noise_draws: K.
+        images: ``{plane: series image}`` (original geometry; for the report's overlays; not in JSON).
+    """
+
+    labels: List[Dict[str, Any]]
+    segmentations: Dict[str, sitk.Image]
+    measures: List[Dict[str, Any]]
+    exam: Dict[str, Any]
+    model: Dict[str, Any]
+    timings: Dict[str, float]
+    device: str
+    warnings: List[str] = field(default_factory=list)
+    fused_by: Optional[str] = None
+    ehr_used: bool = False
+    noise_draws: int = 1
+    images: Dict[str, sitk.Image] = field(default_factory=dict, repr=False)
+
+    def to_json(self) -> Dict[str, Any]:
+        """The content of ``diagnosis.json`` (JSON-serialisable, no NaN)."""
+        segs = {}
+        for plane, img in self.segmentations.items():
+            segs[plane] = {"file": f"segmentation_{plane}.seg.nrrd", "labelmap": f"labelmap_{plane}.nii.gz",
+                           "size": list(img.GetSize()), "spacing": list(img.GetSpacing()),
+                           "origin": list(img.GetOrigin()), "direction": list(img.GetDirection())}
+        return {
+            "format": RESULT_FORMAT, "version": 1, "disclaimer": DISCLAIMER,
+            "labels": [dict(lb) for lb in self.labels], "fused_by": self.fused_by, "ehr_used": self.ehr_used,
+            "noise_draws": self.noise_draws, "segmentations": segs,
+            "measures": [{k: _nan_to_none(v) for k, v in row.items()} for row in self.measures],
+            "exam": self.exam, "model": self.model, "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "device": self.device, "warnings": list(self.warnings),
+        }
+
+
+# ------------------------------------------------------------------------------------------------- the plan
+@dataclass(frozen=True)
+class _PassKey:
+    """One backbone pass: which backbone, plane, timestep and preprocessing grid."""
+
+    backbone: str
+    plane: str
+    timestep: int
+    slices: int
+    size: int
+
+
+def _noise_seed(seed: int, draw: int, plane: str, timestep: int) -> int:
+    return (int(seed) * 1_000_003 + draw * 10_007 + PLANES.index(plane) * 1_009 + int(timestep)) % (2**63 - 1)
+
+
+def _series_summary(exam: Exam, plane: str) -> Optional[Dict[str, Any]]:
+    s = exam.get(plane)
+    if s is None:
+        return None
+    d = s.summary()
+    d["origin"] = [round(float(v), 4) for v in s.origin]
+    d["direction"] = [round(float(v), 6) for v in s.image.GetDirection()]
+    return {k: v for k, v in d.items() if v is not None}
+
+
+class Predictor:
+    """Runs a model bundle on exams.
+
+    Args:
+        bundle: a ``.odbundle`` path, a registered model name, or ``None`` for the registry's default model.
+        device: ``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        seed: base seed of the noise draws (fixed, so results are reproducible).
+    """
+
+    def __init__(self, bundle: Union[PathLike, ModelBundle, None] = None, device: str = "auto", seed: int = 0):
+        start = time.perf_counter()
+        if isinstance(bundle, ModelBundle):
+            self.bundle = bundle
+        else:
+            from .model_registry import resolve_model
+
+            self.bundle = load_bundle(resolve_model(bundle))
+        self.seed = int(seed)
+        self.schedule = CosineSchedule()
+        meta = self.bundle.meta
+        self.diag_meta: Optional[Dict[str, Any]] = meta.get("diagnosis")
+        self.seg_meta: Dict[str, Dict[str, Any]] = dict(meta.get("segmentation") or {})
+        self.backbones = {key: self.bundle.backbone(key) for key in meta["backbones"]}
+        self.diagnosis_head = self.bundle.diagnosis_head() if self.diag_meta else None
+        self.ehr_model = self.bundle.ehr_model() if self.diag_meta else None
+        self.seg_heads = {plane: self.bundle.segmentation_head(plane) for plane in self.seg_meta}
+        self.device = resolve_device(device)
+        self._move(self.device)
+        self.load_seconds = time.perf_counter() - start
+
+    # ------------------------------------------------------------------------------------------------ helpers
+    def _modules(self) -> List[torch.nn.Module]:
+        mods: List[torch.nn.Module] = [*self.backbones.values(), *self.seg_heads.values()]
+        mods += [m for m in (self.diagnosis_head, self.ehr_model) if m is not None]
+        return mods
+
+    def _move(self, device: torch.device) -> None:
+        for m in self._modules():
+            m.to(device)
+        self.device = device
+
+    @property
+    def labels(self) -> List[Dict[str, str]]:
+        return self.bundle.labels
+
+    def _needs_all_diag_planes(self) -> bool:
+        from .fusion import FUSIONS
+
+        head = self.diag_meta["head"]
+        fusion = str(head.get("fusion", "concat")).lower()
+        cls = FUSIONS.get(fusion)
+        needs = cls.requires_all_planes if cls is not None else True
+        return needs and not head.get("with_mpae", True) and fusion != "mpae"
+
+    def _plan(self, exam: Exam, diagnosis: bool, segmentation: bool, has_ehr: bool
+              ) -> Tuple[List[str], List[str], List[str]]:
+        """(diagnosis planes, segmentation planes, warnings) for an exam; raises MissingPlaneError when the model
+        cannot run on it."""
+        present = exam.planes_present()
+        where = exam.source or "exam"
+        notes: List[str] = []
+        diag_planes: List[str] = []
+        if diagnosis and self.diag_meta:
+            wanted = [p for p in PLANES if p in self.diag_meta["planes"]]
+            diag_planes = [p for p in wanted if p in present]
+            missing = [p for p in wanted if p not in present]
+            if missing and self._needs_all_diag_planes():
+                raise MissingPlaneError(f"the model's {self.diag_meta['head'].get('fusion')} fusion needs all of "
+                                        f"{', '.join(wanted)}; the exam lacks the {', '.join(missing)} series", where)
+            if not diag_planes:
+                raise MissingPlaneError(f"the exam has none of the planes the diagnosis model uses "
+                                        f"({', '.join(wanted)})", where)
+            if missing:
+                notes.append(f"{' and '.join(missing)} plane missing: diagnosis fused by MPAE over "
+                             f"{'+'.join(diag_planes)}")
+        elif diagnosis and not self.diag_meta:
+            notes.append("the model has no diagnosis head: no probabilities")
+        seg_planes: List[str] = []
+        if segmentation:
+            for plane in PLANES:
+                if plane not in self.seg_meta:
+                    continue
+                if plane in present:
+                    seg_planes.append(plane)
+                else:
+                    notes.append(f"no {plane} series: no {plane} segmentation")
+        if not diag_planes and not seg_planes:
+            raise MissingPlaneError("nothing to run: the exam has no plane that the model's heads use "
+                                    f"(exam planes: {', '.join(present) or 'none'})", where)
+        if has_ehr and diag_planes:
+            if self.ehr_model is None:
+                notes.append("EHR given, but the model has no EHR branch: EHR ignored")
+            elif len(diag_planes) < len(self.diag_meta["planes"]):
+                notes.append("EHR given, but EHR late fusion needs all planes: EHR ignored")
+        return diag_planes, seg_planes, notes
+
+    def _passes(self, diag_planes: Sequence[str], seg_planes: Sequence[str]) -> Dict[_PassKey, List[str]]:
+        passes: Dict[_PassKey, List[str]] = {}
+
+        def add(key: _PassKey, taps: Sequence[str]) -> None:
+            have = passes.setdefault(key, [])
+            have.extend(t for t in taps if t not in have)
+
+        for plane in diag_planes:
+            p = self.diag_meta["planes"][plane]
+            prep = self.diag_meta["preprocessing"]
+            add(_PassKey(p["backbone"], plane, int(p["timestep"]), int(prep["slices"]), int(prep["size"])),
+                [p["block"]])
+        for plane in seg_planes:
+            s = self.seg_meta[plane]
+            prep = s["preprocessing"]
+            add(_PassKey(s["backbone"], plane, int(s["timestep"]), int(prep["slices"]), int(prep["size"])),
+                list(self.seg_heads[plane].required_taps))
+        return passes
+
+    # ------------------------------------------------------------------------------------------------ predict
+    def predict(self, exam: Exam, ehr: Optional[Mapping[str, Any]] = None, *, diagnosis: bool = True,
+                segmentation: bool = True, noise_draws: int = 1, progress: Optional[ProgressFn] = None,
+                cancel: Optional[threading.Event] = None) -> PredictionResult:
+        """Predict one exam (see the module docstring). ``ehr``: an EHR record (:mod:`OrthoDiffusionLib.ehr`)."""
+        return self.predict_many([exam], [ehr], diagnosis=diagnosis, segmentation=segmentation,
+                                 noise_draws=noise_draws, progress=progress, cancel=cancel)[0]
+
+    def predict_many(self, exams: Sequence[Exam], ehr: Optional[Sequence[Optional[Mapping[str, Any]]]] = None, *,
+                     diagnosis: bool = True, segmentation: bool = True, noise_draws: int = 1,
+                     progress: Optional[ProgressFn] = None, cancel: Optional[threading.Event] = None,
+                     batch_size: int = 8) -> List[PredictionResult]:
+        """Predict several exams with the loaded model, ``batch_size`` exams per backbone pass (exams with the same
+        planes are batched together). Returns one result per exam, in order."""
+        if noise_draws < 1:
+            raise ValueError(f"noise_draws must be >= 1, got {noise_draws}")
+        if not diagnosis and not segmentation:
+            raise ValueError("nothing to do: diagnosis and segmentation are both off")
+        exams = list(exams)
+        records = list(ehr) if ehr is not None else [None] * len(exams)
+        if len(records) != len(exams):
+            raise ValueError(f"{len(records)} EHR records for {len(exams)} exams")
+        plans = [self._plan(e, diagnosis, segmentation, r is not None) for e, r in zip(exams, records)]
+        groups: Dict[Tuple[Tuple[str, ...], Tuple[str, ...]], List[int]] = {}
+        for i, (dp, sp, _) in enumerate(plans):
+            groups.setdefault((tuple(dp), tuple(sp)), []).append(i)
+        batches = [idx[k:k + batch_size] for idx in groups.values() for k in range(0, len(idx), batch_size)]
+        results: List[Optional[PredictionResult]] = [None] * len(exams)
+        for b, idx in enumerate(batches):
+            def sub_progress(stage: str, fraction: float, b=b) -> None:
+                if progress is not None:
+                    progress(stage, (b + fraction) / len(batches))
+
+            dp, sp, _ = plans[idx[0]]
+            out = self._run_with_fallback([exams[i] for i in idx], [records[i] for i in idx], dp, sp, noise_draws,
+                                          sub_progress, cancel)
+            for i, res in zip(idx, out):
+                res.warnings[:0] = plans[i][2]
+                results[i] = res
+        if progress is not None:
+            progress("done", 1.0)
+        return [r for r in results if r is not None]
+
+    def _run_with_fallback(self, exams, records, diag_planes, seg_planes, draws, progress, cancel
+                           ) -> List[PredictionResult]:
+        try:
+            return self._run_batch(exams, records, diag_planes, seg_planes, draws, progress, cancel)
+        except torch.cuda.OutOfMemoryError:
+            if self.device.type != "cuda":
+                raise
+            note = "CUDA ran out of memory: fell back to the CPU (slower)"
+            warnings.warn(note)
+            torch.cuda.empty_cache()
+            self._move(torch.device("cpu"))
+            out = self._run_batch(exams, records, diag_planes, seg_planes, draws, progress, cancel)
+            for r in out:
+                r.warnings.append(note)
+            return out
+
+    def _run_batch(self, exams: Sequence[Exam], records: Sequence[Optional[Mapping[str, Any]]],
+                   diag_planes: Sequence[str], seg_planes: Sequence[str], draws: int,
+                   progress: ProgressFn, cancel: Optional[threading.Event]) -> List[PredictionResult]:
+        stage_start = dict(_STAGES)
+
+        def report(stage: str, within: float) -> None:
+            if cancel is not None and cancel.is_set():
+                raise CancelledError("prediction cancelled")
+            names = [s for s, _ in _STAGES]
+            nxt = names.index(stage) + 1
+            end = _STAGES[nxt][1] if nxt < len(names) else 1.0
+            progress(stage, stage_start[stage] + within * (end - stage_start[stage]))
+
+        n = len(exams)
+        timings: Dict[str, float] = {"load_model": self.load_seconds}
+        clock = time.perf_counter()
+        t0 = clock
+        # 1. preprocess: each plane once per preprocessing grid
+        passes = self._passes(diag_planes, seg_planes)
+        grids = sorted({(k.plane, k.slices, k.size) for k in passes})
+        prepped: Dict[Tuple[str, int, int], List[PreprocessedSeries]] = {}
+        for g, (plane, slices, size) in enumerate(grids):
+            report("preprocess", g / max(1, len(grids)))
+            prepped[(plane, slices, size)] = [preprocess_series(e.get(plane), slices=slices, size=size)
+                                             for e in exams]
+        timings["preprocess"] = time.perf_counter() - clock
+        # 2. backbone passes -> heads, per noise draw
+        clock = time.perf_counter()
+        dev = self.device
+        diag_probs: List[torch.Tensor] = []     # per draw (B, K) calibrated
+        raw_probs: List[torch.Tensor] = []      # per draw (B, K) uncalibrated
+        weights_sum: Optional[torch.Tensor] = None
+        fused_by = None
+        ehr_used = False
+        seg_sum: Dict[str, torch.Tensor] = {}
+        head_seconds = {"diagnosis": 0.0, "segmentation": 0.0}
+        total_steps = draws * len(passes)
+        step = 0
+        with torch.no_grad():
+            for draw in range(draws):
+                taps_of: Dict[_PassKey, Dict[str, torch.Tensor]] = {}
+                for key, tap_names in passes.items():
+                    report("backbone", step / max(1, total_steps))
+                    step += 1
+                    vols = prepped[(key.plane, key.slices, key.size)]
+                    x0 = torch.stack([torch.from_numpy(v.volume) for v in vols])[:, None].to(dev)
+                    g_seed = _noise_seed(self.seed, draw, key.plane, key.timestep)
+                    noise = torch.cat([torch.randn((1, *x0.shape[1:]), generator=torch.Generator().manual_seed(g_seed))
+                                       for _ in range(n)]).to(dev)
+                    t = self.schedule.as_timesteps(key.timestep, n, dev)
+                    x_t = self.schedule.q_sample(x0, t, noise)
+                    taps_of[key] = self.backbones[key.backbone].encode(x_t, t, tap_names)
+                report("backbone", step / max(1, total_steps))
+                hc = time.perf_counter()
+                if diag_planes:
+                    taps = {}
+                    for plane in diag_planes:
+                        p = self.diag_meta["planes"][plane]
+                        prep = self.diag_meta["preprocessing"]
+                        key = _PassKey(p["backbone"], plane, int(p["timestep"]), int(prep["slices"]),
+                                       int(prep["size"]))
+                        taps[plane] = taps_of[key][p["block"]]
+                    out = self.diagnosis_head(taps)
+                    fused_by = out.fused_by
+                    temps = self.diagnosis_head.calibration.temperature.to(out.logits.dtype)
+                    raw_logits = out.logits * temps
+                    cal = out.probabilities
+                    raw = torch.sigmoid(raw_logits)
+                    ehr_rows = self._ehr_rows(records, diag_planes)
+                    if ehr_rows is not None:
+                        feats = self.diagnosis_head.pooled(taps)
+                        mri = torch.cat([feats[p] for p in self.diagnosis_head.planes], dim=1)
+                        batch = self.ehr_model.encoder.encode([r or {} for r in records])
+                        z = self.ehr_model(mri, batch)
+                        use = ehr_rows.to(dev)[:, None]
+                        raw = torch.where(use, torch.sigmoid(z), raw)
+                        cal = torch.where(use, torch.sigmoid(z), cal)
+                        ehr_used = True
+                    w = out.plane_weights
+                    if w is None:  # no MPAE: equal shares of the present planes
+                        mask = torch.tensor([p in diag_planes for p in PLANES], dtype=cal.dtype, device=dev)
+                        w = (mask / mask.sum()).expand(n, cal.shape[1], len(PLANES))
+                    weights_sum = w.detach().float().cpu() if weights_sum is None else weights_sum + w.float().cpu()
+                    diag_probs.append(cal.float().cpu())
+                    raw_probs.append(raw.float().cpu())
+                head_seconds["diagnosis"] += time.perf_counter() - hc
+                hc = time.perf_counter()
+                for plane in seg_planes:
+                    s = self.seg_meta[plane]
+                    prep = s["preprocessing"]
+                    key = _PassKey(s["backbone"], plane, int(s["timestep"]), int(prep["slices"]), int(prep["size"]))
+                    shape = (int(prep["slices"]), int(prep["size"]), int(prep["size"]))
+                    logits = self.seg_heads[plane](taps_of[key], output_size=shape)
+                    logits = logits.masked_fill(~self._allowed_classes(plane, logits.device)[None, :, None, None, None],
+                                                float("-inf"))
+                    probs = torch.softmax(logits.float(), dim=1).cpu()
+                    seg_sum[plane] = probs if plane not in seg_sum else seg_sum[plane] + probs
+                head_seconds["segmentation"] += time.perf_counter() - hc
+                del taps_of
+        timings["backbone"] = time.perf_counter() - clock - sum(head_seconds.values())
+        timings.update(head_seconds)
+        # 3. per-exam results: labels, segmentations on the original grid, measures
+        report("segmentation", 0.0)
+        clock = time.perf_counter()
+        segs: List[Dict[str, sitk.Image]] = [{} for _ in range(n)]
+        for plane in seg_planes:
+            values = torch.tensor(self.seg_meta[plane]["class_values"], dtype=torch.uint8)
+            classes = seg_sum[plane].argmax(dim=1)  # (B, D, H, W)
+            prep = self.seg_meta[plane]["preprocessing"]
+            series_prep = prepped[(plane, int(prep["slices"]), int(prep["size"]))]
+            for i in range(n):
+                report("segmentation", (i + 1) / n)
+                segs[i][plane] = series_prep[i].to_original(values[classes[i]].numpy(), "nearest")
+        timings["resample"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        measures: List[List[Dict[str, Any]]] = [[] for _ in range(n)]
+        if seg_planes:
+            from .seg_measures import measure_structures
+
+            structures = {s.key: s for s in label_tables.knee_structures()}
+            for i in range(n):
+                report("measures", i / n)
+                for plane, img in segs[i].items():
+                    keys = self.seg_meta[plane]["structures"]
+                    rows = measure_structures(img, structures=[structures[k] for k in keys
+                                                                if plane in structures[k].planes])
+                    measures[i] += [{"plane": plane, **r.as_dict()} for r in rows]
+        timings["measures"] = time.perf_counter() - clock
+        report("measures", 1.0)
+        per_exam = {k: v / n for k, v in timings.items() if k != "load_model"}
+        per_exam["total"] = (time.perf_counter() - t0) / n
+        results = []
+        summary = aggregate_noise_draws(torch.stack(diag_probs)) if diag_probs else None
+        raw_mean = torch.stack(raw_probs).double().mean(0).numpy() if raw_probs else None
+        for i, exam in enumerate(exams):
+            label_rows: List[Dict[str, Any]] = []
+            if summary is not None:
+                w = (weights_sum[i] / draws).numpy()
+                for k, lab in enumerate(self.labels):
+                    pw = {p: float(w[k, j]) for j, p in enumerate(PLANES)}
+                    total = sum(pw.values())
+                    pw = {p: v / total for p, v in pw.items()}
+                    label_rows.append({"key": lab["key"], "name": lab["name"],
+                                       "probability": float(raw_mean[i, k]),
+                                       "calibrated_probability": float(summary.mean[i, k]),
+                                       "uncertainty": float(summary.std[i, k]), "plane_weights": pw})
+            results.append(PredictionResult(
+                labels=label_rows, segmentations=segs[i], measures=measures[i],
+                exam={"source": exam.source, "planes": {p: _series_summary(exam, p) for p in PLANES},
+                      "choices": list(exam.choices), "diagnosis_planes": list(diag_planes),
+                      "segmentation_planes": list(seg_planes)},
+                model=self.bundle.summary(), timings={"load_model": self.load_seconds, **per_exam},
+                device=str(self.device), warnings=[], fused_by=fused_by if diag_planes else None,
+                ehr_used=bool(ehr_used and records[i] is not None), noise_draws=draws,
+                images={p: exam.get(p).image for p in exam.planes_present()}))
+        return results
+
+    def _ehr_rows(self, records: Sequence[Optional[Mapping[str, Any]]], diag_planes: Sequence[str]
+                  ) -> Optional[torch.Tensor]:
+        """(B,) bool: which exams use EHR late fusion (None when none can)."""
+        if self.ehr_model is None or len(diag_planes) < len(self.diag_meta["planes"]):
+            return None
+        rows = torch.tensor([r is not None for r in records])
+        return rows if bool(rows.any()) else None
+
+    def _allowed_classes(self, plane: str, device: torch.device) -> torch.Tensor:
+        """(C,) bool: output classes that may be predicted on ``plane`` (background + the plane's structures)."""
+        s = self.seg_meta[plane]
+        allowed_values = {0} | {st.value for st in label_tables.knee_structures(plane) if st.key in s["structures"]}
+        return torch.tensor([v in allowed_values for v in s["class_values"]], device=device)
+
+
+
+# ---------------------------------------------------------------------------------------------------- outputs
+MEASURE_COLUMNS = ("plane", "value", "key", "name", "volume_ml", "mean_thickness_mm")
+
+
+def _write_measures_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(MEASURE_COLUMNS)
+        for r in rows:
+            thick = _nan_to_none(r.get("mean_thickness_mm"))
+            writer.writerow([r["plane"], r["value"], r["key"], r["name"], f"{r['volume_ml']:.4f}",
+                             "" if thick is None else f"{thick:.4f}"])
+
+
+def write_outputs(result: PredictionResult, out_dir: PathLike, overwrite: bool = False) -> Path:
+    """Write every output of ``result`` into ``out_dir`` atomically: everything goes into a temporary folder beside
+    it, which is renamed onto ``out_dir`` only when all files were written (an error leaves nothing behind).
+
+    Files: ``diagnosis.json``, ``segmentation_<plane>.seg.nrrd`` + ``labelmap_<plane>.nii.gz`` per segmented plane,
+    ``measures.csv``, ``report.html``. An existing non-empty ``out_dir`` is refused unless ``overwrite``.
+    """
+    import json
+    import shutil
+    import tempfile
+
+    from .report import write_report
+    from .seg_io import write_labelmap_nifti, write_seg_nrrd
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError("the output path exists and is not a folder", out)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise InputError("the output folder exists and is not empty (choose another or pass --overwrite)", out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial.", dir=out.parent))
+    try:
+        data = result.to_json()
+        (tmp / "diagnosis.json").write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        for plane, img in result.segmentations.items():
+            write_seg_nrrd(img, tmp / f"segmentation_{plane}.seg.nrrd", plane=plane)
+            write_labelmap_nifti(img, tmp / f"labelmap_{plane}.nii.gz")
+        _write_measures_csv(result.measures, tmp / "measures.csv")
+        write_report(result, tmp / "report.html")
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, old / "previous")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

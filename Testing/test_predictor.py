@@ -1,0 +1,281 @@
+"""Predictor and ``orthodiffusion predict``/``demo``: outputs on the original geometry (real DICOM study), missing
+planes, bad inputs (one line, no partial output), progress/cancel, batching, noise draws, EHR, the report."""
+from __future__ import annotations
+
+import csv
+import html.parser
+import io
+import json
+import shutil
+import threading
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from bundle_helpers import make_tiny_bundle, tiny_exam
+from io_helpers import load_dess, reformat
+
+from OrthoDiffusionLib import Predictor
+from OrthoDiffusionLib.cli import main
+from OrthoDiffusionLib.errors import CancelledError, MissingPlaneError
+from OrthoDiffusionLib.io import read_series, write_dicom_series
+from OrthoDiffusionLib.labels import PLANES, knee_structures
+from OrthoDiffusionLib.predictor import load_exam, write_outputs
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bundles")
+    return {"mpae": make_tiny_bundle(d / "tiny.odbundle"),
+            "strict": make_tiny_bundle(d / "strict.odbundle", with_mpae=False, segmentation_planes=("sagittal",)),
+            "ehr": make_tiny_bundle(d / "ehr.odbundle", ehr=True, segmentation_planes=()),
+            "seg_only": make_tiny_bundle(d / "seg.odbundle", diagnosis=False, segmentation_planes=("coronal",))}
+
+
+@pytest.fixture(scope="module")
+def study(shared_data, tmp_path_factory):
+    """Real sagittal DESS (copied DICOM) + its coronal and axial reformats written as DICOM series."""
+    root = tmp_path_factory.mktemp("study")
+    dess = load_dess(shared_data)
+    shutil.copytree(shared_data / "dess_sagittal_dicom", root / "study" / "sag_dess")
+    for plane in ("coronal", "axial"):
+        write_dicom_series(reformat(dess.image, plane), root / "study" / plane, series_description=f"PD {plane}",
+                           uid_seed=f"pipeline-test-{plane}")
+    return root / "study"
+
+
+def _one_line_error(capsys, *needles):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("orthodiffusion predict: error:")
+    for n in needles:
+        assert n in err[0], err[0]
+
+
+def _no_partial(parent, name="out"):
+    assert not (parent / name).exists()
+    assert not [p for p in parent.iterdir() if p.name.startswith(f".{name}.")]
+
+
+class _Links(html.parser.HTMLParser):
+    """Collects src/href attribute values of every tag."""
+
+    def __init__(self):
+        super().__init__()
+        self.urls = []
+
+    def handle_starttag(self, tag, attrs):
+        self.urls += [v for k, v in attrs if k in ("src", "href") and v]
+
+
+def test_predict_real_study_outputs_on_original_geometry(study, bundles, tmp_path, capsys):
+    import slicerio
+
+    out = tmp_path / "out"
+    rc = main(["predict", "--study", str(study), "--model", str(bundles["mpae"]), "--out", str(out),
+               "--device", "cpu", "--progress", "none", "--json"])
+    assert rc == 0, capsys.readouterr().err
+    printed = json.loads(capsys.readouterr().out)
+    data = json.loads((out / "diagnosis.json").read_text())
+    assert printed == data
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["diagnosis.json", "measures.csv", "report.html", "segmentation_sagittal.seg.nrrd",
+         "segmentation_coronal.seg.nrrd", "labelmap_sagittal.nii.gz", "labelmap_coronal.nii.gz"])
+    assert data["exam"]["planes"]["sagittal"]["source"].endswith("sag_dess")
+    assert len(data["labels"]) == 8 and data["warnings"] == []
+    for lb in data["labels"]:
+        assert 0 <= lb["probability"] <= 1 and 0 <= lb["calibrated_probability"] <= 1
+        assert sum(lb["plane_weights"].values()) == pytest.approx(1.0, abs=1e-6)
+    for plane in ("sagittal", "coronal"):
+        series = read_series(data["exam"]["planes"][plane]["source"])
+        for name in (f"segmentation_{plane}.seg.nrrd", f"labelmap_{plane}.nii.gz"):
+            seg = sitk.ReadImage(str(out / name))
+            assert seg.GetSize() == series.image.GetSize()
+            np.testing.assert_allclose(seg.GetOrigin(), series.image.GetOrigin(), atol=1e-3)
+            np.testing.assert_allclose(seg.GetSpacing(), series.image.GetSpacing(), atol=1e-5)
+            np.testing.assert_allclose(seg.GetDirection(), series.image.GetDirection(), atol=1e-5)
+        segmentation = slicerio.read_segmentation(str(out / f"segmentation_{plane}.seg.nrrd"))
+        names = [s["name"] for s in segmentation["segments"]]
+        assert names == [s.name for s in knee_structures(plane)]
+        values = np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"labelmap_{plane}.nii.gz"))))
+        assert set(values.tolist()) <= {0} | {s.value for s in knee_structures(plane)}
+    rows = list(csv.DictReader(io.StringIO((out / "measures.csv").read_text())))
+    assert {r["plane"] for r in rows} == {"sagittal", "coronal"}
+    assert len(rows) == len(knee_structures("sagittal")) + len(knee_structures("coronal"))
+    report = (out / "report.html").read_text()
+    assert "Research use only, not for diagnosis" in report and "SIMULATED" in report
+    assert 'id="sankey"' in report and '"type":"sankey"' in report
+    links = _Links()
+    links.feed(report)
+    assert all(u.startswith(("data:", "#")) for u in links.urls), links.urls  # nothing fetched from a network
+    assert sum(u.startswith("data:image/png;base64,") for u in links.urls) == 3  # one overlay per plane
+    assert data["model"]["sha256"] in report
+
+
+def test_missing_plane_fails_when_the_model_needs_all_three(study, bundles, tmp_path, capsys):
+    rc = main(["predict", "--sagittal", str(study / "sag_dess"), "--coronal", str(study / "coronal"),
+               "--model", str(bundles["strict"]), "--out", str(tmp_path / "out"), "--progress", "none"])
+    assert rc == 2
+    _one_line_error(capsys, "axial")
+    _no_partial(tmp_path)
+    with pytest.raises(MissingPlaneError, match="axial"):
+        Predictor(bundles["strict"], device="cpu").predict(tiny_exam(0, planes=("sagittal", "coronal")))
+
+
+def test_missing_plane_runs_mpae_and_says_so(bundles):
+    result = Predictor(bundles["mpae"], device="cpu").predict(tiny_exam(1, planes=("sagittal", "coronal")))
+    assert any("axial plane missing" in w and "MPAE" in w for w in result.warnings)
+    assert result.fused_by == "mpae"
+    for lb in result.labels:
+        assert lb["plane_weights"]["axial"] == 0.0
+        assert sum(lb["plane_weights"].values()) == pytest.approx(1.0)
+    assert sorted(result.segmentations) == ["coronal", "sagittal"]
+    only_axial = Predictor(bundles["mpae"], device="cpu").predict(tiny_exam(1, planes=("axial",)))
+    assert only_axial.segmentations == {}
+    assert any("no sagittal series" in w for w in only_axial.warnings)
+
+
+def test_corrupt_and_non_mr_inputs_fail_with_one_line(study, bundles, tmp_path, capsys):
+    good = tmp_path / "good.nii.gz"
+    sitk.WriteImage(sitk.ReadImage(str(next((study / "coronal").iterdir()))), str(good))
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    args = ["--model", str(bundles["mpae"]), "--progress", "none"]
+    assert main(["predict", "--sagittal", str(bad), "--out", str(tmp_path / "out"), *args]) == 2
+    _one_line_error(capsys, "bad.nii.gz")
+    _no_partial(tmp_path)
+    ct = tmp_path / "ct_series"
+    write_dicom_series(read_series(study / "axial").image, ct, modality="CT", uid_seed="pipeline-ct")
+    assert main(["predict", "--axial", str(ct), "--out", str(tmp_path / "out"), *args]) == 2
+    _one_line_error(capsys, "CT", "ct_series")
+    _no_partial(tmp_path)
+
+
+def test_existing_output_needs_overwrite_and_failed_write_leaves_old_output(bundles, tmp_path, capsys):
+    result = Predictor(bundles["mpae"], device="cpu").predict(tiny_exam(2))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("old")
+    with pytest.raises(Exception, match="not empty"):
+        write_outputs(result, out)
+    assert (out / "keep.txt").exists()
+    write_outputs(result, out, overwrite=True)
+    assert not (out / "keep.txt").exists() and (out / "report.html").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_progress_and_cancel(bundles):
+    predictor = Predictor(bundles["mpae"], device="cpu")
+    events = []
+    predictor.predict(tiny_exam(3), progress=lambda s, f: events.append((s, f)))
+    fractions = [f for _, f in events]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0 and events[-1] == ("done", 1.0)
+    assert {"preprocess", "backbone", "segmentation", "measures"} <= {s for s, _ in events}
+    cancel = threading.Event()
+
+    def stop_in_backbone(stage, fraction):
+        if stage == "backbone":
+            cancel.set()
+
+    with pytest.raises(CancelledError):
+        predictor.predict(tiny_exam(3), progress=stop_in_backbone, cancel=cancel, segmentation=False)
+
+
+def test_progress_json_lines_on_stderr(bundles, tmp_path, capsys):
+    exam_dir = tmp_path / "in"
+    exam_dir.mkdir()
+    for plane in PLANES:
+        sitk.WriteImage(tiny_exam(4).get(plane).image, str(exam_dir / f"{plane}.nii.gz"))
+    rc = main(["predict", "--study", str(exam_dir), "--model", str(bundles["mpae"]), "--out", str(tmp_path / "o"),
+               "--progress", "json", "--no-segmentation"])
+    assert rc == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("ORTHODIFFUSION-PROGRESS ")]
+    events = [json.loads(ln.split(" ", 1)[1]) for ln in lines]
+    assert events[-1] == {"stage": "done", "fraction": 1.0} and len(events) > 3
+    assert not (tmp_path / "o" / "segmentation_sagittal.seg.nrrd").exists()
+
+
+def test_batch_equals_single_and_noise_draws(bundles):
+    predictor = Predictor(bundles["mpae"], device="cpu")
+    exams = [tiny_exam(10), tiny_exam(20), tiny_exam(30, planes=("sagittal", "coronal"))]
+    many = predictor.predict_many(exams, batch_size=2)
+    for i, (exam, res) in enumerate(zip(exams, many)):
+        one = predictor.predict(exam, segmentation=i == 0)
+        np.testing.assert_allclose([lb["calibrated_probability"] for lb in res.labels],
+                                   [lb["calibrated_probability"] for lb in one.labels], atol=1e-5)
+        for plane, img in one.segmentations.items():
+            agree = (sitk.GetArrayFromImage(img) == sitk.GetArrayFromImage(res.segmentations[plane])).mean()
+            assert agree > 0.999
+    assert many[0].labels != many[1].labels
+    single = many[0]
+    assert all(lb["uncertainty"] == 0.0 for lb in single.labels)
+    k2 = predictor.predict(exams[0], noise_draws=2, segmentation=False)
+    again = predictor.predict(exams[0], noise_draws=2, segmentation=False)
+    assert k2.labels == again.labels  # fixed seed: reproducible
+    assert max(lb["uncertainty"] for lb in k2.labels) > 0
+    assert k2.noise_draws == 2
+
+
+def test_ehr_late_fusion_changes_the_probabilities(bundles):
+    predictor = Predictor(bundles["ehr"], device="cpu")
+    exam = tiny_exam(5)
+    plain = predictor.predict(exam)
+    fused = predictor.predict(exam, {"age": 25, "sex": "female", "injury_event": "sports_accident"})
+    assert not plain.ehr_used and fused.ehr_used
+    assert not np.allclose([lb["probability"] for lb in plain.labels], [lb["probability"] for lb in fused.labels])
+    other = Predictor(bundles["mpae"], device="cpu").predict(exam, {"age": 25})
+    assert any("no EHR branch" in w for w in other.warnings)
+
+
+def test_load_exam_from_series_paths(study):
+    exam = load_exam(sagittal=study / "sag_dess", axial=study / "axial")
+    assert exam.planes_present() == ["sagittal", "axial"]
+    with pytest.raises(Exception, match="coronal"):
+        load_exam(sagittal=study / "coronal")  # a coronal series given as sagittal
+
+
+def test_demo_end_to_end_with_a_given_model(bundles, tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc = main(["demo", "--model", str(bundles["mpae"]), "--out", str(out), "--matrix", "64", "--progress", "none",
+               "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    text = capsys.readouterr().out
+    assert "joint effusion" in text and f"report: {(out / 'report.html').resolve()}" in text
+    data = json.loads((out / "diagnosis.json").read_text())
+    assert data["exam"]["source"].startswith("simulated exam")
+    assert (out / "segmentation_sagittal.seg.nrrd").is_file()
+
+
+def test_demo_without_the_shipped_model_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ORTHODIFFUSION_HOME", str(tmp_path / "empty-home"))
+    import OrthoDiffusionLib.model_registry as reg
+
+    monkeypatch.setattr(reg, "shipped_registry_path", lambda: tmp_path / "no-registry" / "models.json")
+    assert main(["demo", "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "demo model" in err[0] and "--model" in err[0]
+    assert not (tmp_path / "d").exists()
+
+
+def test_segmentation_only_model(bundles, tmp_path):
+    result = Predictor(bundles["seg_only"], device="cpu").predict(tiny_exam(6))
+    assert result.labels == [] and result.fused_by is None
+    assert list(result.segmentations) == ["coronal"]
+    assert any("no diagnosis head" in w for w in result.warnings)
+    write_outputs(result, tmp_path / "o")
+    report = (tmp_path / "o" / "report.html").read_text()
+    assert 'id="sankey"' not in report and "No diagnosis" in report
+    assert json.loads((tmp_path / "o" / "diagnosis.json").read_text())["labels"] == []
+
+
+def test_bench_predict_subject_runs(bundles, tmp_path, capsys):
+    exam_dir = tmp_path / "in"
+    exam_dir.mkdir()
+    for plane in PLANES:
+        sitk.WriteImage(tiny_exam(7).get(plane).image, str(exam_dir / f"{plane}.nii.gz"))
+    rc = main(["bench", "predict", "--model", str(bundles["mpae"]), "--exams", "1", "2", "--repeats", "1",
+               "--study", str(exam_dir), "--no-segmentation", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["exams"] for r in out["rows"]] == [1, 2]
+    assert out["ratio_per_exam_N1_over_N2"] > 0 and out["model"] == "tiny-test"

@@ -1,0 +1,276 @@
+"""train-segmentation: a tiny run end to end (width-32 backbone, 16 x 32 x 32), the run folder contract, reloading,
+exact resume, the coronal class mask from the label table, and a bad manifest."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from OrthoDiffusionLib import labels
+from OrthoDiffusionLib.backbone import DiffusionUNet
+from OrthoDiffusionLib.checkpoints import load_backbone_state, save_backbone, tensors_sha256
+from OrthoDiffusionLib.cli import main
+from OrthoDiffusionLib.errors import InputError, MissingPathError
+from OrthoDiffusionLib.training.seg_data import SegVolumes, nested_patient_subset, read_seg_cases
+from OrthoDiffusionLib.training.seg_losses import class_mask_for_plane
+from OrthoDiffusionLib.training.seg_model import DiffusionSegmenter, predict_probabilities
+from OrthoDiffusionLib.training.seg_trainer import evaluate, latest_checkpoint
+from OrthoDiffusionLib.training.train_segmentation import (build_head, head_config, load_seg_config,
+                                                           load_segmentation_run, train_segmentation)
+
+# direction matrices (ITK, row-major; column j = direction of array axis j) giving the canonical orientations
+DIRECTIONS = {
+    "sagittal": (0, 0, 1, 1, 0, 0, 0, -1, 0),    # columns -> P, rows -> I, slices -> L   ("PIL")
+    "coronal": (1, 0, 0, 0, 0, 1, 0, -1, 0),     # columns -> L, rows -> I, slices -> P   ("LIP")
+}
+TINY = ["preprocessing.size=32", "epochs=2", "batch_size=2", "head.decoder_channels=[32,16,16,8]",
+        "eval.noise_draws=1", "augment.p_affine=0.5"]
+
+
+def _case(rng: np.random.Generator, plane: str, shift: int):
+    """A 20 x 40 x 40 series with box-shaped structures (one per label value) and its labelmap."""
+    lab = np.zeros((20, 40, 40), np.uint8)
+    for v in range(1, 12):
+        r, c = 3 + 3 * ((v - 1) % 4) * 1 + shift, 3 + 8 * ((v - 1) // 4) + shift
+        lab[4:16, r * 1:r + 3, c:c + 6] = v
+    img = (100 + 40 * lab.astype(np.float32) + rng.normal(0, 5, lab.shape)).astype(np.float32)
+    out = []
+    for arr, dtype in ((img, sitk.sitkFloat32), (lab, sitk.sitkUInt8)):
+        im = sitk.Cast(sitk.GetImageFromArray(arr), dtype)
+        im.SetSpacing((0.5, 0.5, 3.0))
+        im.SetDirection(DIRECTIONS[plane])
+        out.append(im)
+    return out
+
+
+def _cohort(root: Path, planes=("sagittal",), n: int = 8) -> Path:
+    rng = np.random.default_rng(0)
+    splits = ["train"] * (n - 4) + ["val"] * 2 + ["test"] * 2
+    rows = []
+    for i in range(n):
+        pid = f"P{i:03d}"
+        (root / pid).mkdir(parents=True)
+        for plane in planes:
+            img, lab = _case(rng, plane, shift=i % 3)
+            sitk.WriteImage(img, str(root / pid / f"{plane}.nii.gz"))
+            sitk.WriteImage(lab, str(root / pid / f"{plane}_seg.nii.gz"))
+            rows.append({"patient_id": pid, "plane": plane, "series_path": f"{pid}/{plane}.nii.gz",
+                         "split": splits[i], "seg_path": f"{pid}/{plane}_seg.nii.gz"})
+    manifest = root / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    return _cohort(tmp_path_factory.mktemp("seg-cohort"), planes=("sagittal", "coronal"))
+
+
+@pytest.fixture(scope="module")
+def backbone_file(tmp_path_factory) -> Path:
+    torch.manual_seed(3)
+    net = DiffusionUNet(model_channels=32)
+    path = tmp_path_factory.mktemp("bb") / "backbone.safetensors"
+    save_backbone(net, path, "sagittal")
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(cohort, backbone_file, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "sag"
+    train_segmentation(cohort, "sagittal", backbone_file, out, config="seg-demo", overrides=TINY, device="cpu",
+                       command="test")
+    return out
+
+
+def test_run_folder_matches_the_contract(finished_run, backbone_file):
+    run = json.loads((finished_run / "run.json").read_text())
+    assert run["format"] == "orthodiffusion.segmentation-run" and run["version"] == 1
+    assert (run["plane"], run["timestep"], run["block"]) == ("sagittal", 50, "mid_2")
+    assert run["preprocessing"] == {"slices": 16, "size": 32}
+    assert run["head"]["name"] == "bottleneck" and run["head"]["bottleneck_tap"] == "mid_2"
+    assert run["head"]["tap_channels"]["mid_2"] == 128 and run["head"]["decoder_channels"] == [32, 16, 16, 8]
+    assert run["num_classes"] == 12
+    assert run["structures"] == [s.key for s in labels.knee_structures("sagittal")] and len(run["structures"]) == 11
+    assert run["config"]["epochs"] == 2 and run["config"]["lr"] == 1e-3 and run["config"]["backbone_lr_scale"] == 0.05
+    prov = run["provenance"]
+    assert {"command", "manifest", "manifest_sha256", "started", "finished", "backbone_sha256",
+            "synthetic_data_only"} <= set(prov)
+    assert prov["backbone_sha256"]["sagittal"] == run["config"]["backbone_sha256"]
+    for split, n in (("val", 2), ("test", 2)):
+        m = run["metrics"][split]
+        assert m["n_cases"] == n and set(run["structures"]) | {"mean"} == set(m["dice"]) == set(m["hd95"])
+        assert 0.0 <= m["dice"]["mean"]["mean"] <= 1.0
+        with open(finished_run / m["cases_file"]) as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == n and "dice_femur" in rows[0] and "hd95_pcl" in rows[0]
+    # the fine-tuned backbone differs from the input one in the trained encoder blocks; the decoder and the
+    # full-resolution blocks that seg-demo freezes (frozen_input_blocks 3) are unchanged
+    tuned, meta = load_backbone_state(finished_run / run["backbone"])
+    base, _ = load_backbone_state(backbone_file)
+    assert meta["plane"] == "sagittal" and run["config"]["frozen_input_blocks"] == 3
+    assert not torch.equal(tuned["input_blocks.3.0.in_layers.2.weight"], base["input_blocks.3.0.in_layers.2.weight"])
+    assert not torch.equal(tuned["middle_block.2.out_layers.3.weight"], base["middle_block.2.out_layers.3.weight"])
+    assert torch.equal(tuned["input_blocks.1.0.in_layers.2.weight"], base["input_blocks.1.0.in_layers.2.weight"])
+    assert torch.equal(tuned["out.2.weight"], base["out.2.weight"])
+    log = (finished_run / "log.csv").read_text().splitlines()
+    assert len(log) == 3 and log[0].startswith("epoch,loss")
+
+
+def test_reloaded_run_reproduces_its_test_metrics(finished_run):
+    model, run = load_segmentation_run(finished_run)
+    assert isinstance(model, DiffusionSegmenter)
+    cases = [c for c in read_seg_cases(run["provenance"]["manifest"], "sagittal") if c.split == "test"]
+    data = SegVolumes(cases, 16, 32)
+    res = evaluate(model, data, "sagittal", torch.device("cpu"), 1, run["config"]["eval"]["seed"])
+    for key in run["structures"]:
+        assert res["summary"]["dice"][key]["mean"] == pytest.approx(run["metrics"]["test"]["dice"][key]["mean"],
+                                                                    abs=1e-12, nan_ok=True)
+
+
+def test_resume_gives_the_same_weights_and_metrics(cohort, backbone_file, finished_run, tmp_path):
+    out = tmp_path / "resumed"
+    assert train_segmentation(cohort, "sagittal", backbone_file, out, config="seg-demo", overrides=TINY,
+                              device="cpu", stop_after_epoch=1) is None
+    assert latest_checkpoint(out).name == "epoch_001" and not (out / "run.json").exists()
+    with pytest.raises(Exception, match="--resume"):
+        train_segmentation(cohort, "sagittal", backbone_file, out, config="seg-demo", overrides=TINY, device="cpu")
+    with pytest.raises(Exception, match="different settings"):
+        train_segmentation(cohort, "sagittal", backbone_file, out, config="seg-demo", overrides=TINY + ["lr=0.01"],
+                           device="cpu", resume=True)
+    run = train_segmentation(cohort, "sagittal", backbone_file, out, config="seg-demo", overrides=TINY,
+                             device="cpu", resume=True)
+    ref = json.loads((finished_run / "run.json").read_text())
+    for name in ("seg_head.safetensors", "backbone.safetensors"):
+        a, _ = _state(out / name)
+        b, _ = _state(finished_run / name)
+        assert tensors_sha256(a) == tensors_sha256(b), name
+    assert run["metrics"]["test"]["dice"] == ref["metrics"]["test"]["dice"]
+    assert (out / "log.csv").read_text().splitlines()[1:] != []
+
+
+def _state(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path)), None
+
+
+def test_coronal_class_mask_comes_from_the_label_table(backbone_file):
+    excluded = {s.value for s in labels.knee_structures() if "coronal" not in s.planes}
+    assert {labels.structure_by_key()[k].value for k in ("patella", "patellar_cartilage")} == excluded
+    mask = class_mask_for_plane("coronal")
+    assert [i for i in range(12) if not mask[i]] == sorted(excluded)
+    net, _ = _net(backbone_file)
+    head = build_head(head_config("skip", net, "mid_2", {"decoder_channels": [32, 16, 16, 8]}))
+    model = DiffusionSegmenter(net, head, 50)
+    x = torch.rand(1, 1, 16, 32, 32) * 2 - 1
+    probs = predict_probabilities(model, x, "coronal", torch.Generator().manual_seed(0))
+    assert probs.shape == (1, 12, 16, 32, 32)
+    assert float(probs[0, sorted(excluded)].abs().max()) == 0.0
+    assert torch.allclose(probs.sum(1), torch.ones(1, 16, 32, 32), atol=1e-5)
+
+
+def _net(path):
+    from OrthoDiffusionLib.checkpoints import load_backbone
+
+    return load_backbone(path)
+
+
+def test_labels_are_resampled_with_the_image(cohort):
+    case = [c for c in read_seg_cases(cohort, "coronal") if c.split == "train"][0]
+    image, lab, spacing = SegVolumes([case], 16, 32).arrays(0)
+    assert image.shape == lab.shape == (16, 32, 32) and lab.dtype == np.uint8
+    assert set(np.unique(lab).tolist()) == set(range(12))  # nearest: only table values, every structure kept
+    assert spacing == pytest.approx([3.0, 40 * 0.5 / 32, 40 * 0.5 / 32])
+    # bright voxels are the labelled ones (image intensity grows with the label value)
+    assert image[lab == 11].mean() > image[lab == 1].mean() > image[lab == 0].mean()
+
+
+def test_nested_patient_subsets():
+    ids = [f"P{i}" for i in range(30)]
+    small, large = nested_patient_subset(ids, 5, seed=1), nested_patient_subset(ids, 12, seed=1)
+    assert len(small) == 5 and set(small) < set(large)
+    with pytest.raises(InputError):
+        nested_patient_subset(ids, 31)
+
+
+def test_missing_labelmap_is_one_clear_error(cohort, backbone_file, tmp_path, capsys):
+    bad = tmp_path / "manifest.csv"
+    text = cohort.read_text().replace("P001/sagittal_seg.nii.gz", "P001/missing_seg.nii.gz")
+    bad.write_text(text)
+    for name in ("P001", "P000"):
+        (tmp_path / name).symlink_to(cohort.parent / name)
+    with pytest.raises(MissingPathError, match="missing_seg.nii.gz.*row 3"):
+        read_seg_cases(bad, "sagittal")
+    out = tmp_path / "run"
+    code = main(["train-segmentation", "--manifest", str(bad), "--plane", "sagittal", "--backbone",
+                 str(backbone_file), "--out", str(out), "--config", "seg-demo", "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "missing_seg.nii.gz" in err[0] and "does not exist" in err[0]
+    assert not out.exists()
+
+
+def test_config_overrides_and_errors(tmp_path):
+    cfg = load_seg_config("seg-ft", ["planes.sagittal.timestep=100", "head.name=skip", "augment.enabled=false"])
+    assert cfg["planes"]["sagittal"] == {"timestep": 100, "block": "mid_2"} and cfg["head"]["name"] == "skip"
+    assert cfg["epochs"] == 30 and cfg["preprocessing"] == {"slices": 16, "size": 256}
+    demo = load_seg_config("seg-demo")
+    assert demo["preprocessing"]["size"] == 64 and "Deviations" in demo["description"]
+    with pytest.raises(InputError, match="block"):
+        load_seg_config("seg-ft", ["planes.coronal.block=mid_7"])
+    with pytest.raises(InputError, match="not a segmentation configuration"):
+        load_seg_config("knee-ft-opt")
+    with pytest.raises(MissingPathError):
+        load_seg_config(tmp_path / "none.json")
+
+
+def test_baseline_trains_on_the_same_cases_and_reloads(cohort, tmp_path):
+    pytest.importorskip("monai")
+    from OrthoDiffusionLib.training.train_segmentation import train_seg_baseline
+
+    out = tmp_path / "unet"
+    run = train_seg_baseline(cohort, "sagittal", "unet", out, config="seg-demo", device="cpu",
+                             overrides=["preprocessing.size=32", "baseline.epochs=1",
+                                        "baseline.unet3d.channels=[8,8,16,16,32]"])
+    assert run["format"] == "orthodiffusion.segmentation-baseline-run"
+    assert run["model"] == {"name": "unet3d", "channels": [8, 8, 16, 16, 32]}
+    assert run["data"] == {"train_cases": 4, "val_cases": 2, "test_cases": 2, "train_patients": 4}
+    model, _ = load_segmentation_run(out)
+    cases = [c for c in read_seg_cases(cohort, "sagittal") if c.split == "test"]
+    res = evaluate(model, SegVolumes(cases, 16, 32), "sagittal", torch.device("cpu"))
+    assert res["summary"]["dice"]["mean"]["mean"] == pytest.approx(run["metrics"]["test"]["dice"]["mean"]["mean"])
+
+
+def test_evaluate_segmentation_tables_and_fusion(cohort, backbone_file, finished_run, tmp_path, capsys):
+    cor = tmp_path / "cor"
+    train_segmentation(cohort, "coronal", backbone_file, cor, config="seg-demo", device="cpu",
+                       overrides=[o if o != "epochs=2" else "epochs=1" for o in TINY])
+    out = tmp_path / "eval"
+    assert main(["evaluate-segmentation", "--runs", str(finished_run), str(cor), "--out", str(out)]) == 0
+    md = (out / "table.md").read_text()
+    assert "### Sagittal: Dice (%)" in md and "### Coronal: HD95 (mm)" in md
+    coronal_part = md.split("### Coronal")[1]
+    assert "Patella" not in coronal_part and "Femur" in coronal_part and "OrthoDiffusion FT" in coronal_part
+    with open(out / "table.csv") as f:
+        rows = list(csv.DictReader(f))
+    run = json.loads((finished_run / "run.json").read_text())
+    femur = [r for r in rows if r["plane"] == "sagittal" and r["metric"] == "dice" and r["structure"] == "femur"]
+    assert float(femur[0]["mean"]) == pytest.approx(run["metrics"]["test"]["dice"]["femur"]["mean"], rel=1e-5)
+    with open(out / "fusion.csv") as f:
+        fusion = list(csv.DictReader(f))
+    assert {r["method"] for r in fusion} == {"sagittal only", "coronal only", "fused"}
+    assert {r["grid"] for r in fusion} == {"sagittal", "coronal"}
+    assert all(int(r["n"]) <= 2 for r in fusion)
+    example = list(out.glob("fusion_example_*.nii.gz"))
+    assert len(example) == 1
+    fused = sitk.GetArrayFromImage(sitk.ReadImage(str(example[0])))
+    assert fused.max() <= 11 and fused.ndim == 3
+    assert "fused" in capsys.readouterr().out
