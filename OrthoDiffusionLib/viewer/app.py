@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional
 from .. import labels as label_tables
 from ..errors import InputError
 from ..io import PLANES, Exam, load_study
+from ..model_registry import orthodiffusion_home
 from .background import BackgroundTask, TaskOutcome
 from .folders import list_folder
 from .results import ResultFolder, is_result_folder, open_result_folder
@@ -38,11 +39,6 @@ def use_offscreen_rendering() -> None:
     failing to open X. A ``VTK_DEFAULT_OPENGL_WINDOW`` already set is kept."""
     if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
         os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
-
-
-def orthodiffusion_home() -> Path:
-    """``$ORTHODIFFUSION_HOME`` (default ``~/.local/share/orthodiffusion``)."""
-    return Path(os.environ.get("ORTHODIFFUSION_HOME") or "~/.local/share/orthodiffusion").expanduser()
 
 
 def new_result_folder(root: Path, stem: str) -> Path:
