@@ -288,3 +288,16 @@ def test_run_shows_the_result_and_cancel_leaves_no_result_folder(viewer_app, stu
     assert app.state.progress_stage == "Run: cancelled"
     assert list((tmp_path / "results").iterdir()) == written  # no new (partial) result folder
     assert app.result.path == written[0]  # the shown result is unchanged
+
+
+def test_diagnosis_rows_show_uncertainty_only_with_several_noise_draws(tmp_path, study):
+    from OrthoDiffusionLib.viewer.app import diagnosis_rows
+
+    written = write_result_folder(tmp_path / "res", {}, probabilities=[0.05, 0.5, 0.954, 0.1, 0.2, 0.3, 0.4, 0.6])
+    for draws, text in [(4, "95% ± 2%"), (1, "95%")]:
+        written["noise_draws"] = draws
+        (tmp_path / "res" / "diagnosis.json").write_text(json.dumps(written), encoding="utf-8")
+        rows = diagnosis_rows(open_result_folder(tmp_path / "res"))
+        assert len(rows) == 8 and rows[2]["text"] == text and rows[2]["percent"] == pytest.approx(95.4)
+        assert rows[2]["name"] == written["labels"][2]["name"]
+        assert rows[2]["color"] != rows[0]["color"]  # >= 50% is drawn in the alarm colour

@@ -60,15 +60,19 @@ def _percent(p: Optional[float]) -> str:
 
 
 def diagnosis_rows(result: ResultFolder) -> List[Dict[str, Any]]:
-    """The diagnosis panel's rows (one per label, model order): name, probability in %, uncertainty text."""
+    """The diagnosis panel's rows (one per label, model order): name, probability in %, ``probability ± uncertainty``
+    text (the uncertainty is the std over ``noise_draws``; with a single draw it is left out)."""
+    draws = int(result.diagnosis.get("noise_draws") or 0)
     rows = []
     for i, entry in enumerate(result.labels):
         p = float(entry["probability"])
         u = entry.get("uncertainty")
         cal = entry.get("calibrated_probability")
+        # with one noise draw there is no spread to report (the uncertainty field is 0 by definition)
+        spread = f" ± {_percent(u)}" if u is not None and draws != 1 else ""
         rows.append({
             "key": str(entry.get("key") or i), "name": str(entry["name"]), "percent": round(100.0 * p, 1),
-            "text": _percent(p) + (f" ± {_percent(u)}" if u is not None else ""),
+            "text": _percent(p) + spread,
             "calibrated": f"calibrated {_percent(cal)}" if cal is not None else "",
             "color": "red-darken-1" if p >= 0.5 else "blue-grey",
         })
@@ -97,11 +101,12 @@ class ViewerApp:
         out_root: where Run writes its result folders (default ``$ORTHODIFFUSION_HOME/viewer/results``).
         sample_matrix: in-plane matrix of the simulated sample.
         start_folder: where the folder picker starts.
+        noise_draws: noise draws per Run (the uncertainty is their standard deviation; 1 = no uncertainty).
     """
 
     def __init__(self, server=None, model: Optional[str] = None, device: str = "auto",
                  out_root: Optional[os.PathLike] = None, sample_matrix: int = 256,
-                 start_folder: Optional[os.PathLike] = None):
+                 start_folder: Optional[os.PathLike] = None, noise_draws: int = 3):
         use_offscreen_rendering()
         from trame.app import get_server
         from trame_slicer import module as trame_slicer_module
@@ -115,6 +120,7 @@ class ViewerApp:
         self.device = device
         self.out_root = Path(out_root) if out_root else orthodiffusion_home() / "viewer" / "results"
         self.sample_matrix = int(sample_matrix)
+        self.noise_draws = max(1, int(noise_draws))
         self.exam: Optional[Exam] = None
         self.exam_name = ""
         self.result: Optional[ResultFolder] = None
@@ -364,7 +370,7 @@ class ViewerApp:
 
             progress("loading the model", 0.0)
             predictor = self._get_predictor()
-            result = predictor.predict(exam, progress=progress, cancel=cancel)
+            result = predictor.predict(exam, noise_draws=self.noise_draws, progress=progress, cancel=cancel)
             if cancel.is_set():
                 return None
             progress("writing the results", 1.0)

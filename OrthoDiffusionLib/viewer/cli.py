@@ -1,7 +1,7 @@
 """``orthodiffusion view``: the browser viewer (needs the ``viewer`` extra: ``pip install "orthodiffusion[viewer]"``).
 
     orthodiffusion view [EXAM_DIR | RESULT_DIR | --sagittal P --coronal P --axial P] [--results DIR]
-                        [--model BUNDLE] [--device auto|cpu|cuda] [--out DIR] [--demo]
+                        [--model BUNDLE] [--device auto|cpu|cuda] [--out DIR] [--noise-draws K] [--demo]
                         [--host 127.0.0.1] [--port 0]
 
 Serves on 127.0.0.1 only unless --host says otherwise (then anyone who can reach that address sees the exams and
@@ -41,6 +41,8 @@ def register(subparsers) -> None:
     p.add_argument("--model", metavar="BUNDLE", help="model bundle for Run (default: the registry's default model)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--out", metavar="DIR", help="where Run writes result folders")
+    p.add_argument("--noise-draws", type=int, default=3, metavar="K",
+                   help="noise draws per Run; the uncertainty shown is their std (default 3; 1 = none)")
     p.add_argument("--demo", action="store_true", help="open the simulated sample exam at start")
     p.add_argument("--sample-matrix", type=int, default=256, help="in-plane matrix of the simulated sample")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default loopback only)")
@@ -54,6 +56,8 @@ def _view(a) -> int:
         raise InputError("give either a study folder or --sagittal/--coronal/--axial, not both", a.exam)
     if a.demo and (a.exam or series):
         raise InputError("--demo opens the simulated sample; do not give an exam as well", a.exam or "--demo")
+    if a.noise_draws < 1:
+        raise InputError("--noise-draws must be at least 1", str(a.noise_draws))
     if not 16 <= a.sample_matrix <= 1024:
         raise InputError("--sample-matrix must be 16..1024", str(a.sample_matrix))
     try:
@@ -65,7 +69,7 @@ def _view(a) -> int:
         print(f"orthodiffusion view: WARNING: serving on {a.host}: anyone who can reach this address can see the "
               "exams and run the model (no login). Use the default 127.0.0.1 unless you mean it.", file=sys.stderr)
     app = ViewerApp(model=a.model, device=a.device, out_root=a.out, sample_matrix=a.sample_matrix,
-                    start_folder=a.exam if a.exam else None)
+                    start_folder=a.exam if a.exam else None, noise_draws=a.noise_draws)
 
     def on_ready(url: str) -> None:
         print(f"OrthoDiffusion viewer: {url}", flush=True)
