@@ -294,7 +294,7 @@ def test_diagnosis_rows_show_uncertainty_only_with_several_noise_draws(tmp_path,
     from OrthoDiffusionLib.viewer.app import diagnosis_rows
 
     written = write_result_folder(tmp_path / "res", {}, probabilities=[0.05, 0.5, 0.954, 0.1, 0.2, 0.3, 0.4, 0.6])
-    for draws, text in [(4, "95% ± 2%"), (1, "95%")]:
+    for draws, text in [(4, "95% ± 2.0%"), (1, "95%")]:
         written["noise_draws"] = draws
         (tmp_path / "res" / "diagnosis.json").write_text(json.dumps(written), encoding="utf-8")
         rows = diagnosis_rows(open_result_folder(tmp_path / "res"))

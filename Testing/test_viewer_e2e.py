@@ -151,7 +151,7 @@ def test_run_on_the_simulated_sample_shows_views_labels_and_sankey(browser, view
         assert len(page.query_selector_all(".layout-grid-item img")) == 4
         # 8 label rows with a probability each
         texts = [e.inner_text() for e in page.query_selector_all(".diagnosis-row .diagnosis-probability")]
-        assert len(texts) == 8 and all(re.match(r"\d+% ± \d+%", t) for t in texts), texts
+        assert len(texts) == 8 and all(re.fullmatch(r"\d+% ± \d+\.\d%", t) for t in texts), texts
         # the Sankey: 3 plane nodes + 8 label nodes
         page.wait_for_function("document.querySelectorAll('#sankey .sankey-node').length === 11", timeout=30_000)
         # structures listed for toggling, and the result folder written

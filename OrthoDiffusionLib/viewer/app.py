@@ -69,7 +69,7 @@ def diagnosis_rows(result: ResultFolder) -> List[Dict[str, Any]]:
         u = entry.get("uncertainty")
         cal = entry.get("calibrated_probability")
         # with one noise draw there is no spread to report (the uncertainty field is 0 by definition)
-        spread = f" ± {_percent(u)}" if u is not None and draws != 1 else ""
+        spread = f" ± {100.0 * float(u):.1f}%" if u is not None and draws != 1 else ""
         rows.append({
             "key": str(entry.get("key") or i), "name": str(entry["name"]), "percent": round(100.0 * p, 1),
             "text": _percent(p) + spread,
@@ -519,10 +519,11 @@ class ViewerApp:
                     with html.Div(v_for="s in structures", key="s.key",
                                   classes="structure-row d-flex align-center", style="height: 30px"):
                         v3.VCheckboxBtn(model_value=("s.visible",), density="compact", hide_details=True,
+                                        style="flex: 0 0 auto",
                                         update_modelValue=(self.set_structure_visible, "[s.key, $event]"))
                         html.Span(style=("'display:inline-block;width:12px;height:12px;border-radius:2px;"
                                          "margin-right:6px;background:' + s.color",))
-                        html.Span("{{ s.name }}", classes="text-body-2", style="width: 150px")
+                        html.Span("{{ s.name }}", classes="text-body-2", style="flex: 0 0 170px")
                         v3.VSlider(model_value=("s.opacity",), min=0, max=1, step=0.05, density="compact",
                                    hide_details=True, classes="ml-2",
                                    end=(self.set_structure_opacity, "[s.key, $event]"))
