@@ -301,3 +301,14 @@ def test_diagnosis_rows_show_uncertainty_only_with_several_noise_draws(tmp_path,
         assert len(rows) == 8 and rows[2]["text"] == text and rows[2]["percent"] == pytest.approx(95.4)
         assert rows[2]["name"] == written["labels"][2]["name"]
         assert rows[2]["color"] != rows[0]["color"]  # >= 50% is drawn in the alarm colour
+
+
+def test_view_command_rejects_conflicting_arguments_with_one_line(capsys, tmp_path):
+    from OrthoDiffusionLib.cli import main
+
+    assert main(["view", str(tmp_path), "--sagittal", str(tmp_path / "s.nii.gz")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "either a study folder or --sagittal" in err[0]
+    assert main(["view", "--demo", str(tmp_path)]) == 2
+    assert main(["view", "--noise-draws", "0"]) == 2
+    assert "--noise-draws must be at least 1" in capsys.readouterr().err
