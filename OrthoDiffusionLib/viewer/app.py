@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from .. import labels as label_tables
 from ..errors import InputError
+from ..demo import DEFAULT_ABNORMALITY
 from ..io import PLANES, Exam, load_study
 from ..model_registry import orthodiffusion_home
 from .background import BackgroundTask, TaskOutcome
@@ -29,7 +30,6 @@ from .scene import VIEW_TAGS, VIEW_TITLES, ExamScene, viewer_layout
 log = logging.getLogger(__name__)
 
 LAYOUT_ID = "orthodiffusion"
-SAMPLE_ABNORMALITY = "joint_effusion"
 SIDE_PANEL_WIDTH = 460  # px
 SANKEY_HEIGHT = 320  # px
 
@@ -234,8 +234,9 @@ class ViewerApp:
         return self._start("Open exam", work, lambda exam: self._show_exam(exam, name))
 
     def open_sample(self, seed: int = 1) -> bool:
-        """Simulate a knee exam (joint effusion; NIfTI series under ``$ORTHODIFFUSION_HOME/viewer/samples``) and open
-        it like any study folder."""
+        """Simulate the demo's knee exam (``orthodiffusion demo``'s default abnormality) as NIfTI series under
+        ``$ORTHODIFFUSION_HOME/viewer/samples`` and open that folder like any study (so its results can be reopened
+        with the series later)."""
         folder = orthodiffusion_home() / "viewer" / "samples" / f"seed-{seed}-matrix-{self.sample_matrix}"
         matrix = self.sample_matrix
 
@@ -245,7 +246,7 @@ class ViewerApp:
                 from ..simulate.cohort import write_image
 
                 progress("simulating a knee exam", 0.05)
-                exam = simulate_exam(seed, {SAMPLE_ABNORMALITY: True}, matrix=matrix)
+                exam = simulate_exam(seed, {DEFAULT_ABNORMALITY: True}, matrix=matrix)
                 folder.mkdir(parents=True, exist_ok=True)
                 for i, s in enumerate(exam.series):
                     progress(f"writing the {s.plane} series", 0.6 + 0.1 * i)
