@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from .. import labels as label_tables
-from ..errors import InputError
+from ..errors import InputError, OrthoDiffusionError
+from ..atomic import atomic_path
 from ..demo import DEFAULT_ABNORMALITY
 from ..io import PLANES, Exam, load_study
 from ..model_registry import orthodiffusion_home
@@ -172,7 +173,7 @@ class ViewerApp:
             return False
         self._after[name] = after
         self.state.update({"busy": True, "task_name": name, "progress_stage": "starting", "progress_value": 0,
-                           "error_message": ""})
+                           "error_message": "", "info_message": ""})
         self.task.start(name, work)
         return True
 
@@ -198,8 +199,11 @@ class ViewerApp:
         if after is not None:
             try:
                 after(outcome.value)
-            except InputError as e:
+            except OrthoDiffusionError as e:  # e.g. a segmentation file the library's reader refuses
                 self._error(str(e))
+            except Exception as e:  # noqa: BLE001 - showing a result must not take the app down
+                log.error("showing the %s outcome failed", outcome.name, exc_info=e)
+                self._error(f"{outcome.name}: showing the result failed: {type(e).__name__}: {e}")
         if self._queue:
             self._queue.pop(0)()
 
@@ -250,7 +254,8 @@ class ViewerApp:
                 folder.mkdir(parents=True, exist_ok=True)
                 for i, s in enumerate(exam.series):
                     progress(f"writing the {s.plane} series", 0.6 + 0.1 * i)
-                    write_image(s.image, folder / f"{s.plane}.nii.gz")
+                    with atomic_path(folder / f"{s.plane}.nii.gz", suffix=".nii.gz") as tmp:
+                        write_image(s.image, tmp)
             progress("reading the sample", 0.9)
             return load_study(folder)
 
