@@ -154,8 +154,14 @@ def test_run_on_the_simulated_sample_shows_views_labels_and_sankey(browser, view
         assert len(texts) == 8 and all(re.fullmatch(r"\d+% ± \d+\.\d%", t) for t in texts), texts
         # the Sankey: 3 plane nodes + 8 label nodes
         page.wait_for_function("document.querySelectorAll('#sankey .sankey-node').length === 11", timeout=30_000)
-        # structures listed for toggling, and the result folder written
-        assert len(page.query_selector_all(".structure-row")) >= 9
+        # structures listed for toggling; unticking one reaches the server (which sends back the updated rows)
+        rows = page.query_selector_all(".structure-row")
+        assert len(rows) >= 9
+        rows[0].query_selector("input[type=checkbox]").click()
+        page.wait_for_function("window.trame.state.get('structures')[0].visible === false", timeout=30_000)
+        rows[0].query_selector("input[type=checkbox]").click()
+        page.wait_for_function("window.trame.state.get('structures')[0].visible === true", timeout=30_000)
+        # the result folder written
         result_dir = page.inner_text("#result-dir").split("Results:", 1)[1].strip()
         assert Path(result_dir).parent == home / "results"
         assert (Path(result_dir) / "diagnosis.json").is_file()
