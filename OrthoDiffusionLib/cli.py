@@ -25,6 +25,7 @@ SUBCOMMAND_MODULES: List[str] = [
     "OrthoDiffusionLib.training.pretrain_cli",
     "OrthoDiffusionLib.seg_measures",
     "OrthoDiffusionLib.training.evaluate",
+    "OrthoDiffusionLib.training.diagnosis_cli",
     "OrthoDiffusionLib.training.train_segmentation",
     "OrthoDiffusionLib.training.evaluate_segmentation",
     "OrthoDiffusionLib.simulate.cli",

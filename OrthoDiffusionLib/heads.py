@@ -88,7 +88,11 @@ class DiagnosisHead(nn.Module):
         return {p: self.pools[p](taps[p]) for p in present_planes(taps, self.planes)}
 
     def forward(self, taps: Mapping[str, Optional[torch.Tensor]]) -> DiagnosisOutput:
-        feats = self.pooled(taps)
+        return self.fuse(self.pooled(taps))
+
+    def fuse(self, feats: Mapping[str, torch.Tensor]) -> DiagnosisOutput:
+        """Everything after pooling: pooled features ``{plane: (B, F)}`` of the present planes -> output."""
+        feats = {p: feats[p] for p in self.planes if feats.get(p) is not None}
         have = tuple(feats)
         if not have:
             raise MissingPlaneError("no plane given to the diagnosis head")

@@ -122,33 +122,44 @@ def _subsample_offsets(spec: SeriesSpec) -> np.ndarray:
 
 def _voxel_points(geo: Geometry, off: np.ndarray, k: np.ndarray, j: np.ndarray, i: np.ndarray,
                   s: np.ndarray) -> np.ndarray:
-    """(M,3) float32 LPS points of sub-sample ``s`` of voxels (k, j, i) (integer arrays of length M); float32 keeps
-    ~0.1 um precision at knee coordinates and halves the memory traffic."""
+    """(M, 3) float32 LPS points of sub-sample ``s`` of voxels (k, j, i): integer arrays that broadcast together
+    (M = their broadcast size, flattened in C order; ``i``/``j`` up to two past the grid). Each coordinate is a sum of
+    four small per-axis tables (column, row, slice, sub-sample offset incl. origin) taken at the indices; float32
+    keeps ~0.1 um precision at knee coordinates. The result is a transposed view whose columns are contiguous."""
     px, _, dz = geo.spacing
     D = geo.direction
-    a = (i * px + off[s, 0]).astype(np.float32)
-    b = (j * px + off[s, 1]).astype(np.float32)
-    c = (k * dz + off[s, 2]).astype(np.float32)
-    pts = np.empty((len(a), 3), dtype=np.float32)
+    cols, rows, nz = geo.size
+    base = geo.origin + np.asarray(off, dtype=np.float64) @ D.T  # (S, 3) LPS of sub-sample s of voxel (0, 0, 0)
+    shape = np.broadcast_shapes(np.shape(k), np.shape(j), np.shape(i), np.shape(s))
+    rows_lps = np.empty((3,) + shape, dtype=np.float32)  # one contiguous block per LPS coordinate
     for r in range(3):
-        pts[:, r] = np.float32(D[r, 0]) * a + np.float32(D[r, 1]) * b + np.float32(D[r, 2]) * c
-        pts[:, r] += np.float32(geo.origin[r])
-    return pts
+        c = rows_lps[r]
+        c[...] = (np.arange(cols + 2) * (px * D[r, 0])).astype(np.float32)[i]
+        c += (np.arange(rows + 2) * (px * D[r, 1])).astype(np.float32)[j]
+        c += (np.arange(nz) * (dz * D[r, 2])).astype(np.float32)[k]
+        c += base[:, r].astype(np.float32)[s]
+    return rows_lps.reshape(3, -1).T
 
 
-def _tile_order(k: np.ndarray, j: np.ndarray, i: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """Stable permutation grouping points by (slice, 16x16 tile), so consecutive points are spatially compact."""
+def _tile_key(k: np.ndarray, j: np.ndarray, i: np.ndarray, s: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """(M,) key of the (slice, 16x16 tile) of each point (index arrays broadcast like :func:`_voxel_points`); a
+    stable sort by it makes consecutive points spatially compact. 16-bit when it fits (radix sort, linear time)."""
     nty, ntx = rows // _TILE + 1, cols // _TILE + 1
-    key = (k.astype(np.int64) * nty + j // _TILE) * ntx + i // _TILE
-    return np.argsort(key, kind="stable")
+    n_keys = (int(np.max(k, initial=0)) + 1) * nty * ntx
+    key = (np.asarray(k, dtype=np.int32) * nty + np.asarray(j) // _TILE) * ntx + np.asarray(i) // _TILE
+    key = key.astype(np.int16 if n_keys <= np.iinfo(np.int16).max else np.int32)
+    shape = np.broadcast_shapes(np.shape(k), np.shape(j), np.shape(i), np.shape(s))
+    return np.broadcast_to(key, shape).ravel()
 
 
 def _sample(anatomy: AnatomySource, geo: Geometry, off: np.ndarray, k, j, i, s, batch: int = 1 << 20) -> np.ndarray:
-    order = _tile_order(k, j, i, geo.size[1] + 2, geo.size[0] + 2)
-    out = np.empty(len(k), dtype=np.uint8)
+    """(M,) tissue ids at :func:`_voxel_points` (k, j, i, s), evaluated in tile order in batches of ``batch``."""
+    order = np.argsort(_tile_key(k, j, i, s, geo.size[1] + 2, geo.size[0] + 2), kind="stable")
+    lps = _voxel_points(geo, off, k, j, i, s).T  # (3, M) contiguous rows
+    out = np.empty(len(order), dtype=np.uint8)
     for b0 in range(0, len(order), batch):
         o = order[b0:b0 + batch]
-        out[o] = anatomy.tissue_at(_voxel_points(geo, off, k[o], j[o], i[o], s[o]))
+        out[o] = anatomy.tissue_at(lps[:, o].T)
     return out
 
 
@@ -162,22 +173,26 @@ def sample_tissue(anatomy: AnatomySource, spec: SeriesSpec, geo: Geometry, coars
     cols, rows, nz = geo.size
     off = _subsample_offsets(spec)
     S = len(off)
+    k, s = np.arange(nz)[:, None, None, None], np.arange(S)
     if not coarse_to_fine:
-        k, j, i, s = (a.ravel() for a in np.meshgrid(np.arange(nz), np.arange(rows), np.arange(cols), np.arange(S),
-                                                     indexing="ij"))
+        j, i = np.arange(rows)[:, None, None], np.arange(cols)[:, None]
         return _sample(anatomy, geo, off, k, j, i, s).reshape(nz, rows, cols, S)
     mr, mc = rows // 2 + 1, cols // 2 + 1
-    k, jc, ic, s = (a.ravel() for a in np.meshgrid(np.arange(nz), np.arange(mr), np.arange(mc), np.arange(S),
-                                                  indexing="ij"))
-    coarse = _sample(anatomy, geo, off, k, 2 * jc, 2 * ic, s).reshape(nz, mr, mc, S)
-    jA, jB = np.arange(rows) // 2, (np.arange(rows) + 1) // 2
-    iA, iB = np.arange(cols) // 2, (np.arange(cols) + 1) // 2
-    l00 = coarse[:, jA][:, :, iA]
-    same = (l00 == coarse[:, jA][:, :, iB]) & (l00 == coarse[:, jB][:, :, iA]) & (l00 == coarse[:, jB][:, :, iB])
-    k, j, i, s = np.nonzero(~same)
+    jc, ic = 2 * np.arange(mr)[:, None, None], 2 * np.arange(mc)[:, None]
+    coarse = _sample(anatomy, geo, off, k, jc, ic, s).reshape(nz, mr, mc, S)
+    # fine sample (j, i) lies between coarse rows j // 2, (j + 1) // 2 and columns i // 2, (i + 1) // 2
+    fine = np.repeat(np.repeat(coarse, 2, axis=1)[:, :rows], 2, axis=2)[:, :, :cols]
+    eq_i = coarse[:, :, :-1] == coarse[:, :, 1:]  # coarse columns c and c + 1 agree
+    eq_j = coarse[:, :-1] == coarse[:, 1:]  # coarse rows r and r + 1 agree
+    hr, hc = rows // 2, cols // 2
+    differ = np.zeros(fine.shape, dtype=bool)  # even row and even column: a coarse sample itself
+    differ[:, 0::2, 1::2] = ~eq_i[:, :(rows + 1) // 2, :hc]
+    differ[:, 1::2, 0::2] = ~eq_j[:, :hr, :(cols + 1) // 2]
+    differ[:, 1::2, 1::2] = ~(eq_i[:, :hr, :hc] & eq_i[:, 1:hr + 1, :hc] & eq_j[:, :hr, :hc])
+    k, j, i, s = np.nonzero(differ)
     if len(k):
-        l00[k, j, i, s] = _sample(anatomy, geo, off, k, j, i, s)
-    return l00
+        fine[k, j, i, s] = _sample(anatomy, geo, off, k, j, i, s)
+    return fine
 
 
 def render_series(anatomy: AnatomySource, spec: SeriesSpec, center: C.Center, rng: np.random.Generator,
@@ -189,11 +204,10 @@ def render_series(anatomy: AnatomySource, spec: SeriesSpec, center: C.Center, rn
     """
     geo = series_geometry(spec, anatomy)
     cols, rows, nz = geo.size
-    px, _, dz = geo.spacing
+    px = geo.spacing[0]
     tissue = sample_tissue(anatomy, spec, geo, coarse_to_fine)
-    kk, jy, ix = np.meshgrid(np.arange(nz), np.arange(rows), np.arange(cols), indexing="ij")
-    centers = _voxel_points(geo, np.zeros((1, 3)), kk.ravel(), jy.ravel(), ix.ravel(),
-                            np.zeros(kk.size, dtype=int)).reshape(nz, rows, cols, 3)
+    centers = C.GridPositions(np.asarray(geo.origin, dtype=np.float64), geo.direction @ np.diag(geo.spacing),
+                              (nz, rows, cols))
     img, sigma = C.render_intensity(tissue, centers, px, spec.slice_thickness, spec.field_strength, center, rng)
     center_tissue = tissue[..., 0]
     image = geo.apply(sitk.GetImageFromArray(img))

@@ -31,7 +31,59 @@ class _Structure:
     tissue: int
     lo: np.ndarray  # (3,) canonical bbox
     hi: np.ndarray
-    inside: Optional[Callable[[np.ndarray], np.ndarray]]  # (n,3) canonical -> (n,) bool; None = subcutaneous fat
+    inside: Optional[Callable[[np.ndarray], np.ndarray]]  # (3,n) canonical -> (n,) bool; None = subcutaneous fat
+
+
+class _Candidates:
+    """The points still without a tissue, compacted, with per-chunk bounding boxes for culling.
+
+    ``idx`` (M,) indices into the caller's points (spatial order kept), ``q`` (3, M) their canonical coordinates,
+    ``live`` (M,) whether each is still unassigned. Consecutive runs of ``_CHUNK`` points form chunks whose boxes
+    (``lo``/``hi``, (n_chunks, 3)) are tested against a structure's box: chunks outside are skipped, chunks inside
+    need no per-point box test. Assigned points are dropped (recompaction) once fewer than half are live, so later
+    structures scan only what is left.
+    """
+
+    def __init__(self, idx: np.ndarray, q: np.ndarray):
+        self._set(idx, q)
+
+    def _set(self, idx: np.ndarray, q: np.ndarray) -> None:
+        self.idx, self.q = idx, q
+        m = len(idx)
+        self.live = np.ones(m, dtype=bool)
+        self.n_live = m
+        n_chunks = (m + _CHUNK - 1) // _CHUNK
+        pad = n_chunks * _CHUNK - m
+        qp = np.concatenate([q, np.repeat(q[:, -1:], pad, axis=1)], axis=1) if pad and m else q
+        qc = qp.reshape(3, n_chunks, _CHUNK)
+        self.lo, self.hi = qc.min(axis=2).T, qc.max(axis=2).T
+
+    def take(self, lo: np.ndarray, hi: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """(positions into the candidate arrays, (3, k) coordinates) of the live points inside the box [lo, hi]."""
+        if self.n_live < len(self.idx) // 2:
+            keep = np.flatnonzero(self.live)
+            self._set(self.idx[keep], self.q[:, keep])
+        overlap = np.all((self.hi >= lo) & (self.lo <= hi), axis=1)
+        inner = overlap & np.all((self.lo >= lo) & (self.hi <= hi), axis=1)
+        whole = self._live_in(np.flatnonzero(inner))  # chunks inside the box: no per-point test
+        edge = self._live_in(np.flatnonzero(overlap & ~inner))
+        x, y, z = self.q[:, edge]
+        edge = edge[(x >= lo[0]) & (x <= hi[0]) & (y >= lo[1]) & (y <= hi[1]) & (z >= lo[2]) & (z <= hi[2])]
+        pos = np.concatenate([whole, edge])
+        return pos, self.q[:, pos]
+
+    def _live_in(self, chunks: np.ndarray) -> np.ndarray:
+        """Positions of the live candidates in the given chunks (ascending chunk numbers)."""
+        pos = (chunks[:, None] * _CHUNK + np.arange(_CHUNK)).ravel()
+        if len(chunks) and chunks[-1] == len(self.lo) - 1:  # the last chunk is padded
+            pos = pos[pos < len(self.idx)]
+        return pos[self.live[pos]]
+
+    def assign(self, pos: np.ndarray) -> np.ndarray:
+        """Mark candidate positions ``pos`` as assigned; returns their indices into the caller's points."""
+        self.live[pos] = False
+        self.n_live -= len(pos)
+        return self.idx[pos]
 
 
 def _rotation(rx: float, ry: float, rz: float) -> np.ndarray:
@@ -92,12 +144,18 @@ class ProceduralKnee:
 
     def to_canonical(self, points: np.ndarray) -> np.ndarray:
         """(N,3) LPS mm -> (N,3) canonical mm (float32)."""
+        return self._canonical_rows(points).T
+
+    def _canonical_rows(self, points: np.ndarray) -> np.ndarray:
+        """(N,3) LPS mm -> (3,N) canonical mm (float32, one contiguous row per coordinate, as :mod:`.sdf` wants)."""
         p = np.asarray(points)
         d = [(p[:, c] - self.center[c]).astype(F32) for c in range(3)]
         A = self._A_inv.astype(F32)
-        q = np.empty((len(p), 3), dtype=F32)
+        q = np.empty((3, len(p)), dtype=F32)
         for r in range(3):
-            q[:, r] = A[r, 0] * d[0] + A[r, 1] * d[1] + A[r, 2] * d[2]
+            q[r] = A[r, 0] * d[0]
+            q[r] += A[r, 1] * d[1]
+            q[r] += A[r, 2] * d[2]
         return q
 
     # ---- anatomy -------------------------------------------------------------------------------------------------
@@ -181,26 +239,26 @@ class ProceduralKnee:
 
     # cartilage
     def _femoral_cartilage(self, q: np.ndarray) -> np.ndarray:
-        x, y, z = q[:, 0], q[:, 1], q[:, 2]
+        x, y, z = q[0], q[1], q[2]
         region = (np.abs(x) < 37.5) & ((np.abs(x) > 9.8) | (y > -4)) & np.where(y < -4, z < 44, z < 52)
         d = self.femur(q)
         return region & (d >= 0) & (d < 2.6)
 
     def _patellar_cartilage(self, q: np.ndarray) -> np.ndarray:
         c = self.pat_c
-        x, y, z = q[:, 0] - c[0], q[:, 1] - c[1], q[:, 2] - c[2]
+        x, y, z = q[0] - c[0], q[1] - c[1], q[2] - c[2]
         region = (y < -3.0) & ((x / 18.0) ** 2 + (z / 15.5) ** 2 < 1.0)
         d = self.patella(q)
         return region & (d >= 0) & (d < 3.2)
 
     @staticmethod
     def _tibial_cartilage(q: np.ndarray, c: Tuple[float, float], a: Tuple[float, float]) -> np.ndarray:
-        x, y, z = q[:, 0], q[:, 1], q[:, 2]
+        x, y, z = q[0], q[1], q[2]
         return (z >= -3.0) & (z < -0.4) & (((x - c[0]) / a[0]) ** 2 + ((y - c[1]) / a[1]) ** 2 < 1.0)
 
     @staticmethod
     def _meniscus(q: np.ndarray, m: Dict) -> np.ndarray:
-        x, y, z = q[:, 0] - m["c"][0], q[:, 1] - m["c"][1], q[:, 2]
+        x, y, z = q[0] - m["c"][0], q[1] - m["c"][1], q[2]
         ax, ay = m["a"]
         s = np.sqrt((x / ax) ** 2 + (y / ay) ** 2)  # 1 at the outer rim
         posteriority = np.clip(-y / ay, 0.0, 1.0)
@@ -230,10 +288,18 @@ class ProceduralKnee:
         return sdf.smin(main, recess, 6)
 
     def _fluid(self, q: np.ndarray) -> np.ndarray:
-        inside = self._cavity(q) < 0
-        near = (self.femur(q) < 3.3) | (self.tibia(q) < 3.0) | (self.patella(q) < 3.9)
-        sliver = sdf.ellipsoid(q, self.recess_c, (22, 1.2, 20)) < 0
-        return inside & (near | sliver)
+        """Synovial fluid: inside the cavity and near a bone surface, or in the recess sliver. The tests run on
+        the points still undecided (the cavity first), so each costly bone distance is evaluated only where it
+        can change the answer."""
+        out = self._cavity(q) < 0
+        idx = np.flatnonzero(out)
+        for test in (lambda p: self.femur(p) < 3.3, lambda p: self.tibia(p) < 3.0,
+                     lambda p: self.patella(p) < 3.9, lambda p: sdf.ellipsoid(p, self.recess_c, (22, 1.2, 20)) < 0):
+            if len(idx) == 0:
+                break
+            idx = idx[~test(q[:, idx])]
+        out[idx] = False
+        return out
 
     def _fat_pads(self, q: np.ndarray) -> np.ndarray:
         hoffa = sdf.ellipsoid(q, (1, 21, 4), (24, 11, 15)) < 0
@@ -263,53 +329,37 @@ class ProceduralKnee:
         ]
 
     def _envelope(self, q: np.ndarray) -> np.ndarray:
-        """Approximate signed distance to the skin surface (N,) float32."""
-        z = q[:, 2]
+        """Approximate signed distance to the skin surface: (3, N) canonical points -> (N,) float32."""
+        z = q[2]
         a = np.interp(z, self.env_z, self.env_a).astype(F32)
         b = np.interp(z, self.env_z, self.env_b).astype(F32)
         cy = np.interp(z, self.env_z, self.env_cy).astype(F32)
-        rho = np.sqrt((q[:, 0] / a) ** 2 + ((q[:, 1] - cy) / b) ** 2)
-        return (rho - 1.0) * np.minimum(a, b)
+        u, v = q[0] / a, (q[1] - cy) / b
+        return (np.sqrt(u * u + v * v) - F32(1.0)) * np.minimum(a, b)
 
     # ---- sampling ------------------------------------------------------------------------------------------------
     def tissue_at(self, points: np.ndarray) -> np.ndarray:
         """(N,3) LPS mm -> (N,) uint8 Tissue ids."""
         pts = np.asarray(points).reshape(-1, 3)
         n = len(pts)
-        q = self.to_canonical(pts)
         out = np.zeros(n, dtype=np.uint8)
         if n == 0:
             return out
+        q = self._canonical_rows(pts)
         d_env = self._envelope(q)
         body = d_env < 0
         out[d_env >= -1.8] = Tissue.SKIN
         out[~body] = Tissue.AIR
         # candidate points: inside the skin; per-chunk bounding boxes cull structures
-        n_chunks = (n + _CHUNK - 1) // _CHUNK
-        pad = n_chunks * _CHUNK - n
-        qp = np.concatenate([q, np.repeat(q[-1:], pad, axis=0)]) if pad else q
-        qc = qp.reshape(n_chunks, _CHUNK, 3)
-        cmin, cmax = qc.min(axis=1), qc.max(axis=1)
-        deep = body & (out == 0)
-        ar = np.arange(_CHUNK)
+        deep = np.flatnonzero(body & (out == 0))
+        cand = _Candidates(deep, q[:, deep])
         for s in self._structures:
-            hit = np.all((cmax >= s.lo) & (cmin <= s.hi), axis=1)
-            if not hit.any():
+            pos, qi = cand.take(s.lo, s.hi)
+            if len(pos) == 0:
                 continue
-            idx = (np.nonzero(hit)[0][:, None] * _CHUNK + ar).ravel()
-            idx = idx[idx < n]
-            idx = idx[deep[idx]]
-            qi = q[idx]
-            lo, hi = s.lo, s.hi
-            inbox = ((qi[:, 0] >= lo[0]) & (qi[:, 0] <= hi[0]) & (qi[:, 1] >= lo[1]) & (qi[:, 1] <= hi[1])
-                     & (qi[:, 2] >= lo[2]) & (qi[:, 2] <= hi[2]))
-            idx, qi = idx[inbox], qi[inbox]
-            if len(idx) == 0:
-                continue
-            m = s.inside(qi) if s.inside is not None else d_env[idx] > -1.8 - self.fat_mm
-            out[idx[m]] = s.tissue
-            deep[idx[m]] = False
-        out[deep] = Tissue.FAT
+            m = s.inside(qi) if s.inside is not None else d_env[cand.idx[pos]] > -1.8 - self.fat_mm
+            out[cand.assign(pos[m])] = s.tissue
+        out[cand.idx[cand.live]] = Tissue.FAT
         return out
 
     def bounds(self) -> Tuple[np.ndarray, np.ndarray]:
