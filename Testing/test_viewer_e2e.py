@@ -67,7 +67,7 @@ def viewer(tmp_path_factory):
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(home))
     try:
-        url, deadline = None, time.monotonic() + 180
+        url, deadline = None, time.monotonic() + 300
         while url is None and time.monotonic() < deadline and proc.poll() is None:
             m = URL_LINE.search(log_path.read_text(errors="replace"))
             url = m.group(1) if m else None
@@ -87,7 +87,7 @@ def viewer(tmp_path_factory):
 def _open_page(browser, url):
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
     page.goto(url)
-    page.wait_for_selector(".od-view-label", timeout=60_000)
+    page.wait_for_selector(".od-view-label", timeout=240_000)  # a busy CI machine can be slow to serve
     return page
 
 
