@@ -29,6 +29,7 @@ SUBCOMMAND_MODULES: List[str] = [
     "OrthoDiffusionLib.training.train_segmentation",
     "OrthoDiffusionLib.training.evaluate_segmentation",
     "OrthoDiffusionLib.simulate.cli",
+    "OrthoDiffusionLib.viewer.cli",
 ]
 
 

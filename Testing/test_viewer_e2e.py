@@ -1,0 +1,176 @@
+"""End to end: ``orthodiffusion view`` in a subprocess on a free loopback port, driven by Playwright + system Chromium.
+
+1. Open a folder with no MRI through the folder picker: the library's error shows in a banner; the app then opens a
+   real study folder.
+2. Open the simulated sample, press Run (tiny model bundle), wait for the result: the 4 views, the 8 diagnosis rows
+   and the Sankey are on the page, the result folder is written; a screenshot is saved (and copied to
+   ``$ORTHODIFFUSION_VIEWER_SCREENSHOT`` when set). docs/images/viewer.png is made this way with the demo model:
+   ``ORTHODIFFUSION_VIEWER_MODEL=<bundle> ORTHODIFFUSION_VIEWER_SCREENSHOT=docs/images/viewer.png
+   python -m pytest Testing/test_viewer_e2e.py -k run``.
+
+Skips outside CI when Chromium / Playwright / the viewer extra are missing; fails in CI (``CI`` set).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from viewer_helpers import require, write_study
+
+pytestmark = pytest.mark.browser
+
+URL_LINE = re.compile(r"OrthoDiffusion viewer: (http://127\.0\.0\.1:\d+/)")
+
+
+def chromium_path() -> str:
+    path = os.environ.get("ORTHODIFFUSION_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    if not os.path.exists(path):
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing in CI (.ci/run installs it with apt-get)")
+        pytest.skip("chromium not installed (apt-get install -y chromium)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = chromium_path()
+    sync_api = require("playwright.sync_api", "browser tests")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=executable, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def viewer(tmp_path_factory):
+    """The viewer process (tiny model bundle, 64x64 simulated sample); yields (url, home folder)."""
+    require("trame_slicer", "browser viewer extra")
+    from bundle_helpers import make_tiny_bundle
+
+    home = tmp_path_factory.mktemp("viewer_home")
+    # ORTHODIFFUSION_VIEWER_MODEL: a real bundle (e.g. the demo model) for the README screenshot
+    bundle = os.environ.get("ORTHODIFFUSION_VIEWER_MODEL") or \
+        make_tiny_bundle(home / "tiny.odbundle", segmentation_planes=("sagittal", "coronal", "axial"))
+    matrix = "256" if os.environ.get("ORTHODIFFUSION_VIEWER_MODEL") else "64"
+    log_path = home / "viewer.log"
+    env = dict(os.environ, ORTHODIFFUSION_HOME=str(home), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "OrthoDiffusionLib", "view", "--model", str(bundle), "--device", "cpu",
+           "--sample-matrix", matrix, "--out", str(home / "results"), "--port", "0"]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(home))
+    try:
+        url, deadline = None, time.monotonic() + 300
+        while url is None and time.monotonic() < deadline and proc.poll() is None:
+            m = URL_LINE.search(log_path.read_text(errors="replace"))
+            url = m.group(1) if m else None
+            time.sleep(0.3)
+        if url is None:
+            pytest.fail(f"the viewer did not start (exit {proc.poll()}):\n{log_path.read_text()[-3000:]}")
+        yield url, home
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def _open_page(browser, url):
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page.goto(url)
+    page.wait_for_selector(".od-view-label", timeout=240_000)  # a busy CI machine can be slow to serve
+    return page
+
+
+def _pick_folder(page, folder: Path) -> None:
+    if not page.is_visible("#picker-path"):  # the picker is open at start when the viewer was given nothing
+        page.click("#btn-open")
+    page.fill("#picker-path", str(folder))
+    page.click("#picker-open")
+
+
+def _close_picker(page) -> None:
+    if page.is_visible("#picker-close"):
+        page.click("#picker-close")
+        page.wait_for_selector("#picker-path", state="hidden")
+
+
+def test_folder_without_mri_shows_the_library_error_and_the_app_keeps_working(browser, viewer, tmp_path):
+    from OrthoDiffusionLib.errors import NoDicomError
+    from OrthoDiffusionLib.io import load_study
+
+    url, _ = viewer
+    empty = tmp_path / "no_mri"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    with pytest.raises(NoDicomError) as expected:
+        load_study(empty)
+    page = _open_page(browser, url)
+    try:
+        _pick_folder(page, empty)
+        banner = page.wait_for_selector("#error-banner", timeout=60_000)
+        assert str(expected.value) in banner.inner_text()
+        # still working: a real study folder opens and the banner goes away
+        study = tmp_path / "knee_study"
+        write_study(study, seed=5, matrix=48)
+        _pick_folder(page, study)
+        page.wait_for_function("document.querySelector('#exam-label').innerText.includes('knee_study')",
+                               timeout=90_000)
+        assert "sagittal, coronal, axial" in page.inner_text("#exam-label")
+        assert page.query_selector("#error-banner") is None
+    finally:
+        page.close()
+
+
+def test_run_on_the_simulated_sample_shows_views_labels_and_sankey(browser, viewer, tmp_path):
+    url, home = viewer
+    page = _open_page(browser, url)
+    try:
+        _close_picker(page)
+        page.click("#btn-sample")
+        page.wait_for_function("document.querySelector('#exam-label').innerText.includes('simulated sample')",
+                               timeout=180_000)
+        page.wait_for_selector("#btn-run:not([disabled])", timeout=30_000)
+        page.click("#btn-run")
+        page.wait_for_function("document.querySelectorAll('.diagnosis-row').length === 8", timeout=600_000)
+        page.wait_for_function("document.querySelector('#progress-stage').innerText.includes('Run: done')",
+                               timeout=60_000)
+        assert page.query_selector("#error-banner") is None
+        # the four views, each with its rendered image
+        labels = [e.inner_text() for e in page.query_selector_all(".od-view-label")]
+        assert labels == ["Sagittal", "Coronal", "Axial", "3D"]
+        assert len(page.query_selector_all(".layout-grid-item img")) == 4
+        # 8 label rows with a probability each
+        texts = [e.inner_text() for e in page.query_selector_all(".diagnosis-row .diagnosis-probability")]
+        assert len(texts) == 8 and all(re.fullmatch(r"\d+% ± \d+\.\d%", t) for t in texts), texts
+        # the Sankey: 3 plane nodes + 8 label nodes
+        page.wait_for_function("document.querySelectorAll('#sankey .sankey-node').length === 11", timeout=30_000)
+        # structures listed for toggling; unticking one reaches the server (which sends back the updated rows)
+        rows = page.query_selector_all(".structure-row")
+        assert len(rows) >= 9
+        rows[0].query_selector("input[type=checkbox]").click()
+        page.wait_for_function("window.trame.state.get('structures')[0].visible === false", timeout=30_000)
+        rows[0].query_selector("input[type=checkbox]").click()
+        page.wait_for_function("window.trame.state.get('structures')[0].visible === true", timeout=30_000)
+        # the result folder written
+        result_dir = page.inner_text("#result-dir").split("Results:", 1)[1].strip()
+        assert Path(result_dir).parent == home / "results"
+        assert (Path(result_dir) / "diagnosis.json").is_file()
+        assert (Path(result_dir) / "segmentation_sagittal.seg.nrrd").is_file()
+        time.sleep(2)  # let the views stream their last frame
+        shot = tmp_path / "viewer.png"
+        page.screenshot(path=str(shot))
+        assert shot.stat().st_size > 50_000
+        if os.environ.get("ORTHODIFFUSION_VIEWER_SCREENSHOT"):
+            shutil.copy(shot, os.environ["ORTHODIFFUSION_VIEWER_SCREENSHOT"])
+    finally:
+        page.close()
