@@ -96,7 +96,7 @@ def test_run_folder_matches_the_contract(finished_run, backbone_file):
     assert run["format"] == "orthodiffusion.segmentation-run" and run["version"] == 1
     assert (run["plane"], run["timestep"], run["block"]) == ("sagittal", 50, "mid_2")
     assert run["preprocessing"] == {"slices": 16, "size": 32}
-    assert run["head"]["name"] == "bottleneck" and run["head"]["bottleneck_tap"] == "mid_2"
+    assert run["head"]["name"] == "skip" and run["head"]["bottleneck_tap"] == "mid_2"
     assert run["head"]["tap_channels"]["mid_2"] == 128 and run["head"]["decoder_channels"] == [32, 16, 16, 8]
     assert run["num_classes"] == 12
     assert run["structures"] == [s.key for s in labels.knee_structures("sagittal")] and len(run["structures"]) == 11
