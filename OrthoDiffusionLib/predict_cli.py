@@ -198,6 +198,7 @@ def register(subparsers) -> None:
     d.add_argument("--abnormality", default=None,
                    help="abnormality to simulate (default joint_effusion; 'none' for a normal knee)")
     d.add_argument("--seed", type=int, default=1, help="simulation and noise seed (default 1)")
-    d.add_argument("--matrix", type=int, default=256, help="in-plane matrix of the simulated series (default 256)")
+    d.add_argument("--matrix", type=int, default=128,
+                   help="in-plane matrix of the simulated series (default 128, as the demo model's training cohort)")
     _common(d)
     d.set_defaults(func=_cmd_demo)
