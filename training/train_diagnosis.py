@@ -533,6 +533,9 @@ def train_diagnosis(manifest: str | os.PathLike, config: Mapping[str, Any], out:
     paths = _plane_backbones(backbone, plane_backbones or {})
     data = read_diagnosis_manifest(manifest, cfg["labels"])
     data = data.restrict_train(train_patients, train_fraction, seed=seed)
+    lacking = [p for p in PLANES if not data.series("train", p)]
+    if lacking:
+        raise InputError(f"no training series of the {', '.join(lacking)} plane(s)", data.path)
     ckpt_path = run / CHECKPOINT_NAME
     if (run / "run.json").is_file():
         raise InputError("already holds a finished training run; choose another --out", run)
