@@ -30,7 +30,7 @@ def test_baselines_write_predictions_that_evaluate_compares(cohort, tmp_path, ca
         info = json.loads((runs[model] / "run.json").read_text())
         assert info["format"] == "orthodiffusion.baseline-run" and info["model"] == model
         assert info["training"]["epochs"] == 1 and info["training"]["lr"] == 1e-4
-        assert info["training"]["train_patients"] == (5 if model == "unet3d" else 7)
+        assert info["training"]["train_patients"] == (5 if model == "unet3d" else 8)
         assert info["training"]["eval_rows_zero_filled_plane"] == 1  # p011 (test) has no axial series
         with open(runs[model] / "predictions_test.csv", newline="") as f:
             rows = list(csv.DictReader(f))
