@@ -21,7 +21,8 @@ def cohort(tmp_path_factory):
 def test_baselines_write_predictions_that_evaluate_compares(cohort, tmp_path, capsys):
     manifest, _ = cohort
     runs = {}
-    for model, extra in (("unet3d", ["--unet-channels", "8,8,16,16,16"]), ("resnet18", ["--resnet-widen", "0.125"])):
+    for model, extra in (("unet3d", ["--unet-channels", "8,8,16,16,16", "--train-patients", "5"]),
+                         ("resnet18", ["--resnet-widen", "0.125"])):
         runs[model] = tmp_path / model
         rc = main(["train-baseline", "--manifest", str(manifest), "--model", model, "--out", str(runs[model]),
                    "--size", "32", "--slices", "8", "--set", f"baselines.epochs.{model}=1", "--device", "cpu", *extra])
@@ -29,6 +30,7 @@ def test_baselines_write_predictions_that_evaluate_compares(cohort, tmp_path, ca
         info = json.loads((runs[model] / "run.json").read_text())
         assert info["format"] == "orthodiffusion.baseline-run" and info["model"] == model
         assert info["training"]["epochs"] == 1 and info["training"]["lr"] == 1e-4
+        assert info["training"]["train_patients"] == (5 if model == "unet3d" else 8)
         assert info["training"]["eval_rows_zero_filled_plane"] == 1  # p011 (test) has no axial series
         with open(runs[model] / "predictions_test.csv", newline="") as f:
             rows = list(csv.DictReader(f))

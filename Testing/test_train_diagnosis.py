@@ -31,7 +31,7 @@ TAPS = ["planes.sagittal.timestep=50", "planes.coronal.timestep=100", "planes.ax
 def cohort(tmp_path_factory):
     root = tmp_path_factory.mktemp("cohort")
     manifest = write_cohort(root, n_patients=18, missing_plane={"p001": "axial", "p016": "coronal"},
-                            extra_series={"p002": "sagittal"})
+                            extra_series={"p002": "sagittal"}, ehr=True)
     backbone = write_backbone(root / "backbone.safetensors")
     return manifest, backbone
 
@@ -47,7 +47,7 @@ def test_linear_probe_run_contract_and_reload(cohort, tmp_path):
     out = tmp_path / "run"
     args = ["train-diagnosis", "--manifest", str(manifest), "--config", "knee-lp-opt", "--backbone", str(backbone),
             "--out", str(out), "--device", "cpu"]
-    for s in TINY_SETTINGS + TAPS:
+    for s in TINY_SETTINGS + TAPS + ["ehr.enabled=true", "ehr.lr=0.001", "ehr.epochs=2"]:
         args += ["--set", s]
     assert main(args) == 0
     info = json.loads((out / "run.json").read_text())
@@ -55,7 +55,13 @@ def test_linear_probe_run_contract_and_reload(cohort, tmp_path):
     assert info["anatomy"] == "knee" and info["labels"] == KEYS
     assert info["preprocessing"] == {"slices": 8, "size": 32}
     assert info["planes"]["coronal"] == {"timestep": 100, "block": "mid_2", "backbone": "backbone_coronal.safetensors"}
-    assert info["ehr"] is None and info["head_weights"] == "diagnosis_head.safetensors"
+    assert info["head_weights"] == "diagnosis_head.safetensors"
+    # EHR late fusion: weights, constructor config and the z-score statistics of the training patients
+    assert info["ehr"]["weights"] == "ehr_fusion.safetensors" and (out / "ehr_fusion.safetensors").is_file()
+    assert info["ehr"]["config"] == {"num_labels": 8, "mri_features": 3 * info["head"]["channels"] * 2}
+    ages = [40 + i for i in range(11)]  # training patients p000..p010
+    assert info["ehr"]["statistics"]["age"]["mean"] == pytest.approx(np.mean(ages))
+    assert "test_ehr" in info["metrics"]
     assert info["config"]["protocol"] == "linear_probe"
     assert set(info["metrics"]) >= {"val", "test"} and 0.0 <= info["metrics"]["test"]["macro_auroc"] <= 1.0
     prov = info["provenance"]
@@ -68,7 +74,7 @@ def test_linear_probe_run_contract_and_reload(cohort, tmp_path):
     assert not (out / "checkpoint.safetensors").exists()
     log = read_rows(out / "log.csv")
     assert [r["stage"] for r in log] == ["stage1.sagittal"] * 2 + ["stage1.coronal"] * 2 + ["stage1.axial"] * 2 + \
-        ["stage2"] * 2
+        ["stage2"] * 2 + ["ehr"] * 2
 
     # the head reloads from the run folder and reproduces the test predictions from the series files
     head = DiagnosisHead(**info["head"])

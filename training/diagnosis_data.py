@@ -13,6 +13,7 @@ noise every step instead, and uses the fixed draw again for evaluation, so predi
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -40,7 +41,8 @@ SPLITS = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class SeriesRow:
-    """One manifest row: ``index`` (row number, 0-based), absolute ``path``, ``labels`` ``(K,)`` 0/1."""
+    """One manifest row: ``index`` (its position in ``DiagnosisManifest.rows``), absolute ``path``, ``labels``
+    ``(K,)`` 0/1."""
 
     index: int
     patient_id: str
@@ -104,7 +106,8 @@ class DiagnosisManifest:
             raise InputError(f"--train-patients must lie in [1, {len(train)}] (training patients), got {n_patients}",
                              self.path)
         keep = set(nested_patient_subsets(train, [int(n_patients)], seed=seed)[int(n_patients)])
-        rows = [r for r in self.rows if r.split != "train" or r.patient_id in keep]
+        kept = [r for r in self.rows if r.split != "train" or r.patient_id in keep]
+        rows = [dataclasses.replace(r, index=i) for i, r in enumerate(kept)]  # index = position in ``rows``
         return DiagnosisManifest(self.path, self.sha256, self.label_keys, rows, self.ehr,
                                  excluded_train_patients=len(train) - len(keep))
 

@@ -151,15 +151,15 @@ class _Context:
         model = self.backbones[plane]
         model.eval()
 
-        def compute(row: SeriesRow) -> torch.Tensor:
-            return fixed_noise_taps(model, self.schedule, self.x0([row]), sel["timestep"], sel["block"],
-                                    self.noise_seed, [self.sid(row)])[0].cpu()
+        def compute(chunk: Sequence[SeriesRow]) -> torch.Tensor:
+            return fixed_noise_taps(model, self.schedule, self.x0(chunk), sel["timestep"], sel["block"],
+                                    self.noise_seed, [self.sid(r) for r in chunk]).cpu()
 
         if self.finetune:
-            return torch.stack([compute(r) for r in rows])
+            return torch.cat([compute(rows[i:i + 8]) for i in range(0, len(rows), 8)])
         cache = FeatureCache(self.cache / "features", self.backbone_sha[plane])
         return torch.stack([cache.get_or_compute(self.sid(r), plane, sel["timestep"], sel["block"], self.noise_seed,
-                                                 lambda r=r: compute(r)) for r in rows])
+                                                 lambda r=r: compute([r])[0]) for r in rows])
 
 
 def _seeded(ctx: _Context, name: str, build: Callable[[], nn.Module],
@@ -416,6 +416,14 @@ def _ehr_records(ctx: _Context, patient_ids: Sequence[str]) -> List[Dict[str, An
     return [ctx.manifest.ehr.get(p, {}) for p in patient_ids]
 
 
+def _encode_ehr(ctx: _Context, model: EHRFusionClassifier, patient_ids: Sequence[str]):
+    """Encoded EHR of the patients; a non-numeric age/height/weight is an ``InputError`` naming the manifest."""
+    try:
+        return model.encoder.encode(_ehr_records(ctx, patient_ids)).to(ctx.device)
+    except ValueError as e:
+        raise InputError(f"EHR columns: {e}", ctx.manifest.path) from None
+
+
 def _train_ehr(ctx: _Context, pooled: _Pooled, width: int, train: CombinationSet,
                fusion: nn.Module) -> Optional[EHRFusionClassifier]:
     ec = ctx.cfg.get("ehr", {})
@@ -423,7 +431,10 @@ def _train_ehr(ctx: _Context, pooled: _Pooled, width: int, train: CombinationSet
         return None
     torch.manual_seed(derived_seed(ctx.seed, "init", "ehr"))
     model = EHRFusionClassifier(ctx.cfg["num_labels"], len(PLANES) * width)
-    model.encoder.fit(_ehr_records(ctx, ctx.manifest.patients("train")))
+    try:
+        model.encoder.fit(_ehr_records(ctx, ctx.manifest.patients("train")))
+    except ValueError as e:
+        raise InputError(f"EHR columns: {e}", ctx.manifest.path) from None
     if isinstance(fusion, SimpleConcatFusion):
         model.mri_head.load_state_dict(fusion.head.state_dict())
     model = ctx.state.add_part("ehr", model.to(ctx.device))
@@ -431,7 +442,7 @@ def _train_ehr(ctx: _Context, pooled: _Pooled, width: int, train: CombinationSet
         return model.eval()
     feats = pooled.combination_features(train)
     x = torch.cat([feats[p] for p in PLANES], dim=1).to(ctx.device)
-    batch = model.encoder.encode(_ehr_records(ctx, train.patient_ids())).to(ctx.device)
+    batch = _encode_ehr(ctx, model, train.patient_ids())
     y, w = (t.to(ctx.device) for t in _combination_labels(ctx, train))
 
     def step(idx: torch.Tensor, epoch: int, b: int) -> torch.Tensor:
@@ -483,9 +494,9 @@ def _predict(ctx: _Context, head: DiagnosisHead, pooled: _Pooled, split: str,
         if complete:
             x = torch.cat([torch.stack([pooled.features[p][pooled.position[combos.combinations[i].series[p]["index"]]]
                                         for i in complete]) for p in PLANES], dim=1).to(ctx.device)
-            batch = ehr.encoder.encode(_ehr_records(ctx, [combos.combinations[i].patient_id for i in complete]))
+            batch = _encode_ehr(ctx, ehr, [combos.combinations[i].patient_id for i in complete])
             with torch.no_grad():
-                ehr_probs[complete] = torch.sigmoid(ehr(x, batch.to(ctx.device))).cpu().numpy()
+                ehr_probs[complete] = torch.sigmoid(ehr(x, batch)).cpu().numpy()
     return _SplitPredictions(combos.patient_ids(), logits, probs, weights, fused_by, ehr_probs)
 
 
@@ -533,6 +544,9 @@ def train_diagnosis(manifest: str | os.PathLike, config: Mapping[str, Any], out:
     paths = _plane_backbones(backbone, plane_backbones or {})
     data = read_diagnosis_manifest(manifest, cfg["labels"])
     data = data.restrict_train(train_patients, train_fraction, seed=seed)
+    lacking = [p for p in PLANES if not data.series("train", p)]
+    if lacking:
+        raise InputError(f"no training series of the {', '.join(lacking)} plane(s)", data.path)
     ckpt_path = run / CHECKPOINT_NAME
     if (run / "run.json").is_file():
         raise InputError("already holds a finished training run; choose another --out", run)
