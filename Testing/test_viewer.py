@@ -301,6 +301,11 @@ def test_diagnosis_rows_show_uncertainty_only_with_several_noise_draws(tmp_path,
         assert len(rows) == 8 and rows[2]["text"] == text and rows[2]["percent"] == pytest.approx(95.4)
         assert rows[2]["name"] == written["labels"][2]["name"]
         assert rows[2]["color"] != rows[0]["color"]  # >= 50% is drawn in the alarm colour
+    # the headline is the calibrated probability (as in report.html); the raw model output is shown beside it
+    written["labels"][2]["probability"] = 0.40
+    (tmp_path / "res" / "diagnosis.json").write_text(json.dumps(written), encoding="utf-8")
+    row = diagnosis_rows(open_result_folder(tmp_path / "res"))[2]
+    assert row["text"] == "95%" and row["percent"] == pytest.approx(95.4) and row["calibrated"] == "uncalibrated 40%"
 
 
 def test_view_command_rejects_conflicting_arguments_with_one_line(capsys, tmp_path):

@@ -62,19 +62,22 @@ def _percent(p: Optional[float]) -> str:
 
 def diagnosis_rows(result: ResultFolder) -> List[Dict[str, Any]]:
     """The diagnosis panel's rows (one per label, model order): name, probability in %, ``probability ± uncertainty``
-    text (the uncertainty is the std over ``noise_draws``; with a single draw it is left out)."""
+    text (the uncertainty is the std over ``noise_draws``; with a single draw it is left out). The probability shown
+    is the calibrated one when the result has it (as in report.html and the CLI table); the uncalibrated model
+    output is given beside it."""
     draws = int(result.diagnosis.get("noise_draws") or 0)
     rows = []
     for i, entry in enumerate(result.labels):
-        p = float(entry["probability"])
-        u = entry.get("uncertainty")
+        raw = float(entry["probability"])
         cal = entry.get("calibrated_probability")
+        p = raw if cal is None else float(cal)
+        u = entry.get("uncertainty")
         # with one noise draw there is no spread to report (the uncertainty field is 0 by definition)
         spread = f" ± {100.0 * float(u):.1f}%" if u is not None and draws != 1 else ""
         rows.append({
             "key": str(entry.get("key") or i), "name": str(entry["name"]), "percent": round(100.0 * p, 1),
             "text": _percent(p) + spread,
-            "calibrated": f"calibrated {_percent(cal)}" if cal is not None else "",
+            "calibrated": f"uncalibrated {_percent(raw)}" if cal is not None else "",
             "color": "red-darken-1" if p >= 0.5 else "blue-grey",
         })
     return rows
