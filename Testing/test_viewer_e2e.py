@@ -2,11 +2,11 @@
 
 1. Open a folder with no MRI through the folder picker: the library's error shows in a banner; the app then opens a
    real study folder.
-2. Open the simulated sample, press Run (tiny model bundle), wait for the result: the 4 views, the 8 diagnosis rows
+2. Open the simulated sample, press Run (the shipped demo model), wait for the result: the 4 views, the 8 diagnosis rows
    and the Sankey are on the page, the result folder is written; a screenshot is saved (and copied to
-   ``$ORTHODIFFUSION_VIEWER_SCREENSHOT`` when set). docs/images/viewer.png is made this way with the demo model:
-   ``ORTHODIFFUSION_VIEWER_MODEL=<bundle> ORTHODIFFUSION_VIEWER_SCREENSHOT=docs/images/viewer.png
-   python -m pytest Testing/test_viewer_e2e.py -k run``.
+   ``$ORTHODIFFUSION_VIEWER_SCREENSHOT`` when set). The viewer runs the shipped demo model (``ORTHODIFFUSION_VIEWER_MODEL`` names
+   another bundle); docs/images/viewer.png is made with
+   ``ORTHODIFFUSION_VIEWER_SCREENSHOT=$PWD/docs/images/viewer.png python -m pytest Testing/test_viewer_e2e.py -k run``.
 
 Skips outside CI when Chromium / Playwright / the viewer extra are missing; fails in CI (``CI`` set).
 """
@@ -50,15 +50,14 @@ def browser():
 
 @pytest.fixture(scope="module")
 def viewer(tmp_path_factory):
-    """The viewer process (tiny model bundle, 64x64 simulated sample); yields (url, home folder)."""
+    """The viewer process (the shipped demo model, simulated sample); yields (url, home folder)."""
     require("trame_slicer", "browser viewer extra")
-    from bundle_helpers import make_tiny_bundle
+    from OrthoDiffusionLib.model_registry import default_model
 
     home = tmp_path_factory.mktemp("viewer_home")
-    # ORTHODIFFUSION_VIEWER_MODEL: a real bundle (e.g. the demo model) for the README screenshot
-    bundle = os.environ.get("ORTHODIFFUSION_VIEWER_MODEL") or \
-        make_tiny_bundle(home / "tiny.odbundle", segmentation_planes=("sagittal", "coronal", "axial"))
-    matrix = "256" if os.environ.get("ORTHODIFFUSION_VIEWER_MODEL") else "64"
+    # ORTHODIFFUSION_VIEWER_MODEL: another bundle instead of the shipped demo model
+    bundle = os.environ.get("ORTHODIFFUSION_VIEWER_MODEL") or str(default_model().file)
+    matrix = "256"
     log_path = home / "viewer.log"
     env = dict(os.environ, ORTHODIFFUSION_HOME=str(home), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                PYTHONUNBUFFERED="1")
