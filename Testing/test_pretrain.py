@@ -47,6 +47,17 @@ def write_nifti(path, direction, seed):
     return path
 
 
+def write_manifest(folder, rows):
+    """A manifest CSV in ``folder`` from (patient_id, plane, series path, split) rows (paths made relative)."""
+    manifest = folder / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["patient_id", "plane", "series_path", "split", "acl"])
+        for pid, plane, path, split in rows:
+            w.writerow([pid, plane, os.path.relpath(path, folder), split, 0])
+    return manifest
+
+
 def read_log(run):
     with open(run / "log.csv") as f:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
@@ -134,12 +145,7 @@ def test_pretrain_cli_from_manifest_writes_run_folder(tmp_path):
             ("p2", "sagittal", write_nifti(series / "s2.nii.gz", SAGITTAL, 2), "train"),
             ("p3", "sagittal", series / "missing_but_val.nii.gz", "val"),
             ("p1", "coronal", series / "missing_but_coronal.nii.gz", "train")]
-    manifest = tmp_path / "manifest.csv"
-    with open(manifest, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["patient_id", "plane", "series_path", "split", "acl"])
-        for pid, plane, path, split in rows:
-            w.writerow([pid, plane, os.path.relpath(path, tmp_path), split, 0])
+    manifest = write_manifest(tmp_path, rows)
     run = tmp_path / "run"
     code = cli_main(["pretrain", "--manifest", str(manifest), "--plane", "sagittal", "--out", str(run),
                      "--steps", "2", "--batch-size", "1", "--ckpt-every", "1", "--log-every", "1",
@@ -230,12 +236,7 @@ def test_shared_backbone_trains_on_every_plane_and_loads_for_each(tmp_path):
     rows = [("p1", "sagittal", write_nifti(series / "s1.nii.gz", SAGITTAL, 1), "train"),
             ("p1", "coronal", write_nifti(series / "c1.nii.gz", CORONAL, 2), "train"),
             ("p2", "coronal", series / "missing_but_test.nii.gz", "test")]
-    manifest = tmp_path / "manifest.csv"
-    with open(manifest, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["patient_id", "plane", "series_path", "split", "acl"])
-        for pid, plane, path, split in rows:
-            w.writerow([pid, plane, os.path.relpath(path, tmp_path), split, 0])
+    manifest = write_manifest(tmp_path, rows)
     run = tmp_path / "run"
     assert cli_main(["pretrain", "--manifest", str(manifest), "--plane", "shared", "--out", str(run),
                      "--steps", "1", "--batch-size", "2", "--device", "cpu", *TINY_ARGS]) == 0

@@ -53,3 +53,12 @@ def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda was asked for but no CUDA device is available")
     return torch.device(device)
+
+
+def print_run_summary(metrics: Mapping[str, Any], run_dir: Any) -> None:
+    """Print the validation/test macro AUROC of a finished diagnosis-style run and where its folder is."""
+    for split in ("val", "test"):
+        m = metrics.get(split)
+        if m is not None and m["macro_auroc"] is not None:
+            print(f"{split}: {m['patients']} patients, macro AUROC {m['macro_auroc']:.4f}")
+    print(f"run folder: {run_dir}")

@@ -36,7 +36,7 @@ from .diagnosis_data import read_diagnosis_manifest
 from .losses import weighted_bce
 from .multiscan import CombinationSet
 from .pretrain import SeriesVolumes
-from .run_files import resolve_device, save_tensors, utc_now, write_log_csv, write_text
+from .run_files import print_run_summary, resolve_device, save_tensors, utc_now, write_log_csv, write_text
 from .train_diagnosis import _tqdm_progress, patient_metrics, resolve_config
 
 __all__ = ["BASELINE_RUN_FORMAT", "train_baseline", "register"]
@@ -185,11 +185,7 @@ def _run(args: argparse.Namespace) -> int:
                               command="orthodiffusion " + " ".join(sys.argv[1:]), progress=progress)
     finally:
         close()
-    for split in ("val", "test"):
-        m = info["metrics"].get(split)
-        if m is not None and m["macro_auroc"] is not None:
-            print(f"{split}: {m['patients']} patients, macro AUROC {m['macro_auroc']:.4f}")
-    print(f"run folder: {args.out}")
+    print_run_summary(info["metrics"], args.out)
     return 0
 
 

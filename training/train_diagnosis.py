@@ -68,7 +68,7 @@ from .losses import positive_class_weights, weighted_bce
 from .mpae import out_of_fold_predictions, train_mpae_gate
 from .multiscan import CombinationSet, aggregate_by_patient
 from .pretrain import SeriesVolumes
-from .run_files import resolve_device, save_tensors, utc_now, write_log_csv, write_text
+from .run_files import print_run_summary, resolve_device, save_tensors, utc_now, write_log_csv, write_text
 
 __all__ = ["RUN_FORMAT", "resolve_config", "train_diagnosis", "patient_metrics", "fit_module", "register"]
 
@@ -690,11 +690,7 @@ def _run(args: argparse.Namespace) -> int:
             command="orthodiffusion " + " ".join(sys.argv[1:]), progress=progress)
     finally:
         close()
-    for split in ("val", "test"):
-        m = info["metrics"].get(split)
-        if m is not None and m["macro_auroc"] is not None:
-            print(f"{split}: {m['patients']} patients, macro AUROC {m['macro_auroc']:.4f}")
-    print(f"run folder: {args.out}")
+    print_run_summary(info["metrics"], args.out)
     return 0
 
 
