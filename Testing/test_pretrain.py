@@ -83,6 +83,29 @@ def test_stop_at_returns_after_a_checkpoint(tmp_path):
     assert not (tmp_path / "run" / "backbone_sagittal.safetensors").exists()  # only a finished run exports
 
 
+def test_time_limit_stops_cleanly_with_a_backbone_and_resumes_to_the_planned_steps(tmp_path):
+    data = InMemoryVolumes(smooth_volumes(2))
+    run = tmp_path / "run"
+    cfg = PretrainConfig(out=str(run), steps=4, batch_size=1, ckpt_every=10, device="cpu", **TINY)
+    summary = pretrain(cfg, data, time_limit=0.0)  # the limit is reached after the first step
+    assert summary["step"] == 1 and summary["stopped_by_time_limit"] is True
+    assert json.loads((run / "checkpoints" / "latest.json").read_text())["step"] == 1
+    _, meta = load_backbone(run / "backbone_sagittal.safetensors")
+    assert meta["provenance"]["trained_steps"] == 1 and meta["provenance"]["stopped_by_time_limit"] is True
+    cfg.resume = True
+    summary = pretrain(cfg, data, time_limit=3600.0)
+    assert summary["step"] == 4 and summary["stopped_by_time_limit"] is False
+    _, meta = load_backbone(run / "backbone_sagittal.safetensors")
+    assert meta["provenance"]["trained_steps"] == 4 and meta["provenance"]["planned_steps"] == 4
+
+
+def test_time_limit_must_be_positive(tmp_path, capsys):
+    rc = cli_main(["pretrain", "--data", str(tmp_path), "--plane", "sagittal", "--out", str(tmp_path / "r"),
+                   "--time-limit", "0", *TINY_ARGS])
+    assert rc != 0 and "--time-limit must be > 0" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 def test_killed_process_resumes_bit_identically(tmp_path):
     """SIGKILL a CLI run right after its first checkpoint, resume it, compare with an uninterrupted run."""
     data = tmp_path / "data"

@@ -506,7 +506,7 @@ ProgressFn = Callable[[int, int, float], None]
 def pretrain(cfg: PretrainConfig, dataset: Optional[VolumeDataset] = None, *,
              manifest: Optional[Union[str, os.PathLike]] = None, data: Optional[Union[str, os.PathLike]] = None,
              progress: Optional[ProgressFn] = None, stop_at: Optional[int] = None,
-             show_progress: bool = False) -> Dict[str, Any]:
+             show_progress: bool = False, time_limit: Optional[float] = None) -> Dict[str, Any]:
     """Train (or resume) one plane's backbone; returns the summary written to ``RUN_DIR/summary.json``.
 
     Args:
@@ -516,18 +516,23 @@ def pretrain(cfg: PretrainConfig, dataset: Optional[VolumeDataset] = None, *,
         stop_at: return after writing a checkpoint at this step (e.g. jobs of bounded length on a cluster;
             continue later with ``resume``).
         show_progress: tqdm bar on rank 0.
+        time_limit: seconds of training (counted from the first step of this process) after which the run stops
+            cleanly at the end of the current step: it writes a checkpoint AND the backbone file (trained on fewer
+            steps than ``cfg.steps``; the step count is in its provenance and ``summary["stopped_by_time_limit"]``
+            is True). ``resume`` later continues towards ``cfg.steps``. All ranks stop at the same step.
     """
     run_dir = Path(cfg.out)
     d = _setup_distributed(cfg.device)
     try:
-        return _pretrain(cfg, run_dir, d, dataset, manifest, data, progress, stop_at, show_progress)
+        return _pretrain(cfg, run_dir, d, dataset, manifest, data, progress, stop_at, show_progress, time_limit)
     finally:
         if d.initialised_here and dist.is_initialized():
             dist.destroy_process_group()
 
 
 def _pretrain(cfg: PretrainConfig, run_dir: Path, d: _Dist, dataset: Optional[VolumeDataset], manifest, data,
-              progress: Optional[ProgressFn], stop_at: Optional[int], show_progress: bool) -> Dict[str, Any]:
+              progress: Optional[ProgressFn], stop_at: Optional[int], show_progress: bool,
+              time_limit: Optional[float] = None) -> Dict[str, Any]:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     latest = _latest_checkpoint(run_dir)
@@ -609,6 +614,8 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, d: _Dist, dataset: Optional[Vo
     last_loss = float("nan")
     window: List[float] = []
     t_last, step_last = time.perf_counter(), start
+    t_begin = time.perf_counter()
+    timed_out = False
     try:
         net.train()
         for x0 in loader:
@@ -648,11 +655,13 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, d: _Dist, dataset: Optional[Vo
                     t_last, step_last = now, step
                 if cfg.sample_every and step % cfg.sample_every == 0:
                     _sample(cfg, ema.model, schedule, run_dir, step, d.device)
-            if step % cfg.ckpt_every == 0 or step == cfg.steps or step == stop_at:
+            if time_limit is not None and step < cfg.steps:
+                timed_out = _all_ranks_agree(time.perf_counter() - t_begin >= time_limit, d)
+            if step % cfg.ckpt_every == 0 or step == cfg.steps or step == stop_at or timed_out:
                 rng_all = _gather(_rng_snapshot(noise_gen, d.device), d)
                 if d.main:
                     _save_checkpoint(run_dir, step, model, ema, opt, rng_all, cfg, {"loss": last_loss})
-            if stop_at is not None and step >= stop_at:
+            if timed_out or (stop_at is not None and step >= stop_at):
                 break
     finally:
         if bar is not None:
@@ -664,16 +673,26 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, d: _Dist, dataset: Optional[Vo
 
     digests = _gather(tensors_sha256(model.state_dict()), d)
     summary = {"step": step, "loss": last_loss, "world_size": d.world, "lr": lr, "rank_weight_sha256": digests,
-               "ema_weight_sha256": tensors_sha256(ema.model.state_dict())}
+               "ema_weight_sha256": tensors_sha256(ema.model.state_dict()), "stopped_by_time_limit": timed_out}
     if len(set(digests)) != 1:
         raise OrthoDiffusionError(f"ranks hold different weights after step {step} (DDP desynchronised)", run_dir)
     if d.main:
-        if step >= cfg.steps:
+        if step >= cfg.steps or timed_out:
             save_backbone(ema.model, run_dir / f"backbone_{cfg.plane}.safetensors", cfg.plane,
-                          provenance={"trained_steps": step, "run": run_dir.name, "recipe": "orthodiffusion pretrain"})
+                          provenance={"trained_steps": step, "planned_steps": cfg.steps, "run": run_dir.name,
+                                      "recipe": "orthodiffusion pretrain", "stopped_by_time_limit": timed_out})
         with atomic_path(run_dir / "summary.json") as t:
             t.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _all_ranks_agree(flag: bool, d: _Dist) -> bool:
+    """True on every rank when rank 0's ``flag`` is True (one broadcast per call under DDP; clocks differ)."""
+    if d.world == 1:
+        return bool(flag)
+    value = torch.tensor([1.0 if flag else 0.0], device=d.device)
+    dist.broadcast(value, src=0)
+    return bool(value.item() > 0)
 
 
 def _truncate_log(path: Path, start: int) -> None:

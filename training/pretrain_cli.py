@@ -46,6 +46,9 @@ def register(subparsers) -> None:
     p.add_argument("--num-workers", type=int, default=0, help="data loading workers per process")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR's newest checkpoint")
+    p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+                   help="stop cleanly after this many minutes of training: a checkpoint and the backbone file are "
+                        "written from the steps done (--resume continues towards --steps)")
     p.set_defaults(func=_run_cli)
 
 
@@ -67,7 +70,11 @@ def _run_cli(args) -> int:
         channel_mult=_ints(args.channel_mult), attention_resolutions=_ints(args.attention_resolutions),
         size=args.size, slices=args.slices, precision=args.precision, seed=args.seed,
         grad_checkpoint=args.grad_checkpoint, num_workers=args.num_workers, device=args.device, resume=args.resume)
-    summary = pretrain(cfg, manifest=args.manifest, data=args.data, show_progress=True)
+    if args.time_limit is not None and args.time_limit <= 0:
+        raise OrthoDiffusionError(f"--time-limit must be > 0 minutes, got {args.time_limit}")
+    time_limit = None if args.time_limit is None else args.time_limit * 60.0
+    summary = pretrain(cfg, manifest=args.manifest, data=args.data, show_progress=True, time_limit=time_limit)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"pretrain {cfg.plane}: step {summary['step']} loss {summary['loss']:.4f} -> {args.out}")
+        stopped = " (stopped by --time-limit)" if summary.get("stopped_by_time_limit") else ""
+        print(f"pretrain {cfg.plane}: step {summary['step']} loss {summary['loss']:.4f}{stopped} -> {args.out}")
     return 0
