@@ -45,6 +45,8 @@ else
     DIAG_EPOCHS=8; LP_EPOCHS=40; SEG_EPOCHS=20; BASE_EPOCHS=20; SEG_BASE_EPOCHS=20; LOADERS=8
     UNETR=()
 fi
+# the command that runs the project's CLI (OD="python3 -m OrthoDiffusionLib" where no console script is installed)
+read -ra OD <<< "${OD:-orthodiffusion}"
 WORKERS="$(nproc)"
 COHORT="$WORK/cohort"
 MANIFEST="$COHORT/manifest.csv"
@@ -89,17 +91,17 @@ keep() {
     echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)"
     echo "smoke: $SMOKE, device: $DEVICE, cores: $WORKERS, budget: ${BUDGET_S} s"
     command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-    python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"
+    python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"
 } > "$OUT/environment.txt" 2>&1
 
 # 1. cohort
-run cohort 150 orthodiffusion simulate cohort --out "$COHORT" --n "$N" --seed 7 --matrix "$MATRIX" --no-dicom \
+run cohort 150 "${OD[@]}" simulate cohort --out "$COHORT" --n "$N" --seed 7 --matrix "$MATRIX" --no-dicom \
     --workers "$WORKERS" || { echo "no cohort, nothing else can run" | tee -a "$LOG"; exit 1; }
 cp "$MANIFEST" "$OUT/manifest.csv"
 
 # 2. pretraining (time-limited; the backbone is written from the steps done)
-PRE_LIMIT=$(python -c "print(int(float('$PRETRAIN_MIN') * 60 + 120))")
-run pretrain "$PRE_LIMIT" orthodiffusion pretrain --manifest "$MANIFEST" --plane shared --out "$WORK/pretrain" \
+PRE_LIMIT=$(python3 -c "print(int(float('$PRETRAIN_MIN') * 60 + 120))")
+run pretrain "$PRE_LIMIT" "${OD[@]}" pretrain --manifest "$MANIFEST" --plane shared --out "$WORK/pretrain" \
     --width 32 --channel-mult 1,1,2,2,2 --attention-resolutions 16 --size "$SIZE" --slices 16 \
     --steps 1000000 --time-limit "$PRETRAIN_MIN" --batch-size "$BATCH" --lr-per-sample 1e-5 --ema-start 500 \
     --precision "$PRECISION" --num-workers "$LOADERS" --ckpt-every 500 --keep-checkpoints 1 --log-every 20 \
@@ -114,7 +116,7 @@ keep "$WORK/pretrain" pretrain
 SEG=(--config seg-demo --head skip --set "preprocessing.size=$SIZE" --set "epochs=$SEG_EPOCHS"
      --set frozen_input_blocks=0 --set "head.decoder_channels=[64,32,16,16]" --device "$DEVICE" --cache-dir "$CACHE")
 for plane in sagittal coronal; do
-    run "seg_$plane" 90 orthodiffusion train-segmentation --manifest "$MANIFEST" --plane "$plane" \
+    run "seg_$plane" 90 "${OD[@]}" train-segmentation --manifest "$MANIFEST" --plane "$plane" \
         --backbone "$BACKBONE" --out "$WORK/seg_$plane" "${SEG[@]}"
     keep "$WORK/seg_$plane" "seg_$plane"
 done
@@ -122,9 +124,9 @@ done
 # 4. diagnosis: fine-tuning (the paper's FT protocol) and linear probing
 DIAG=(--manifest "$MANIFEST" --config knee-demo-ft --backbone "$BACKBONE" --set "preprocessing.size=$SIZE"
       --device "$DEVICE" --cache-dir "$CACHE")
-run diag_ft 90 orthodiffusion train-diagnosis "${DIAG[@]}" --out "$WORK/diag_ft" --set "stage1.epochs=$DIAG_EPOCHS"
+run diag_ft 90 "${OD[@]}" train-diagnosis "${DIAG[@]}" --out "$WORK/diag_ft" --set "stage1.epochs=$DIAG_EPOCHS"
 keep "$WORK/diag_ft" diag_ft
-run diag_lp 60 orthodiffusion train-diagnosis "${DIAG[@]}" --out "$WORK/diag_lp" --set 'protocol="linear_probe"' \
+run diag_lp 60 "${OD[@]}" train-diagnosis "${DIAG[@]}" --out "$WORK/diag_lp" --set 'protocol="linear_probe"' \
     --set "stage1.epochs=$LP_EPOCHS" --set stage1.lr=0.002 --set 'stage1.noise="fixed-draw-cached"' \
     --set stage1.backbone_lr_scale=null
 keep "$WORK/diag_lp" diag_lp
@@ -137,7 +139,7 @@ for plane in sagittal coronal; do
 done
 for variant in diag_ft diag_lp; do
     [[ -f "$WORK/$variant/run.json" ]] || continue
-    run "export_$variant" 60 orthodiffusion export --diagnosis "$WORK/$variant" "${SEGS[@]}" \
+    run "export_$variant" 60 "${OD[@]}" export --diagnosis "$WORK/$variant" "${SEGS[@]}" \
         --name knee-demo-synthetic --out "$WORK/$variant.odbundle" --half \
         --description "Demo model trained on simulated (procedural) knee MRI only. Not for clinical use." \
         || continue
@@ -163,12 +165,12 @@ evaluate_all() {
         local fuse=()
         [[ -f "$WORK/seg_coronal/run.json" && -f "$WORK/seg_sagittal/run.json" ]] && \
             fuse=(--fuse "$WORK/seg_sagittal" "$WORK/seg_coronal")
-        run "eval_seg$suffix" 90 orthodiffusion evaluate-segmentation --runs "${segruns[@]}" --names "${names[@]}" \
+        run "eval_seg$suffix" 90 "${OD[@]}" evaluate-segmentation --runs "${segruns[@]}" --names "${names[@]}" \
             --split test --out "$OUT/eval_seg$suffix" --device "$DEVICE" "${fuse[@]}"
     fi
     for variant in diag_ft diag_lp; do
         [[ -f "$WORK/$variant/predictions_test.csv" ]] || continue
-        run "eval_$variant$suffix" 60 orthodiffusion evaluate --predictions "$WORK/$variant/predictions_test.csv" \
+        run "eval_$variant$suffix" 60 "${OD[@]}" evaluate --predictions "$WORK/$variant/predictions_test.csv" \
             --val-predictions "$WORK/$variant/predictions_val.csv" --manifest "$MANIFEST" \
             --out "$OUT/eval_$variant$suffix" "${bases[@]}"
     done
@@ -182,7 +184,7 @@ for frac in 100 10; do
     F=()
     [[ $frac == 10 ]] && F=(--train-fraction 0.1)
     for model in unet3d resnet18; do
-        run "base_${model}_$frac" 60 orthodiffusion train-baseline --manifest "$MANIFEST" --model "$model" \
+        run "base_${model}_$frac" 60 "${OD[@]}" train-baseline --manifest "$MANIFEST" --model "$model" \
             --out "$WORK/base_${model}_$frac" --size "$SIZE" --slices 16 --device "$DEVICE" --cache-dir "$CACHE" \
             --set "baselines.epochs.$model=$BASE_EPOCHS" "${F[@]}" || continue
         keep "$WORK/base_${model}_$frac" "base_${model}_$frac"
@@ -196,15 +198,15 @@ for frac in 100 10; do
     P=()
     [[ $frac == 10 ]] && P=(--train-patients $(( N * 7 / 100 )))
     for model in unet unetr; do
-        run "seg_${model}_$frac" 75 orthodiffusion train-seg-baseline --manifest "$MANIFEST" --model "$model" \
+        run "seg_${model}_$frac" 75 "${OD[@]}" train-seg-baseline --manifest "$MANIFEST" --model "$model" \
             --out "$WORK/seg_${model}_$frac" "${SEGB[@]}" "${P[@]}"
         keep "$WORK/seg_${model}_$frac" "seg_${model}_$frac"
     done
 done
-run seg_sagittal_10 60 orthodiffusion train-segmentation --manifest "$MANIFEST" --plane sagittal \
+run seg_sagittal_10 60 "${OD[@]}" train-segmentation --manifest "$MANIFEST" --plane sagittal \
     --backbone "$BACKBONE" --out "$WORK/seg_sagittal_10" --train-patients $(( N * 7 / 100 )) "${SEG[@]}"
 keep "$WORK/seg_sagittal_10" seg_sagittal_10
-run diag_ft_10 60 orthodiffusion train-diagnosis "${DIAG[@]}" --out "$WORK/diag_ft_10" \
+run diag_ft_10 60 "${OD[@]}" train-diagnosis "${DIAG[@]}" --out "$WORK/diag_ft_10" \
     --set "stage1.epochs=$DIAG_EPOCHS" --train-fraction 0.1
 keep "$WORK/diag_ft_10" diag_ft_10
 if [[ -f "$WORK/diag_ft_10/predictions_test.csv" ]]; then
@@ -214,3 +216,12 @@ fi
 (( ${#BASES[@]} )) && evaluate_all "_vs_baselines" "${BASES[@]}"
 
 echo "total: $(( $(date +%s) - T0 )) s of ${BUDGET_S} s" | tee -a "$LOG"
+
+# PACK_TO=DIR: the results as at most 8 files of at most 15 MiB (what a device call brings back): results.tar.gz
+# (everything but the bundle) and the bundle in parts (join them with: cat bundle.part-* > NAME.odbundle)
+if [[ -n "${PACK_TO:-}" ]]; then
+    mkdir -p "$PACK_TO"
+    tar czf "$PACK_TO/results.tar.gz" -C "$OUT" --exclude='*.odbundle' .
+    [[ -f "$BUNDLE" ]] && split -b 15M -d "$BUNDLE" "$PACK_TO/bundle.part-"
+    ls -l "$PACK_TO"
+fi
