@@ -106,3 +106,28 @@ def test_bad_inputs():
         loss(torch.zeros(2, 12, 4, 8, 8), target.masked_fill(target == 3, 40))
     with pytest.raises(ValueError, match="background"):
         SegmentationLoss(3, torch.tensor([False, True, True]))
+
+
+def test_class_balanced_ce_weights_and_gradient_on_a_rare_class():
+    torch.manual_seed(0)
+    target = torch.zeros(1, 4, 8, 8, dtype=torch.long)
+    target[0, 1, 2, 2] = 10                        # one voxel of a rare class (the ACL at low resolution)
+    target[0, 2:, :, :4] = 1                       # 64 voxels of a large one
+    target[0, 0, 0, 0] = 255                       # unlabeled: neither counted nor weighted
+    loss = SegmentationLoss(12, ce_class_balance=True)
+    labels = target[target != 255]
+    w = loss._balance_weights(labels)
+    counts = torch.bincount(labels, minlength=12).float()
+    assert torch.isclose(w[labels].mean(), torch.tensor(1.0))
+    assert torch.isclose(w[10] / w[1], (counts[1] / counts[10]).sqrt())
+    assert float(w[2]) == 0.0                      # absent class
+    # the rare voxel's CE gradient is much larger with balancing than without
+    logits = torch.randn(1, 12, 4, 8, 8, requires_grad=True)
+    plain = SegmentationLoss(12, ce_weight=1.0)
+    g_plain = torch.autograd.grad(plain.terms(logits, target)["ce"], logits)[0][0, 10, 1, 2, 2].abs()
+    balanced = SegmentationLoss(12, ce_weight=1.0, ce_class_balance=True)
+    g_bal = torch.autograd.grad(balanced.terms(logits, target)["ce"], logits)[0][0, 10, 1, 2, 2].abs()
+    assert float(g_bal) > 5 * float(g_plain)
+    # without balancing the result is the paper's loss, unchanged
+    paper = SegmentationLoss(12)(logits, target)
+    assert torch.isclose(paper, SegmentationLoss(12, ce_class_balance=False)(logits, target))

@@ -59,6 +59,11 @@ class SegmentationLoss(nn.Module):
         excluded_as: what a target voxel of a masked-out class becomes: ``"background"`` or ``"ignore"``.
         batch_dice: Dice sums over the whole batch (True) or per sample then averaged (False).
         smooth: additive smoothing of the Dice ratio.
+        ce_class_balance: weight each voxel's cross-entropy by 1 / sqrt(its class's voxel count in the batch),
+            normalised so the weights average 1 over the labelled voxels (the CE keeps its scale). Without it a
+            structure of a few dozen voxels (the ACL at 64 x 64) contributes almost nothing to the CE, and once the
+            softmax gives it ~0 everywhere the Dice term's gradient vanishes too: the class can collapse for good.
+            Off by default (the paper's loss).
 
     ``forward(logits (B, C, D, H, W) float, target (B, D, H, W) int) -> scalar``; ``terms(...)`` returns the
     parts as a dict (``loss``, ``ce``, ``dice_loss``).
@@ -66,7 +71,8 @@ class SegmentationLoss(nn.Module):
 
     def __init__(self, num_classes: int, class_mask: Optional[torch.Tensor] = None,
                  ignore_index: int = DEFAULT_IGNORE_INDEX, ce_weight: float = CE_WEIGHT,
-                 excluded_as: str = "background", batch_dice: bool = True, smooth: float = 1e-5):
+                 excluded_as: str = "background", batch_dice: bool = True, smooth: float = 1e-5,
+                 ce_class_balance: bool = False):
         super().__init__()
         if excluded_as not in ("background", "ignore"):
             raise ValueError(f"excluded_as must be 'background' or 'ignore', got {excluded_as!r}")
@@ -80,6 +86,7 @@ class SegmentationLoss(nn.Module):
         self.excluded_as = excluded_as
         self.batch_dice = bool(batch_dice)
         self.smooth = float(smooth)
+        self.ce_class_balance = bool(ce_class_balance)
 
     @classmethod
     def for_plane(cls, plane: Optional[str], num_classes: Optional[int] = None, **kwargs) -> "SegmentationLoss":
@@ -113,7 +120,9 @@ class SegmentationLoss(nn.Module):
         if int(n_valid) == 0:
             zero = logits.sum() * 0.0
             return {"loss": zero, "ce": zero, "dice_loss": zero}
-        ce = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="sum") / n_valid
+        weight = self._balance_weights(target[valid]) if self.ce_class_balance else None
+        ce = F.cross_entropy(logits, target, weight=weight, ignore_index=self.ignore_index,
+                             reduction="sum") / n_valid
         probs = torch.softmax(logits, dim=1)
         validf = valid.unsqueeze(1).to(probs.dtype)                           # (B, 1, ...)
         onehot = F.one_hot(target.masked_fill(~valid, 0), self.num_classes)  # (B, ..., C)
@@ -127,6 +136,13 @@ class SegmentationLoss(nn.Module):
         fg[0] = False
         dice_loss = 1.0 - dice[..., fg.to(dice.device)].mean()
         return {"loss": self.ce_weight * ce + dice_loss, "ce": ce, "dice_loss": dice_loss}
+
+    def _balance_weights(self, labels: torch.Tensor) -> torch.Tensor:
+        """(C,) CE class weights from the labelled voxels' classes ``labels`` (N,): 1/sqrt(count) for the classes
+        present (0 for absent ones), scaled so that mean(weight[labels]) == 1."""
+        counts = torch.bincount(labels, minlength=self.num_classes).to(torch.float32)
+        weight = torch.where(counts > 0, counts.clamp(min=1.0).rsqrt(), torch.zeros_like(counts))
+        return weight / weight[labels].mean()
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.terms(logits, target)["loss"]

@@ -61,6 +61,7 @@ class TrainSettings:
     weight_decay: float = 0.0
     seed: int = 0
     ce_weight: float = 0.2
+    ce_class_balance: bool = False
     excluded_as: str = "background"
     augment: Optional[Mapping[str, Any]] = None  # SegAugment keyword arguments; None = no augmentation
     val_every: int = 0
@@ -203,7 +204,8 @@ def train(model: torch.nn.Module, train_set: SegVolumes, settings: TrainSettings
         start = int(state["epoch"])
 
     loss_fn = SegmentationLoss.for_plane(settings.plane, ce_weight=settings.ce_weight,
-                                         excluded_as=settings.excluded_as).to(device)
+                                         excluded_as=settings.excluded_as,
+                                         ce_class_balance=settings.ce_class_balance).to(device)
     augment = (SegAugment(settings.plane, ignore_index=DEFAULT_IGNORE_INDEX, generator=generator,
                           **{k: (tuple(v) if isinstance(v, list) else v) for k, v in settings.augment.items()})
                if settings.augment is not None else None)
