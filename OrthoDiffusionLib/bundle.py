@@ -52,6 +52,7 @@ __all__ = [
     "BUNDLE_SUFFIX",
     "ENCODER_PREFIXES",
     "ModelBundle",
+    "bundle_anatomy",
     "encoder_state",
     "load_bundle",
     "save_bundle",
@@ -280,6 +281,30 @@ def load_bundle(path: PathLike) -> ModelBundle:
     states = {c: {k: (v.float() if v.is_floating_point() else v) for k, v in s.items()} for c, s in states.items()}
     return ModelBundle(path=path, meta=meta, states=states, sha256=file_sha256(path),
                        size_bytes=path.stat().st_size)
+
+
+def bundle_anatomy(path: PathLike) -> str:
+    """The ``anatomy`` of a bundle's metadata, read from the file's header only (no tensors, no integrity check; for
+    choosing what input to accept before the model is loaded). ``knee`` when the bundle does not say.
+
+    Raises:
+        MissingPathError: no such file. BundleError: no readable bundle header.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingPathError("model bundle file not found", path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            header = dict(f.metadata() or {})
+        meta = json.loads(header["bundle"]) if header.get("format") == BUNDLE_FORMAT else None
+    except Exception as e:  # safetensors' own error types, KeyError, JSONDecodeError
+        raise _refuse(path, f"unreadable header ({str(e).splitlines()[0][:160] if str(e) else type(e).__name__})"
+                      ) from None
+    if not isinstance(meta, dict):
+        raise _refuse(path, f"format {header.get('format')!r}, expected {BUNDLE_FORMAT!r}")
+    return str(meta.get("anatomy") or "knee")
 
 
 def _check_references(path: Path, meta: Mapping[str, Any], listing: Mapping[str, Any]) -> None:

@@ -2,7 +2,7 @@
 
     orthodiffusion predict --sagittal P [--coronal P] [--axial P] | --study DIR  --out DIR
         [--model BUNDLE|NAME] [--device auto|cpu|cuda] [--ehr FILE.json] [--no-segmentation] [--no-diagnosis]
-        [--noise-draws K] [--seed S] [--json] [--progress json|bar|none] [--overwrite]
+        [--noise-draws K] [--seed S] [--json] [--progress json|bar|none] [--overwrite] [--allow-anatomy-mismatch]
     orthodiffusion demo [--out DIR] [--abnormality KEY] [--seed N] [--device ...] [--model BUNDLE] [--matrix N]
 
 Outputs are written into a temporary folder beside ``--out`` and renamed onto it only on success; an existing
@@ -113,8 +113,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.study is None and not any((args.sagittal, args.coronal, args.axial)):
         raise InputError("give --study DIR or at least one of --sagittal/--coronal/--axial")
     ehr = _read_ehr(args.ehr)
-    exam = load_exam(args.sagittal, args.coronal, args.axial, study=args.study)
-    predictor = Predictor(args.model, device=args.device, seed=args.seed)
+    predictor = Predictor(args.model, device=args.device, seed=args.seed)  # first: its anatomy checks the input
+    exam = load_exam(args.sagittal, args.coronal, args.axial, study=args.study, anatomy=predictor.anatomy,
+                     allow_anatomy_mismatch=args.allow_anatomy_mismatch)
     data = _run_and_write(predictor, exam, args, ehr)
     if args.json:
         print(json.dumps(data, indent=2))
@@ -188,6 +189,9 @@ def register(subparsers) -> None:
     p.add_argument("--no-diagnosis", action="store_true", help="skip diagnosis")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0; results are reproducible)")
     p.add_argument("--json", action="store_true", help="print diagnosis.json to stdout")
+    p.add_argument("--allow-anatomy-mismatch", action="store_true",
+                   help="run on series whose DICOM metadata (BodyPartExamined, descriptions) names another body part "
+                        "than the model's anatomy (refused by default)")
     _common(p)
     p.set_defaults(func=_cmd_predict)
 

@@ -55,16 +55,21 @@ _STAGES = (("preprocess", 0.0), ("backbone", 0.1), ("diagnosis", 0.7), ("segment
 
 # ----------------------------------------------------------------------------------------------------- exams
 def load_exam(sagittal: Optional[PathLike] = None, coronal: Optional[PathLike] = None,
-              axial: Optional[PathLike] = None, study: Optional[PathLike] = None) -> Exam:
+              axial: Optional[PathLike] = None, study: Optional[PathLike] = None, *, anatomy: Optional[str] = "knee",
+              allow_anatomy_mismatch: bool = False) -> Exam:
     """An :class:`~OrthoDiffusionLib.io.Exam` from series paths (each checked to be in its plane) or from a study
-    folder (one series per plane chosen by :func:`~OrthoDiffusionLib.io.load_study`). Give either."""
+    folder (one series per plane chosen by :func:`~OrthoDiffusionLib.io.load_study`). Give either.
+
+    ``anatomy`` (the model's, :attr:`Predictor.anatomy`) refuses series whose metadata names another body part
+    (:mod:`OrthoDiffusionLib.io.anatomy`) unless ``allow_anatomy_mismatch``."""
+    check = dict(anatomy=anatomy, allow_anatomy_mismatch=allow_anatomy_mismatch)
     if study is not None:
         if any(p is not None for p in (sagittal, coronal, axial)):
             raise InputError("give either a study folder or series per plane, not both", study)
-        return load_study(study)
+        return load_study(study, **check)
     if all(p is None for p in (sagittal, coronal, axial)):
         raise InputError("no input: give a study folder or at least one series")
-    return Exam.from_series(sagittal, coronal, axial)
+    return Exam.from_series(sagittal, coronal, axial, **check)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -206,6 +211,11 @@ class Predictor:
     @property
     def labels(self) -> List[Dict[str, str]]:
         return self.bundle.labels
+
+    @property
+    def anatomy(self) -> str:
+        """The anatomy the model was trained on (the bundle's ``anatomy``; bundles without one are knee models)."""
+        return str(self.bundle.meta.get("anatomy") or "knee")
 
     def _fusion_needs_all_planes(self) -> bool:
         """Whether the head's main fusion needs all of its planes (then a missing plane is fused by MPAE)."""
