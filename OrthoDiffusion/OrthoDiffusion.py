@@ -39,10 +39,10 @@ PLANES = ("sagittal", "coronal", "axial")
 DEVICES = {"Auto": "auto", "CPU": "cpu", "GPU": "cuda"}
 SAMPLE_ABNORMALITY = "joint_effusion"
 TORCH_REQUIREMENT = "torch>=2.2"
-# Progress stages of `orthodiffusion predict` (and the module's own) as shown in the progress bar.
-STAGE_LABELS = {"loading": "loading exam and model", "preprocess": "preprocessing",
-                "backbone": "diffusion backbone (per plane)", "diagnosis": "diagnosis",
-                "segmentation": "segmentation", "measures": "structure measures", "done": "writing results"}
+# Progress stages of `orthodiffusion predict` (and the module's own) as shown in the progress bar. The predictor's
+# own stages name the plane and the step ("coronal: backbone t=50", "sagittal: segmentation") and are shown as they are.
+STAGE_LABELS = {"loading": "loading exam and model", "fusion": "diagnosis (fusing the planes)",
+                "writing outputs": "writing results", "done": "results written"}
 
 
 #

@@ -7,8 +7,9 @@
 
 Outputs are written into a temporary folder beside ``--out`` and renamed onto it only on success; an existing
 non-empty ``--out`` is refused unless ``--overwrite``. ``--json`` prints ``diagnosis.json`` to stdout.
-``--progress json`` prints one line per progress event to stderr:
-``ORTHODIFFUSION-PROGRESS {"stage": "backbone", "fraction": 0.42}``.
+``--progress json`` prints one line per progress event to stderr, e.g.
+``ORTHODIFFUSION-PROGRESS {"stage": "coronal: backbone t=50", "fraction": 0.42}`` (stages name the plane and the
+step, see :mod:`OrthoDiffusionLib.predictor`; then ``writing outputs`` and ``done`` at 1.0).
 """
 from __future__ import annotations
 
@@ -92,16 +93,15 @@ def _read_ehr(path: Optional[str]) -> Optional[Dict[str, Any]]:
 
 
 def _run_and_write(predictor, exam, args, ehr=None) -> Dict[str, Any]:
-    from .predictor import write_outputs
+    from .predictor import predict_and_write
 
     progress, close = progress_printer(args.progress)
     try:
-        result = predictor.predict(exam, ehr, diagnosis=not getattr(args, "no_diagnosis", False),
-                                   segmentation=not args.no_segmentation, noise_draws=args.noise_draws,
-                                   progress=progress)
+        result = predict_and_write(predictor, exam, args.out, ehr, progress=progress, overwrite=args.overwrite,
+                                   diagnosis=not getattr(args, "no_diagnosis", False),
+                                   segmentation=not args.no_segmentation, noise_draws=args.noise_draws)
     finally:
         close()
-    write_outputs(result, args.out, overwrite=args.overwrite)
     return result.to_json()
 
 

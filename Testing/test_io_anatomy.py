@@ -156,3 +156,15 @@ def test_predict_allow_anatomy_mismatch_runs_and_records_it(bundle, tmp_path, ca
 
     data = json.loads((out / "diagnosis.json").read_text())
     assert any("anatomy check overridden" in c and "BRAIN" in c for c in data["exam"]["choices"])
+
+
+def test_the_models_anatomy_is_read_from_the_bundle_header(bundle, tmp_path):
+    from OrthoDiffusionLib.bundle import bundle_anatomy
+    from OrthoDiffusionLib.errors import BundleError
+    from OrthoDiffusionLib.model_registry import model_anatomy
+
+    assert bundle_anatomy(bundle) == "knee" and model_anatomy(str(bundle)) == "knee"
+    pickle = tmp_path / "model.odbundle"
+    pickle.write_bytes(b"\x80\x04\x95junk")
+    with pytest.raises(BundleError, match="pickle"):
+        bundle_anatomy(pickle)

@@ -42,8 +42,7 @@ from OrthoDiffusionLib import labels
 from OrthoDiffusionLib.atomic import atomic_path
 from OrthoDiffusionLib.errors import BundleError, CorruptFileError, InputError, MissingPathError, OrthoDiffusionError
 
-from .configs import _folder as _configs_folder
-from .configs import _resolve as _resolve_config
+from .configs import resolve_config
 from .seg_data import SegVolumes, read_seg_cases, split_cases, training_cases
 from .seg_losses import num_seg_classes
 from .seg_trainer import ProgressFn, TrainSettings, evaluate, train
@@ -100,17 +99,7 @@ def _validate(cfg: Mapping[str, Any], shown: str) -> None:
 def load_seg_config(name_or_path: PathLike = "seg-ft", overrides: Sequence[str] = ()) -> Dict[str, Any]:
     """A segmentation config by shipped name or JSON path, ``extends`` resolved, ``--set`` overrides applied,
     validated. Raises MissingPathError / CorruptFileError / InputError naming the file."""
-    text = os.fspath(name_or_path)
-    if text.endswith(".json") or os.sep in text:
-        path = Path(text)
-        if not path.is_file():
-            raise MissingPathError("configuration file not found", path)
-        node, shown = path, str(path)
-    else:
-        node, shown = _configs_folder() / f"{text.strip().lower()}.json", text
-        if not node.is_file():
-            raise InputError("unknown segmentation configuration; shipped: seg-ft, seg-demo", text)
-    cfg = _resolve_config(node, shown)
+    cfg, shown = resolve_config(name_or_path)
     for item in overrides:
         _set_value(cfg, item)
     _validate(cfg, shown)

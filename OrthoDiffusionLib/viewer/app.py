@@ -386,15 +386,11 @@ class ViewerApp:
         exam, out = self.exam, new_result_folder(self.out_root, _safe_stem(self.exam_name))
 
         def work(progress, cancel):
-            from ..predictor import write_outputs
+            from ..predictor import predict_and_write
 
             progress("loading the model", 0.0)
-            predictor = self._get_predictor()
-            result = predictor.predict(exam, noise_draws=self.noise_draws, progress=progress, cancel=cancel)
-            if cancel.is_set():
-                return None
-            progress("writing the results", 1.0)
-            write_outputs(result, out)
+            predict_and_write(self._get_predictor(), exam, out, noise_draws=self.noise_draws, progress=progress,
+                              cancel=cancel)
             return open_result_folder(out)
 
         return self._start("Run", work, lambda result: self._show_result(result, exam))
