@@ -168,3 +168,21 @@ def test_the_models_anatomy_is_read_from_the_bundle_header(bundle, tmp_path):
     pickle.write_bytes(b"\x80\x04\x95junk")
     with pytest.raises(BundleError, match="pickle"):
         bundle_anatomy(pickle)
+
+
+def test_nrrd_and_metaimage_headers_carry_the_anatomy_tags(tmp_path):
+    import SimpleITK as sitk
+
+    from OrthoDiffusionLib.io.anatomy import header_fields, meta_from_header_fields
+
+    assert header_fields({"body_part_examined": " BRAIN ", "protocol_name": "", "series_description": "x"}) == {
+        "BodyPartExamined": "BRAIN"}
+    assert meta_from_header_fields({"BodyPartExamined": "BRAIN", "NRRD_space": "x"}) == {"body_part_examined": "BRAIN"}
+    image = tiny_volume("axial").image
+    for name in ("axial.nrrd", "axial.mha"):
+        image.SetMetaData("BodyPartExamined", "CHEST")
+        sitk.WriteImage(image, str(tmp_path / name))
+        with pytest.raises(AnatomyMismatchError, match=name):
+            Exam.from_series(axial=tmp_path / name)
+    sitk.WriteImage(tiny_volume("axial").image, str(tmp_path / "plain.nii.gz"))
+    assert Exam.from_series(axial=tmp_path / "plain.nii.gz").axial.meta.get("body_part_examined") is None

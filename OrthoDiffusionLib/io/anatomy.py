@@ -6,7 +6,8 @@ metadata clearly names another anatomy than the model's (its bundle's ``anatomy`
 
 Evidence, from a series' de-identified ``meta`` (:data:`~OrthoDiffusionLib.io.series.META_KEYS`):
 BodyPartExamined (0018,0015), the CodeMeaning of AnatomicRegionSequence (0008,2218), StudyDescription,
-SeriesDescription and ProtocolName (for NIfTI/NRRD/MetaImage files the series description is the file name).
+SeriesDescription and ProtocolName (for NIfTI/NRRD/MetaImage files the series description is the file name, and a
+NRRD/MetaImage header may carry BodyPartExamined, StudyDescription and ProtocolName fields, :data:`HEADER_TAGS`).
 Each text is split into words (letters and digits apart, accents dropped) and the words are looked up in
 :data:`REGION_KEYWORDS`; BodyPartExamined, whose defined terms are often run together (``CSPINE``,
 ``LOWEREXTREMITY``), is also matched inside words.
@@ -21,6 +22,8 @@ Decision (:func:`anatomy_mismatch`), deliberately lenient because real knee data
 
 This cannot catch an unlabelled volume of another anatomy (a NIfTI file named ``scan.nii.gz``): the check reads
 metadata only, never the image.
+
+:func:`header_fields` / :func:`meta_from_header_fields` carry the anatomy tags through a NRRD/MetaImage header.
 """
 from __future__ import annotations
 
@@ -30,7 +33,8 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 __all__ = ["REGION_KEYWORDS", "ACCEPTED_REGIONS", "ANATOMY_FIELDS", "AnatomyFinding", "anatomy_findings",
-           "anatomy_mismatch", "accepted_regions", "check_anatomy"]
+           "anatomy_mismatch", "accepted_regions", "check_anatomy", "HEADER_TAGS", "header_fields",
+           "meta_from_header_fields"]
 
 #: Body regions and the words (upper case, accents dropped; several words = a phrase) that name them. English first,
 #: then common German/French/Spanish/Italian/Portuguese terms and DICOM BodyPartExamined defined terms.
@@ -84,6 +88,14 @@ ANATOMY_FIELDS: Tuple[Tuple[str, str], ...] = (
     ("series_description", "SeriesDescription"),
     ("protocol_name", "ProtocolName"),
 )
+
+#: The anatomy tags a NRRD/MetaImage header may carry as ``key:=value`` fields named by their DICOM keyword (the
+#: 3D Slicer module writes them for volumes loaded from DICOM), with the tag numbers to look them up.
+HEADER_TAGS: Dict[str, Tuple[str, str]] = {
+    "body_part_examined": ("BodyPartExamined", "0018,0015"),
+    "study_description": ("StudyDescription", "0008,1030"),
+    "protocol_name": ("ProtocolName", "0018,1030"),
+}
 
 #: Fields whose values are DICOM defined terms that may be run together (``RKNEE``): there, keywords of 4+ letters
 #: also match inside words that are not keywords themselves.
@@ -200,3 +212,20 @@ def check_anatomy(meta: Mapping[str, Any], anatomy: Optional[str], where: str, l
         return f"anatomy check overridden: {label}: {finding.describe()}, the model is for the {anatomy}"
     raise AnatomyMismatchError(f"{label}: {finding.describe()}, not the {anatomy} the model expects (to run it "
                                "anyway: --allow-anatomy-mismatch)", where)
+
+
+def header_fields(values: Mapping[str, Any]) -> Dict[str, str]:
+    """``{DICOM keyword: text}`` of the non-empty :data:`HEADER_TAGS` in ``values`` (keyed by meta key or keyword),
+    to be written into a volume header."""
+    out = {}
+    for key, (keyword, _) in HEADER_TAGS.items():
+        value = values.get(key, values.get(keyword))
+        if value is not None and str(value).strip():
+            out[keyword] = " ".join(str(value).split())
+    return out
+
+
+def meta_from_header_fields(header: Mapping[str, str]) -> Dict[str, str]:
+    """Series ``meta`` entries from a volume header's :data:`HEADER_TAGS` fields (absent ones left out)."""
+    return {key: str(header[keyword]).strip() for key, (keyword, _) in HEADER_TAGS.items()
+            if str(header.get(keyword, "")).strip()}
