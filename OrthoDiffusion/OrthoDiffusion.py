@@ -39,10 +39,10 @@ PLANES = ("sagittal", "coronal", "axial")
 DEVICES = {"Auto": "auto", "CPU": "cpu", "GPU": "cuda"}
 SAMPLE_ABNORMALITY = "joint_effusion"
 TORCH_REQUIREMENT = "torch>=2.2"
-# Progress stages of `orthodiffusion predict` (and the module's own) as shown in the progress bar.
-STAGE_LABELS = {"loading": "loading exam and model", "preprocess": "preprocessing",
-                "backbone": "diffusion backbone (per plane)", "diagnosis": "diagnosis",
-                "segmentation": "segmentation", "measures": "structure measures", "done": "writing results"}
+# Progress stages of `orthodiffusion predict` (and the module's own) as shown in the progress bar. The predictor's
+# own stages name the plane and the step ("coronal: backbone t=50", "sagittal: segmentation") and are shown as they are.
+STAGE_LABELS = {"loading": "loading exam and model", "fusion": "diagnosis (fusing the planes)",
+                "writing outputs": "writing results", "done": "results written"}
 
 
 #
@@ -577,6 +577,24 @@ class OrthoDiffusionLogic(ScriptedLoadableModuleLogic):
                            lambda error: onFinished and onFinished(error is None, error))
 
     # ----------------------------------------------------------------------------------------- prediction
+    @staticmethod
+    def dicomAnatomyFields(node) -> Dict[str, str]:
+        """The anatomy tags (BodyPartExamined, StudyDescription, ProtocolName) of a volume loaded from DICOM, from
+        Slicer's DICOM database ({} for other volumes): written into the exported NRRD so that `predict` refuses
+        a series of another body part (OrthoDiffusionLib.io.anatomy)."""
+        from OrthoDiffusionLib.io.anatomy import HEADER_TAGS
+
+        uids = (node.GetAttribute("DICOM.instanceUIDs") or "").split()
+        database = getattr(slicer, "dicomDatabase", None)
+        if not uids or database is None:
+            return {}
+        fields = {}
+        for keyword, tag in HEADER_TAGS.values():
+            value = database.instanceValue(uids[0], tag)
+            if value:
+                fields[keyword] = str(value)
+        return fields
+
     def start(self, sagittalNode=None, coronalNode=None, axialNode=None, model: Optional[str] = None,
               device: str = "auto", segmentationPlanes: Sequence[str] = PLANES, diagnosis: bool = True,
               noiseDraws: int = 1, outputFolder: Optional[str] = None, onProgress=None, onLine=None,
@@ -597,7 +615,8 @@ class OrthoDiffusionLogic(ScriptedLoadableModuleLogic):
             onProgress("writing inputs", 0.0)
         inputs = {}
         for plane, node in volumes.items():
-            inputs[plane] = mrml.write_volume_node(node, work / "inputs" / f"{plane}.nrrd")
+            inputs[plane] = mrml.write_volume_node(node, work / "inputs" / f"{plane}.nrrd",
+                                                   dicom_fields=self.dicomAnatomyFields(node))
         args = predict_arguments(inputs, out, model=model, device=device, segmentation=bool(segmentationPlanes),
                                  diagnosis=diagnosis, noise_draws=noiseDraws)
 

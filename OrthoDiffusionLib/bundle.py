@@ -38,7 +38,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import torch
 
@@ -52,6 +52,7 @@ __all__ = [
     "BUNDLE_SUFFIX",
     "ENCODER_PREFIXES",
     "ModelBundle",
+    "bundle_anatomy",
     "encoder_state",
     "load_bundle",
     "save_bundle",
@@ -228,22 +229,18 @@ def _refuse(path: Path, problem: str) -> BundleError:
     return BundleError(f"not a valid OrthoDiffusion model bundle: {problem}; refused", path)
 
 
-def load_bundle(path: PathLike) -> ModelBundle:
-    """Read and verify a bundle (format, version, metadata digest, every component's tensor digest).
+def _read_safetensors(path: Path, tensors: bool) -> Tuple[Dict[str, str], Dict[str, torch.Tensor]]:
+    """(header metadata, tensors by stored name -- empty unless ``tensors``) of a file in the bundle format.
 
-    Raises:
-        MissingPathError: no such file.
-        BundleError: anything else that is wrong with the file (one line naming it).
-    """
+    Raises MissingPathError (no such file), BundleError (not safetensors, a pickle, another format)."""
     from safetensors import safe_open
 
-    path = Path(path)
     if not path.is_file():
         raise MissingPathError("model bundle file not found", path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             header = dict(f.metadata() or {})
-            raw = {k: f.get_tensor(k) for k in f.keys()}
+            raw = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
     except Exception as e:  # safetensors raises its own error types for a malformed header / truncated data
         with open(path, "rb") as fh:
             magic = fh.read(4)
@@ -253,6 +250,18 @@ def load_bundle(path: PathLike) -> ModelBundle:
         raise _refuse(path, f"unreadable safetensors data ({str(e).splitlines()[0][:160]})") from None
     if header.get("format") != BUNDLE_FORMAT:
         raise _refuse(path, f"format {header.get('format')!r}, expected {BUNDLE_FORMAT!r}")
+    return header, raw
+
+
+def load_bundle(path: PathLike) -> ModelBundle:
+    """Read and verify a bundle (format, version, metadata digest, every component's tensor digest).
+
+    Raises:
+        MissingPathError: no such file.
+        BundleError: anything else that is wrong with the file (one line naming it).
+    """
+    path = Path(path)
+    header, raw = _read_safetensors(path, tensors=True)
     if header.get("format_version") != str(BUNDLE_FORMAT_VERSION):
         raise BundleError(f"unsupported bundle format version {header.get('format_version')!r} (this OrthoDiffusion "
                           f"reads version {BUNDLE_FORMAT_VERSION})", path)
@@ -280,6 +289,24 @@ def load_bundle(path: PathLike) -> ModelBundle:
     states = {c: {k: (v.float() if v.is_floating_point() else v) for k, v in s.items()} for c, s in states.items()}
     return ModelBundle(path=path, meta=meta, states=states, sha256=file_sha256(path),
                        size_bytes=path.stat().st_size)
+
+
+def bundle_anatomy(path: PathLike) -> str:
+    """The ``anatomy`` of a bundle's metadata, read from the file's header only (no tensors, no integrity check; for
+    choosing what input to accept before the model is loaded). ``knee`` when the bundle does not say.
+
+    Raises:
+        MissingPathError: no such file. BundleError: no readable bundle header.
+    """
+    path = Path(path)
+    header, _ = _read_safetensors(path, tensors=False)
+    try:
+        meta = json.loads(header.get("bundle", ""))
+    except json.JSONDecodeError as e:
+        raise _refuse(path, f"malformed metadata ({e})") from None
+    if not isinstance(meta, dict):
+        raise _refuse(path, "malformed metadata (not a JSON object)")
+    return str(meta.get("anatomy") or "knee")
 
 
 def _check_references(path: Path, meta: Mapping[str, Any], listing: Mapping[str, Any]) -> None:

@@ -64,6 +64,10 @@ class TooFewSlicesError(InputError):
     """A series has fewer slices than the model needs (strict mode)."""
 
 
+class AnatomyMismatchError(InputError):
+    """A series' metadata names another body part than the model's anatomy (e.g. a brain MR for a knee model)."""
+
+
 class MissingPlaneError(InputError):
     """A plane the caller needs is missing from the exam."""
 

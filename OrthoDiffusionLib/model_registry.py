@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 from .atomic import atomic_path
-from .bundle import BUNDLE_SUFFIX, load_bundle
+from .bundle import BUNDLE_SUFFIX, bundle_anatomy, load_bundle
 from .checkpoints import file_sha256
 from .errors import BundleError, CorruptFileError, InputError, MissingPathError
 
 __all__ = ["RegisteredModel", "orthodiffusion_home", "shipped_registry_path", "user_registry_path", "list_models",
-           "default_model", "resolve_model", "import_model", "register"]
+           "default_model", "resolve_model", "model_anatomy", "import_model", "register"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -143,6 +143,19 @@ def resolve_model(model: Optional[PathLike]) -> Path:
     if file_sha256(entry.file) != entry.sha256:
         raise BundleError(f"file does not match the sha256 registered for model {entry.name!r}", entry.file)
     return entry.file
+
+
+def model_anatomy(model: Optional[PathLike]) -> str:
+    """The anatomy of a model (None = the default model, a bundle file, or a registered name) without loading it:
+    the registry entry's, or the bundle header's for a file."""
+    if model is not None and Path(model).is_file():
+        return bundle_anatomy(model)
+    if model is None:
+        return default_model().anatomy
+    entry = next((m for m in list_models() if m.name == str(model)), None)
+    if entry is None:
+        raise MissingPathError("no such model file, and no registered model has this name", model)
+    return entry.anatomy
 
 
 def _write_registry(path: Path, models: List[RegisteredModel]) -> None:

@@ -194,9 +194,17 @@ def load_volume_file(scene, path: PathLike, name: Optional[str] = None):
     return volume_node
 
 
-def write_volume_node(volume_node, path: PathLike) -> Path:
-    """Write a scalar volume node (LPS geometry kept) as NIfTI/NRRD/MHA, atomically; returns the path."""
+def write_volume_node(volume_node, path: PathLike, dicom_fields: Optional[Mapping[str, str]] = None) -> Path:
+    """Write a scalar volume node (LPS geometry kept) as NIfTI/NRRD/MHA, atomically; returns the path.
+
+    ``dicom_fields``: the DICOM anatomy tags of the node's series (``{"BodyPartExamined": ...}``, see
+    :data:`OrthoDiffusionLib.io.anatomy.HEADER_TAGS`), written as NRRD/MetaImage header fields so the exam loader's
+    anatomy check sees them (NIfTI has no place for them)."""
+    from .io.anatomy import header_fields
+
     image = volume_node_to_image(volume_node)
+    for key, value in header_fields(dicom_fields or {}).items():
+        image.SetMetaData(key, value)
     path = Path(path)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
     with atomic_path(path, suffix=suffix) as tmp:

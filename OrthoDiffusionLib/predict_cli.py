@@ -2,13 +2,14 @@
 
     orthodiffusion predict --sagittal P [--coronal P] [--axial P] | --study DIR  --out DIR
         [--model BUNDLE|NAME] [--device auto|cpu|cuda] [--ehr FILE.json] [--no-segmentation] [--no-diagnosis]
-        [--noise-draws K] [--seed S] [--json] [--progress json|bar|none] [--overwrite]
+        [--noise-draws K] [--seed S] [--json] [--progress json|bar|none] [--overwrite] [--allow-anatomy-mismatch]
     orthodiffusion demo [--out DIR] [--abnormality KEY] [--seed N] [--device ...] [--model BUNDLE] [--matrix N]
 
 Outputs are written into a temporary folder beside ``--out`` and renamed onto it only on success; an existing
 non-empty ``--out`` is refused unless ``--overwrite``. ``--json`` prints ``diagnosis.json`` to stdout.
-``--progress json`` prints one line per progress event to stderr:
-``ORTHODIFFUSION-PROGRESS {"stage": "backbone", "fraction": 0.42}``.
+``--progress json`` prints one line per progress event to stderr, e.g.
+``ORTHODIFFUSION-PROGRESS {"stage": "coronal: backbone t=50", "fraction": 0.42}`` (stages name the plane and the
+step, see :mod:`OrthoDiffusionLib.predictor`; then ``writing outputs`` and ``done`` at 1.0).
 """
 from __future__ import annotations
 
@@ -92,16 +93,15 @@ def _read_ehr(path: Optional[str]) -> Optional[Dict[str, Any]]:
 
 
 def _run_and_write(predictor, exam, args, ehr=None) -> Dict[str, Any]:
-    from .predictor import write_outputs
+    from .predictor import predict_and_write
 
     progress, close = progress_printer(args.progress)
     try:
-        result = predictor.predict(exam, ehr, diagnosis=not getattr(args, "no_diagnosis", False),
-                                   segmentation=not args.no_segmentation, noise_draws=args.noise_draws,
-                                   progress=progress)
+        result = predict_and_write(predictor, exam, args.out, ehr, progress=progress, overwrite=args.overwrite,
+                                   diagnosis=not getattr(args, "no_diagnosis", False),
+                                   segmentation=not args.no_segmentation, noise_draws=args.noise_draws)
     finally:
         close()
-    write_outputs(result, args.out, overwrite=args.overwrite)
     return result.to_json()
 
 
@@ -113,8 +113,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.study is None and not any((args.sagittal, args.coronal, args.axial)):
         raise InputError("give --study DIR or at least one of --sagittal/--coronal/--axial")
     ehr = _read_ehr(args.ehr)
-    exam = load_exam(args.sagittal, args.coronal, args.axial, study=args.study)
-    predictor = Predictor(args.model, device=args.device, seed=args.seed)
+    predictor = Predictor(args.model, device=args.device, seed=args.seed)  # first: its anatomy checks the input
+    exam = load_exam(args.sagittal, args.coronal, args.axial, study=args.study, anatomy=predictor.anatomy,
+                     allow_anatomy_mismatch=args.allow_anatomy_mismatch)
     data = _run_and_write(predictor, exam, args, ehr)
     if args.json:
         print(json.dumps(data, indent=2))
@@ -188,6 +189,9 @@ def register(subparsers) -> None:
     p.add_argument("--no-diagnosis", action="store_true", help="skip diagnosis")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0; results are reproducible)")
     p.add_argument("--json", action="store_true", help="print diagnosis.json to stdout")
+    p.add_argument("--allow-anatomy-mismatch", action="store_true",
+                   help="run on series whose DICOM metadata (BodyPartExamined, descriptions) names another body part "
+                        "than the model's anatomy (refused by default)")
     _common(p)
     p.set_defaults(func=_cmd_predict)
 

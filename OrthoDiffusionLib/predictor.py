@@ -16,6 +16,11 @@ a CPU generator seeded from (``seed``, s, plane, timestep), per exam, so a resul
 the batch an exam is predicted in, or on the other heads of the model. Probabilities are the mean over draws, the
 uncertainty their standard deviation (:mod:`uncertainty`); segmentation probabilities are averaged over draws.
 
+Progress: ``progress(stage, fraction)`` with non-decreasing fractions ending at ``("done", 1.0)``; a stage names the
+plane and the step: ``"<plane>: preprocessing"``, ``"<plane>: backbone t=<timestep>"`` (`` draw d/K`` with several
+noise draws), ``"fusion"`` (the diagnosis head over the planes), ``"<plane>: segmentation"`` (its head),
+``"<plane>: resampling segmentation"`` (onto the original series), ``"<plane>: measures"``.
+
 Shapes: a preprocessed volume is (slices, size, size); the backbone input (B, 1, slices, size, size); diagnosis
 outputs (B, K); plane weights (B, K, 3) in ``PLANES`` order; segmentation probabilities (B, C, slices, size, size).
 """
@@ -42,29 +47,35 @@ from .preprocess import PreprocessedSeries, preprocess_series
 from .schedule import CosineSchedule
 from .uncertainty import aggregate_noise_draws
 
-__all__ = ["DISCLAIMER", "PredictionResult", "Predictor", "load_exam", "resolve_device", "write_outputs",
-           "RESULT_FORMAT"]
+__all__ = ["DISCLAIMER", "PredictionResult", "Predictor", "load_exam", "predict_and_write", "resolve_device",
+           "write_outputs", "RESULT_FORMAT"]
 
 PathLike = Union[str, os.PathLike]
 ProgressFn = Callable[[str, float], None]
 RESULT_FORMAT = "orthodiffusion.prediction"
 DISCLAIMER = "Research use only, not for diagnosis."
-#: Overall progress fraction at which each stage starts (the last one ends at 1).
-_STAGES = (("preprocess", 0.0), ("backbone", 0.1), ("diagnosis", 0.7), ("segmentation", 0.75), ("measures", 0.9))
+#: Overall progress fraction at which each phase of a batch starts (the last one ends at 1). "networks" is every
+#: backbone pass and the heads (diagnosis fusion, segmentation) that run on its taps, per noise draw.
+_PHASES = (("preprocess", 0.0), ("networks", 0.1), ("resample", 0.75), ("measures", 0.9))
 
 
 # ----------------------------------------------------------------------------------------------------- exams
 def load_exam(sagittal: Optional[PathLike] = None, coronal: Optional[PathLike] = None,
-              axial: Optional[PathLike] = None, study: Optional[PathLike] = None) -> Exam:
+              axial: Optional[PathLike] = None, study: Optional[PathLike] = None, *, anatomy: Optional[str] = "knee",
+              allow_anatomy_mismatch: bool = False) -> Exam:
     """An :class:`~OrthoDiffusionLib.io.Exam` from series paths (each checked to be in its plane) or from a study
-    folder (one series per plane chosen by :func:`~OrthoDiffusionLib.io.load_study`). Give either."""
+    folder (one series per plane chosen by :func:`~OrthoDiffusionLib.io.load_study`). Give either.
+
+    ``anatomy`` (the model's, :attr:`Predictor.anatomy`) refuses series whose metadata names another body part
+    (:mod:`OrthoDiffusionLib.io.anatomy`) unless ``allow_anatomy_mismatch``."""
+    check = dict(anatomy=anatomy, allow_anatomy_mismatch=allow_anatomy_mismatch)
     if study is not None:
         if any(p is not None for p in (sagittal, coronal, axial)):
             raise InputError("give either a study folder or series per plane, not both", study)
-        return load_study(study)
+        return load_study(study, **check)
     if all(p is None for p in (sagittal, coronal, axial)):
         raise InputError("no input: give a study folder or at least one series")
-    return Exam.from_series(sagittal, coronal, axial)
+    return Exam.from_series(sagittal, coronal, axial, **check)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -207,6 +218,11 @@ class Predictor:
     def labels(self) -> List[Dict[str, str]]:
         return self.bundle.labels
 
+    @property
+    def anatomy(self) -> str:
+        """The anatomy the model was trained on (the bundle's ``anatomy``; bundles without one are knee models)."""
+        return str(self.bundle.meta.get("anatomy") or "knee")
+
     def _fusion_needs_all_planes(self) -> bool:
         """Whether the head's main fusion needs all of its planes (then a missing plane is fused by MPAE)."""
         return bool(getattr(self.diagnosis_head.fusion, "requires_all_planes", True))
@@ -275,7 +291,8 @@ class Predictor:
             prep = s["preprocessing"]
             add(_PassKey(s["backbone"], plane, int(s["timestep"]), int(prep["slices"]), int(prep["size"])),
                 list(self.seg_heads[plane].required_taps))
-        return passes
+        # plane by plane (the progress shows one plane after the other); the noise does not depend on the order
+        return dict(sorted(passes.items(), key=lambda kv: (PLANES.index(kv[0].plane), kv[0].timestep)))
 
     # ------------------------------------------------------------------------------------------------ predict
     def predict(self, exam: Exam, ehr: Optional[Mapping[str, Any]] = None, *, diagnosis: bool = True,
@@ -339,15 +356,15 @@ class Predictor:
     def _run_batch(self, exams: Sequence[Exam], records: Sequence[Optional[Mapping[str, Any]]],
                    diag_planes: Sequence[str], seg_planes: Sequence[str], draws: int,
                    progress: ProgressFn, cancel: Optional[threading.Event]) -> List[PredictionResult]:
-        stage_start = dict(_STAGES)
+        names = [name for name, _ in _PHASES]
 
-        def report(stage: str, within: float) -> None:
+        def report(phase: str, within: float, stage: str) -> None:
+            """``stage`` is at ``within`` (0..1) of ``phase``; checks ``cancel``."""
             if cancel is not None and cancel.is_set():
                 raise CancelledError("prediction cancelled")
-            names = [s for s, _ in _STAGES]
-            nxt = names.index(stage) + 1
-            end = _STAGES[nxt][1] if nxt < len(names) else 1.0
-            progress(stage, stage_start[stage] + within * (end - stage_start[stage]))
+            i = names.index(phase)
+            start, end = _PHASES[i][1], _PHASES[i + 1][1] if i + 1 < len(_PHASES) else 1.0
+            progress(stage, start + min(1.0, within) * (end - start))
 
         n = len(exams)
         timings: Dict[str, float] = {"load_model": self.load_seconds}
@@ -355,10 +372,10 @@ class Predictor:
         t0 = clock
         # 1. preprocess: each plane once per preprocessing grid
         passes = self._passes(diag_planes, seg_planes)
-        grids = sorted({(k.plane, k.slices, k.size) for k in passes})
+        grids = sorted({(k.plane, k.slices, k.size) for k in passes}, key=lambda g: (PLANES.index(g[0]), g[1:]))
         prepped: Dict[Tuple[str, int, int], List[PreprocessedSeries]] = {}
         for g, (plane, slices, size) in enumerate(grids):
-            report("preprocess", g / max(1, len(grids)))
+            report("preprocess", g / max(1, len(grids)), f"{plane}: preprocessing")
             prepped[(plane, slices, size)] = [preprocess_series(e.get(plane), slices=slices, size=size)
                                              for e in exams]
         timings["preprocess"] = time.perf_counter() - clock
@@ -372,14 +389,20 @@ class Predictor:
         ehr_used = False
         seg_sum: Dict[str, torch.Tensor] = {}
         head_seconds = {"diagnosis": 0.0, "segmentation": 0.0}
-        total_steps = draws * len(passes)
+        total_steps = draws * (len(passes) + (1 if diag_planes else 0) + len(seg_planes))
         step = 0
+
+        def network_step(stage: str) -> None:
+            nonlocal step
+            report("networks", step / max(1, total_steps), stage)
+            step += 1
+
         with torch.no_grad():
             for draw in range(draws):
                 taps_of: Dict[_PassKey, Dict[str, torch.Tensor]] = {}
+                of_draws = f" draw {draw + 1}/{draws}" if draws > 1 else ""
                 for key, tap_names in passes.items():
-                    report("backbone", step / max(1, total_steps))
-                    step += 1
+                    network_step(f"{key.plane}: backbone t={key.timestep}{of_draws}")
                     vols = prepped[(key.plane, key.slices, key.size)]
                     x0 = torch.stack([torch.from_numpy(v.volume) for v in vols])[:, None].to(dev)
                     g_seed = _noise_seed(self.seed, draw, key.plane, key.timestep)
@@ -388,9 +411,9 @@ class Predictor:
                     t = self.schedule.as_timesteps(key.timestep, n, dev)
                     x_t = self.schedule.q_sample(x0, t, noise)
                     taps_of[key] = self.backbones[key.backbone].encode(x_t, t, tap_names)
-                report("backbone", step / max(1, total_steps))
                 hc = time.perf_counter()
                 if diag_planes:
+                    network_step(f"fusion{of_draws}")
                     taps = {}
                     for plane in diag_planes:
                         p = self.diag_meta["planes"][plane]
@@ -421,6 +444,7 @@ class Predictor:
                 head_seconds["diagnosis"] += time.perf_counter() - hc
                 hc = time.perf_counter()
                 for plane in seg_planes:
+                    network_step(f"{plane}: segmentation{of_draws}")
                     s = self.seg_meta[plane]
                     prep = s["preprocessing"]
                     key = _PassKey(s["backbone"], plane, int(s["timestep"]), int(prep["slices"]), int(prep["size"]))
@@ -435,18 +459,15 @@ class Predictor:
         timings["backbone"] = time.perf_counter() - clock - sum(head_seconds.values())
         timings.update(head_seconds)
         # 3. per-exam results: labels, segmentations on the original grid, measures
-        if diag_planes:
-            report("diagnosis", 1.0)  # the heads ran with each draw; the probabilities are complete now
-        report("segmentation", 0.0)
         clock = time.perf_counter()
         segs: List[Dict[str, sitk.Image]] = [{} for _ in range(n)]
-        for plane in seg_planes:
+        for j, plane in enumerate(seg_planes):
             values = torch.tensor(self.seg_meta[plane]["class_values"], dtype=torch.uint8)
             classes = seg_sum[plane].argmax(dim=1)  # (B, D, H, W)
             prep = self.seg_meta[plane]["preprocessing"]
             series_prep = prepped[(plane, int(prep["slices"]), int(prep["size"]))]
             for i in range(n):
-                report("segmentation", (i + 1) / n)
+                report("resample", (j * n + i) / (len(seg_planes) * n), f"{plane}: resampling segmentation")
                 segs[i][plane] = series_prep[i].to_original(values[classes[i]].numpy(), "nearest")
         timings["resample"] = time.perf_counter() - clock
         clock = time.perf_counter()
@@ -456,14 +477,13 @@ class Predictor:
 
             structures = {s.key: s for s in label_tables.knee_structures()}
             for i in range(n):
-                report("measures", i / n)
-                for plane, img in segs[i].items():
+                for j, (plane, img) in enumerate(segs[i].items()):
+                    report("measures", (i * len(seg_planes) + j) / (n * len(seg_planes)), f"{plane}: measures")
                     keys = self.seg_meta[plane]["structures"]
                     rows = measure_structures(img, structures=[structures[k] for k in keys
                                                                 if plane in structures[k].planes])
                     measures[i] += [{"plane": plane, **r.as_dict()} for r in rows]
         timings["measures"] = time.perf_counter() - clock
-        report("measures", 1.0)
         per_exam = {k: v / n for k, v in timings.items() if k != "load_model"}
         per_exam["total"] = (time.perf_counter() - t0) / n
         results = []
@@ -522,6 +542,31 @@ class Predictor:
 
 
 # ---------------------------------------------------------------------------------------------------- outputs
+#: Share of the progress bar given to the prediction when its outputs are written afterwards.
+_PREDICT_SHARE = 0.95
+
+
+def predict_and_write(predictor: Predictor, exam: Exam, out_dir: PathLike, ehr: Optional[Mapping[str, Any]] = None,
+                      *, progress: Optional[ProgressFn] = None, cancel: Optional[threading.Event] = None,
+                      overwrite: bool = False, **options: Any) -> PredictionResult:
+    """Predict one exam (``options``: :meth:`Predictor.predict`'s ``diagnosis``, ``segmentation``, ``noise_draws``)
+    and write its outputs with :func:`write_outputs`. Progress: the prediction's stages on 0..0.95, then
+    ``("writing outputs", 0.95)`` and ``("done", 1.0)`` once the folder is in place."""
+    def predicting(stage: str, fraction: float) -> None:
+        if progress is not None and stage != "done":
+            progress(stage, _PREDICT_SHARE * fraction)
+
+    result = predictor.predict(exam, ehr, progress=predicting, cancel=cancel, **options)
+    if cancel is not None and cancel.is_set():
+        raise CancelledError("prediction cancelled")
+    if progress is not None:
+        progress("writing outputs", _PREDICT_SHARE)
+    write_outputs(result, out_dir, overwrite=overwrite)
+    if progress is not None:
+        progress("done", 1.0)
+    return result
+
+
 MEASURE_COLUMNS = ("plane", "value", "key", "name", "volume_ml", "mean_thickness_mm")
 
 

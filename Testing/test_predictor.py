@@ -164,17 +164,36 @@ def test_existing_output_needs_overwrite_and_failed_write_leaves_old_output(bund
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
-def test_progress_and_cancel(bundles):
+def test_progress_names_each_plane_and_step_in_order(bundles):
     predictor = Predictor(bundles["mpae"], device="cpu")
     events = []
     predictor.predict(tiny_exam(3), progress=lambda s, f: events.append((s, f)))
     fractions = [f for _, f in events]
     assert fractions == sorted(fractions) and fractions[0] == 0.0 and events[-1] == ("done", 1.0)
-    assert {"preprocess", "backbone", "diagnosis", "segmentation", "measures"} <= {s for s, _ in events}
+    t = {p: v["timestep"] for p, v in predictor.diag_meta["planes"].items()}
+    t_seg = {p: v["timestep"] for p, v in predictor.seg_meta.items()}
+    assert t_seg == {"sagittal": 50, "coronal": 50} and t["coronal"] == 50  # the coronal pass serves both heads
+    assert [s for s, _ in events] == [
+        "sagittal: preprocessing", "coronal: preprocessing", "axial: preprocessing",
+        "sagittal: backbone t=50", f"sagittal: backbone t={t['sagittal']}", "coronal: backbone t=50",
+        f"axial: backbone t={t['axial']}", "fusion", "sagittal: segmentation", "coronal: segmentation",
+        "sagittal: resampling segmentation", "coronal: resampling segmentation",
+        "sagittal: measures", "coronal: measures", "done"]
+    draws = []
+    predictor.predict(tiny_exam(3), noise_draws=2, segmentation=False, progress=lambda s, f: draws.append((s, f)))
+    assert [f for _, f in draws] == sorted(f for _, f in draws) and draws[-1] == ("done", 1.0)
+    expected = []
+    for d in (1, 2):
+        expected += [f"{p}: backbone t={t[p]} draw {d}/2" for p in PLANES] + [f"fusion draw {d}/2"]
+    assert [s for s, _ in draws if "backbone" in s or "fusion" in s] == expected
+
+
+def test_progress_and_cancel(bundles):
+    predictor = Predictor(bundles["mpae"], device="cpu")
     cancel = threading.Event()
 
     def stop_in_backbone(stage, fraction):
-        if stage == "backbone":
+        if "backbone" in stage:
             cancel.set()
 
     with pytest.raises(CancelledError):
@@ -191,7 +210,9 @@ def test_progress_json_lines_on_stderr(bundles, tmp_path, capsys):
     assert rc == 0
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("ORTHODIFFUSION-PROGRESS ")]
     events = [json.loads(ln.split(" ", 1)[1]) for ln in lines]
-    assert events[-1] == {"stage": "done", "fraction": 1.0} and len(events) > 3
+    assert events[-2:] == [{"stage": "writing outputs", "fraction": 0.95}, {"stage": "done", "fraction": 1.0}]
+    assert [e["fraction"] for e in events] == sorted(e["fraction"] for e in events)
+    assert {f"{p}: backbone t=" for p in PLANES} <= {e["stage"].split("=")[0] + "=" for e in events}
     assert not (tmp_path / "o" / "segmentation_sagittal.seg.nrrd").exists()
 
 

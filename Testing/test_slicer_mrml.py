@@ -261,3 +261,18 @@ def test_bad_result_folder_leaves_no_nodes(scene, dess, coronal_image, tmp_path)
         mrml.import_result_folder(scene, tmp_path / "nowhere", volumes)
     with pytest.raises(MissingPathError):
         mrml.load_volume_file(scene, tmp_path / "missing.nii.gz")
+
+
+def test_exported_volume_carries_the_dicom_anatomy_tags_to_the_check(scene, coronal_image, tmp_path):
+    """The module writes a DICOM-loaded volume's BodyPartExamined into the NRRD it hands to ``predict``."""
+    from OrthoDiffusionLib.errors import AnatomyMismatchError
+    from OrthoDiffusionLib.io import Exam
+
+    node = mrml.image_to_volume_node(coronal_image, scene, "coronal")
+    path = mrml.write_volume_node(node, tmp_path / "coronal.nrrd",
+                                  dicom_fields={"BodyPartExamined": "SHOULDER", "StudyDescription": "MR Schulter"})
+    assert read_series(path).meta["body_part_examined"] == "SHOULDER"
+    with pytest.raises(AnatomyMismatchError, match="BodyPartExamined 'SHOULDER'"):
+        Exam.from_series(coronal=path)
+    plain = read_series(mrml.write_volume_node(node, tmp_path / "plain.nrrd"))
+    assert plain.meta.get("body_part_examined") is None

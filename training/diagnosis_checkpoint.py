@@ -28,7 +28,7 @@ from OrthoDiffusionLib.atomic import atomic_path
 from OrthoDiffusionLib.checkpoints import tensors_sha256
 from OrthoDiffusionLib.errors import CancelledError, CorruptFileError, InputError
 
-from .pretrain import _optimizer_state, _optimizer_tensors, _rng_restore, _rng_snapshot
+from .run_checkpoints import optimizer_state, optimizer_tensors, rng_restore, rng_snapshot
 
 __all__ = ["CHECKPOINT_NAME", "derived_seed", "cosine_lambda", "RunState", "EpochLoop"]
 
@@ -84,12 +84,12 @@ class RunState:
                 tensors[f"part.{name}.{k}"] = v.detach().to("cpu").contiguous().clone()
         opt_meta = None
         if optimizer is not None:
-            opt_tensors, opt_meta = _optimizer_tensors(optimizer)
+            opt_tensors, opt_meta = optimizer_tensors(optimizer)
             tensors.update(opt_tensors)
         state = {"format": CHECKPOINT_FORMAT, "version": 1, "settings": self.settings, "completed": self.completed,
                  "stage": stage, "next_epoch": int(next_epoch), "optimizer": opt_meta,
                  "scheduler": None if scheduler is None else scheduler.state_dict(),
-                 "rng": _rng_snapshot(torch.Generator(), torch.device("cpu")), "extra": self.extra,
+                 "rng": rng_snapshot(torch.Generator(), torch.device("cpu")), "extra": self.extra,
                  "parts": sorted(self.parts), "tensors_sha256": tensors_sha256(tensors)}
         with atomic_path(self.path) as tmp:
             save_file(tensors, str(tmp), metadata={"state": json.dumps(state, default=float)})
@@ -117,14 +117,14 @@ class RunState:
             prefix = f"part.{name}."
             out._loaded_parts[name] = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         if state["optimizer"] is not None:
-            out.optimizer = _optimizer_state({k: v for k, v in tensors.items() if k.startswith("opt.")},
+            out.optimizer = optimizer_state({k: v for k, v in tensors.items() if k.startswith("opt.")},
                                              state["optimizer"])
         out._rng = state["rng"]
         return out
 
     def restore_rng(self) -> None:
         if self._rng is not None:
-            _rng_restore(self._rng, torch.Generator(), torch.device("cpu"))
+            rng_restore(self._rng, torch.Generator(), torch.device("cpu"))
             self._rng = None
 
     def complete(self, stage: str) -> None:

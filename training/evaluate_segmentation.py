@@ -18,7 +18,6 @@ Inputs: finished run folders of ``train-segmentation`` and ``train-seg-baseline`
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import threading
@@ -29,7 +28,7 @@ import numpy as np
 
 from OrthoDiffusionLib import labels
 from OrthoDiffusionLib.atomic import atomic_path
-from OrthoDiffusionLib.errors import CancelledError, CorruptFileError, InputError, MissingPathError
+from OrthoDiffusionLib.errors import CancelledError, InputError, MissingPathError
 from OrthoDiffusionLib.seg_metrics import Summary, evaluate_case, format_table, summarize_cases
 
 from .seg_trainer import ProgressFn
@@ -37,19 +36,6 @@ from .seg_trainer import ProgressFn
 PathLike = Union[str, os.PathLike]
 METHOD_NAMES = {"bottleneck": "OrthoDiffusion FT", "skip": "OrthoDiffusion FT (skip head)", "unet3d": "3D U-Net",
                 "unetr": "UNETR"}
-
-
-def _read_run(run_dir: Path) -> Dict[str, Any]:
-    path = run_dir / "run.json"
-    if not path.is_file():
-        raise MissingPathError("not a finished segmentation run (no run.json)", run_dir)
-    try:
-        run = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CorruptFileError(f"not valid JSON ({e.msg})", path) from None
-    if run.get("format") not in ("orthodiffusion.segmentation-run", "orthodiffusion.segmentation-baseline-run"):
-        raise InputError(f"not a segmentation run (format {run.get('format')!r})", path)
-    return run
 
 
 def method_name(run: Mapping[str, Any]) -> str:
@@ -233,7 +219,9 @@ def evaluate_segmentation(run_dirs: Sequence[PathLike], out: PathLike, *, names:
     Returns {"table": CSV rows, "fusion": CSV rows or None}. Nothing is written unless every run reads.
     """
     folders = [Path(d) for d in run_dirs]
-    runs = [_read_run(d) for d in folders]
+    from .train_segmentation import read_segmentation_run
+
+    runs = [read_segmentation_run(d) for d in folders]
     if names is not None and len(names) != len(folders):
         raise InputError(f"--names gives {len(names)} names for {len(folders)} runs")
     labels_ = list(names) if names is not None else [method_name(r) for r in runs]

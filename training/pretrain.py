@@ -39,9 +39,6 @@ import hashlib
 import json
 import math
 import os
-import random
-import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -57,6 +54,9 @@ from ..checkpoints import atomic_path, save_backbone, tensors_sha256
 from ..errors import InputError, MissingPathError, OrthoDiffusionError
 from ..labels import PLANES, SHARED_PLANE
 from ..schedule import CosineSchedule
+from .run_checkpoints import (epoch_permutation, latest_checkpoint, optimizer_state, optimizer_tensors,
+                              read_checkpoint, remove_partial_checkpoints, rng_restore, rng_snapshot, truncate_log,
+                              write_checkpoint)
 
 __all__ = [
     "PretrainConfig",
@@ -70,6 +70,7 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT_VERSION = 1
+STEP_PREFIX = "step_"  # checkpoint folders RUN/checkpoints/step_NNNNNNN
 # config keys that define the network, data and optimisation; a resumed run must agree on them
 _STRUCTURAL = ("plane", "batch_size", "lr_per_sample", "ema_decay", "ema_every", "ema_start", "width", "channel_mult",
                "attention_resolutions", "num_heads", "size", "slices", "precision", "seed", "timesteps")
@@ -260,11 +261,6 @@ def load_training_set(plane: str, manifest: Optional[Union[str, os.PathLike]] = 
 
 
 # ------------------------------------------------------------------------------------------------- data order
-def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
-    return torch.randperm(n, generator=g)
-
-
 def batch_indices(n: int, step: int, batch: int, rank: int = 0, world: int = 1, seed: int = 0) -> List[int]:
     """Dataset indices of rank ``rank``'s batch for training step ``step`` (0-based).
 
@@ -278,7 +274,7 @@ def batch_indices(n: int, step: int, batch: int, rank: int = 0, world: int = 1, 
     for p in range(step * batch, (step + 1) * batch):
         epoch, offset = divmod(p, shard)
         if epoch not in cache:
-            perm = _epoch_permutation(n, seed, epoch)
+            perm = epoch_permutation(n, seed, epoch)
             padded = torch.cat([perm] * math.ceil(shard * world / n))[: shard * world]
             cache[epoch] = padded[rank::world]
         out.append(int(cache[epoch][offset]))
@@ -369,64 +365,12 @@ def _gather(obj: Any, d: _Dist) -> List[Any]:
 
 
 # ------------------------------------------------------------------------------------------------- checkpoints
-def _rng_snapshot(noise_gen: torch.Generator, device: torch.device) -> Dict[str, Any]:
-    np_state = np.random.get_state()
-    return {
-        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "torch": torch.get_rng_state().tolist(),
-        "cuda": torch.cuda.get_rng_state(device).tolist() if device.type == "cuda" else None,
-        "noise": noise_gen.get_state().tolist(),
-    }
-
-
-def _rng_restore(snap: Dict[str, Any], noise_gen: torch.Generator, device: torch.device) -> None:
-    v, state, gauss = snap["python"]
-    random.setstate((v, tuple(state), gauss))
-    name, keys, pos, has_gauss, cached = snap["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(torch.tensor(snap["torch"], dtype=torch.uint8))
-    if device.type == "cuda" and snap.get("cuda") is not None:
-        torch.cuda.set_rng_state(torch.tensor(snap["cuda"], dtype=torch.uint8), device)
-    noise_gen.set_state(torch.tensor(snap["noise"], dtype=torch.uint8))
-
-
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
-    sd = opt.state_dict()
-    tensors, layout = {}, {}
-    for idx, st in sd["state"].items():
-        layout[str(idx)] = {}
-        for name, value in st.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"opt.{idx}.{name}"] = value.detach().to("cpu").contiguous()
-                layout[str(idx)][name] = "tensor"
-            else:
-                layout[str(idx)][name] = value
-    return tensors, {"state": layout, "param_groups": sd["param_groups"]}
-
-
-def _optimizer_state(tensors: Dict[str, torch.Tensor], meta: Dict[str, Any]) -> Dict[str, Any]:
-    state = {}
-    for idx, names in meta["state"].items():
-        state[int(idx)] = {n: (tensors[f"opt.{idx}.{n}"] if v == "tensor" else v) for n, v in names.items()}
-    return {"state": state, "param_groups": meta["param_groups"]}
-
-
-def _checkpoint_dir(run_dir: Path) -> Path:
-    return run_dir / "checkpoints"
-
-
 def _save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, ema: EMA, opt: torch.optim.Optimizer,
                      rng_all: List[Dict[str, Any]], cfg: PretrainConfig, extra: Dict[str, Any]) -> Path:
-    """Write checkpoint ``step`` (rank 0 only) atomically and update latest.json; prune old ones."""
-    from safetensors.torch import save_file
-
-    root = _checkpoint_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    name = f"step_{step:07d}"
+    """Write checkpoint ``step`` (rank 0 only) with :func:`write_checkpoint`; prune old ones."""
     tensors = {f"model.{k}": v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     tensors.update({f"ema.{k}": v.detach().to("cpu").contiguous() for k, v in ema.model.state_dict().items()})
-    opt_tensors, opt_meta = _optimizer_tensors(opt)
+    opt_tensors, opt_meta = optimizer_tensors(opt)
     tensors.update(opt_tensors)
     state = {
         "format": "orthodiffusion-pretrain-checkpoint",
@@ -439,51 +383,7 @@ def _save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, ema: EMA,
         "tensors_sha256": tensors_sha256(tensors),
         **extra,
     }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
-    try:
-        save_file(tensors, str(tmp / "weights.safetensors"))
-        (tmp / "state.json").write_text(json.dumps(state))
-        final = root / name
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    with atomic_path(root / "latest.json") as t:
-        t.write_text(json.dumps({"step": step, "dir": name}) + "\n")
-    done = sorted(p for p in root.glob("step_*") if p.is_dir())
-    for old in done[: max(0, len(done) - max(1, cfg.keep_checkpoints))]:
-        if old.name != name:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def _latest_checkpoint(run_dir: Path) -> Optional[Path]:
-    root = _checkpoint_dir(run_dir)
-    pointer = root / "latest.json"
-    if pointer.is_file():
-        with contextlib.suppress(ValueError, KeyError, OSError):
-            p = root / json.loads(pointer.read_text())["dir"]
-            if (p / "state.json").is_file() and (p / "weights.safetensors").is_file():
-                return p
-    complete = sorted(p for p in root.glob("step_*") if (p / "state.json").is_file())
-    return complete[-1] if complete else None
-
-
-def _load_checkpoint(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
-    from safetensors.torch import load_file
-
-    try:
-        state = json.loads((path / "state.json").read_text())
-        tensors = load_file(str(path / "weights.safetensors"))
-    except Exception as e:  # noqa: BLE001 - any read problem is a corrupt checkpoint
-        raise OrthoDiffusionError(f"unreadable checkpoint ({str(e).splitlines()[0][:200]})", path) from None
-    if state.get("format_version") != CHECKPOINT_FORMAT_VERSION:
-        raise OrthoDiffusionError(f"unsupported checkpoint format version {state.get('format_version')!r}", path)
-    if tensors_sha256(tensors) != state.get("tensors_sha256"):
-        raise OrthoDiffusionError("checkpoint integrity check failed (tensors do not match their sha256)", path)
-    return tensors, state
+    return write_checkpoint(run_dir, STEP_PREFIX, step, 7, tensors, state, cfg.keep_checkpoints, {"step": step})
 
 
 # ----------------------------------------------------------------------------------------------------- samples
@@ -535,14 +435,13 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, d: _Dist, dataset: Optional[Vo
               time_limit: Optional[float] = None) -> Dict[str, Any]:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    latest = _latest_checkpoint(run_dir)
+    latest = latest_checkpoint(run_dir, STEP_PREFIX)
     if d.main and cfg.resume:
-        for stale in _checkpoint_dir(run_dir).glob(".step_*.tmp"):  # left by a kill during a checkpoint write
-            shutil.rmtree(stale, ignore_errors=True)
+        remove_partial_checkpoints(run_dir, STEP_PREFIX)
     if latest is not None and not cfg.resume:
         raise OrthoDiffusionError("the run folder already holds checkpoints; pass --resume to continue it or "
                                   "choose a new --out", run_dir)
-    tensors, state = _load_checkpoint(latest) if (latest is not None and cfg.resume) else (None, None)
+    tensors, state = read_checkpoint(latest, CHECKPOINT_FORMAT_VERSION) if (latest is not None and cfg.resume) else (None, None)
     if state is not None:
         saved = state["config"]
         changed = [k for k in _STRUCTURAL if json.dumps(saved.get(k)) != json.dumps(cfg.to_json().get(k))]
@@ -577,11 +476,11 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, d: _Dist, dataset: Optional[Vo
     if state is not None:
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         ema.model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-        opt.load_state_dict(_optimizer_state(tensors, state["optimizer"]))
+        opt.load_state_dict(optimizer_state(tensors, state["optimizer"]))
         for group in opt.param_groups:
             group["lr"] = lr
         if state["world_size"] == d.world:
-            _rng_restore(state["rng"][d.rank], noise_gen, d.device)
+            rng_restore(state["rng"][d.rank], noise_gen, d.device)
         else:
             warnings.warn(f"resuming a {state['world_size']}-process run on {d.world} processes: data order and "
                           "noise continue deterministically but not identically to an uninterrupted run")
@@ -595,7 +494,7 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, d: _Dist, dataset: Optional[Vo
     log_file = writer = bar = None
     if d.main:
         log_path = run_dir / "log.csv"
-        _truncate_log(log_path, start)
+        truncate_log(log_path, start)
         new = not log_path.exists()
         log_file = open(log_path, "a", newline="")
         if new:
@@ -658,7 +557,7 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, d: _Dist, dataset: Optional[Vo
             if time_limit is not None and step < cfg.steps:
                 timed_out = _all_ranks_agree(time.perf_counter() - t_begin >= time_limit, d)
             if step % cfg.ckpt_every == 0 or step == cfg.steps or step == stop_at or timed_out:
-                rng_all = _gather(_rng_snapshot(noise_gen, d.device), d)
+                rng_all = _gather(rng_snapshot(noise_gen, d.device), d)
                 if d.main:
                     _save_checkpoint(run_dir, step, model, ema, opt, rng_all, cfg, {"loss": last_loss})
             if timed_out or (stop_at is not None and step >= stop_at):
@@ -693,16 +592,6 @@ def _all_ranks_agree(flag: bool, d: _Dist) -> bool:
     value = torch.tensor([1.0 if flag else 0.0], device=d.device)
     dist.broadcast(value, src=0)
     return bool(value.item() > 0)
-
-
-def _truncate_log(path: Path, start: int) -> None:
-    """On resume drop log rows after the resumed step (they belong to the lost part of a killed run)."""
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines()
-    keep = [lines[0]] + [ln for ln in lines[1:] if ln and int(ln.split(",")[0]) <= start] if lines else []
-    with atomic_path(path) as t:
-        t.write_text("".join(f"{ln}\n" for ln in keep))
 
 
 @torch.no_grad()

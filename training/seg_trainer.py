@@ -16,12 +16,8 @@ RNG, so a resumed run ends with exactly the weights of an uninterrupted one.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -31,13 +27,13 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from OrthoDiffusionLib.atomic import atomic_path
 from OrthoDiffusionLib.checkpoints import tensors_sha256
 from OrthoDiffusionLib.errors import CancelledError, OrthoDiffusionError
 from OrthoDiffusionLib.seg_metrics import evaluate_case, summarize_cases
 
-from .pretrain import (_epoch_permutation, _load_checkpoint, _optimizer_state, _optimizer_tensors, _rng_restore,
-                       _rng_snapshot, _truncate_log)
+from . import run_checkpoints
+from .run_checkpoints import (epoch_permutation, optimizer_state, optimizer_tensors, read_checkpoint,
+                              remove_partial_checkpoints, rng_restore, rng_snapshot, truncate_log, write_checkpoint)
 from .seg_augment import SegAugment
 from .seg_data import SegVolumes
 from .seg_losses import DEFAULT_IGNORE_INDEX, SegmentationLoss
@@ -45,6 +41,7 @@ from .seg_model import predict_probabilities
 
 CHECKPOINT_FORMAT = "orthodiffusion-segmentation-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
+EPOCH_PREFIX = "epoch_"  # checkpoint folders RUN/checkpoints/epoch_NNN
 ProgressFn = Callable[[str, float], None]
 LOG_HEADER = "epoch,loss,ce,dice_loss,lr,seconds,val_mean_dice\n"
 
@@ -77,66 +74,33 @@ def cosine_lr(base: float, step: int, total: int) -> float:
 
 def epoch_batches(n: int, batch: int, seed: int, epoch: int) -> List[List[int]]:
     """Index batches of epoch ``epoch``: one seeded permutation of n items cut into batches (last may be short)."""
-    perm = _epoch_permutation(n, seed, epoch).tolist()
+    perm = epoch_permutation(n, seed, epoch).tolist()
     return [perm[i:i + batch] for i in range(0, n, batch)]
 
 
 # ------------------------------------------------------------------------------------------------- checkpoints
-def _checkpoint_root(run_dir: Path) -> Path:
-    return run_dir / "checkpoints"
-
-
 def save_checkpoint(run_dir: Path, epoch: int, model: torch.nn.Module, opt: torch.optim.Optimizer,
                     generator: torch.Generator, config: Mapping[str, Any], keep: int = 2,
                     extra: Optional[Mapping[str, Any]] = None) -> Path:
     """Write ``checkpoints/epoch_NNN`` atomically, point ``latest.json`` at it, prune all but the ``keep`` newest."""
-    from safetensors.torch import save_file
-
-    root = _checkpoint_root(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    name = f"epoch_{epoch:03d}"
     tensors = {f"model.{k}": v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    opt_tensors, opt_meta = _optimizer_tensors(opt)
+    opt_tensors, opt_meta = optimizer_tensors(opt)
     tensors.update(opt_tensors)
     device = next(model.parameters()).device
     state = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION, "epoch": epoch,
-             "config": dict(config), "optimizer": opt_meta, "rng": _rng_snapshot(generator, device),
+             "config": dict(config), "optimizer": opt_meta, "rng": rng_snapshot(generator, device),
              "tensors_sha256": tensors_sha256(tensors), **dict(extra or {})}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
-    try:
-        save_file(tensors, str(tmp / "weights.safetensors"))
-        (tmp / "state.json").write_text(json.dumps(state))
-        final = root / name
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    with atomic_path(root / "latest.json") as t:
-        t.write_text(json.dumps({"epoch": epoch, "dir": name}) + "\n")
-    done = sorted(p for p in root.glob("epoch_*") if p.is_dir())
-    for old in done[: max(0, len(done) - max(1, keep))]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+    return write_checkpoint(run_dir, EPOCH_PREFIX, epoch, 3, tensors, state, keep, {"epoch": epoch})
 
 
 def latest_checkpoint(run_dir: Path) -> Optional[Path]:
     """The newest complete checkpoint folder of a run (``latest.json``, else the last complete ``epoch_*``)."""
-    root = _checkpoint_root(run_dir)
-    pointer = root / "latest.json"
-    if pointer.is_file():
-        with contextlib.suppress(ValueError, KeyError, OSError):
-            p = root / json.loads(pointer.read_text())["dir"]
-            if (p / "state.json").is_file() and (p / "weights.safetensors").is_file():
-                return p
-    complete = sorted(p for p in root.glob("epoch_*") if (p / "state.json").is_file())
-    return complete[-1] if complete else None
+    return run_checkpoints.latest_checkpoint(run_dir, EPOCH_PREFIX)
 
 
 def load_checkpoint(path: Path) -> tuple:
     """(tensors, state) of a checkpoint folder; OrthoDiffusionError if unreadable, foreign or corrupt."""
-    tensors, state = _load_checkpoint(path)
+    tensors, state = read_checkpoint(path, CHECKPOINT_FORMAT_VERSION)
     if state.get("format") != CHECKPOINT_FORMAT:
         raise OrthoDiffusionError(f"not a segmentation checkpoint (format {state.get('format')!r})", path)
     return tensors, state
@@ -185,8 +149,7 @@ def train(model: torch.nn.Module, train_set: SegVolumes, settings: TrainSettings
         raise OrthoDiffusionError("the run folder already holds checkpoints; pass --resume to continue it or "
                                   "choose a new --out", run_dir)
     if resume:
-        for stale in _checkpoint_root(run_dir).glob(".epoch_*.tmp"):  # left by a kill during a checkpoint write
-            shutil.rmtree(stale, ignore_errors=True)
+        remove_partial_checkpoints(run_dir, EPOCH_PREFIX)
 
     generator = torch.Generator().manual_seed(settings.seed * 7919 + 29)
     opt = torch.optim.Adam(model.param_groups(settings.lr, settings.backbone_lr_scale),  # type: ignore[operator]
@@ -199,8 +162,8 @@ def train(model: torch.nn.Module, train_set: SegVolumes, settings: TrainSettings
         if changes:
             raise OrthoDiffusionError("cannot resume with different settings: " + "; ".join(changes), latest)
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        opt.load_state_dict(_optimizer_state(tensors, state["optimizer"]))
-        _rng_restore(state["rng"], generator, device)
+        opt.load_state_dict(optimizer_state(tensors, state["optimizer"]))
+        rng_restore(state["rng"], generator, device)
         start = int(state["epoch"])
 
     loss_fn = SegmentationLoss.for_plane(settings.plane, ce_weight=settings.ce_weight,
@@ -214,7 +177,7 @@ def train(model: torch.nn.Module, train_set: SegVolumes, settings: TrainSettings
     total_steps = steps_per_epoch * settings.epochs
 
     log_path = run_dir / "log.csv"
-    _truncate_log(log_path, start)
+    truncate_log(log_path, start)
     if not log_path.exists():
         log_path.write_text(LOG_HEADER)
     bar = None

@@ -40,10 +40,9 @@ import torch
 
 from OrthoDiffusionLib import labels
 from OrthoDiffusionLib.atomic import atomic_path
-from OrthoDiffusionLib.errors import BundleError, CorruptFileError, InputError, MissingPathError, OrthoDiffusionError
+from OrthoDiffusionLib.errors import CorruptFileError, InputError, MissingPathError, OrthoDiffusionError
 
-from .configs import _folder as _configs_folder
-from .configs import _resolve as _resolve_config
+from .configs import resolve_config
 from .seg_data import SegVolumes, read_seg_cases, split_cases, training_cases
 from .seg_losses import num_seg_classes
 from .seg_trainer import ProgressFn, TrainSettings, evaluate, train
@@ -100,17 +99,7 @@ def _validate(cfg: Mapping[str, Any], shown: str) -> None:
 def load_seg_config(name_or_path: PathLike = "seg-ft", overrides: Sequence[str] = ()) -> Dict[str, Any]:
     """A segmentation config by shipped name or JSON path, ``extends`` resolved, ``--set`` overrides applied,
     validated. Raises MissingPathError / CorruptFileError / InputError naming the file."""
-    text = os.fspath(name_or_path)
-    if text.endswith(".json") or os.sep in text:
-        path = Path(text)
-        if not path.is_file():
-            raise MissingPathError("configuration file not found", path)
-        node, shown = path, str(path)
-    else:
-        node, shown = _configs_folder() / f"{text.strip().lower()}.json", text
-        if not node.is_file():
-            raise InputError("unknown segmentation configuration; shipped: seg-ft, seg-demo", text)
-    cfg = _resolve_config(node, shown)
+    cfg, shown = resolve_config(name_or_path)
     for item in overrides:
         _set_value(cfg, item)
     _validate(cfg, shown)
@@ -187,6 +176,22 @@ def _load_weights(path: Path) -> Dict[str, torch.Tensor]:
         raise CorruptFileError(f"not a readable safetensors file ({str(e).splitlines()[0][:200]})", path) from None
 
 
+def read_segmentation_run(run_dir: PathLike) -> Dict[str, Any]:
+    """``run.json`` of a finished ``train-segmentation`` or ``train-seg-baseline`` run.
+
+    Raises MissingPathError (no run.json), CorruptFileError (not JSON), InputError (another format)."""
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise MissingPathError("not a finished segmentation run (no run.json)", run_dir)
+    try:
+        run = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CorruptFileError(f"not valid JSON ({e.msg})", path) from None
+    if run.get("format") not in (RUN_FORMAT, BASELINE_RUN_FORMAT):
+        raise InputError(f"not a segmentation run (format {run.get('format')!r})", path)
+    return run
+
+
 def load_segmentation_run(run_dir: PathLike, device: Union[str, torch.device] = "cpu"
                           ) -> Tuple[torch.nn.Module, Dict[str, Any]]:
     """(network in eval mode, run.json) of a finished ``train-segmentation`` or ``train-seg-baseline`` run."""
@@ -196,22 +201,15 @@ def load_segmentation_run(run_dir: PathLike, device: Union[str, torch.device] = 
     from .seg_model import BaselineSegmenter, DiffusionSegmenter
 
     run_dir = Path(run_dir)
-    meta_path = run_dir / "run.json"
-    if not meta_path.is_file():
-        raise MissingPathError("not a finished segmentation run (no run.json)", run_dir)
-    try:
-        run = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CorruptFileError(f"not valid JSON ({e.msg})", meta_path) from None
-    fmt = run.get("format")
-    if fmt == RUN_FORMAT:
+    run = read_segmentation_run(run_dir)
+    if run["format"] == RUN_FORMAT:
         backbone, _ = load_backbone(run_dir / run["backbone"], device="cpu")
         head = build_head(run["head"])
         state = _load_weights(run_dir / run["head_weights"])
         check_state_dict(head, state, run_dir / run["head_weights"])
         head.load_state_dict(state)
         model: torch.nn.Module = DiffusionSegmenter(backbone, head, int(run["timestep"]))
-    elif fmt == BASELINE_RUN_FORMAT:
+    else:  # BASELINE_RUN_FORMAT
         spec = dict(run["model"])
         size = run["preprocessing"]
         net = build_seg_baseline(spec.pop("name"), num_classes=int(run["num_classes"]),
@@ -220,8 +218,6 @@ def load_segmentation_run(run_dir: PathLike, device: Union[str, torch.device] = 
         check_state_dict(net, state, run_dir / run["weights"])
         net.load_state_dict(state)
         model = BaselineSegmenter(net)
-    else:
-        raise BundleError(f"unknown run format {fmt!r}", meta_path)
     return model.to(device).eval(), run
 
 

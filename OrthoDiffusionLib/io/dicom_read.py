@@ -423,9 +423,13 @@ def meta_from_header(ds: Dataset, n_slices: int, spacing: float, pixel_spacing: 
         return str(v)
 
     sn = sequence.number(ds.get("SeriesNumber"))
+    region = _first(ds, "AnatomicRegionSequence")
     meta = {
         "format": "DICOM",
         "modality": text("Modality"),
+        "body_part_examined": text("BodyPartExamined"),
+        "anatomic_region": None if region is None else (str(region.get("CodeMeaning", "") or "") or None),
+        "study_description": text("StudyDescription"),
         "series_description": text("SeriesDescription"),
         "protocol_name": text("ProtocolName"),
         "series_number": None if sn is None else int(sn),

@@ -15,6 +15,9 @@ PLANES: Tuple[str, str, str] = ("sagittal", "coronal", "axial")
 META_KEYS: Tuple[str, ...] = (
     "format",
     "modality",
+    "body_part_examined",
+    "anatomic_region",
+    "study_description",
     "series_description",
     "protocol_name",
     "series_number",

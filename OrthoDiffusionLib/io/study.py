@@ -6,6 +6,11 @@ Choice rule per plane (the model was trained on PD-weighted, non-fat-suppressed 
 2. ties: more slices, then finer in-plane pixel area, then less obliquity, then shorter TE, then name.
 DICOM series are judged from their headers and only the chosen ones are read; a chosen series that fails to load is
 reported and the next candidate is taken.
+
+Anatomy: both loaders refuse a series whose metadata names another body part than the model's ``anatomy``
+(:mod:`.anatomy`; default ``"knee"``, ``None`` = no check). In a study folder such series are ignored (and listed in
+``choices``) like non-MR ones; when nothing else is left, or when the series was given explicitly, the loader raises
+:class:`~OrthoDiffusionLib.errors.AnatomyMismatchError`. ``allow_anatomy_mismatch=True`` keeps them and notes it.
 """
 from __future__ import annotations
 
@@ -15,8 +20,9 @@ from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..errors import InputError, MissingPathError, MissingPlaneError, NoDicomError
+from ..errors import AnatomyMismatchError, InputError, MissingPathError, MissingPlaneError, NoDicomError
 from . import sequence
+from .anatomy import check_anatomy
 from .dicom_read import DicomSeriesGroup, load_group, meta_from_header, scan_dicom_folder, sort_frames
 from .orientation import classify_plane
 from .reader import _volume_files, read_series
@@ -61,11 +67,17 @@ class Exam:
                                     self.source or "exam")
 
     @classmethod
-    def from_series(cls, sagittal: SeriesLike = None, coronal: SeriesLike = None, axial: SeriesLike = None) -> "Exam":
+    def from_series(cls, sagittal: SeriesLike = None, coronal: SeriesLike = None, axial: SeriesLike = None, *,
+                    anatomy: Optional[str] = "knee", allow_anatomy_mismatch: bool = False) -> "Exam":
         """Assemble an exam from Series objects or paths (read with :func:`read_series`).
+
+        Args:
+            anatomy: the model's anatomy; a series whose metadata names another one is refused (None = no check).
+            allow_anatomy_mismatch: keep such a series and note it in ``choices`` instead.
 
         Raises:
             InputError: a series' slices are not in the plane it was given for.
+            AnatomyMismatchError: a series' metadata names another anatomy.
         """
         exam = cls()
         for plane, item in zip(PLANES, (sagittal, coronal, axial)):
@@ -75,8 +87,11 @@ class Exam:
             s = item if isinstance(item, Series) else read_series(item)
             if s.plane != plane:
                 raise InputError(f"given as the {plane} series, but its slices are {s.plane}", s.source)
+            note = check_anatomy(s.meta, anatomy, s.source, f"the {plane} series", allow_anatomy_mismatch)
             setattr(exam, plane, s)
             exam.choices.append(f"{plane}: {describe_series(s.meta, s.shape[0], s.spacing)} from {s.source} (given)")
+            if note:
+                exam.choices.append(note)
         return exam
 
 
@@ -162,13 +177,16 @@ def find_candidates(folder: PathLike, tolerance_deg: float = 30.0,
 
 
 def load_study(folder: PathLike, *, tolerance_deg: float = 30.0,
-               progress: Optional[Callable[[float, str], None]] = None) -> Exam:
+               progress: Optional[Callable[[float, str], None]] = None, anatomy: Optional[str] = "knee",
+               allow_anatomy_mismatch: bool = False) -> Exam:
     """Scan a study folder (DICOM series and/or NIfTI/NRRD/MetaImage files) and assign one series per plane.
 
     Args:
         folder: study folder (searched recursively).
         tolerance_deg: obliquity accepted when classifying planes; more oblique series are ignored (reported).
         progress: optional callback ``progress(fraction, message)``.
+        anatomy: the model's anatomy: series whose metadata names another one are ignored (None = no check).
+        allow_anatomy_mismatch: keep them (noted in ``choices``).
 
     Returns:
         An :class:`Exam`; ``choices`` says what was chosen per plane and why, which planes are missing, and which
@@ -176,12 +194,14 @@ def load_study(folder: PathLike, *, tolerance_deg: float = 30.0,
 
     Raises:
         MissingPathError: the folder does not exist. NoDicomError: no usable MR series at all.
+        AnatomyMismatchError: every usable series names another anatomy (or ``folder`` is one such file).
     """
     folder = os.fspath(folder)
     if not os.path.exists(folder):
         raise MissingPathError("no such study folder", folder)
     if not os.path.isdir(folder):
         s = read_series(folder)
+        note = check_anatomy(s.meta, anatomy, folder, f"the {s.plane} series", allow_anatomy_mismatch)
         exam = Exam(source=folder)
         setattr(exam, s.plane, s)
         for plane in PLANES:
@@ -191,9 +211,25 @@ def load_study(folder: PathLike, *, tolerance_deg: float = 30.0,
                                     f"{reason}; the only series in this file")
             else:
                 exam.choices.append(f"{plane}: missing (a single file holds only the {s.plane} series)")
+        if note:
+            exam.choices.append(note)
         return exam
     candidates, ignored = find_candidates(folder, tolerance_deg, progress)
-    exam = assign_planes(folder, candidates, ignored)
+    kept: List[Tuple[_Candidate, Optional[str]]] = []
+    refused: List[AnatomyMismatchError] = []
+    for c in candidates:
+        try:
+            note = check_anatomy(c.meta, anatomy, c.source, c.label, allow_anatomy_mismatch)
+        except AnatomyMismatchError as e:
+            refused.append(e)
+            ignored.append((c.source, e.problem))
+            continue
+        kept.append((c, note))
+    if refused and not kept:
+        raise refused[0]
+    exam = assign_planes(folder, [c for c, _ in kept], ignored)
+    chosen = {exam.get(p).source for p in exam.planes_present()}
+    exam.choices += [note for c, note in kept if note and c.source in chosen]
     if progress:
         progress(1.0, "done")
     return exam

@@ -17,6 +17,7 @@ import SimpleITK as sitk
 
 from ..errors import CorruptFileError, InvalidVolumeError, NotVolumeError
 from . import sequence
+from .anatomy import meta_from_header_fields
 from .orientation import choose_slice_axis, classify_plane, move_slice_axis_last
 from .series import Series
 
@@ -105,6 +106,7 @@ def read_volume(path: str, *, tolerance_deg: float = 30.0) -> Series:
         raise NotVolumeError(f"{dim}D image of size {list(size)}; a 3D volume is needed", path)
     if min(size[:3]) < 2:
         raise NotVolumeError(f"image of size {list(size[:3])} is a single slice, not a 3D volume", path)
+    header = {k: reader.GetMetaData(k) for k in reader.GetMetaDataKeys()}
     try:
         image = reader.Execute()
     except RuntimeError as e:
@@ -132,6 +134,7 @@ def read_volume(path: str, *, tolerance_deg: float = 30.0) -> Series:
         "rows": h,
         "columns": w,
         "number_of_slices": d,
+        **meta_from_header_fields(header),  # anatomy tags a NRRD/MetaImage header may carry
     }
     return Series(image=image, plane=plane, obliquity_deg=obliquity, source=os.fspath(path),
                   meta=sequence.annotate(meta))

@@ -22,7 +22,7 @@ from ..errors import InputError, OrthoDiffusionError
 from ..atomic import atomic_path
 from ..demo import DEFAULT_ABNORMALITY
 from ..io import PLANES, Exam, load_study
-from ..model_registry import orthodiffusion_home
+from ..model_registry import model_anatomy, orthodiffusion_home
 from .background import BackgroundTask, TaskOutcome
 from .folders import list_folder
 from .results import ResultFolder, is_result_folder, open_result_folder
@@ -233,12 +233,23 @@ class ViewerApp:
         name = Path(folder).name if folder is not None else Path(next(iter(series.values()))).parent.name
 
         def work(progress, cancel):
+            anatomy = self._model_anatomy()
             if folder is not None:
-                return load_study(folder, progress=lambda f, msg: progress(msg, f))
+                return load_study(folder, progress=lambda f, msg: progress(msg, f), anatomy=anatomy)
             progress("reading series", 0.0)
-            return Exam.from_series(**series)
+            return Exam.from_series(**series, anatomy=anatomy)
 
         return self._start("Open exam", work, lambda exam: self._show_exam(exam, name))
+
+    def _model_anatomy(self) -> str:
+        """The anatomy of the model Run uses (exams of another anatomy are refused when opened); ``knee`` (every
+        shipped model's) when that model cannot be resolved yet -- Run reports that problem itself."""
+        if self._predictor is not None and self._predictor_key == (self.model, self.device):
+            return self._predictor.anatomy
+        try:
+            return model_anatomy(self.model)
+        except OrthoDiffusionError:
+            return "knee"
 
     def open_sample(self, seed: int = 1) -> bool:
         """Simulate the demo's knee exam (``orthodiffusion demo``'s default abnormality) as NIfTI series under
@@ -292,12 +303,12 @@ class ViewerApp:
             return current, ""
         progress("reading the exam's series", 0.3)
         try:
-            return Exam.from_series(**sources), ""
+            return Exam.from_series(**sources, anatomy=None), ""  # the result exists: no input check
         except InputError as first:
             study = result.study_source()
             if study and Path(study).is_dir():
                 try:
-                    return load_study(study), ""
+                    return load_study(study, anatomy=None), ""
                 except InputError:
                     pass
             return None, f"the exam's series cannot be read ({first}): showing the segmentations only"
@@ -375,15 +386,11 @@ class ViewerApp:
         exam, out = self.exam, new_result_folder(self.out_root, _safe_stem(self.exam_name))
 
         def work(progress, cancel):
-            from ..predictor import write_outputs
+            from ..predictor import predict_and_write
 
             progress("loading the model", 0.0)
-            predictor = self._get_predictor()
-            result = predictor.predict(exam, noise_draws=self.noise_draws, progress=progress, cancel=cancel)
-            if cancel.is_set():
-                return None
-            progress("writing the results", 1.0)
-            write_outputs(result, out)
+            predict_and_write(self._get_predictor(), exam, out, noise_draws=self.noise_draws, progress=progress,
+                              cancel=cancel)
             return open_result_folder(out)
 
         return self._start("Run", work, lambda result: self._show_result(result, exam))

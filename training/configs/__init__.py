@@ -16,12 +16,12 @@ import json
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Tuple
 
 from OrthoDiffusionLib.errors import CorruptFileError, InputError, MissingPathError
 from OrthoDiffusionLib.labels import PLANES, anatomies, diagnosis_labels
 
-__all__ = ["list_configs", "load_config", "config_path", "PAPER_NAMES"]
+__all__ = ["list_configs", "load_config", "resolve_config", "config_path", "PAPER_NAMES"]
 
 BLOCK_NAMES = ("mid_0", "mid_1", "mid_2")
 PAPER_NAMES = {"lp-opt": "knee-lp-opt", "ft-opt": "knee-ft-opt", "ft-a-opt": "ankle-ft-opt",
@@ -101,11 +101,13 @@ def _validate(cfg: Dict[str, Any], shown: str) -> None:
             raise InputError(f"planes.{p}.block must be one of {', '.join(BLOCK_NAMES)}, got {b!r}", shown)
 
 
-def load_config(name_or_path: str | os.PathLike) -> Dict[str, Any]:
-    """A configuration by shipped name, paper name, or path to a JSON file (see module doc).
+def resolve_config(name_or_path: str | os.PathLike) -> Tuple[Dict[str, Any], str]:
+    """(configuration, how to name it in errors) by shipped name, paper name, or path to a JSON file, with
+    ``extends`` resolved (deep merge) but not validated: shared by the diagnosis (:func:`load_config`) and the
+    segmentation configurations.
 
-    Raises ``MissingPathError`` / ``CorruptFileError`` / ``InputError`` naming the file for a missing, unparsable or
-    invalid configuration.
+    Raises ``MissingPathError`` / ``CorruptFileError`` / ``InputError`` naming the file for a missing or unparsable
+    configuration or an unknown name.
     """
     text = os.fspath(name_or_path)
     if text.endswith(".json") or os.sep in text:
@@ -115,7 +117,16 @@ def load_config(name_or_path: str | os.PathLike) -> Dict[str, Any]:
         node, shown = path, str(path)
     else:
         node, shown = config_path(text), text
-    cfg = _resolve(node, shown)
+    return _resolve(node, shown), shown
+
+
+def load_config(name_or_path: str | os.PathLike) -> Dict[str, Any]:
+    """A diagnosis configuration by shipped name, paper name, or path to a JSON file (see module doc).
+
+    Raises ``MissingPathError`` / ``CorruptFileError`` / ``InputError`` naming the file for a missing, unparsable or
+    invalid configuration.
+    """
+    cfg, shown = resolve_config(name_or_path)
     _validate(cfg, shown)
     cfg["labels"] = [d.key for d in diagnosis_labels(cfg["anatomy"])]
     cfg["num_labels"] = len(cfg["labels"])
