@@ -44,14 +44,14 @@ def _sync(device) -> Optional[Callable[[], None]]:
     return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
 
 
-def measured_conv_tflops(device, bf16: bool = False, repeats: int = 3) -> Dict[str, float]:
-    """Throughput (TFLOP/s) of Conv3d(64, 64, 3, padding=1) on (1, 64, 16, 128, 128): median of ``repeats``."""
+def measured_conv_tflops(device, bf16: bool = False, repeats: int = 3, size: int = 128) -> Dict[str, float]:
+    """Throughput (TFLOP/s) of Conv3d(64, 64, 3, padding=1) on (1, 64, 16, size, size): median of ``repeats``."""
     import torch
 
     from .bench import time_callable
 
     conv = torch.nn.Conv3d(64, 64, 3, padding=1).to(device).eval()
-    x = torch.randn(1, 64, 16, 128, 128, device=device)
+    x = torch.randn(1, 64, 16, size, size, device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
     def run() -> object:
@@ -72,9 +72,11 @@ def _gpu_peak(name: str) -> Optional[float]:
 
 def bench_flops(width: int = 64, size: int = 256, slices: int = 16, train_batch: int = 10,
                 train_size: Optional[int] = None, repeats: int = 3, device: str = "cpu", precision: str = "fp32",
-                threads: Optional[int] = None, exam: bool = True, train: bool = True) -> Dict[str, object]:
+                threads: Optional[int] = None, exam: bool = True, train: bool = True,
+                probe_size: int = 128) -> Dict[str, object]:
     """FLOPs, seconds, achieved rate and fraction of peak of an encoder pass, a full exam and a pretraining step
-    (see the module docstring). ``train_size`` (default ``size``) shrinks only the training step."""
+    (see the module docstring). ``train_size`` (default ``size``) shrinks only the training step; ``probe_size``
+    is the in-plane size of the peak probe (128; smaller only for quick checks)."""
     import torch
 
     from .backbone import DiffusionUNet
@@ -91,10 +93,10 @@ def bench_flops(width: int = 64, size: int = 256, slices: int = 16, train_batch:
         peak_source = "spec sheet, dense bf16" if peak else None
     else:
         peak, peak_source = None, None
-    conv = measured_conv_tflops(dev, bf16=bf16, repeats=repeats)
+    conv = measured_conv_tflops(dev, bf16=bf16, repeats=repeats, size=probe_size)
     if peak is None:
         peak = conv["tflops"]
-        peak_source = f"measured Conv3d 64->64 3x3x3 on 16x128x128 ({precision})"
+        peak_source = f"measured Conv3d 64->64 3x3x3 on 16x{probe_size}x{probe_size} ({precision})"
     rows = []
 
     def add(work: str, flops: int, seconds: float) -> None:
@@ -102,7 +104,7 @@ def bench_flops(width: int = 64, size: int = 256, slices: int = 16, train_batch:
         rows.append({"work": work, "gflop": flops / 1e9, "median_s": seconds, "achieved_tflops": achieved,
                      "fraction_of_peak": achieved / peak, "over_flop_bound": seconds / (flops / 1e12 / peak)})
 
-    add("Conv3d 64->64 3x3x3, 16x128x128 (the peak probe)", conv["flops"], conv["median_s"])
+    add(f"Conv3d 64->64 3x3x3, 16x{probe_size}x{probe_size} (the peak probe)", conv["flops"], conv["median_s"])
     net = DiffusionUNet(model_channels=width).to(dev).eval()
     x = torch.randn(1, 1, slices, size, size, device=dev)
     t = torch.full((1,), 50, device=dev, dtype=torch.long)

@@ -12,13 +12,14 @@ noise from one seeded generator), so their loss curves are comparable step by st
 Configurations: ``reference`` = float32, eager, contiguous (the authors' trainer); ``ours`` = bf16 autocast +
 channels-last-3d (+ ``torch.compile`` with ``--compile``); attention is SDPA in both (the backbone's only
 implementation). Rows: median step seconds after warm-up, steps/s, peak memory (CUDA allocations on a GPU, process
-RSS on the CPU), the loss of every timed step; extras: speed-up ours/reference and the largest relative difference
-between the two loss curves.
+RSS on the CPU), the loss of every step and the number of non-finite ones; extras: speed-up ours/reference and the
+largest relative difference between the two loss curves (over the steps where both are finite).
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import math
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -131,7 +132,8 @@ def _run_config(kind: str, name: str, base: torch.nn.Module, batches: Sequence[D
     label = {"reference": "reference (fp32 eager)",
              "ours": "ours (bf16 autocast, channels-last-3d" + (", torch.compile)" if compile_model else ")")}[name]
     row: Dict[str, object] = {"step": kind, "config": label, "median_step_s": median, "steps_per_s": 1.0 / median,
-                              "peak_rss_mib": pm.rss_mib, "losses": [round(v, 6) for v in losses]}
+                              "peak_rss_mib": pm.rss_mib, "losses": [round(v, 6) for v in losses],
+                              "nonfinite_steps": sum(not math.isfinite(v) for v in losses)}
     if pm.cuda_mib is not None:
         row["peak_cuda_mib"] = pm.cuda_mib
     return row
@@ -158,8 +160,9 @@ def bench_train(kinds: Sequence[str] = ("pretrain", "finetune"), width: int = 64
         ours = _run_config(kind, "ours", base, batches, warmup, dev, compile_model)
         rows += [ref, ours]
         extra[f"speedup_{kind}_ours_over_reference"] = ours["steps_per_s"] / ref["steps_per_s"]
-        extra[f"loss_curve_max_rel_diff_{kind}"] = max(abs(a - b) / max(abs(a), 1e-12)
-                                                       for a, b in zip(ref["losses"], ours["losses"]))
+        both = [(a, b) for a, b in zip(ref["losses"], ours["losses"]) if math.isfinite(a) and math.isfinite(b)]
+        extra[f"loss_curve_max_rel_diff_{kind}"] = (max(abs(a - b) / max(abs(a), 1e-12) for a, b in both)
+                                                    if both else float("nan"))
     return {"rows": rows, **extra, "input": [batch, 1, slices, size, size], "width": width, "steps": steps,
             "warmup": warmup, **_device_facts(dev)}
 
@@ -173,7 +176,8 @@ def _run(args: argparse.Namespace) -> int:
     result["wall_s"] = time.perf_counter() - start
     rows = result.pop("rows")
     print_results("Training steps: fp32 eager reference vs ours", rows,
-                  ["step", "config", "median_step_s", "steps_per_s", "peak_cuda_mib", "peak_rss_mib", "losses"],
+                  ["step", "config", "median_step_s", "steps_per_s", "peak_cuda_mib", "peak_rss_mib", "nonfinite_steps",
+                   "losses"],
                   result, args.json)
     return 0
 
