@@ -62,26 +62,15 @@ def _device_facts(device) -> Dict[str, object]:
     return facts
 
 
-def _current_rss_mib() -> float:
-    try:
-        with open("/proc/self/status", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float("nan")
-
-
 def _measure(fn: Callable[[], object], repeats: int, warmup: int, device) -> Dict[str, object]:
     """Median/min seconds of ``fn`` (after ``warmup`` runs) and the peak memory over all runs."""
     import torch
 
     from .bench import time_callable
-    from .peak_memory import PeakMemory
+    from .peak_memory import PeakMemory, current_rss_mib
 
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
-    before = _current_rss_mib()
+    before = current_rss_mib()
     with PeakMemory(device) as pm:
         t = time_callable(fn, repeats=repeats, warmup=warmup, sync=sync)
     row: Dict[str, object] = {"median_s": t["median_s"], "min_s": t["min_s"], "max_s": t["max_s"],

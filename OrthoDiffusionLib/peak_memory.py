@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["PeakMemory", "current_peak_rss_mib", "reset_peak_rss"]
+__all__ = ["PeakMemory", "current_peak_rss_mib", "current_rss_mib", "reset_peak_rss"]
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -28,14 +28,28 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def current_peak_rss_mib() -> float:
-    """Peak RSS in MiB since the last reset (``VmHWM``), or the lifetime peak from ``getrusage`` off Linux."""
+def _status_mib(field: str) -> Optional[float]:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in MiB; None off Linux."""
     try:
         for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024.0
     except OSError:
         pass
+    return None
+
+
+def current_rss_mib() -> float:
+    """Resident set size of this process now, MiB (NaN off Linux)."""
+    value = _status_mib("VmRSS")
+    return float("nan") if value is None else value
+
+
+def current_peak_rss_mib() -> float:
+    """Peak RSS in MiB since the last reset (``VmHWM``), or the lifetime peak from ``getrusage`` off Linux."""
+    value = _status_mib("VmHWM")
+    if value is not None:
+        return value
     import resource
     import sys
 
