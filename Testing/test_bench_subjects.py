@@ -147,3 +147,11 @@ def test_cli_prints_json(capsys):
                  "--steps", "2", "--warmup", "1"]) == 0
     text = capsys.readouterr().out
     assert "| pretrain | reference (fp32 eager)" in text and "speedup_pretrain_ours_over_reference" in text
+
+
+def test_predict_cli_takes_a_precision():
+    from OrthoDiffusionLib.cli import build_parser
+
+    args = build_parser().parse_args(["predict", "--study", "s", "--out", "o", "--precision", "bf16"])
+    assert args.precision == "bf16"
+    assert build_parser().parse_args(["predict", "--study", "s", "--out", "o"]).precision == "fp32"
