@@ -10,6 +10,13 @@ Subjects:
     predict    per-exam time of batch prediction with the model loaded once (N=1 vs N=8; predict_bench.py).
     simulate   seconds per simulated 3-plane exam on one core; with ``--against DIR`` also the ratio against another
                source tree (e.g. the previous implementation: ``git worktree add /tmp/ref <rev>``).
+    inference  full-exam inference, ours vs the authors-style reference in the same process (inference_bench.py).
+    batch      per-exam time / exams per second for N exams per batch (inference_bench.py).
+    scaling    per-exam time and peak memory against the preprocessing grid (inference_bench.py).
+    train      pretraining and fine-tuning step time / memory, fp32 eager reference vs ours (training/train_bench.py).
+    flops      FLOPs of an encoder pass and a training step, achieved rate vs the device's peak (flops_bench.py).
+
+GPU rows of all of them: ``benchmarks/gpu_session.sh OUT_DIR`` (one call on a machine with CUDA).
 """
 from __future__ import annotations
 
@@ -272,11 +279,21 @@ def _run_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-# name -> registrar; append new subjects here (issue 10: inference, training)
-from .predict_bench import register_predict_bench  # noqa: E402  (cheap: imports torch lazily)
+# name -> registrar; append new subjects here
+from .flops_bench import register_flops_bench  # noqa: E402  (these import torch lazily)
+from .inference_bench import register_inference_benches  # noqa: E402
+from .predict_bench import register_predict_bench  # noqa: E402
+
+
+def _register_train(sub: argparse._SubParsersAction) -> None:
+    from .training.train_bench import register_train_bench  # the training package is installed with the library
+
+    register_train_bench(sub)
+
 
 SUBJECT_REGISTRARS: List[Callable[[argparse._SubParsersAction], None]] = [
-    _register_backbone, register_predict_bench, _register_simulate]
+    _register_backbone, register_predict_bench, _register_simulate, register_inference_benches, _register_train,
+    register_flops_bench]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

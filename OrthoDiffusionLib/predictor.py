@@ -53,6 +53,8 @@ __all__ = ["DISCLAIMER", "PredictionResult", "Predictor", "load_exam", "predict_
 PathLike = Union[str, os.PathLike]
 ProgressFn = Callable[[str, float], None]
 RESULT_FORMAT = "orthodiffusion.prediction"
+#: Numeric precisions of :class:`Predictor` (``bf16`` = bfloat16 autocast of the networks).
+PRECISIONS = ("fp32", "bf16")
 DISCLAIMER = "Research use only, not for diagnosis."
 #: Overall progress fraction at which each phase of a batch starts (the last one ends at 1). "networks" is every
 #: backbone pass and the heads (diagnosis fusion, segmentation) that run on its taps, per noise draw.
@@ -180,9 +182,15 @@ class Predictor:
         bundle: a ``.odbundle`` path, a registered model name, or ``None`` for the registry's default model.
         device: ``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
         seed: base seed of the noise draws (fixed, so results are reproducible).
+        precision: ``fp32`` (default; the reference numbers) or ``bf16`` (networks under bfloat16 autocast:
+            about 1.5-2x faster on CPUs with AVX512-BF16/AMX and on GPUs, probabilities differ by ~1e-2).
+        channels_last: store the backbones channels-last (NDHWC; faster convolutions on some GPUs; same numbers).
     """
 
-    def __init__(self, bundle: Union[PathLike, ModelBundle, None] = None, device: str = "auto", seed: int = 0):
+    def __init__(self, bundle: Union[PathLike, ModelBundle, None] = None, device: str = "auto", seed: int = 0,
+                 precision: str = "fp32", channels_last: bool = False):
+        if precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         start = time.perf_counter()
         if isinstance(bundle, ModelBundle):
             self.bundle = bundle
@@ -191,6 +199,7 @@ class Predictor:
 
             self.bundle = load_bundle(resolve_model(bundle))
         self.seed = int(seed)
+        self.precision = precision
         self.schedule = CosineSchedule()
         meta = self.bundle.meta
         self.diag_meta: Optional[Dict[str, Any]] = meta.get("diagnosis")
@@ -199,6 +208,9 @@ class Predictor:
         self.diagnosis_head = self.bundle.diagnosis_head() if self.diag_meta else None
         self.ehr_model = self.bundle.ehr_model() if self.diag_meta else None
         self.seg_heads = {plane: self.bundle.segmentation_head(plane) for plane in self.seg_meta}
+        if channels_last:
+            for net in self.backbones.values():
+                net.to_channels_last_3d()
         self.device = resolve_device(device)
         self._move(self.device)
         self.load_seconds = time.perf_counter() - start
@@ -297,15 +309,16 @@ class Predictor:
     # ------------------------------------------------------------------------------------------------ predict
     def predict(self, exam: Exam, ehr: Optional[Mapping[str, Any]] = None, *, diagnosis: bool = True,
                 segmentation: bool = True, noise_draws: int = 1, progress: Optional[ProgressFn] = None,
-                cancel: Optional[threading.Event] = None) -> PredictionResult:
-        """Predict one exam (see the module docstring). ``ehr``: an EHR record (:mod:`OrthoDiffusionLib.ehr`)."""
+                cancel: Optional[threading.Event] = None, measures: bool = True) -> PredictionResult:
+        """Predict one exam (see the module docstring). ``ehr``: an EHR record (:mod:`OrthoDiffusionLib.ehr`);
+        ``measures=False`` skips the structure volumes / cartilage thickness (``result.measures`` stays empty)."""
         return self.predict_many([exam], [ehr], diagnosis=diagnosis, segmentation=segmentation,
-                                 noise_draws=noise_draws, progress=progress, cancel=cancel)[0]
+                                 noise_draws=noise_draws, progress=progress, cancel=cancel, measures=measures)[0]
 
     def predict_many(self, exams: Sequence[Exam], ehr: Optional[Sequence[Optional[Mapping[str, Any]]]] = None, *,
                      diagnosis: bool = True, segmentation: bool = True, noise_draws: int = 1,
                      progress: Optional[ProgressFn] = None, cancel: Optional[threading.Event] = None,
-                     batch_size: int = 8) -> List[PredictionResult]:
+                     batch_size: int = 8, measures: bool = True) -> List[PredictionResult]:
         """Predict several exams with the loaded model, ``batch_size`` exams per backbone pass (exams with the same
         planes are batched together). Returns one result per exam, in order."""
         if noise_draws < 1:
@@ -329,7 +342,7 @@ class Predictor:
 
             dp, sp, _ = plans[idx[0]]
             out = self._run_with_fallback([exams[i] for i in idx], [records[i] for i in idx], dp, sp, noise_draws,
-                                          sub_progress, cancel)
+                                          sub_progress, cancel, measures)
             for i, res in zip(idx, out):
                 res.warnings[:0] = plans[i][2]
                 results[i] = res
@@ -337,10 +350,10 @@ class Predictor:
             progress("done", 1.0)
         return [r for r in results if r is not None]
 
-    def _run_with_fallback(self, exams, records, diag_planes, seg_planes, draws, progress, cancel
+    def _run_with_fallback(self, exams, records, diag_planes, seg_planes, draws, progress, cancel, measures=True
                            ) -> List[PredictionResult]:
         try:
-            return self._run_batch(exams, records, diag_planes, seg_planes, draws, progress, cancel)
+            return self._run_batch(exams, records, diag_planes, seg_planes, draws, progress, cancel, measures)
         except torch.cuda.OutOfMemoryError:
             if self.device.type != "cuda":
                 raise
@@ -348,14 +361,15 @@ class Predictor:
             warnings.warn(note)
             torch.cuda.empty_cache()
             self._move(torch.device("cpu"))
-            out = self._run_batch(exams, records, diag_planes, seg_planes, draws, progress, cancel)
+            out = self._run_batch(exams, records, diag_planes, seg_planes, draws, progress, cancel, measures)
             for r in out:
                 r.warnings.append(note)
             return out
 
     def _run_batch(self, exams: Sequence[Exam], records: Sequence[Optional[Mapping[str, Any]]],
                    diag_planes: Sequence[str], seg_planes: Sequence[str], draws: int,
-                   progress: ProgressFn, cancel: Optional[threading.Event]) -> List[PredictionResult]:
+                   progress: ProgressFn, cancel: Optional[threading.Event], measures: bool = True
+                   ) -> List[PredictionResult]:
         names = [name for name, _ in _PHASES]
 
         def report(phase: str, within: float, stage: str) -> None:
@@ -397,7 +411,8 @@ class Predictor:
             report("networks", step / max(1, total_steps), stage)
             step += 1
 
-        with torch.no_grad():
+        autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        with torch.inference_mode(), autocast:
             for draw in range(draws):
                 taps_of: Dict[_PassKey, Dict[str, torch.Tensor]] = {}
                 of_draws = f" draw {draw + 1}/{draws}" if draws > 1 else ""
@@ -471,8 +486,8 @@ class Predictor:
                 segs[i][plane] = series_prep[i].to_original(values[classes[i]].numpy(), "nearest")
         timings["resample"] = time.perf_counter() - clock
         clock = time.perf_counter()
-        measures: List[List[Dict[str, Any]]] = [[] for _ in range(n)]
-        if seg_planes:
+        measure_rows: List[List[Dict[str, Any]]] = [[] for _ in range(n)]
+        if seg_planes and measures:
             from .seg_measures import measure_structures
 
             structures = {s.key: s for s in label_tables.knee_structures()}
@@ -482,7 +497,7 @@ class Predictor:
                     keys = self.seg_meta[plane]["structures"]
                     rows = measure_structures(img, structures=[structures[k] for k in keys
                                                                 if plane in structures[k].planes])
-                    measures[i] += [{"plane": plane, **r.as_dict()} for r in rows]
+                    measure_rows[i] += [{"plane": plane, **r.as_dict()} for r in rows]
         timings["measures"] = time.perf_counter() - clock
         per_exam = {k: v / n for k, v in timings.items() if k != "load_model"}
         per_exam["total"] = (time.perf_counter() - t0) / n
@@ -502,7 +517,7 @@ class Predictor:
                                        "calibrated_probability": float(summary.mean[i, k]),
                                        "uncertainty": float(summary.std[i, k]), "plane_weights": pw})
             results.append(PredictionResult(
-                labels=label_rows, segmentations=segs[i], measures=measures[i],
+                labels=label_rows, segmentations=segs[i], measures=measure_rows[i],
                 exam={"source": exam.source, "planes": {p: _series_summary(exam, p) for p in PLANES},
                       "choices": list(exam.choices), "diagnosis_planes": list(diag_planes),
                       "segmentation_planes": list(seg_planes)},

@@ -1,0 +1,157 @@
+"""``orthodiffusion bench`` subjects of issue 10 at small size (width 32, 16 x 32 x 32): output structure, and that
+the reference and ours compute the same thing (equal probabilities / label maps, matching loss curves). No timing
+assertions: speed is what the subjects print, not what the tests check."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from bundle_helpers import tiny_exam
+
+from OrthoDiffusionLib.bench_model import FT_OPT_TAPS, synthetic_bundle
+from OrthoDiffusionLib.cli import main
+from OrthoDiffusionLib.errors import InputError
+from OrthoDiffusionLib.flops_bench import bench_flops, count_flops
+from OrthoDiffusionLib.inference_bench import bench_batch, bench_inference, bench_scaling
+from OrthoDiffusionLib.peak_memory import PeakMemory
+from OrthoDiffusionLib.predictor import Predictor
+from OrthoDiffusionLib.reference_inference import labelmap_agreement, reference_predict
+from OrthoDiffusionLib.training.train_bench import bench_train
+
+SMALL = dict(width=32, size=32, slices=16)
+
+
+@pytest.fixture(scope="module")
+def exam():
+    return tiny_exam(3)
+
+
+def test_synthetic_bundle_has_the_ft_opt_layout():
+    b = synthetic_bundle(**SMALL, full_backbones=False)
+    assert {p: (v["timestep"], v["block"]) for p, v in b.meta["diagnosis"]["planes"].items()} == FT_OPT_TAPS
+    assert sorted(b.segmentation) == ["coronal", "sagittal"]
+    assert not any(k.startswith(("output_blocks.", "out.")) for k in b.states["backbone.sagittal"])
+    full = synthetic_bundle(**SMALL, full_backbones=True)
+    enc = b.states["backbone.axial"]
+    assert len(full.states["backbone.axial"]) > len(enc)
+    assert all(torch.equal(enc[k], full.states["backbone.axial"][k]) for k in enc)  # same seed, same weights
+
+
+def test_reference_equals_ours_in_fp32(exam):
+    """The authors-style pipeline (full U-Net per (plane, block), no reuse) and the predictor give the same numbers."""
+    predictor = Predictor(synthetic_bundle(**SMALL, full_backbones=True), device="cpu")
+    ref = reference_predict(predictor, predictor.backbones, exam, measures=True)
+    ours = predictor.predict(exam)
+    probs = np.array([lb["calibrated_probability"] for lb in ours.labels])
+    assert probs.shape == ref["probabilities"].shape == (8,)
+    np.testing.assert_allclose(probs, ref["probabilities"], atol=1e-5)
+    for plane in ("sagittal", "coronal"):
+        assert labelmap_agreement(ours.segmentations[plane], ref["segmentations"][plane]) == 1.0
+    assert [(r["plane"], r["key"]) for r in ours.measures] == [(r["plane"], r["key"]) for r in ref["measures"]]
+    np.testing.assert_allclose([r["volume_ml"] for r in ours.measures], [r["volume_ml"] for r in ref["measures"]])
+
+
+def test_predictor_precision_options(exam):
+    bundle = synthetic_bundle(**SMALL, full_backbones=False)
+    fp32 = Predictor(bundle, device="cpu").predict(exam, measures=False)
+    assert fp32.measures == []
+    cl = Predictor(bundle, device="cpu", channels_last=True).predict(exam, measures=False)
+    bf16 = Predictor(bundle, device="cpu", precision="bf16").predict(exam, measures=False)
+    p32, pcl, pbf = ([lb["calibrated_probability"] for lb in r.labels] for r in (fp32, cl, bf16))
+    np.testing.assert_allclose(pcl, p32, atol=1e-5)
+    np.testing.assert_allclose(pbf, p32, atol=0.03)
+    assert pbf != p32  # bf16 really ran
+    with pytest.raises(InputError, match="precision"):
+        Predictor(bundle, device="cpu", precision="fp8")
+
+
+def test_bench_inference_rows_and_agreement():
+    r = bench_inference(**SMALL, matrix=64, repeats=1, warmup=0, precisions=("fp32", "bf16"))
+    names = [row["implementation"] for row in r["rows"]]
+    assert names[0].startswith("reference") and names[1] == "ours (fp32)" and names[2] == "ours (bf16)"
+    assert names[3].startswith("structure measures")
+    assert r["rows"][0]["backbone_passes"] == "5 (full U-Net)" and r["rows"][1]["backbone_passes"] == 4
+    for row in r["rows"]:
+        assert row["median_s"] > 0 and row["peak_rss_mib"] > 0
+    assert r["agreement"]["fp32"]["max_abs_probability_difference"] < 1e-5
+    assert r["agreement"]["fp32"]["labelmap_agreement"] == {"sagittal": 1.0, "coronal": 1.0}
+    assert r["agreement"]["bf16"]["max_abs_probability_difference"] < 0.03
+    assert r["ratio_fp32_over_reference"] > 0 and r["full_exam_s"] > r["rows"][1]["median_s"]
+    assert set(r["rows"][1]["stage_s"]) >= {"preprocess", "backbone", "segmentation", "resample"}
+
+
+def test_bench_batch_and_scaling():
+    b = bench_batch((1, 2), **SMALL, matrix=64, repeats=1, warmup=0)
+    assert [row["exams"] for row in b["rows"]] == [1, 2]
+    for row in b["rows"]:
+        assert row["per_exam_s"] == pytest.approx(row["batch_s"] / row["exams"])
+        assert row["exams_per_s"] == pytest.approx(1 / row["per_exam_s"])
+    assert "ratio_per_exam_N1_over_N2" in b
+    s = bench_scaling(sizes=(32, 64), slices=(16,), width=32, matrix=64, repeats=1, warmup=0)
+    assert [(row["slices"], row["size"]) for row in s["rows"]] == [(16, 32), (16, 64)]
+    assert s["rows"][0]["per_voxel_ratio"] == pytest.approx(1.0)
+    assert s["rows"][1]["peak_rss_mib"] > 0
+
+
+def test_flop_counts_are_exact_for_a_convolution_and_ordered():
+    conv = torch.nn.Conv3d(4, 8, 3, padding=1)
+    x = torch.randn(2, 4, 4, 8, 8)
+    assert count_flops(lambda: conv(x)) == 2 * 2 * 8 * 4 * 27 * 4 * 8 * 8
+    r = bench_flops(**SMALL, train_batch=1, repeats=1, probe_size=32)
+    rows = {row["work"].split(" (")[0]: row for row in r["rows"]}
+    probe = next(row for row in r["rows"] if "peak probe" in row["work"])
+    assert probe["gflop"] == pytest.approx(2 * 64 * 64 * 27 * 16 * 32 * 32 / 1e9)
+    assert probe["fraction_of_peak"] == pytest.approx(1.0)  # on the CPU the probe IS the peak
+    enc, exam_row = rows["encoder pass to mid_2"], rows["full exam, ours"]
+    step = next(row for row in r["rows"] if row["work"].startswith("pretraining step"))
+    assert 0 < enc["gflop"] < exam_row["gflop"]  # the exam runs four encoder passes plus the heads
+    assert 3 * enc["gflop"] < exam_row["gflop"]
+    assert step["gflop"] > enc["gflop"]
+    assert r["peak_source"].startswith("measured")
+
+
+def test_bench_train_losses_match_between_reference_and_ours():
+    r = bench_train(("pretrain", "finetune"), width=32, size=16, slices=16, batch=2, steps=3, warmup=1)
+    assert [(row["step"], row["config"].split(" ")[0]) for row in r["rows"]] == [
+        ("pretrain", "reference"), ("pretrain", "ours"), ("finetune", "reference"), ("finetune", "ours")]
+    for row in r["rows"]:
+        assert len(row["losses"]) == 3 and row["steps_per_s"] > 0
+        assert row["nonfinite_steps"] == sum(not np.isfinite(v) for v in row["losses"])
+    assert r["rows"][0]["nonfinite_steps"] == r["rows"][2]["nonfinite_steps"] == 0  # the fp32 reference
+    # same weights, same batches: bf16 autocast follows the fp32 loss curve closely (over the finite steps; ours
+    # on the CPU once gave a NaN third step in a test run, see docs/benchmarks.md)
+    assert r["loss_curve_max_rel_diff_pretrain"] < 0.05
+    assert r["loss_curve_max_rel_diff_finetune"] < 0.05
+    assert r["rows"][0]["losses"] != r["rows"][1]["losses"]  # ours really ran in bf16
+
+
+def test_peak_memory_sees_a_large_allocation():
+    with PeakMemory() as pm:
+        block = np.ones(64 * 2**20 // 8)  # 64 MiB
+        del block
+    with PeakMemory() as small:
+        pass
+    assert pm.rss_mib > 0
+    if not pm.rss_is_lifetime:
+        assert pm.rss_mib - small.rss_mib > 40
+
+
+def test_cli_prints_json(capsys):
+    assert main(["bench", "scaling", "--sizes", "32", "--slices", "16", "--width", "32", "--matrix", "64",
+                 "--warmup", "0", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["rows"][0]["size"] == 32 and "device" in out
+    assert main(["bench", "train", "--steps-of", "pretrain", "--width", "32", "--size", "16", "--batch", "1",
+                 "--steps", "2", "--warmup", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "| pretrain | reference (fp32 eager)" in text and "speedup_pretrain_ours_over_reference" in text
+
+
+def test_predict_cli_takes_a_precision():
+    from OrthoDiffusionLib.cli import build_parser
+
+    args = build_parser().parse_args(["predict", "--study", "s", "--out", "o", "--precision", "bf16"])
+    assert args.precision == "bf16"
+    assert build_parser().parse_args(["predict", "--study", "s", "--out", "o"]).precision == "fp32"
