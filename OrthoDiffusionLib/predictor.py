@@ -463,11 +463,7 @@ class Predictor:
                     s = self.seg_meta[plane]
                     prep = s["preprocessing"]
                     key = _PassKey(s["backbone"], plane, int(s["timestep"]), int(prep["slices"]), int(prep["size"]))
-                    shape = (int(prep["slices"]), int(prep["size"]), int(prep["size"]))
-                    logits = self.seg_heads[plane](taps_of[key], output_size=shape)
-                    logits = logits.masked_fill(~self._allowed_classes(plane, logits.device)[None, :, None, None, None],
-                                                float("-inf"))
-                    probs = torch.softmax(logits.float(), dim=1).cpu()
+                    probs = self._segmentation_probabilities(plane, taps_of[key])
                     seg_sum[plane] = probs if plane not in seg_sum else seg_sum[plane] + probs
                 head_seconds["segmentation"] += time.perf_counter() - hc
                 del taps_of
@@ -488,16 +484,10 @@ class Predictor:
         clock = time.perf_counter()
         measure_rows: List[List[Dict[str, Any]]] = [[] for _ in range(n)]
         if seg_planes and measures:
-            from .seg_measures import measure_structures
-
-            structures = {s.key: s for s in label_tables.knee_structures()}
             for i in range(n):
                 for j, (plane, img) in enumerate(segs[i].items()):
                     report("measures", (i * len(seg_planes) + j) / (n * len(seg_planes)), f"{plane}: measures")
-                    keys = self.seg_meta[plane]["structures"]
-                    rows = measure_structures(img, structures=[structures[k] for k in keys
-                                                                if plane in structures[k].planes])
-                    measure_rows[i] += [{"plane": plane, **r.as_dict()} for r in rows]
+                    measure_rows[i] += self.plane_measures(plane, img)
         timings["measures"] = time.perf_counter() - clock
         per_exam = {k: v / n for k, v in timings.items() if k != "load_model"}
         per_exam["total"] = (time.perf_counter() - t0) / n
@@ -547,6 +537,25 @@ class Predictor:
             return None
         rows = torch.tensor([r is not None for r in records])
         return rows if bool(rows.any()) else None
+
+    def _segmentation_probabilities(self, plane: str, taps: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """(B, C, slices, size, size) float32 CPU class probabilities of ``plane``'s segmentation head on its taps,
+        with the classes the plane cannot have masked out."""
+        prep = self.seg_meta[plane]["preprocessing"]
+        shape = (int(prep["slices"]), int(prep["size"]), int(prep["size"]))
+        logits = self.seg_heads[plane](taps, output_size=shape)
+        logits = logits.masked_fill(~self._allowed_classes(plane, logits.device)[None, :, None, None, None],
+                                    float("-inf"))
+        return torch.softmax(logits.float(), dim=1).cpu()
+
+    def plane_measures(self, plane: str, labelmap: sitk.Image) -> List[Dict[str, Any]]:
+        """Rows ``plane, value, key, name, volume_ml, mean_thickness_mm`` of the structures ``plane``'s head
+        segments, measured on ``labelmap`` (that plane's segmentation on its original grid)."""
+        from .seg_measures import measure_structures
+
+        structures = label_tables.structure_by_key()
+        wanted = [structures[k] for k in self.seg_meta[plane]["structures"] if plane in structures[k].planes]
+        return [{"plane": plane, **r.as_dict()} for r in measure_structures(labelmap, structures=wanted)]
 
     def _allowed_classes(self, plane: str, device: torch.device) -> torch.Tensor:
         """(C,) bool: output classes that may be predicted on ``plane`` (background + the plane's structures)."""

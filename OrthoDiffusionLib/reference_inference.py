@@ -87,25 +87,15 @@ def reference_predict(predictor: Predictor, full_backbones: Dict[str, DiffusionU
             prep = preprocess_series(exam.get(plane), slices=int(prep_cfg["slices"]), size=int(prep_cfg["size"]))
             x_t = _noised(predictor, prep.volume, plane, int(s["timestep"]))
             t = predictor.schedule.as_timesteps(int(s["timestep"]), 1, dev)
-            head = predictor.seg_heads[plane]
-            taps = {name: _hooked_forward(full_backbones[s["backbone"]], x_t, t, name) for name in head.required_taps}
-            shape = (int(prep_cfg["slices"]), int(prep_cfg["size"]), int(prep_cfg["size"]))
-            logits = head(taps, output_size=shape)
-            allowed = predictor._allowed_classes(plane, logits.device)
-            logits = logits.masked_fill(~allowed[None, :, None, None, None], float("-inf"))
-            probs = torch.softmax(logits.float(), dim=1)[0].cpu()
+            taps = {name: _hooked_forward(full_backbones[s["backbone"]], x_t, t, name)
+                    for name in predictor.seg_heads[plane].required_taps}
+            probs = predictor._segmentation_probabilities(plane, taps)[0]
             out["segmentation_probabilities"][plane] = probs.numpy()
             values = np.asarray(s["class_values"], dtype=np.uint8)
             out["segmentations"][plane] = prep.to_original(values[probs.argmax(0).numpy()], "nearest")
-    if measures and out["segmentations"]:
-        from . import labels as label_tables
-        from .seg_measures import measure_structures
-
-        structures = {st.key: st for st in label_tables.knee_structures()}
+    if measures:
         for plane, img in out["segmentations"].items():
-            keys = seg_meta[plane]["structures"]
-            rows = measure_structures(img, structures=[structures[k] for k in keys if plane in structures[k].planes])
-            out["measures"] += [{"plane": plane, **r.as_dict()} for r in rows]
+            out["measures"] += predictor.plane_measures(plane, img)
     return out
 
 

@@ -139,7 +139,7 @@ def test_is_loopback():
 
 # ---- MRML scene ----------------------------------------------------------------------------------------------------
 def test_ijk_to_ras_matches_itk_geometry():
-    from OrthoDiffusionLib.viewer.scene import ijk_to_ras
+    from OrthoDiffusionLib.mrml import matrix_from_image as ijk_to_ras  # what the viewer's scene uses
 
     img = sitk.Image(5, 6, 7, sitk.sitkFloat32)
     img.SetSpacing((0.5, 0.7, 3.0))

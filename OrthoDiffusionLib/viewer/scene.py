@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 from ..errors import CorruptFileError
 from ..io import PLANES
+from ..mrml import matrix_from_image
 from ..seg_io import read_labelmap
 
 # Singleton tags of the four views (they become JavaScript identifiers in trame-slicer's UI: letters only).
@@ -29,8 +30,6 @@ VIEW_TITLES: Dict[str, str] = {"sagittal": "Sagittal", "coronal": "Coronal", "ax
 VIEW_COLORS: Dict[str, str] = {"sagittal": "#EFD64D", "coronal": "#6DAD4A", "axial": "#F34A33"}
 # The plane whose segmentation is shown in 3D, in order of preference (sagittal holds all 11 structures).
 SURFACE_PLANE_ORDER = ("sagittal", "coronal", "axial")
-
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
 def viewer_layout():
@@ -45,15 +44,6 @@ def viewer_layout():
         Layout(LayoutDirection.Horizontal, [slice_view("sagittal"), slice_view("coronal")]),
         Layout(LayoutDirection.Horizontal, [slice_view("axial"), three_d]),
     ])
-
-
-def ijk_to_ras(image: sitk.Image) -> np.ndarray:
-    """4x4 IJK -> RAS matrix of a SimpleITK image (ITK geometry is LPS; Slicer's world is RAS)."""
-    direction = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)
-    m = np.eye(4)
-    m[:3, :3] = _LPS_TO_RAS @ direction @ np.diag(image.GetSpacing())
-    m[:3, 3] = _LPS_TO_RAS @ np.array(image.GetOrigin(), dtype=np.float64)
-    return m
 
 
 def volume_node_from_image(scene, image: sitk.Image, name: str, node_class: str = "vtkMRMLScalarVolumeNode"):
@@ -77,7 +67,7 @@ def volume_node_from_image(scene, image: sitk.Image, name: str, node_class: str 
     data.GetPointData().SetScalars(scalars)
     node = scene.AddNewNodeByClass(node_class, name)
     matrix = vtkMatrix4x4()
-    m = ijk_to_ras(image)
+    m = matrix_from_image(image)
     for r in range(4):
         for c in range(4):
             matrix.SetElement(r, c, float(m[r, c]))
