@@ -177,9 +177,16 @@ def bench_inference(width: int = 64, size: int = 256, slices: int = 16, matrix: 
 # ----------------------------------------------------------------------------------------------------- batch
 def bench_batch(counts: Optional[Sequence[int]] = None, width: int = 64, size: int = 256, slices: int = 16,
                 matrix: int = 256, repeats: int = 2, warmup: int = 1, device: str = "cpu", precision: str = "fp32",
-                threads: Optional[int] = None, channels_last: bool = False) -> Dict[str, object]:
-    """Per-exam seconds and exams/s of ``predict_many`` with N exams in one batch, model loaded once (no structure
-    measures). Default N: 1, 4, 16 on CUDA; 1, 8, 32 on the CPU."""
+                threads: Optional[int] = None, channels_last: bool = False, model: Optional[str] = None,
+                study: Optional[str] = None, segmentation: bool = True, measures: bool = False) -> Dict[str, object]:
+    """Per-exam seconds and exams/s of ``predict_many`` with N exams in one batch, model loaded once. Default N:
+    1, 4, 16 on CUDA; 1, 8, 32 on the CPU.
+
+    ``model``: a bundle file or registered name (``bench predict``); None = the random-weight full-size FT-Opt
+    layout of :func:`bench_model.synthetic_bundle` (``width``/``size``/``slices``). ``study``: copies of this study
+    instead of simulated exams of in-plane ``matrix``. ``segmentation=False``: diagnosis only. ``measures``: also
+    the structure measures (off by default: a random network's speckled label maps make them pathological).
+    """
     from .bench_model import simulated_exams, synthetic_bundle
     from .predictor import Predictor
 
@@ -189,22 +196,35 @@ def bench_batch(counts: Optional[Sequence[int]] = None, width: int = 64, size: i
     counts = sorted({int(c) for c in counts})
     if counts[0] < 1:
         raise ValueError(f"batch sizes must be >= 1, got {counts}")
-    predictor = Predictor(synthetic_bundle(width, size, slices, full_backbones=False), device=str(dev),
-                          precision=precision, channels_last=channels_last)
-    exams = simulated_exams(counts[-1], matrix=matrix)
+    bundle = model if model is not None else synthetic_bundle(width, size, slices, full_backbones=False)
+    predictor = Predictor(bundle, device=str(dev), precision=precision, channels_last=channels_last)
+    if study is not None:
+        from .io import load_study
+
+        exams = [load_study(study)] * counts[-1]
+    else:
+        exams = simulated_exams(counts[-1], matrix=matrix)
     rows = []
     for n in counts:
         def run(n=n) -> object:
-            return predictor.predict_many(exams[:n], batch_size=n, measures=False)
+            return predictor.predict_many(exams[:n], batch_size=n, measures=measures,
+                                         segmentation=segmentation)
 
         m = _measure(run, repeats, warmup, dev)
         rows.append({"exams": n, "per_exam_s": m["median_s"] / n, "exams_per_s": n / m["median_s"],
-                     "batch_s": m["median_s"], "peak_rss_mib": m["peak_rss_mib"],
+                     "batch_s": m["median_s"], "min_batch_s": m["min_s"], "max_batch_s": m["max_s"],
+                     "peak_rss_mib": m["peak_rss_mib"],
                      **({"peak_cuda_mib": m["peak_cuda_mib"]} if "peak_cuda_mib" in m else {})})
+    facts: Dict[str, object] = {"model": predictor.bundle.name, "load_model_s": predictor.load_seconds,
+                                "exams_source": study or f"simulated procedural, matrix {matrix}",
+                                "segmentation": segmentation, "measures": measures}
+    if model is not None:
+        facts["model_sha256"] = predictor.bundle.sha256
+    else:
+        facts.update({"input": [1, 1, slices, size, size], "width": width})
     return {"rows": rows, f"ratio_per_exam_N{counts[0]}_over_N{counts[-1]}": rows[0]["per_exam_s"] /
             rows[-1]["per_exam_s"], "precision": precision, "channels_last": channels_last,
-            "input": [1, 1, slices, size, size], "width": width, "repeats": repeats, "warmup": warmup,
-            **_device_facts(dev)}
+            "repeats": repeats, "warmup": warmup, **facts, **_device_facts(dev)}
 
 
 # --------------------------------------------------------------------------------------------------- scaling
