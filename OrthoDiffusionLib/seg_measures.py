@@ -78,20 +78,28 @@ def structure_volume_ml(mask: np.ndarray, spacing: Sequence[float]) -> float:
     return float(np.count_nonzero(mask)) * float(np.prod([float(s) for s in spacing])) / 1000.0
 
 
-def _trilinear(vol: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    """Trilinear samples of ``vol`` (D, H, W) at index coordinates ``pts`` (..., 3), clamped to the array."""
-    shape = np.asarray(vol.shape)
+def _trilinear(vols: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Trilinear samples of ``vols`` (D, H, W, C) at index coordinates ``pts`` (..., 3), clamped to the array.
+
+    Returns (..., C) float32. All C channels share one set of corner indices and weights (one gather per corner).
+    """
+    d, h, w, c = vols.shape
+    shape = np.asarray((d, h, w))
     p = np.clip(pts, 0.0, shape - 1.0)
-    i0 = np.minimum(np.floor(p).astype(np.int64), shape - 2)
-    f = p - i0
-    out = np.zeros(pts.shape[:-1], dtype=np.float64)
+    i0 = np.minimum(p.astype(np.int64), shape - 2)                          # p >= 0: truncation is floor
+    f = (p - i0).astype(np.float32)
+    base = i0[..., 0] * (h * w) + i0[..., 1] * w + i0[..., 2]
+    flat = vols.reshape(-1, c)
+    wz = (1.0 - f[..., 0], f[..., 0])
+    wy = (1.0 - f[..., 1], f[..., 1])
+    wx = (1.0 - f[..., 2], f[..., 2])
+    out = np.zeros(pts.shape[:-1] + (c,), dtype=np.float32)
     for dz in (0, 1):
-        wz = f[..., 0] if dz else 1.0 - f[..., 0]
         for dy in (0, 1):
-            wy = f[..., 1] if dy else 1.0 - f[..., 1]
+            wzy = wz[dz] * wy[dy]
+            row = base + (dz * h * w + dy * w)
             for dx in (0, 1):
-                wx = f[..., 2] if dx else 1.0 - f[..., 2]
-                out += wz * wy * wx * vol[i0[..., 0] + dz, i0[..., 1] + dy, i0[..., 2] + dx]
+                out += (wzy * wx[dx])[..., None] * flat[row + dx]
     return out
 
 
@@ -153,14 +161,16 @@ def local_thickness(mask: np.ndarray, spacing: Sequence[float],
     reach = 2.0 * (float(radius.max()) + h_max) + h_max
     s = np.arange(-math.ceil(back / step), math.ceil(reach / step) + 1) * step  # (S,) mm along the ray
     i0 = int(np.argmin(np.abs(s)))
-    cropf = crop.astype(np.float64)
+    # the mask and the inscribed radius, sampled together along every ray
+    both = np.stack([crop.astype(np.float32), radius.astype(np.float32)], axis=-1)  # (D, H, W, 2)
 
     lengths: List[np.ndarray] = []
     for start in range(0, len(surf), _RAY_CHUNK):
         p0 = surf[start:start + _RAY_CHUNK].astype(np.float64)
         d_idx = g[start:start + _RAY_CHUNK] / spacing_arr                   # index units per mm
         pts = p0[:, None, :] + s[None, :, None] * d_idx[:, None, :]         # (n, S, 3)
-        m = _trilinear(cropf, pts)
+        sampled = _trilinear(both, pts)                                     # (n, S, 2)
+        m = sampled[..., 0]
         fwd = m[:, i0:]
         j_out, has_out = _first_below(fwd)
         bwd = m[:, :i0 + 1][:, ::-1]
@@ -170,7 +180,7 @@ def local_thickness(mask: np.ndarray, spacing: Sequence[float],
         j_in = np.where(valid, j_in, 1)
         length = _crossing(fwd, j_out, step) + _crossing(bwd, j_in, step)
         # largest inscribed radius on the ray (inside samples only) for the rim-ray rejection
-        ph = _trilinear(radius, pts)
+        ph = sampled[..., 1]
         idx = np.arange(len(s))[None, :]
         inside = (idx >= i0 - j_in[:, None]) & (idx <= i0 + j_out[:, None])
         r_ray = np.where(inside, ph, -np.inf).max(axis=1)
