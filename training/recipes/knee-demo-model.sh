@@ -6,7 +6,7 @@
 #
 # Steps: a 300-exam procedural cohort (16-slice series at 128 x 128), one small diffusion backbone pretrained on the
 # train split's series of all three planes (width 32, channel multipliers 1,1,2,2,2, 16 x 64 x 64 volumes), diagnosis
-# linear probing (config knee-demo-ft with the overrides below), sagittal and coronal segmentation fine-tuning (config seg-demo, 24 epochs), export with
+# linear probing (config knee-demo-ft with the overrides below), sagittal and coronal segmentation fine-tuning (config seg-demo; 60 epochs sagittal, 40 coronal), export with
 # float16 weights. See docs/inference.md ("The demo model") for the measured results and times.
 set -euo pipefail
 WORK="${1:-knee-demo-work}"
@@ -24,9 +24,10 @@ orthodiffusion train-diagnosis --manifest "$WORK/cohort/manifest.csv" --config k
     --set protocol='"linear_probe"' --set stage1.epochs=40 --set stage1.lr=0.002 \
     --set stage1.noise='"fixed-draw-cached"' --set stage1.backbone_lr_scale=null \
     --backbone "$BACKBONE" --out "$WORK/diagnosis" --device cpu
-for plane in sagittal coronal; do
+for plane_epochs in sagittal:60 coronal:40; do
+    plane="${plane_epochs%%:*}"
     orthodiffusion train-segmentation --manifest "$WORK/cohort/manifest.csv" --plane "$plane" --config seg-demo \
-        --backbone "$BACKBONE" --out "$WORK/segmentation_$plane" --device cpu --head skip --set epochs=24
+        --backbone "$BACKBONE" --out "$WORK/segmentation_$plane" --device cpu --head skip --set "epochs=${plane_epochs##*:}"
 done
 orthodiffusion export --diagnosis "$WORK/diagnosis" --segmentation "$WORK/segmentation_sagittal" \
     --segmentation "$WORK/segmentation_coronal" --name knee-demo-synthetic --out "$OUT_MODEL" --half \
