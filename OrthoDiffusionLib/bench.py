@@ -33,11 +33,21 @@ from typing import Callable, Dict, List, Optional, Sequence
 __all__ = ["SUBJECT_REGISTRARS", "time_callable", "print_results", "bench_backbone", "bench_simulate", "register"]
 
 
+def device_sync(device) -> Callable[[], None]:
+    """A function that waits for the work queued on ``device`` (a ``torch.device``): ``torch.cuda.synchronize``
+    on CUDA, nothing elsewhere. Every bench reads its clock after calling it."""
+    if device.type != "cuda":
+        return lambda: None
+    import torch
+
+    return lambda: torch.cuda.synchronize(device)
+
+
 def time_callable(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
                   sync: Optional[Callable[[], None]] = None) -> Dict[str, float]:
     """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times timed. Returns seconds: median, min, max, mean.
 
-    ``sync`` (e.g. ``torch.cuda.synchronize``) is called before each clock read so asynchronous devices are timed
+    ``sync`` (e.g. :func:`device_sync`) is called before each clock read so asynchronous devices are timed
     fully."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -99,7 +109,7 @@ def bench_backbone(size: int = 256, slices: int = 16, batch: int = 1, repeats: i
     model = DiffusionUNet(model_channels=width).to(dev).eval()
     x = torch.randn(batch, 1, slices, size, size, device=dev)
     t = torch.full((batch,), 150, device=dev, dtype=torch.long)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else None
+    sync = device_sync(dev)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
     def forward() -> object:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Optional
 
 __all__ = ["GPU_BF16_PEAK_TFLOPS", "count_flops", "measured_conv_tflops", "bench_flops", "register_flops_bench"]
 
@@ -38,17 +38,11 @@ def count_flops(fn: Callable[[], object]) -> int:
     return int(mode.get_total_flops())
 
 
-def _sync(device) -> Optional[Callable[[], None]]:
-    import torch
-
-    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
-
-
 def measured_conv_tflops(device, bf16: bool = False, repeats: int = 3, size: int = 128) -> Dict[str, float]:
     """Throughput (TFLOP/s) of Conv3d(64, 64, 3, padding=1) on (1, 64, 16, size, size): median of ``repeats``."""
     import torch
 
-    from .bench import time_callable
+    from .bench import device_sync, time_callable
 
     conv = torch.nn.Conv3d(64, 64, 3, padding=1).to(device).eval()
     x = torch.randn(1, 64, 16, size, size, device=device)
@@ -59,7 +53,7 @@ def measured_conv_tflops(device, bf16: bool = False, repeats: int = 3, size: int
             return conv(x)
 
     flops = count_flops(run)
-    t = time_callable(run, repeats=repeats, warmup=1, sync=_sync(device))
+    t = time_callable(run, repeats=repeats, warmup=1, sync=device_sync(device))
     return {"flops": flops, "median_s": t["median_s"], "tflops": flops / t["median_s"] / 1e12}
 
 
@@ -80,14 +74,14 @@ def bench_flops(width: int = 64, size: int = 256, slices: int = 16, train_batch:
     import torch
 
     from .backbone import DiffusionUNet
-    from .bench import time_callable
+    from .bench import device_sync, time_callable
     from .inference_bench import _device_facts, _setup
     from .schedule import CosineSchedule
 
     dev = _setup(threads, device)
     bf16 = precision == "bf16"
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
-    sync = _sync(dev)
+    sync = device_sync(dev)
     if dev.type == "cuda":
         peak = _gpu_peak(torch.cuda.get_device_name(dev))
         peak_source = "spec sheet, dense bf16" if peak else None

@@ -64,12 +64,10 @@ def _device_facts(device) -> Dict[str, object]:
 
 def _measure(fn: Callable[[], object], repeats: int, warmup: int, device) -> Dict[str, object]:
     """Median/min seconds of ``fn`` (after ``warmup`` runs) and the peak memory over all runs."""
-    import torch
-
-    from .bench import time_callable
+    from .bench import device_sync, time_callable
     from .peak_memory import PeakMemory, current_rss_mib
 
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+    sync = device_sync(device)
     before = current_rss_mib()
     with PeakMemory(device) as pm:
         t = time_callable(fn, repeats=repeats, warmup=warmup, sync=sync)
@@ -154,7 +152,6 @@ def bench_inference(width: int = 64, size: int = 256, slices: int = 16, matrix: 
                 f"ours ({precision}"))["median_s"] / rows[0]["median_s"])
         out["agreement"] = agreement
     # structure measures on the simulated ground truth (what a trained model gives)
-    from . import labels as label_tables
     from .seg_measures import measure_structures
     from .simulate import simulate_exam
 

@@ -13,13 +13,13 @@ the random-weight full-size layout).
 from __future__ import annotations
 
 import argparse
+import time
 
 __all__ = ["register_predict_bench"]
 
 
 def _run(args: argparse.Namespace) -> int:
     from .inference_bench import _print, bench_batch
-    import time
 
     start = time.perf_counter()
     result = bench_batch(args.exams, matrix=args.matrix, repeats=args.repeats, warmup=1, device=args.device,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import statistics
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -103,6 +104,7 @@ def _step_fn(kind: str, model: torch.nn.Module, opt: torch.optim.Optimizer, bf16
 
 def _run_config(kind: str, name: str, base: torch.nn.Module, batches: Sequence[Dict[str, torch.Tensor]],
                 warmup: int, device: torch.device, compile_model: bool) -> Dict[str, object]:
+    from OrthoDiffusionLib.bench import device_sync
     from OrthoDiffusionLib.peak_memory import PeakMemory
 
     bf16, channels_last = CONFIGS[name]
@@ -115,7 +117,7 @@ def _run_config(kind: str, name: str, base: torch.nn.Module, batches: Sequence[D
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     step = _step_fn(kind, model, opt, bf16, device, CosineSchedule(), forward)
     on_device = [{k: v.to(device) for k, v in b.items()} for b in batches]
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    sync = device_sync(device)
     losses: List[float] = []
     times: List[float] = []
     with PeakMemory(device) as pm:
@@ -127,8 +129,7 @@ def _run_config(kind: str, name: str, base: torch.nn.Module, batches: Sequence[D
             if i >= warmup:
                 times.append(time.perf_counter() - start)
             losses.append(float(loss))
-    times.sort()
-    median = times[len(times) // 2] if len(times) % 2 else 0.5 * (times[len(times) // 2 - 1] + times[len(times) // 2])
+    median = statistics.median(times)
     label = {"reference": "reference (fp32 eager)",
              "ours": "ours (bf16 autocast, channels-last-3d" + (", torch.compile)" if compile_model else ")")}[name]
     row: Dict[str, object] = {"step": kind, "config": label, "median_step_s": median, "steps_per_s": 1.0 / median,
