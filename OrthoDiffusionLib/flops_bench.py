@@ -109,7 +109,7 @@ def bench_flops(width: int = 64, size: int = 256, slices: int = 16, train_batch:
 
     add(f"encoder pass to mid_2 (1x1x{slices}x{size}x{size})", count_flops(encode),
         time_callable(encode, repeats=repeats, warmup=1, sync=sync)["median_s"])
-    del net
+    net = None  # free the encoder before the exam run (``encode`` is not called again)
     if exam:
         from .bench_model import simulated_exams, synthetic_bundle
         from .predictor import Predictor
