@@ -40,6 +40,9 @@ def format_result_table(data: Mapping[str, Any]) -> str:
     segs = data.get("segmentations") or {}
     if segs:
         lines.append(f"segmentations: {', '.join(segs)}")
+    fused = data.get("fused_segmentation")
+    if fused:
+        lines.append(f"fused segmentation: {' + '.join(fused['planes'])} on the {fused['grid']} grid")
     for w in data.get("warnings") or []:
         lines.append(f"note: {w}")
     lines.append(data.get("disclaimer", ""))
@@ -99,7 +102,8 @@ def _run_and_write(predictor, exam, args, ehr=None) -> Dict[str, Any]:
     try:
         result = predict_and_write(predictor, exam, args.out, ehr, progress=progress, overwrite=args.overwrite,
                                    diagnosis=not getattr(args, "no_diagnosis", False),
-                                   segmentation=not args.no_segmentation, noise_draws=args.noise_draws)
+                                   segmentation=not args.no_segmentation, noise_draws=args.noise_draws,
+                                   fuse_segmentations=args.fuse_segmentations)
     finally:
         close()
     return result.to_json()
@@ -171,6 +175,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="fp32 (default) or bf16 autocast (faster on GPUs and CPUs with AVX512-BF16/AMX; "
                         "probabilities differ by ~1e-2)")
     p.add_argument("--no-segmentation", action="store_true", help="skip segmentation")
+    p.add_argument("--fuse-segmentations", action="store_true",
+                   help="also write segmentation_fused.seg.nrrd / labelmap_fused.nii.gz: the segmented planes' class "
+                        "probabilities averaged on the sagittal series' grid (needs two segmented planes)")
     p.add_argument("--noise-draws", type=int, default=1, metavar="K",
                    help="noise draws averaged; their spread is the uncertainty (default 1)")
     p.add_argument("--progress", choices=("bar", "json", "none"), default="bar",

@@ -117,6 +117,11 @@ class PredictionResult:
         ehr_used: whether EHR late fusion gave the probabilities.
         noise_draws: K.
         images: ``{plane: series image}`` (original geometry; for the report's overlays; not in JSON).
+        fused_segmentation: with ``fuse_segmentations`` and two or more segmented planes, one uint8 labelmap
+            (label-table values) on the grid of the first of ``fused_planes`` (sagittal when present): every plane's
+            class probabilities resampled linearly onto it and averaged over the planes that cover a voxel and
+            segment that class (:func:`~OrthoDiffusionLib.seg_io.fuse_plane_segmentations`); otherwise ``None``.
+        fused_planes: the planes in ``fused_segmentation`` (empty without it).
     """
 
     labels: List[Dict[str, Any]]
@@ -131,6 +136,8 @@ class PredictionResult:
     ehr_used: bool = False
     noise_draws: int = 1
     images: Dict[str, sitk.Image] = field(default_factory=dict, repr=False)
+    fused_segmentation: Optional[sitk.Image] = field(default=None, repr=False)
+    fused_planes: List[str] = field(default_factory=list)
 
     def to_json(self) -> Dict[str, Any]:
         """The content of ``diagnosis.json`` (JSON-serialisable, no NaN)."""
@@ -139,10 +146,17 @@ class PredictionResult:
             segs[plane] = {"file": f"segmentation_{plane}.seg.nrrd", "labelmap": f"labelmap_{plane}.nii.gz",
                            "size": list(img.GetSize()), "spacing": list(img.GetSpacing()),
                            "origin": list(img.GetOrigin()), "direction": list(img.GetDirection())}
+        fused = None
+        if self.fused_segmentation is not None:
+            img = self.fused_segmentation
+            fused = {"file": "segmentation_fused.seg.nrrd", "labelmap": "labelmap_fused.nii.gz",
+                     "planes": list(self.fused_planes), "grid": f"{self.fused_planes[0]} series",
+                     "size": list(img.GetSize()), "spacing": list(img.GetSpacing()),
+                     "origin": list(img.GetOrigin()), "direction": list(img.GetDirection())}
         return {
             "format": RESULT_FORMAT, "version": 1, "disclaimer": DISCLAIMER,
             "labels": [dict(lb) for lb in self.labels], "fused_by": self.fused_by, "ehr_used": self.ehr_used,
-            "noise_draws": self.noise_draws, "segmentations": segs,
+            "noise_draws": self.noise_draws, "segmentations": segs, "fused_segmentation": fused,
             "measures": [{k: _nan_to_none(v) for k, v in row.items()} for row in self.measures],
             "exam": self.exam, "model": self.model, "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "device": self.device, "warnings": list(self.warnings),
@@ -309,16 +323,21 @@ class Predictor:
     # ------------------------------------------------------------------------------------------------ predict
     def predict(self, exam: Exam, ehr: Optional[Mapping[str, Any]] = None, *, diagnosis: bool = True,
                 segmentation: bool = True, noise_draws: int = 1, progress: Optional[ProgressFn] = None,
-                cancel: Optional[threading.Event] = None, measures: bool = True) -> PredictionResult:
+                cancel: Optional[threading.Event] = None, measures: bool = True,
+                fuse_segmentations: bool = False) -> PredictionResult:
         """Predict one exam (see the module docstring). ``ehr``: an EHR record (:mod:`OrthoDiffusionLib.ehr`);
-        ``measures=False`` skips the structure volumes / cartilage thickness (``result.measures`` stays empty)."""
+        ``measures=False`` skips the structure volumes / cartilage thickness (``result.measures`` stays empty);
+        ``fuse_segmentations=True`` also gives the fused labelmap of the segmented planes
+        (``result.fused_segmentation``)."""
         return self.predict_many([exam], [ehr], diagnosis=diagnosis, segmentation=segmentation,
-                                 noise_draws=noise_draws, progress=progress, cancel=cancel, measures=measures)[0]
+                                 noise_draws=noise_draws, progress=progress, cancel=cancel, measures=measures,
+                                 fuse_segmentations=fuse_segmentations)[0]
 
     def predict_many(self, exams: Sequence[Exam], ehr: Optional[Sequence[Optional[Mapping[str, Any]]]] = None, *,
                      diagnosis: bool = True, segmentation: bool = True, noise_draws: int = 1,
                      progress: Optional[ProgressFn] = None, cancel: Optional[threading.Event] = None,
-                     batch_size: int = 8, measures: bool = True) -> List[PredictionResult]:
+                     batch_size: int = 8, measures: bool = True, fuse_segmentations: bool = False
+                     ) -> List[PredictionResult]:
         """Predict several exams with the loaded model, ``batch_size`` exams per backbone pass (exams with the same
         planes are batched together). Returns one result per exam, in order."""
         if noise_draws < 1:
@@ -342,7 +361,7 @@ class Predictor:
 
             dp, sp, _ = plans[idx[0]]
             out = self._run_with_fallback([exams[i] for i in idx], [records[i] for i in idx], dp, sp, noise_draws,
-                                          sub_progress, cancel, measures)
+                                          sub_progress, cancel, measures, fuse_segmentations)
             for i, res in zip(idx, out):
                 res.warnings[:0] = plans[i][2]
                 results[i] = res
@@ -350,10 +369,10 @@ class Predictor:
             progress("done", 1.0)
         return [r for r in results if r is not None]
 
-    def _run_with_fallback(self, exams, records, diag_planes, seg_planes, draws, progress, cancel, measures=True
-                           ) -> List[PredictionResult]:
+    def _run_with_fallback(self, exams, records, diag_planes, seg_planes, draws, progress, cancel, measures=True,
+                           fuse=False) -> List[PredictionResult]:
         try:
-            return self._run_batch(exams, records, diag_planes, seg_planes, draws, progress, cancel, measures)
+            return self._run_batch(exams, records, diag_planes, seg_planes, draws, progress, cancel, measures, fuse)
         except torch.cuda.OutOfMemoryError:
             if self.device.type != "cuda":
                 raise
@@ -361,15 +380,15 @@ class Predictor:
             warnings.warn(note)
             torch.cuda.empty_cache()
             self._move(torch.device("cpu"))
-            out = self._run_batch(exams, records, diag_planes, seg_planes, draws, progress, cancel, measures)
+            out = self._run_batch(exams, records, diag_planes, seg_planes, draws, progress, cancel, measures, fuse)
             for r in out:
                 r.warnings.append(note)
             return out
 
     def _run_batch(self, exams: Sequence[Exam], records: Sequence[Optional[Mapping[str, Any]]],
                    diag_planes: Sequence[str], seg_planes: Sequence[str], draws: int,
-                   progress: ProgressFn, cancel: Optional[threading.Event], measures: bool = True
-                   ) -> List[PredictionResult]:
+                   progress: ProgressFn, cancel: Optional[threading.Event], measures: bool = True,
+                   fuse: bool = False) -> List[PredictionResult]:
         names = [name for name, _ in _PHASES]
 
         def report(phase: str, within: float, stage: str) -> None:
@@ -475,11 +494,17 @@ class Predictor:
         for j, plane in enumerate(seg_planes):
             values = torch.tensor(self.seg_meta[plane]["class_values"], dtype=torch.uint8)
             classes = seg_sum[plane].argmax(dim=1)  # (B, D, H, W)
-            prep = self.seg_meta[plane]["preprocessing"]
-            series_prep = prepped[(plane, int(prep["slices"]), int(prep["size"]))]
+            series_prep = self._prepped_for_segmentation(prepped, plane)
             for i in range(n):
                 report("resample", (j * n + i) / (len(seg_planes) * n), f"{plane}: resampling segmentation")
                 segs[i][plane] = series_prep[i].to_original(values[classes[i]].numpy(), "nearest")
+        fused: List[Optional[sitk.Image]] = [None] * n
+        fused_planes = list(seg_planes) if fuse and len(seg_planes) >= 2 else []
+        for i in range(n if fused_planes else 0):
+            report("resample", 1.0, "fusing segmentations")
+            fused[i] = self._fused_segmentation(
+                {plane: seg_sum[plane][i] / draws for plane in fused_planes},
+                {plane: self._prepped_for_segmentation(prepped, plane)[i] for plane in fused_planes})
         timings["resample"] = time.perf_counter() - clock
         clock = time.perf_counter()
         measure_rows: List[List[Dict[str, Any]]] = [[] for _ in range(n)]
@@ -514,8 +539,44 @@ class Predictor:
                 model=self.bundle.summary(), timings={"load_model": self.load_seconds, **per_exam},
                 device=str(self.device), warnings=[], fused_by=fused_by if diag_planes else None,
                 ehr_used=bool(ehr_used and records[i] is not None), noise_draws=draws,
-                images={p: exam.get(p).image for p in exam.planes_present()}))
+                images={p: exam.get(p).image for p in exam.planes_present()},
+                fused_segmentation=fused[i], fused_planes=fused_planes if fused[i] is not None else []))
+            if fuse and not fused_planes:
+                results[-1].warnings.append(
+                    f"no fused segmentation: it needs two segmented planes, this exam has "
+                    f"{', '.join(seg_planes) if seg_planes else 'none'}")
         return results
+
+    def _prepped_for_segmentation(self, prepped: Mapping[Tuple[str, int, int], List[PreprocessedSeries]],
+                                  plane: str) -> List[PreprocessedSeries]:
+        """The preprocessed series (one per exam) on the grid of ``plane``'s segmentation head."""
+        prep = self.seg_meta[plane]["preprocessing"]
+        return prepped[(plane, int(prep["slices"]), int(prep["size"]))]
+
+    def _fused_segmentation(self, probs: Mapping[str, torch.Tensor], prep: Mapping[str, PreprocessedSeries]
+                            ) -> sitk.Image:
+        """One uint8 labelmap fused from several planes' segmentation probabilities.
+
+        Args:
+            probs: ``{plane: (C_plane, slices, size, size)}`` class probabilities on that plane's preprocessed grid
+                (channel ``c`` is label value ``seg_meta[plane]["class_values"][c]``).
+            prep: ``{plane: PreprocessedSeries}`` of those grids.
+
+        Returns:
+            Labelmap (label-table values) on the original grid of the first plane (the planes come in ``PLANES``
+            order, so sagittal when present).
+        """
+        from .seg_io import fuse_plane_segmentations
+
+        n_values = 1 + max(max(int(v) for v in self.seg_meta[p]["class_values"]) for p in probs)
+        maps: Dict[str, List[Optional[sitk.Image]]] = {}
+        for plane, p in probs.items():
+            by_value: List[Optional[sitk.Image]] = [None] * n_values
+            arr = p.float().numpy()
+            for c, v in enumerate(self.seg_meta[plane]["class_values"]):
+                by_value[int(v)] = prep[plane].as_image(arr[c])
+            maps[plane] = by_value
+        return fuse_plane_segmentations(maps, prep[next(iter(probs))].original)
 
     def _weights_in_plane_order(self, weights: Optional[torch.Tensor], diag_planes: Sequence[str], n: int,
                                 k: int) -> torch.Tensor:
@@ -611,6 +672,7 @@ def write_outputs(result: PredictionResult, out_dir: PathLike, overwrite: bool =
     it, which is renamed onto ``out_dir`` only when all files were written (an error leaves nothing behind).
 
     Files: ``diagnosis.json``, ``segmentation_<plane>.seg.nrrd`` + ``labelmap_<plane>.nii.gz`` per segmented plane,
+    ``segmentation_fused.seg.nrrd`` + ``labelmap_fused.nii.gz`` when the result has a fused segmentation,
     ``measures.csv``, ``report.html``. An existing non-empty ``out_dir`` is refused unless ``overwrite``.
     """
     import json
@@ -633,6 +695,11 @@ def write_outputs(result: PredictionResult, out_dir: PathLike, overwrite: bool =
         for plane, img in result.segmentations.items():
             write_seg_nrrd(img, tmp / f"segmentation_{plane}.seg.nrrd", plane=plane)
             write_labelmap_nifti(img, tmp / f"labelmap_{plane}.nii.gz")
+        if result.fused_segmentation is not None:
+            structures = sorted({s.value: s for p in result.fused_planes
+                                 for s in label_tables.knee_structures(p)}.values(), key=lambda s: s.value)
+            write_seg_nrrd(result.fused_segmentation, tmp / "segmentation_fused.seg.nrrd", structures=structures)
+            write_labelmap_nifti(result.fused_segmentation, tmp / "labelmap_fused.nii.gz")
         _write_measures_csv(result.measures, tmp / "measures.csv")
         write_report(result, tmp / "report.html")
         if out.exists():

@@ -28,7 +28,7 @@ from OrthoDiffusionLib.atomic import atomic_path
 from OrthoDiffusionLib.errors import CorruptFileError, InvalidVolumeError, MissingPathError, NotVolumeError
 
 PathLike = Union[str, os.PathLike]
-ProbabilityMap = Union[sitk.Image, Sequence[sitk.Image]]
+ProbabilityMap = Union[sitk.Image, Sequence[Optional[sitk.Image]]]
 
 _INTEGER_PIXEL_IDS = (sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16, sitk.sitkUInt32,
                       sitk.sitkInt32, sitk.sitkUInt64, sitk.sitkInt64)
@@ -176,13 +176,16 @@ def read_labelmap(path: PathLike) -> sitk.Image:
     return _clean_copy(img, out)
 
 
-def _class_images(prob: ProbabilityMap) -> List[sitk.Image]:
+def _class_images(prob: ProbabilityMap) -> List[Optional[sitk.Image]]:
     if isinstance(prob, sitk.Image):
         n = prob.GetNumberOfComponentsPerPixel()
         if n == 1:
             raise ValueError("a probability map needs one component (or one image) per class, got 1")
         return [sitk.VectorIndexSelectionCast(prob, c, sitk.sitkFloat32) for c in range(n)]
-    return [sitk.Cast(p, sitk.sitkFloat32) for p in prob]
+    images = [None if p is None else sitk.Cast(p, sitk.sitkFloat32) for p in prob]
+    if images and images[0] is None:
+        raise ValueError("the background probability (class 0) is missing")
+    return images
 
 
 def _plane_classes(plane: str, num_classes: int) -> np.ndarray:
@@ -219,7 +222,7 @@ def _fused_class_maps(prob_maps: Mapping[str, ProbabilityMap], reference: sitk.I
         total = np.zeros(shape, dtype=np.float32)
         weight = np.zeros(shape, dtype=np.float32)
         for plane, imgs in per_plane.items():
-            if not _plane_classes(plane, num_classes)[c]:
+            if not _plane_classes(plane, num_classes)[c] or imgs[c] is None:
                 continue
             p = sitk.GetArrayFromImage(sitk.Resample(imgs[c], reference, sitk.Transform(), sitk.sitkLinear, 0.0,
                                                      sitk.sitkFloat32))
@@ -234,9 +237,9 @@ def fuse_plane_probabilities(prob_maps: Mapping[str, ProbabilityMap], reference:
     """Average the per-class probabilities of several planes on the grid of ``reference``.
 
     ``prob_maps`` maps a plane name to its probabilities on its own geometry: a vector image with one component per
-    class or a list of scalar images (class 0 = background). Each class map is resampled (linear) onto
-    ``reference``; a plane votes for a class where its volume covers the voxel and its label table segments that
-    class (patella is averaged over sagittal and axial only). Returns float32 (C, z, y, x), 0 where no plane votes
+    class or a list of scalar images (class 0 = background; ``None`` for a class that plane's model does not
+    segment). Each class map is resampled (linear) onto ``reference``; a plane votes for a class where its volume
+    covers the voxel and its label table segments that class (patella is averaged over sagittal and axial only). Returns float32 (C, z, y, x), 0 where no plane votes
     (C x the reference size in memory; :func:`fuse_plane_segmentations` needs only two reference-size arrays).
     """
     return np.stack([fused for _, fused in _fused_class_maps(prob_maps, reference)])

@@ -112,6 +112,40 @@ def test_predict_real_study_outputs_on_original_geometry(study, bundles, tmp_pat
     assert data["model"]["sha256"] in report
 
 
+def test_fused_segmentation_on_the_sagittal_series_of_a_real_study(study, bundles, tmp_path, capsys):
+    import slicerio
+
+    out = tmp_path / "out"
+    rc = main(["predict", "--study", str(study), "--model", str(bundles["mpae"]), "--out", str(out),
+               "--device", "cpu", "--progress", "none", "--no-diagnosis", "--fuse-segmentations"])
+    assert rc == 0, capsys.readouterr().err
+    assert "fused segmentation: sagittal + coronal on the sagittal series grid" in capsys.readouterr().out
+    data = json.loads((out / "diagnosis.json").read_text())
+    entry = data["fused_segmentation"]
+    assert entry["planes"] == ["sagittal", "coronal"] and entry["file"] == "segmentation_fused.seg.nrrd"
+    series = read_series(data["exam"]["planes"]["sagittal"]["source"])
+    for name in ("segmentation_fused.seg.nrrd", "labelmap_fused.nii.gz"):
+        seg = sitk.ReadImage(str(out / name))
+        assert seg.GetSize() == series.image.GetSize() == tuple(entry["size"])
+        np.testing.assert_allclose(seg.GetOrigin(), series.image.GetOrigin(), atol=1e-3)
+        np.testing.assert_allclose(seg.GetDirection(), series.image.GetDirection(), atol=1e-5)
+    names = [s["name"] for s in slicerio.read_segmentation(str(out / "segmentation_fused.seg.nrrd"))["segments"]]
+    assert names == [s.name for s in knee_structures("sagittal")]       # the union of both planes' tables
+    fused = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labelmap_fused.nii.gz")))
+    assert set(np.unique(fused).tolist()) <= {0} | {s.value for s in knee_structures("sagittal")}
+    # without the option there is no fused output
+    plain = Predictor(bundles["mpae"], device="cpu").predict(tiny_exam(2), diagnosis=False, measures=False)
+    assert plain.fused_segmentation is None and plain.to_json()["fused_segmentation"] is None
+
+
+def test_fused_segmentation_needs_two_segmented_planes(bundles, tmp_path):
+    result = Predictor(bundles["strict"], device="cpu").predict(tiny_exam(3), fuse_segmentations=True)
+    assert result.fused_segmentation is None and result.fused_planes == []
+    assert any("no fused segmentation" in w and "sagittal" in w for w in result.warnings)
+    write_outputs(result, tmp_path / "o")
+    assert not (tmp_path / "o" / "segmentation_fused.seg.nrrd").exists()
+
+
 def test_missing_plane_fails_when_the_model_needs_all_three(study, bundles, tmp_path, capsys):
     rc = main(["predict", "--sagittal", str(study / "sag_dess"), "--coronal", str(study / "coronal"),
                "--model", str(bundles["strict"]), "--out", str(tmp_path / "out"), "--progress", "none"])

@@ -175,6 +175,22 @@ def test_fusion_resamples_other_geometry_and_respects_plane_tables():
     assert np.allclose(f2[:, :3], (p3[:, :3] + probs[:, :3]) / 2, atol=1e-5)
 
 
+def test_fusion_skips_classes_a_plane_model_does_not_segment():
+    """A ``None`` class image: that plane has no vote on the class (not a vote for probability 0)."""
+    probs = _probabilities((6, 8, 10), 4)
+    other = _probabilities((6, 8, 10), 5)
+    ref = sitk.Image(10, 8, 6, sitk.sitkUInt8)
+    acl = labels.structure_by_key()["acl"].value
+    as_list = [sitk.GetImageFromArray(p) for p in other]
+    as_list[acl] = None
+    fused = fuse_plane_probabilities({"sagittal": _vector_image(probs), "coronal": as_list}, ref)
+    assert np.allclose(fused[acl], probs[acl], atol=1e-5)
+    assert np.allclose(fused[1], (probs[1] + other[1]) / 2, atol=1e-5)
+    as_list[0] = None
+    with pytest.raises(ValueError, match="background"):
+        fuse_plane_probabilities({"sagittal": _vector_image(probs), "coronal": as_list}, ref)
+
+
 def test_common_reference_grid_covers_all_images():
     a = sitk.Image(10, 10, 4, sitk.sitkUInt8)
     a.SetSpacing((0.5, 0.5, 3.0))
