@@ -513,6 +513,9 @@ class Predictor:
                 for j, (plane, img) in enumerate(segs[i].items()):
                     report("measures", (i * len(seg_planes) + j) / (n * len(seg_planes)), f"{plane}: measures")
                     measure_rows[i] += self.plane_measures(plane, img)
+                if fused[i] is not None:
+                    report("measures", (i + 1) / n, "fused segmentation: measures")
+                    measure_rows[i] += self.plane_measures("fused", fused[i], planes=fused_planes)
         timings["measures"] = time.perf_counter() - clock
         per_exam = {k: v / n for k, v in timings.items() if k != "load_model"}
         per_exam["total"] = (time.perf_counter() - t0) / n
@@ -609,14 +612,18 @@ class Predictor:
                                     float("-inf"))
         return torch.softmax(logits.float(), dim=1).cpu()
 
-    def plane_measures(self, plane: str, labelmap: sitk.Image) -> List[Dict[str, Any]]:
+    def plane_measures(self, plane: str, labelmap: sitk.Image, planes: Optional[Sequence[str]] = None
+                       ) -> List[Dict[str, Any]]:
         """Rows ``plane, value, key, name, volume_ml, mean_thickness_mm`` of the structures ``plane``'s head
-        segments, measured on ``labelmap`` (that plane's segmentation on its original grid)."""
+        segments, measured on ``labelmap`` (that plane's segmentation on its original grid). For a fused labelmap
+        (``plane="fused"``) give the fused ``planes``: the structures any of their heads segments."""
         from .seg_measures import measure_structures
 
         structures = label_tables.structure_by_key()
-        wanted = [structures[k] for k in self.seg_meta[plane]["structures"] if plane in structures[k].planes]
-        return [{"plane": plane, **r.as_dict()} for r in measure_structures(labelmap, structures=wanted)]
+        wanted = {structures[k].value: structures[k] for p in (planes or [plane])
+                  for k in self.seg_meta[p]["structures"] if p in structures[k].planes}
+        rows = measure_structures(labelmap, structures=[wanted[v] for v in sorted(wanted)])
+        return [{"plane": plane, **r.as_dict()} for r in rows]
 
     def _allowed_classes(self, plane: str, device: torch.device) -> torch.Tensor:
         """(C,) bool: output classes that may be predicted on ``plane`` (background + the plane's structures)."""

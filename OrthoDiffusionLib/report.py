@@ -163,7 +163,7 @@ def _measures_table(measures: List[Mapping[str, Any]]) -> str:
     """One row per structure; volume and mean thickness per segmented plane side by side."""
     if not measures:
         return "<p class='muted'>No segmentation.</p>"
-    planes = [p for p in PLANES if any(m["plane"] == p for m in measures)]
+    planes = [p for p in (*PLANES, "fused") if any(m["plane"] == p for m in measures)]
     by_key: Dict[str, Dict[str, Mapping[str, Any]]] = {}
     names: Dict[str, str] = {}
     for m in sorted(measures, key=lambda m: m["value"]):
@@ -179,9 +179,11 @@ def _measures_table(measures: List[Mapping[str, Any]]) -> str:
                          f"<td class='num'>{_fmt(m['volume_ml'])}</td><td class='num'>"
                          f"{_fmt(m.get('mean_thickness_mm'))}</td>")
         rows.append(f"<tr><td>{_e(names[key])}</td>{''.join(cells)}</tr>")
+    fused = (" The fused segmentation (all segmented planes' probabilities averaged on one grid, the sagittal "
+             "series' when there is one) also covers the slices the other planes see." if "fused" in planes else "")
     return (f"<table><tr><th>Structure</th>{head}</tr>{''.join(rows)}</table><p class='muted'>Measured on each "
             "plane's segmentation, which covers the model's central slices of that series only; thickness is "
-            "measured for cartilage.</p>")
+            f"measured for cartilage.{fused}</p>")
 
 
 def _overlays(result: Any) -> str:

@@ -76,7 +76,7 @@ def test_fused_segmentation_beats_the_sagittal_plane_alone_on_a_simulated_knee(s
     sim = simulate_exam(2, matrix=128)
     truth = sim.series_for("sagittal")[0].labelmap
     result = Predictor(shipped.file, device="cpu").predict(exam_from_simulation(sim), diagnosis=False,
-                                                           measures=False, fuse_segmentations=True)
+                                                           fuse_segmentations=True)
     fused = result.fused_segmentation
     assert result.fused_planes == ["sagittal", "coronal"]
     assert fused.GetSize() == truth.GetSize()
@@ -93,3 +93,8 @@ def test_fused_segmentation_beats_the_sagittal_plane_alone_on_a_simulated_knee(s
 
     sagittal, both = mean_dice(result.segmentations["sagittal"]), mean_dice(fused)
     assert both > sagittal + 0.02 and both > 0.8, (sagittal, both)
+    # the fused map is measured too: every structure of both planes, a cartilage thickness for each plate
+    fused_rows = {r["key"]: r for r in result.measures if r["plane"] == "fused"}
+    assert list(fused_rows) == [s.key for s in knee_structures("sagittal")]
+    for key in ("femoral_cartilage", "medial_tibial_cartilage", "lateral_tibial_cartilage", "patellar_cartilage"):
+        assert 0.5 < fused_rows[key]["mean_thickness_mm"] < 6.0, fused_rows[key]

@@ -133,6 +133,10 @@ def test_fused_segmentation_on_the_sagittal_series_of_a_real_study(study, bundle
     assert names == [s.name for s in knee_structures("sagittal")]       # the union of both planes' tables
     fused = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labelmap_fused.nii.gz")))
     assert set(np.unique(fused).tolist()) <= {0} | {s.value for s in knee_structures("sagittal")}
+    rows = [r for r in csv.DictReader(io.StringIO((out / "measures.csv").read_text())) if r["plane"] == "fused"]
+    assert [r["key"] for r in rows] == [s.key for s in knee_structures("sagittal")]
+    assert [r["plane"] for r in data["measures"]].count("fused") == len(rows)
+    assert "Fused volume (mL)" in (out / "report.html").read_text()
     # without the option there is no fused output
     plain = Predictor(bundles["mpae"], device="cpu").predict(tiny_exam(2), diagnosis=False, measures=False)
     assert plain.fused_segmentation is None and plain.to_json()["fused_segmentation"] is None
