@@ -337,6 +337,7 @@ class OrthoDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                              segmentationPlanes=[p for p, c in self.segmentationCheckBoxes.items() if c.checked],
                              diagnosis=self.ui.diagnosisCheckBox.checked,
                              noiseDraws=self.ui.noiseDrawsSpinBox.value,
+                             fuseSegmentations=self.ui.fuseSegmentationsCheckBox.checked,
                              onProgress=self.onProgress, onLine=self.appendLog, onFinished=self.onFinished)
         except Exception as e:
             self.setBusy(False)
@@ -598,7 +599,7 @@ class OrthoDiffusionLogic(ScriptedLoadableModuleLogic):
     def start(self, sagittalNode=None, coronalNode=None, axialNode=None, model: Optional[str] = None,
               device: str = "auto", segmentationPlanes: Sequence[str] = PLANES, diagnosis: bool = True,
               noiseDraws: int = 1, outputFolder: Optional[str] = None, onProgress=None, onLine=None,
-              onFinished=None) -> Path:
+              onFinished=None, fuseSegmentations: bool = False) -> Path:
         """Write the volumes, start ``orthodiffusion predict`` in a child process and return the output folder;
         ``onFinished(ImportedResult, None)`` or ``onFinished(None, one-line reason)`` is called when it ends."""
         from OrthoDiffusionLib import mrml
@@ -618,7 +619,8 @@ class OrthoDiffusionLogic(ScriptedLoadableModuleLogic):
             inputs[plane] = mrml.write_volume_node(node, work / "inputs" / f"{plane}.nrrd",
                                                    dicom_fields=self.dicomAnatomyFields(node))
         args = predict_arguments(inputs, out, model=model, device=device, segmentation=bool(segmentationPlanes),
-                                 diagnosis=diagnosis, noise_draws=noiseDraws)
+                                 diagnosis=diagnosis, noise_draws=noiseDraws,
+                                 fuse_segmentations=fuseSegmentations)
 
         def done(error):
             if error is not None:

@@ -35,7 +35,7 @@ def library_command(python: str, *args: str) -> List[str]:
 
 def predict_arguments(inputs: Mapping[str, PathLike], out: PathLike, *, model: Optional[str] = None,
                       device: str = "auto", segmentation: bool = True, diagnosis: bool = True,
-                      noise_draws: int = 1) -> List[str]:
+                      noise_draws: int = 1, fuse_segmentations: bool = False) -> List[str]:
     """``orthodiffusion predict`` arguments for ``{plane: series file}``, writing into ``out`` with JSON progress
     lines (the Slicer module's run)."""
     args = ["predict"]
@@ -48,6 +48,8 @@ def predict_arguments(inputs: Mapping[str, PathLike], out: PathLike, *, model: O
         args.append("--no-segmentation")
     if not diagnosis:
         args.append("--no-diagnosis")
+    if segmentation and fuse_segmentations:
+        args.append("--fuse-segmentations")
     return args
 
 

@@ -517,7 +517,7 @@ def read_result_json(folder: PathLike) -> Dict[str, Any]:
 
 def import_result_folder(scene, folder: PathLike, volumes: Mapping[str, Any], prefix: str = "OrthoDiffusion",
                          diagnosis: bool = True, show_3d: bool = True,
-                         planes: Sequence[str] = PLANES) -> ImportedResult:
+                         planes: Sequence[str] = PLANES, fused: bool = True) -> ImportedResult:
     """Import the outputs of ``orthodiffusion predict`` (:func:`OrthoDiffusionLib.predictor.write_outputs`) from
     ``folder`` into ``scene``.
 
@@ -526,6 +526,9 @@ def import_result_folder(scene, folder: PathLike, volumes: Mapping[str, Any], pr
             becomes a segmentation node on that plane's volume geometry (named ``<prefix> <plane>``).
         diagnosis: also make the diagnosis table (when ``diagnosis.json`` has labels) and the structure table.
         planes: import the segmentations of these planes only.
+        fused: also import ``segmentation_fused.seg.nrrd`` when ``diagnosis.json`` records one (``predict
+            --fuse-segmentations``): ``segmentations["fused"]``, all 11 structures, on the volume of the plane whose
+            grid it lies on (named ``<prefix> fused segmentation``).
 
     Raises:
         MissingPathError / CorruptFileError naming the offending file; no node is left in the scene on error.
@@ -550,6 +553,18 @@ def import_result_folder(scene, folder: PathLike, volumes: Mapping[str, Any], pr
                 out.segmentations[plane] = segmentation_node_from_labelmap(
                     scene, labelmap, plane, f"{prefix} {plane} segmentation",
                     reference_volume_node=volumes.get(plane), show_3d=show_3d)
+            except ValueError as e:
+                raise CorruptFileError(str(e), path) from None
+        entry = result.get("fused_segmentation") or {}
+        path = folder / str(entry.get("file") or "segmentation_fused.seg.nrrd")
+        if fused and entry:
+            if not path.is_file():
+                raise MissingPathError("diagnosis.json records a fused segmentation but its file is missing", path)
+            grid_plane = (entry.get("planes") or [None])[0]
+            try:
+                out.segmentations["fused"] = segmentation_node_from_labelmap(
+                    scene, read_labelmap(path), None, f"{prefix} fused segmentation",
+                    reference_volume_node=volumes.get(grid_plane), show_3d=show_3d)
             except ValueError as e:
                 raise CorruptFileError(str(e), path) from None
         if diagnosis and result.get("labels"):

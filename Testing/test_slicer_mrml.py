@@ -183,6 +183,35 @@ def test_import_result_folder(scene, slicer, dess, coronal_image, tmp_path):
     assert only_coronal.diagnosis_table is None and only_coronal.measures_table is None
 
 
+def test_import_fused_segmentation(scene, slicer, dess, coronal_image, tmp_path):
+    """``predict --fuse-segmentations`` output: one node with all 11 structures on the sagittal volume's grid."""
+    folder, sag_lab, _ = _result_folder(tmp_path, dess, coronal_image)
+    fused = _labelmap(dess.image, labels.knee_structures())
+    write_seg_nrrd(fused, folder / "segmentation_fused.seg.nrrd", structures=labels.knee_structures())
+    data = json.loads((folder / "diagnosis.json").read_text())
+    data["fused_segmentation"] = {"file": "segmentation_fused.seg.nrrd", "planes": ["sagittal", "coronal"]}
+    (folder / "diagnosis.json").write_text(json.dumps(data), encoding="utf-8")
+    volumes = {"sagittal": mrml.load_volume_file(scene, dess.source, "DESS"),
+               "coronal": mrml.image_to_volume_node(coronal_image, scene, "coronal")}
+    imported = mrml.import_result_folder(scene, folder, volumes, show_3d=False)
+    assert list(imported.segmentations) == ["sagittal", "coronal", "fused"]
+    node = imported.segmentations["fused"]
+    assert node.GetName() == "OrthoDiffusion fused segmentation"
+    assert list(node.GetSegmentation().GetSegmentIDs()) == [s.key for s in labels.knee_structures()]
+    arr = sitk.GetArrayFromImage(fused)
+    for s in labels.knee_structures():
+        mask = _assert_same_geometry(node, volumes["sagittal"], s.key)
+        assert np.array_equal(mask, arr == s.value)
+    assert list(mrml.import_result_folder(scene, folder, volumes, prefix="b", show_3d=False,
+                                          fused=False).segmentations) == ["sagittal", "coronal"]
+    # recorded but missing: one error naming the file, and no node left behind
+    (folder / "segmentation_fused.seg.nrrd").unlink()
+    before = scene.GetNumberOfNodes()
+    with pytest.raises(MissingPathError, match="segmentation_fused.seg.nrrd"):
+        mrml.import_result_folder(scene, folder, volumes, prefix="c", show_3d=False)
+    assert scene.GetNumberOfNodes() == before
+
+
 def test_segmentation_matches_slicers_own_seg_nrrd_reader(scene, slicer, dess, tmp_path):
     """Independent check of the RAS/LPS handling: MRML's segmentation storage node reads the same .seg.nrrd."""
     volume = mrml.load_volume_file(scene, dess.source, "DESS")

@@ -54,7 +54,8 @@ def test_module_run_imports_prediction_on_volume_geometry(scene_volumes, bundle,
     scene, volumes = scene_volumes
     assert mrml.assign_planes(mrml.scene_volume_nodes(scene)) == volumes
     out = tmp_path / "result"
-    args = predict_arguments(_write_inputs(volumes, tmp_path / "inputs"), out, model=str(bundle), device="cpu")
+    args = predict_arguments(_write_inputs(volumes, tmp_path / "inputs"), out, model=str(bundle), device="cpu",
+                             fuse_segmentations=True)
     proc = ChildProcess(core_only_command(*args), env=CORE_ENV).start()
     assert proc.wait(timeout=600) == 0, "\n".join(proc.output())
     events = [e for e in map(parse_progress_line, proc.output("stderr")) if e is not None]
@@ -62,7 +63,13 @@ def test_module_run_imports_prediction_on_volume_geometry(scene_volumes, bundle,
     assert all(b[1] >= a[1] for a, b in zip(events, events[1:])), events
 
     imported = mrml.import_result_folder(scene, out, volumes)
-    assert list(imported.segmentations) == ["sagittal", "coronal"]       # the bundle segments these two planes
+    # the bundle segments these two planes; "Fuse planes" adds their fused segmentation on the sagittal volume
+    assert list(imported.segmentations) == ["sagittal", "coronal", "fused"]
+    fused = imported.segmentations["fused"]
+    assert fused.GetSegmentation().GetNumberOfSegments() == 11
+    mask, matrix = mrml.segment_labelmap(fused, "femur")
+    assert np.allclose(matrix, mrml.ijk_to_ras(volumes["sagittal"]), atol=1e-4)
+    assert mask.shape[::-1] == volumes["sagittal"].GetImageData().GetDimensions()
     for plane, n in (("sagittal", 11), ("coronal", 9)):
         node = imported.segmentations[plane]
         segmentation = node.GetSegmentation()

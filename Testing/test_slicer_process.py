@@ -115,8 +115,12 @@ def test_module_command_lines_parse_with_the_cli():
                                                                                   "out")
     assert (args.model, args.device, args.noise_draws, args.progress) == ("tiny", "cuda", 4, "json")
     assert args.no_segmentation and args.no_diagnosis
+    assert not args.fuse_segmentations                       # no segmentation -> nothing to fuse
     args = parser.parse_args(predict_arguments({"coronal": "c.nrrd"}, "out"))
     assert args.model is None and not args.no_segmentation and not args.no_diagnosis and args.device == "auto"
+    assert not args.fuse_segmentations
+    assert parser.parse_args(predict_arguments({"coronal": "c.nrrd"}, "out", fuse_segmentations=True)
+                             ).fuse_segmentations
     sample = parser.parse_args(sample_exam_arguments("dir", seed=3, matrix=128))
     assert (sample.out, sample.seed, sample.abnormality, sample.matrix, sample.no_dicom) == \
         ("dir", 3, ["joint_effusion"], 128, True)
