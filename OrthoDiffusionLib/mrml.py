@@ -556,8 +556,8 @@ def import_result_folder(scene, folder: PathLike, volumes: Mapping[str, Any], pr
             except ValueError as e:
                 raise CorruptFileError(str(e), path) from None
         entry = result.get("fused_segmentation") or {}
-        path = folder / str(entry.get("file") or "segmentation_fused.seg.nrrd")
         if fused and entry:
+            path = folder / str(entry.get("file") or "segmentation_fused.seg.nrrd")
             if not path.is_file():
                 raise MissingPathError("diagnosis.json records a fused segmentation but its file is missing", path)
             grid_plane = (entry.get("planes") or [None])[0]

@@ -543,7 +543,7 @@ class Predictor:
                 device=str(self.device), warnings=[], fused_by=fused_by if diag_planes else None,
                 ehr_used=bool(ehr_used and records[i] is not None), noise_draws=draws,
                 images={p: exam.get(p).image for p in exam.planes_present()},
-                fused_segmentation=fused[i], fused_planes=fused_planes if fused[i] is not None else []))
+                fused_segmentation=fused[i], fused_planes=fused_planes))
             if fuse and not fused_planes:
                 results[-1].warnings.append(
                     f"no fused segmentation: it needs two segmented planes, this exam has "
@@ -702,10 +702,8 @@ def write_outputs(result: PredictionResult, out_dir: PathLike, overwrite: bool =
         for plane, img in result.segmentations.items():
             write_seg_nrrd(img, tmp / f"segmentation_{plane}.seg.nrrd", plane=plane)
             write_labelmap_nifti(img, tmp / f"labelmap_{plane}.nii.gz")
-        if result.fused_segmentation is not None:
-            structures = sorted({s.value: s for p in result.fused_planes
-                                 for s in label_tables.knee_structures(p)}.values(), key=lambda s: s.value)
-            write_seg_nrrd(result.fused_segmentation, tmp / "segmentation_fused.seg.nrrd", structures=structures)
+        if result.fused_segmentation is not None:  # two or more planes: every structure of the table
+            write_seg_nrrd(result.fused_segmentation, tmp / "segmentation_fused.seg.nrrd")
             write_labelmap_nifti(result.fused_segmentation, tmp / "labelmap_fused.nii.gz")
         _write_measures_csv(result.measures, tmp / "measures.csv")
         write_report(result, tmp / "report.html")

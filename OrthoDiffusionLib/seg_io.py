@@ -239,8 +239,9 @@ def fuse_plane_probabilities(prob_maps: Mapping[str, ProbabilityMap], reference:
     ``prob_maps`` maps a plane name to its probabilities on its own geometry: a vector image with one component per
     class or a list of scalar images (class 0 = background; ``None`` for a class that plane's model does not
     segment). Each class map is resampled (linear) onto ``reference``; a plane votes for a class where its volume
-    covers the voxel and its label table segments that class (patella is averaged over sagittal and axial only). Returns float32 (C, z, y, x), 0 where no plane votes
-    (C x the reference size in memory; :func:`fuse_plane_segmentations` needs only two reference-size arrays).
+    covers the voxel and its label table segments that class (patella is averaged over sagittal and axial only).
+    Returns float32 (C, z, y, x), 0 where no plane votes (C x the reference size in memory;
+    :func:`fuse_plane_segmentations` needs only two reference-size arrays).
     """
     return np.stack([fused for _, fused in _fused_class_maps(prob_maps, reference)])
 
