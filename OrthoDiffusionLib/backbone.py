@@ -72,12 +72,13 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 1000.0) ->
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm(32 groups, eps 1e-5) computed in float32 whatever the input dtype; returns the input dtype."""
+    """GroupNorm (32 groups by default, eps 1e-5) computed in float32 whatever the input dtype; returns the input
+    dtype."""
 
-    def __init__(self, channels: int):
-        if channels % GROUPS:
-            raise ValueError(f"GroupNorm({GROUPS}) needs a channel count divisible by {GROUPS}, got {channels}")
-        super().__init__(GROUPS, channels, eps=GROUPNORM_EPS)
+    def __init__(self, channels: int, groups: int = GROUPS):
+        if channels % groups:
+            raise ValueError(f"GroupNorm({groups}) needs a channel count divisible by {groups}, got {channels}")
+        super().__init__(groups, channels, eps=GROUPNORM_EPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):
@@ -119,12 +120,14 @@ class ResBlock(_Block):
 
     takes_emb = True
 
-    def __init__(self, channels: int, emb_channels: int, out_channels: int, dropout: float = 0.0):
+    def __init__(self, channels: int, emb_channels: int, out_channels: int, dropout: float = 0.0,
+                 groups: int = GROUPS):
         super().__init__()
-        self.in_layers = nn.Sequential(GroupNorm32(channels), nn.SiLU(), nn.Conv3d(channels, out_channels, 3, padding=1))
+        self.in_layers = nn.Sequential(GroupNorm32(channels, groups), nn.SiLU(),
+                                       nn.Conv3d(channels, out_channels, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
         self.out_layers = nn.Sequential(
-            GroupNorm32(out_channels),
+            GroupNorm32(out_channels, groups),
             nn.SiLU(),
             nn.Dropout(dropout),
             _zero(nn.Conv3d(out_channels, out_channels, 3, padding=1)),
@@ -149,7 +152,7 @@ class AttentionBlock(_Block):
     Shapes: x (B, C, D, H, W) -> (B, C, D, H, W).
     """
 
-    def __init__(self, channels: int, num_heads: int = 1, num_head_channels: int = -1):
+    def __init__(self, channels: int, num_heads: int = 1, num_head_channels: int = -1, groups: int = GROUPS):
         super().__init__()
         if num_head_channels != -1:
             if channels % num_head_channels:
@@ -158,7 +161,7 @@ class AttentionBlock(_Block):
         if channels % num_heads:
             raise ValueError(f"channels {channels} not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
-        self.norm = GroupNorm32(channels)
+        self.norm = GroupNorm32(channels, groups)
         self.qkv = nn.Conv1d(channels, channels * 3, 1)
         self.proj_out = _zero(nn.Conv1d(channels, channels, 1))
 
@@ -225,6 +228,12 @@ class DiffusionUNet(nn.Module):
         dropout: dropout inside residual blocks (0 in the paper).
         max_period: of the timestep sinusoids (1000 for the authors' network).
         use_checkpoint: gradient checkpointing of every block while training (same numbers, less memory).
+        patch_size: in-plane space-to-depth factor p (CPU-scale configurations). With p > 1 the input
+            (B, C_in, D, H, W) is rearranged to (B, C_in*p*p, D, H/p, W/p) before the stem convolution and the
+            output back from (B, C_out*p*p, D, H/p, W/p), so the network runs at 1/p of the in-plane size while the
+            image keeps its full detail. Taps are then (B, C, D/ds, H/(p*ds), W/(p*ds)). 1 = the authors' layout.
+        norm_groups: GroupNorm groups of every block (32 in the authors' network; narrower CPU configurations may
+            use fewer so that each group keeps several channels).
 
     ``forward(x_t, t)`` -> predicted noise; ``encode(x_t, t, taps)`` -> dict of encoder/middle taps.
     """
@@ -242,8 +251,14 @@ class DiffusionUNet(nn.Module):
         dropout: float = 0.0,
         max_period: float = 1000.0,
         use_checkpoint: bool = False,
+        patch_size: int = 1,
+        norm_groups: int = GROUPS,
     ):
         super().__init__()
+        if patch_size < 1:
+            raise ValueError(f"patch_size must be >= 1, got {patch_size}")
+        self.patch_size = int(patch_size)
+        self.norm_groups = int(norm_groups)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.model_channels = model_channels
@@ -258,16 +273,19 @@ class DiffusionUNet(nn.Module):
 
         self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
 
+        g = self.norm_groups
+        p2 = self.patch_size ** 2
+
         def attn(ch: int) -> AttentionBlock:
-            return AttentionBlock(ch, num_heads=num_heads, num_head_channels=num_head_channels)
+            return AttentionBlock(ch, num_heads=num_heads, num_head_channels=num_head_channels, groups=g)
 
         ch = model_channels * self.channel_mult[0]
-        self.input_blocks = nn.ModuleList([EmbedSequential(nn.Conv3d(in_channels, ch, 3, padding=1))])
+        self.input_blocks = nn.ModuleList([EmbedSequential(nn.Conv3d(in_channels * p2, ch, 3, padding=1))])
         skip_chans: List[int] = [ch]
         ds = 1
         for level, mult in enumerate(self.channel_mult):
             for _ in range(num_res_blocks):
-                layers: List[nn.Module] = [ResBlock(ch, emb_dim, model_channels * mult, dropout)]
+                layers: List[nn.Module] = [ResBlock(ch, emb_dim, model_channels * mult, dropout, g)]
                 ch = model_channels * mult
                 if ds in self.attention_resolutions:
                     layers.append(attn(ch))
@@ -286,9 +304,9 @@ class DiffusionUNet(nn.Module):
             self._tap_ds[f"in_{i}"] = d
 
         self.middle_block = EmbedSequential(
-            ResBlock(ch, emb_dim, ch, dropout),
+            ResBlock(ch, emb_dim, ch, dropout, g),
             attn(ch),
-            ResBlock(ch, emb_dim, ch, dropout),
+            ResBlock(ch, emb_dim, ch, dropout, g),
         )
         for j in range(3):
             self._tap_channels[f"mid_{j}"] = ch
@@ -298,7 +316,7 @@ class DiffusionUNet(nn.Module):
         for level, mult in list(enumerate(self.channel_mult))[::-1]:
             for i in range(num_res_blocks + 1):
                 skip = skip_chans.pop()
-                layers = [ResBlock(ch + skip, emb_dim, model_channels * mult, dropout)]
+                layers = [ResBlock(ch + skip, emb_dim, model_channels * mult, dropout, g)]
                 ch = model_channels * mult
                 if ds in self.attention_resolutions:
                     layers.append(attn(ch))
@@ -307,7 +325,7 @@ class DiffusionUNet(nn.Module):
                     ds //= 2
                 self.output_blocks.append(EmbedSequential(*layers))
 
-        self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(), _zero(nn.Conv3d(ch, out_channels, 3, padding=1)))
+        self.out = nn.Sequential(GroupNorm32(ch, g), nn.SiLU(), _zero(nn.Conv3d(ch, out_channels * p2, 3, padding=1)))
         self._channels_last = False
         self.use_checkpoint = use_checkpoint
 
@@ -331,8 +349,38 @@ class DiffusionUNet(nn.Module):
 
     @property
     def downsample_factor(self) -> int:
-        """D, H and W of inputs must be multiples of this."""
+        """D of inputs must be a multiple of this (H and W of this times ``patch_size``)."""
         return 2 ** (len(self.channel_mult) - 1)
+
+    def input_multiple(self) -> Tuple[int, int, int]:
+        """(D, H, W) of an input must be multiples of these."""
+        f = self.downsample_factor
+        return (f, f * self.patch_size, f * self.patch_size)
+
+    def tap_shape(self, name: str, size: Sequence[int]) -> Tuple[int, int, int]:
+        """Spatial size (D, H, W) of tap ``name`` for an input of spatial size ``size`` = (D, H, W)."""
+        ds = self.tap_downsample(name)
+        d, h, w = (int(v) for v in size)
+        return (d // ds, h // (ds * self.patch_size), w // (ds * self.patch_size))
+
+    def _space_to_depth(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, D, H, W) -> (B, C*p*p, D, H/p, W/p) (pixel-unshuffle of each slice)."""
+        p = self.patch_size
+        if p == 1:
+            return x
+        b, c, d, h, w = x.shape
+        x = x.reshape(b, c, d, h // p, p, w // p, p).permute(0, 1, 4, 6, 2, 3, 5)
+        return x.reshape(b, c * p * p, d, h // p, w // p)
+
+    def _depth_to_space(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C*p*p, D, h, w) -> (B, C, D, h*p, w*p); the inverse of :meth:`_space_to_depth`."""
+        p = self.patch_size
+        if p == 1:
+            return x
+        b, cpp, d, h, w = x.shape
+        c = cpp // (p * p)
+        x = x.reshape(b, c, p, p, d, h, w).permute(0, 1, 4, 5, 2, 6, 3)
+        return x.reshape(b, c, d, h * p, w * p)
 
     # -------------------------------------------------------------------------------------------------------- taps
     def tap_names(self) -> Tuple[str, ...]:
@@ -359,9 +407,11 @@ class DiffusionUNet(nn.Module):
     def _prepare(self, x: torch.Tensor, t: Union[torch.Tensor, int]) -> Tuple[torch.Tensor, torch.Tensor]:
         if x.dim() != 5 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected x of shape (B, {self.in_channels}, D, H, W), got {tuple(x.shape)}")
-        f = self.downsample_factor
-        if any(s % f for s in x.shape[2:]):
-            raise ValueError(f"D, H, W must be multiples of {f}, got {tuple(x.shape[2:])}")
+        mult = self.input_multiple()
+        if any(s % m for s, m in zip(x.shape[2:], mult)):
+            what = mult[0] if len(set(mult)) == 1 else mult
+            raise ValueError(f"D, H, W must be multiples of {what}, got {tuple(x.shape[2:])}")
+        x = self._space_to_depth(x)
         t = torch.as_tensor(t, device=x.device)
         if t.dim() == 0:
             t = t.expand(x.shape[0])
@@ -382,7 +432,7 @@ class DiffusionUNet(nn.Module):
         h = self.middle_block(h, emb)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
-        return self.out(h)
+        return self._depth_to_space(self.out(h))
 
     def encode(
         self, x_t: torch.Tensor, t: Union[torch.Tensor, int], taps: Sequence[str] = ("mid_0", "mid_1", "mid_2")
@@ -438,6 +488,8 @@ class DiffusionUNet(nn.Module):
             "num_head_channels": self.num_head_channels,
             "dropout": self.dropout,
             "max_period": self.max_period,
+            "patch_size": self.patch_size,
+            "norm_groups": self.norm_groups,
         }
 
 

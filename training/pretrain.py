@@ -63,6 +63,7 @@ __all__ = [
     "VolumeDataset",
     "InMemoryVolumes",
     "SeriesVolumes",
+    "PoolWindows",
     "EMA",
     "batch_indices",
     "load_training_set",
@@ -73,7 +74,8 @@ CHECKPOINT_FORMAT_VERSION = 1
 STEP_PREFIX = "step_"  # checkpoint folders RUN/checkpoints/step_NNNNNNN
 # config keys that define the network, data and optimisation; a resumed run must agree on them
 _STRUCTURAL = ("plane", "batch_size", "lr_per_sample", "ema_decay", "ema_every", "ema_start", "width", "channel_mult",
-               "attention_resolutions", "num_heads", "size", "slices", "precision", "seed", "timesteps")
+               "attention_resolutions", "num_heads", "size", "slices", "precision", "seed", "timesteps", "patch_size",
+               "norm_groups")
 
 
 @dataclass
@@ -97,6 +99,8 @@ class PretrainConfig:
     channel_mult: Tuple[int, ...] = (1, 1, 2, 2, 4)
     attention_resolutions: Tuple[int, ...] = (16,)
     num_heads: int = 1
+    patch_size: int = 1  # in-plane space-to-depth factor (CPU-scale configurations)
+    norm_groups: int = 32
     size: int = 256
     slices: int = 16
     precision: str = "fp32"  # fp32 | bf16 (autocast)
@@ -118,13 +122,15 @@ class PretrainConfig:
             if int(getattr(self, name)) < 1:
                 raise OrthoDiffusionError(f"{name} must be >= 1, got {getattr(self, name)}")
         factor = 2 ** (len(self.channel_mult) - 1)
-        if self.size % factor or self.slices % factor:
-            raise OrthoDiffusionError(f"--size and --slices must be multiples of {factor} for this network")
+        if self.size % (factor * self.patch_size) or self.slices % factor:
+            raise OrthoDiffusionError(f"--size must be a multiple of {factor * self.patch_size} and --slices of "
+                                      f"{factor} for this network")
 
     def model(self) -> DiffusionUNet:
         return DiffusionUNet(model_channels=self.width, channel_mult=self.channel_mult,
                              attention_resolutions=self.attention_resolutions, num_heads=self.num_heads,
-                             use_checkpoint=self.grad_checkpoint)
+                             use_checkpoint=self.grad_checkpoint, patch_size=self.patch_size,
+                             norm_groups=self.norm_groups)
 
     def to_json(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -603,3 +609,60 @@ def _sample(cfg: PretrainConfig, model: torch.nn.Module, schedule: CosineSchedul
         vol = schedule.ddim_sample(model, (1, 1, cfg.slices, cfg.size, cfg.size), steps=cfg.sample_steps,
                                    generator=gen, device=device)
     _write_sample(run_dir / "samples" / f"step_{step:07d}.nii.gz", vol[0, 0].float().cpu().numpy())
+
+
+class PoolWindows(VolumeDataset):
+    """Windows of ``slices`` consecutive slices from a simulated pool (:mod:`OrthoDiffusionLib.simulate.pool`),
+    every plane's series of every pool exam, each draw with a new appearance.
+
+    The dataset is ``virtual_epochs`` times the number of series long: item ``v`` is series ``v % n_series`` with a
+    draw seeded by ``(seed, v)`` (window position, and with probability ``p_randomized`` a domain-randomised contrast
+    from the tissue map instead of the simulated PD image), so the data order and every draw stay a pure function of
+    the step and an interrupted run resumes exactly. No label is read.
+
+    ``dataset[v]`` -> float32 (1, slices, size, size) in [-1, 1].
+    """
+
+    def __init__(self, manifest: Union[str, os.PathLike], slices: int = 16, exams: Optional[Sequence[int]] = None,
+                 planes: Sequence[str] = PLANES, p_randomized: float = 0.5, seed: int = 0,
+                 virtual_epochs: int = 200):
+        from ..simulate.pool import read_pool
+
+        rows = read_pool(manifest)
+        if exams is not None:
+            rows = [rows[i] for i in exams]
+        if not rows:
+            raise InputError("the pool lists no exams", manifest)
+        self.series = [(r["path"], p) for r in rows for p in planes]
+        self.slices, self.p_randomized, self.seed = int(slices), float(p_randomized), int(seed)
+        self.virtual_epochs = int(virtual_epochs)
+
+    def __len__(self) -> int:
+        return len(self.series) * self.virtual_epochs
+
+    def __getitem__(self, v: int) -> torch.Tensor:
+        from ..simulate.randomize import randomize_contrast
+
+        path, plane = self.series[v % len(self.series)]
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, 5501, int(v)]))
+        with np.load(path, allow_pickle=False) as z:
+            image, tissue = z[f"{plane}_image"], z[f"{plane}_tissue"]
+        depth = image.shape[0]
+        start = int(rng.integers(0, depth - self.slices + 1)) if depth >= self.slices else 0
+        sl = slice(start, start + self.slices)
+        if rng.random() < self.p_randomized:
+            vol = randomize_contrast(tissue[sl], rng)
+        else:
+            vol = image[sl].astype(np.float32)
+        return torch.from_numpy(normalize_window(vol, self.slices))[None]
+
+
+def normalize_window(vol: np.ndarray, slices: int) -> np.ndarray:
+    """Zero-pad (D, H, W) symmetrically to ``slices`` slices, then min-max to [-1, 1] (as the preprocessing)."""
+    d = vol.shape[0]
+    if d < slices:
+        pad = np.zeros((slices, *vol.shape[1:]), dtype=np.float32)
+        pad[(slices - d) // 2:(slices - d) // 2 + d] = vol
+        vol = pad
+    lo, hi = float(vol.min()), float(vol.max())
+    return ((vol - lo) / max(hi - lo, 1e-6) * 2.0 - 1.0).astype(np.float32)

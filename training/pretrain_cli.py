@@ -21,6 +21,8 @@ def register(subparsers) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--manifest", type=Path, help="manifest CSV (rows of --plane with split=train)")
     src.add_argument("--data", type=Path, help="folder of series (every series of --plane under it)")
+    src.add_argument("--pool", type=Path, help="pool.csv of a simulated pool (orthodiffusion simulate pool): random "
+                                               "16-slice windows of every series, half of them domain-randomised")
     p.add_argument("--plane", choices=PLANES + (SHARED_PLANE,), required=True,
                    help="the plane whose series train the backbone; shared: one backbone on all planes' series")
     p.add_argument("--out", type=Path, required=True, help="run folder (RUN_DIR)")
@@ -38,6 +40,13 @@ def register(subparsers) -> None:
     p.add_argument("--width", type=int, default=64, help="base width (multiple of 32)")
     p.add_argument("--channel-mult", default="1,1,2,2,4")
     p.add_argument("--attention-resolutions", default="16")
+    p.add_argument("--patch-size", type=int, default=1,
+                   help="in-plane space-to-depth factor of the network (1 = the authors' layout; 4 for CPU scale)")
+    p.add_argument("--norm-groups", type=int, default=32, help="GroupNorm groups (default 32)")
+    p.add_argument("--pool-exams", default=None, metavar="START:STOP",
+                   help="with --pool: the exams (rows of pool.csv) to train on, e.g. 0:2000 (default: all)")
+    p.add_argument("--p-randomized", type=float, default=0.5,
+                   help="with --pool: fraction of windows drawn with a randomised contrast (default 0.5)")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--slices", type=int, default=16)
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
@@ -68,13 +77,31 @@ def _run_cli(args) -> int:
         ema_start=args.ema_start, ckpt_every=args.ckpt_every, keep_checkpoints=args.keep_checkpoints,
         sample_every=args.sample_every, sample_steps=args.sample_steps, log_every=args.log_every, width=args.width,
         channel_mult=_ints(args.channel_mult), attention_resolutions=_ints(args.attention_resolutions),
-        size=args.size, slices=args.slices, precision=args.precision, seed=args.seed,
+        size=args.size, slices=args.slices, precision=args.precision, seed=args.seed, patch_size=args.patch_size,
+        norm_groups=args.norm_groups,
         grad_checkpoint=args.grad_checkpoint, num_workers=args.num_workers, device=args.device, resume=args.resume)
     if args.time_limit is not None and args.time_limit <= 0:
         raise OrthoDiffusionError(f"--time-limit must be > 0 minutes, got {args.time_limit}")
     time_limit = None if args.time_limit is None else args.time_limit * 60.0
-    summary = pretrain(cfg, manifest=args.manifest, data=args.data, show_progress=True, time_limit=time_limit)
+    dataset = _pool_dataset(args, cfg) if args.pool is not None else None
+    summary = pretrain(cfg, dataset, manifest=args.manifest, data=args.data, show_progress=True,
+                       time_limit=time_limit)
     if int(os.environ.get("RANK", "0")) == 0:
         stopped = " (stopped by --time-limit)" if summary.get("stopped_by_time_limit") else ""
         print(f"pretrain {cfg.plane}: step {summary['step']} loss {summary['loss']:.4f}{stopped} -> {args.out}")
     return 0
+
+
+def _pool_dataset(args, cfg):
+    from .pretrain import PoolWindows
+
+    exams = None
+    if args.pool_exams:
+        try:
+            start, stop = (int(v) for v in args.pool_exams.split(":"))
+        except ValueError:
+            raise OrthoDiffusionError(f"--pool-exams takes START:STOP, got {args.pool_exams!r}") from None
+        exams = range(start, stop)
+    planes = PLANES if cfg.plane == SHARED_PLANE else (cfg.plane,)
+    return PoolWindows(args.pool, slices=cfg.slices, exams=exams, planes=planes, p_randomized=args.p_randomized,
+                       seed=cfg.seed)

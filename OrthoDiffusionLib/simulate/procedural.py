@@ -240,9 +240,9 @@ class ProceduralKnee:
     # cartilage
     def _femoral_cartilage(self, q: np.ndarray) -> np.ndarray:
         x, y, z = q[0], q[1], q[2]
-        region = (np.abs(x) < 37.5) & ((np.abs(x) > 9.8) | (y > -4)) & np.where(y < -4, z < 44, z < 52)
+        region = (np.abs(x) < 36.0) & ((np.abs(x) > 9.8) | (y > -4)) & np.where(y < -4, z < 42, z < 46)
         d = self.femur(q)
-        return region & (d >= 0) & (d < 2.6)
+        return region & (d >= 0) & (d < 2.0)
 
     def _patellar_cartilage(self, q: np.ndarray) -> np.ndarray:
         c = self.pat_c

@@ -1,0 +1,134 @@
+"""CPU-scale backbone (space-to-depth, GroupNorm groups), the model grid, the simulated pool and domain randomisation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from OrthoDiffusionLib.backbone import DiffusionUNet
+from OrthoDiffusionLib.preprocess import resample_to_model_grid
+from OrthoDiffusionLib.simulate.randomize import SEQUENCES, randomize_contrast
+from OrthoDiffusionLib.simulate.tissues import Tissue
+
+CPU_SCALE = dict(patch_size=4, model_channels=16, channel_mult=(1, 2, 4, 8), attention_resolutions=(8,), norm_groups=8)
+
+
+def test_space_to_depth_is_a_lossless_rearrangement():
+    net = DiffusionUNet(**CPU_SCALE)
+    x = torch.randn(2, 1, 16, 32, 48)
+    y = net._space_to_depth(x)
+    assert y.shape == (2, 16, 16, 8, 12)
+    # channel (i, j) of the 4x4 patch holds pixel (4h + i, 4w + j)
+    assert torch.equal(y[:, 1 * 4 + 2, :, 3, 5], x[:, 0, :, 4 * 3 + 1, 4 * 5 + 2])
+    assert torch.equal(net._depth_to_space(y), x)
+
+
+def test_cpu_scale_network_shapes_taps_and_config_round_trip():
+    torch.manual_seed(0)
+    net = DiffusionUNet(**CPU_SCALE).eval()
+    x = torch.randn(1, 1, 16, 128, 128)
+    with torch.no_grad():
+        eps = net(x, torch.tensor([10]))
+        taps = net.encode(x, 10, taps=("in_0", "in_4", "mid_0", "mid_2"))
+    assert eps.shape == x.shape
+    for name, t in taps.items():
+        assert tuple(t.shape[2:]) == net.tap_shape(name, (16, 128, 128)), name
+        assert t.shape[1] == net.tap_channels(name)
+    assert tuple(taps["mid_0"].shape) == (1, 128, 2, 4, 4)
+    again = DiffusionUNet(**net.config())
+    assert again.state_dict().keys() == net.state_dict().keys()
+    assert again.config() == net.config()
+    with pytest.raises(ValueError, match="multiples"):
+        net(torch.randn(1, 1, 16, 120, 128), 1)
+    with pytest.raises(ValueError, match="GroupNorm"):
+        DiffusionUNet(model_channels=12, channel_mult=(1, 2), norm_groups=8)
+
+
+def test_authors_layout_is_unchanged_by_the_new_options():
+    net = DiffusionUNet()
+    assert net.patch_size == 1 and net.norm_groups == 32
+    assert net.input_blocks[0][0].weight.shape == (64, 1, 3, 3, 3)
+    assert sum(p.numel() for p in net.parameters()) == 34_524_545
+
+
+def _image(size, spacing, origin=(0.0, 0.0, 0.0), value=None):
+    arr = np.zeros(size[::-1], dtype=np.float32) if value is None else value
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing(spacing)
+    img.SetOrigin(origin)
+    return img
+
+
+def test_model_grid_keeps_the_centre_and_covers_the_series():
+    img = _image((200, 180, 60), (0.7, 0.7, 1.5), origin=(-10.0, 5.0, 3.0))
+    out = resample_to_model_grid(img, slice_mm=4.0, inplane_mm=1.2, size=128)
+    assert out.GetSize() == (128, 128, round(60 * 1.5 / 4.0))
+    assert out.GetSpacing() == pytest.approx((1.2, 1.2, 4.0))
+
+    def centre(im):
+        n = np.array(im.GetSize(), dtype=float)
+        return np.array(im.TransformContinuousIndexToPhysicalPoint(tuple((n - 1) / 2)))
+
+    np.testing.assert_allclose(centre(out), centre(img), atol=1e-6)
+
+
+def test_model_grid_averages_thin_slices_like_a_thick_slice():
+    # a 1.5 mm-thick bright sheet in a thin-slice series: on a 4 mm grid it becomes a partial-volume voxel, not
+    # a full-intensity slice or nothing (aliasing)
+    arr = np.zeros((60, 32, 32), dtype=np.float32)
+    arr[30] = 1.0
+    out = sitk.GetArrayFromImage(resample_to_model_grid(_image((32, 32, 60), (1.2, 1.2, 1.5), value=arr), 4.0, 1.2,
+                                                        32, "linear"))
+    peak = out[:, 16, 16].max()
+    assert 0.1 < peak < 0.6
+    labels = sitk.GetArrayFromImage(resample_to_model_grid(sitk.Cast(_image((32, 32, 60), (1.2, 1.2, 1.5),
+                                                                            value=arr), sitk.sitkUInt8),
+                                                           4.0, 1.2, 32, "nearest"))
+    assert set(np.unique(labels)) <= {0, 1}
+
+
+def _knee_tissue() -> np.ndarray:
+    t = np.full((16, 64, 64), int(Tissue.FAT), dtype=np.uint8)
+    t[:, 10:30, 10:50] = int(Tissue.FEMUR)
+    t[:, 30:33, 10:50] = int(Tissue.FEMORAL_CARTILAGE)
+    t[:, 33:36, 10:50] = int(Tissue.FLUID)
+    t[:, 36:56, 10:50] = int(Tissue.TIBIA)
+    t[:, 0:4] = int(Tissue.AIR)
+    return t
+
+
+def test_randomised_contrast_spans_the_sequences_and_is_reproducible():
+    t = _knee_tissue()
+    a = randomize_contrast(t, np.random.default_rng(3))
+    b = randomize_contrast(t, np.random.default_rng(3))
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == t.shape and a.dtype == np.float32 and np.isfinite(a).all()
+
+    def marrow_vs_fluid(seq):
+        img = np.mean([randomize_contrast(t, np.random.default_rng(s), sequence=seq, p_random=0.0)
+                       for s in range(6)], axis=0)
+        return img[:, 18, 30].mean(), img[:, 34, 30].mean()
+
+    marrow, fluid = marrow_vs_fluid("t1")
+    assert marrow > fluid + 0.3  # T1: fatty marrow bright, fluid dark
+    marrow, fluid = marrow_vs_fluid("dess")
+    assert fluid > marrow + 0.3  # DESS: marrow suppressed, fluid bright
+    assert set(SEQUENCES) == {"pd", "pd_fs", "t1", "t2", "dess"}
+
+
+def test_pool_windows_are_deterministic_normalised_and_never_read_labels(tmp_path):
+    from OrthoDiffusionLib.simulate.pool import write_pool
+    from OrthoDiffusionLib.training.pretrain import PoolWindows
+
+    manifest = write_pool(tmp_path / "pool", 2, seed=5)
+    with np.load(tmp_path / "pool" / "E00000.npz") as z:
+        assert set(z.files) == {f"{p}_{k}" for p in ("sagittal", "coronal", "axial") for k in ("image", "tissue")}
+        assert z["sagittal_image"].shape[1:] == (128, 128)
+    ds = PoolWindows(manifest, slices=16, seed=1, virtual_epochs=3)
+    assert len(ds) == 2 * 3 * 3
+    x, y = ds[7], ds[7]
+    assert x.shape == (1, 16, 128, 128)
+    assert torch.equal(x, y)
+    assert float(x.min()) == pytest.approx(-1.0) and float(x.max()) == pytest.approx(1.0)
+    assert not torch.equal(ds[7], ds[7 + 6])  # the same series, another draw
