@@ -239,13 +239,16 @@ def save_backbone(
     path: PathLike,
     plane: str,
     provenance: Optional[Mapping[str, object]] = None,
+    half: bool = False,
 ) -> str:
-    """Write ``model``'s weights (float32) as a safetensors backbone file, atomically. Returns the file's sha256.
+    """Write ``model``'s weights (float32, or float16 with ``half``) as a safetensors backbone file, atomically.
+    Returns the file's sha256.
 
     Metadata: format, format_version, plane, config (JSON), tensors_sha256, provenance (JSON)."""
     from safetensors.torch import save_file
 
-    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    dtype = torch.float16 if half else torch.float32
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
     metadata = {
         "format": BACKBONE_FORMAT,
         "format_version": str(BACKBONE_FORMAT_VERSION),

@@ -132,3 +132,28 @@ def test_pool_windows_are_deterministic_normalised_and_never_read_labels(tmp_pat
     assert torch.equal(x, y)
     assert float(x.min()) == pytest.approx(-1.0) and float(x.max()) == pytest.approx(1.0)
     assert not torch.equal(ds[7], ds[7 + 6])  # the same series, another draw
+
+
+def test_pretraining_continues_from_a_float16_backbone_in_a_new_run_folder(tmp_path):
+    from OrthoDiffusionLib.checkpoints import load_backbone_state
+    from OrthoDiffusionLib.training.pretrain import InMemoryVolumes, PretrainConfig, pretrain
+
+    rng = np.random.default_rng(0)
+    data = InMemoryVolumes([rng.uniform(-1, 1, (16, 32, 32)).astype(np.float32) for _ in range(4)])
+    common = dict(plane="shared", batch_size=2, width=16, channel_mult=(1, 2), attention_resolutions=(2,),
+                  patch_size=2, norm_groups=8, size=32, slices=16, ckpt_every=100, log_every=1, device="cpu",
+                  ema_start=0, ema_every=1)
+    first = PretrainConfig(out=str(tmp_path / "a"), steps=3, **common)
+    pretrain(first, data)
+    half = tmp_path / "a" / "backbone_shared.fp16.safetensors"
+    state, meta = load_backbone_state(half)
+    assert all(v.dtype == torch.float16 for v in state.values())
+    assert meta["provenance"]["trained_steps"] == 3
+    second = PretrainConfig(out=str(tmp_path / "b"), steps=5, **common)
+    summary = pretrain(second, data, init_from=half)
+    assert summary["step"] == 5
+    steps = [int(line.split(",")[0]) for line in (tmp_path / "b" / "log.csv").read_text().splitlines()[1:]]
+    assert steps == [4, 5]
+    wrong = PretrainConfig(out=str(tmp_path / "c"), steps=5, **{**common, "width": 32})
+    with pytest.raises(Exception, match="init-from"):
+        pretrain(wrong, data, init_from=half)

@@ -412,7 +412,8 @@ ProgressFn = Callable[[int, int, float], None]
 def pretrain(cfg: PretrainConfig, dataset: Optional[VolumeDataset] = None, *,
              manifest: Optional[Union[str, os.PathLike]] = None, data: Optional[Union[str, os.PathLike]] = None,
              progress: Optional[ProgressFn] = None, stop_at: Optional[int] = None,
-             show_progress: bool = False, time_limit: Optional[float] = None) -> Dict[str, Any]:
+             show_progress: bool = False, time_limit: Optional[float] = None,
+             init_from: Optional[Union[str, os.PathLike]] = None) -> Dict[str, Any]:
     """Train (or resume) one plane's backbone; returns the summary written to ``RUN_DIR/summary.json``.
 
     Args:
@@ -426,11 +427,16 @@ def pretrain(cfg: PretrainConfig, dataset: Optional[VolumeDataset] = None, *,
             cleanly at the end of the current step: it writes a checkpoint AND the backbone file (trained on fewer
             steps than ``cfg.steps``; the step count is in its provenance and ``summary["stopped_by_time_limit"]``
             is True). ``resume`` later continues towards ``cfg.steps``. All ranks stop at the same step.
+        init_from: a backbone file written by an earlier run of the same configuration (e.g. the float16
+            ``backbone_{plane}.fp16.safetensors`` kept in a repository when the run folder is gone): a run folder
+            without checkpoints starts from those weights (model and EMA) at the step recorded in its provenance,
+            with a fresh optimizer; the data order continues from that step.
     """
     run_dir = Path(cfg.out)
     d = _setup_distributed(cfg.device)
     try:
-        return _pretrain(cfg, run_dir, d, dataset, manifest, data, progress, stop_at, show_progress, time_limit)
+        return _pretrain(cfg, run_dir, d, dataset, manifest, data, progress, stop_at, show_progress, time_limit,
+                         init_from)
     finally:
         if d.initialised_here and dist.is_initialized():
             dist.destroy_process_group()
@@ -438,7 +444,7 @@ def pretrain(cfg: PretrainConfig, dataset: Optional[VolumeDataset] = None, *,
 
 def _pretrain(cfg: PretrainConfig, run_dir: Path, d: _Dist, dataset: Optional[VolumeDataset], manifest, data,
               progress: Optional[ProgressFn], stop_at: Optional[int], show_progress: bool,
-              time_limit: Optional[float] = None) -> Dict[str, Any]:
+              time_limit: Optional[float] = None, init_from=None) -> Dict[str, Any]:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     latest = latest_checkpoint(run_dir, STEP_PREFIX)
@@ -475,6 +481,9 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, d: _Dist, dataset: Optional[Vo
     schedule = CosineSchedule(T=cfg.timesteps)
 
     start = int(state["step"]) if state is not None else 0
+    if state is None and init_from is not None:
+        start = _init_from_backbone(init_from, cfg, model, ema)
+        noise_gen.manual_seed(cfg.seed * 7919 + 17 + d.rank + 1_000_003 * start)
     # the loader's iterator draws its worker base seed from the global RNG: create it BEFORE restoring RNG states
     loader = iter(torch.utils.data.DataLoader(
         dataset, batch_sampler=_StepBatches(len(dataset), start, cfg.steps, cfg.batch_size, d.rank, d.world, cfg.seed),
@@ -583,12 +592,29 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, d: _Dist, dataset: Optional[Vo
         raise OrthoDiffusionError(f"ranks hold different weights after step {step} (DDP desynchronised)", run_dir)
     if d.main:
         if step >= cfg.steps or timed_out:
-            save_backbone(ema.model, run_dir / f"backbone_{cfg.plane}.safetensors", cfg.plane,
-                          provenance={"trained_steps": step, "planned_steps": cfg.steps, "run": run_dir.name,
-                                      "recipe": "orthodiffusion pretrain", "stopped_by_time_limit": timed_out})
+            provenance = {"trained_steps": step, "planned_steps": cfg.steps, "run": run_dir.name,
+                          "recipe": "orthodiffusion pretrain", "stopped_by_time_limit": timed_out}
+            save_backbone(ema.model, run_dir / f"backbone_{cfg.plane}.safetensors", cfg.plane, provenance=provenance)
+            save_backbone(ema.model, run_dir / f"backbone_{cfg.plane}.fp16.safetensors", cfg.plane,
+                          provenance=provenance, half=True)
         with atomic_path(run_dir / "summary.json") as t:
             t.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _init_from_backbone(path: Union[str, os.PathLike], cfg: PretrainConfig, model: torch.nn.Module,
+                        ema: EMA) -> int:
+    """Load a backbone file into the model and its EMA; returns the step recorded in its provenance."""
+    from ..checkpoints import load_backbone_state
+
+    state, meta = load_backbone_state(path)
+    expected = cfg.model().config()
+    if meta["config"] != expected:
+        raise OrthoDiffusionError(f"--init-from holds a network configured as {meta['config']}, this run builds "
+                                  f"{expected}", path)
+    model.load_state_dict(state, strict=True)
+    ema.model.load_state_dict(state, strict=True)
+    return int(dict(meta.get("provenance") or {}).get("trained_steps", 0))
 
 
 def _all_ranks_agree(flag: bool, d: _Dist) -> bool:

@@ -55,6 +55,9 @@ def register(subparsers) -> None:
     p.add_argument("--num-workers", type=int, default=0, help="data loading workers per process")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR's newest checkpoint")
+    p.add_argument("--init-from", type=Path, default=None, metavar="BACKBONE",
+                   help="start a new run folder from a backbone file of an earlier run of the same configuration "
+                        "(e.g. its float16 copy), at the step recorded in it, with a fresh optimizer")
     p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
                    help="stop cleanly after this many minutes of training: a checkpoint and the backbone file are "
                         "written from the steps done (--resume continues towards --steps)")
@@ -85,7 +88,7 @@ def _run_cli(args) -> int:
     time_limit = None if args.time_limit is None else args.time_limit * 60.0
     dataset = _pool_dataset(args, cfg) if args.pool is not None else None
     summary = pretrain(cfg, dataset, manifest=args.manifest, data=args.data, show_progress=True,
-                       time_limit=time_limit)
+                       time_limit=time_limit, init_from=args.init_from)
     if int(os.environ.get("RANK", "0")) == 0:
         stopped = " (stopped by --time-limit)" if summary.get("stopped_by_time_limit") else ""
         print(f"pretrain {cfg.plane}: step {summary['step']} loss {summary['loss']:.4f}{stopped} -> {args.out}")
