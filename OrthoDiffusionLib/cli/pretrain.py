@@ -1,0 +1,80 @@
+"""``orthodiffusion pretrain``: command line of :mod:`OrthoDiffusionLib.training.pretrain` (see its docstring).
+
+Multi-GPU / multi-node: ``torchrun --nproc_per_node=N [--nnodes=M ...] -m OrthoDiffusionLib pretrain ...``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Tuple
+
+from ..errors import OrthoDiffusionError
+from ..labels import PLANES, SHARED_PLANE
+
+
+def register(subparsers) -> None:
+    """Add ``orthodiffusion pretrain`` (torch is imported only when it runs)."""
+    p = subparsers.add_parser(
+        "pretrain", help="pretrain one plane's diffusion backbone (DDPM) on unlabeled MRI",
+        description="Pretrain one plane's diffusion backbone on unlabeled MRI (the authors' recipe by default). "
+                    "Multi-GPU / multi-node: torchrun --nproc_per_node=N -m OrthoDiffusionLib pretrain ...")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--manifest", type=Path, help="manifest CSV (rows of --plane with split=train)")
+    src.add_argument("--data", type=Path, help="folder of series (every series of --plane under it)")
+    p.add_argument("--plane", choices=PLANES + (SHARED_PLANE,), required=True,
+                   help="the plane whose series train the backbone; shared: one backbone on all planes' series")
+    p.add_argument("--out", type=Path, required=True, help="run folder (RUN_DIR)")
+    p.add_argument("--steps", type=int, default=21500)
+    p.add_argument("--batch-size", type=int, default=10, help="per process (default 10)")
+    p.add_argument("--lr-per-sample", type=float, default=1e-5, help="lr = this x batch x world size")
+    p.add_argument("--ema-decay", type=float, default=0.995)
+    p.add_argument("--ema-every", type=int, default=10)
+    p.add_argument("--ema-start", type=int, default=2000)
+    p.add_argument("--ckpt-every", type=int, default=500)
+    p.add_argument("--keep-checkpoints", type=int, default=3)
+    p.add_argument("--sample-every", type=int, default=0, help="write a DDIM sample every N steps (0: never)")
+    p.add_argument("--sample-steps", type=int, default=25, help="DDIM steps of those samples")
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--width", type=int, default=64, help="base width (multiple of 32)")
+    p.add_argument("--channel-mult", default="1,1,2,2,4")
+    p.add_argument("--attention-resolutions", default="16")
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--slices", type=int, default=16)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--grad-checkpoint", action="store_true", help="gradient checkpointing (less memory)")
+    p.add_argument("--num-workers", type=int, default=0, help="data loading workers per process")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR's newest checkpoint")
+    p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+                   help="stop cleanly after this many minutes of training: a checkpoint and the backbone file are "
+                        "written from the steps done (--resume continues towards --steps)")
+    p.set_defaults(func=_run_cli)
+
+
+def _ints(text: str) -> Tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise OrthoDiffusionError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _run_cli(args) -> int:
+    from ..training.pretrain.ddpm import PretrainConfig, pretrain
+
+    cfg = PretrainConfig(
+        plane=args.plane, out=str(args.out), steps=args.steps, batch_size=args.batch_size,
+        lr_per_sample=args.lr_per_sample, ema_decay=args.ema_decay, ema_every=args.ema_every,
+        ema_start=args.ema_start, ckpt_every=args.ckpt_every, keep_checkpoints=args.keep_checkpoints,
+        sample_every=args.sample_every, sample_steps=args.sample_steps, log_every=args.log_every, width=args.width,
+        channel_mult=_ints(args.channel_mult), attention_resolutions=_ints(args.attention_resolutions),
+        size=args.size, slices=args.slices, precision=args.precision, seed=args.seed,
+        grad_checkpoint=args.grad_checkpoint, num_workers=args.num_workers, device=args.device, resume=args.resume)
+    if args.time_limit is not None and args.time_limit <= 0:
+        raise OrthoDiffusionError(f"--time-limit must be > 0 minutes, got {args.time_limit}")
+    time_limit = None if args.time_limit is None else args.time_limit * 60.0
+    summary = pretrain(cfg, manifest=args.manifest, data=args.data, show_progress=True, time_limit=time_limit)
+    if int(os.environ.get("RANK", "0")) == 0:
+        stopped = " (stopped by --time-limit)" if summary.get("stopped_by_time_limit") else ""
+        print(f"pretrain {cfg.plane}: step {summary['step']} loss {summary['loss']:.4f}{stopped} -> {args.out}")
+    return 0
