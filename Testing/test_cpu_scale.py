@@ -6,8 +6,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from OrthoDiffusionLib.backbone import DiffusionUNet
-from OrthoDiffusionLib.preprocess import resample_to_model_grid
+from OrthoDiffusionLib.model.backbone import DiffusionUNet
+from OrthoDiffusionLib.inference.preprocess import resample_to_model_grid
 from OrthoDiffusionLib.simulate.randomize import SEQUENCES, randomize_contrast
 from OrthoDiffusionLib.simulate.tissues import Tissue
 
@@ -119,7 +119,7 @@ def test_randomised_contrast_spans_the_sequences_and_is_reproducible():
 
 def test_pool_windows_are_deterministic_normalised_and_never_read_labels(tmp_path):
     from OrthoDiffusionLib.simulate.pool import write_pool
-    from OrthoDiffusionLib.training.pretrain import PoolWindows
+    from OrthoDiffusionLib.training.pretrain.ddpm import PoolWindows
 
     manifest = write_pool(tmp_path / "pool", 2, seed=5)
     with np.load(tmp_path / "pool" / "E00000.npz") as z:
@@ -135,8 +135,8 @@ def test_pool_windows_are_deterministic_normalised_and_never_read_labels(tmp_pat
 
 
 def test_pretraining_continues_from_a_float16_backbone_in_a_new_run_folder(tmp_path):
-    from OrthoDiffusionLib.checkpoints import load_backbone_state
-    from OrthoDiffusionLib.training.pretrain import InMemoryVolumes, PretrainConfig, pretrain
+    from OrthoDiffusionLib.model.checkpoints import load_backbone_state
+    from OrthoDiffusionLib.training.pretrain.ddpm import InMemoryVolumes, PretrainConfig, pretrain
 
     rng = np.random.default_rng(0)
     data = InMemoryVolumes([rng.uniform(-1, 1, (16, 32, 32)).astype(np.float32) for _ in range(4)])

@@ -96,7 +96,7 @@ def _run_cli(args) -> int:
 
 
 def _pool_dataset(args, cfg):
-    from .pretrain import PoolWindows
+    from ..training.pretrain.ddpm import PoolWindows
 
     exams = None
     if args.pool_exams:

@@ -24,7 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..atomic import atomic_path
-from ..preprocess import reorient, resample_to_model_grid
+from ..inference.preprocess import reorient, resample_to_model_grid
 from .cohort import LABEL_KEYS, PLANES, simulate_exam
 
 __all__ = ["POOL_COLUMNS", "DEFAULT_POOL_GRID", "pool_exam_arrays", "write_pool", "read_pool"]

@@ -605,7 +605,7 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, d: _Dist, dataset: Optional[Vo
 def _init_from_backbone(path: Union[str, os.PathLike], cfg: PretrainConfig, model: torch.nn.Module,
                         ema: EMA) -> int:
     """Load a backbone file into the model and its EMA; returns the step recorded in its provenance."""
-    from ..checkpoints import load_backbone_state
+    from ...model.checkpoints import load_backbone_state
 
     state, meta = load_backbone_state(path)
     expected = cfg.model().config()
@@ -652,7 +652,7 @@ class PoolWindows(VolumeDataset):
     def __init__(self, manifest: Union[str, os.PathLike], slices: int = 16, exams: Optional[Sequence[int]] = None,
                  planes: Sequence[str] = PLANES, p_randomized: float = 0.5, seed: int = 0,
                  virtual_epochs: int = 200):
-        from ..simulate.pool import read_pool
+        from ...simulate.pool import read_pool
 
         rows = read_pool(manifest)
         if exams is not None:
@@ -667,7 +667,7 @@ class PoolWindows(VolumeDataset):
         return len(self.series) * self.virtual_epochs
 
     def __getitem__(self, v: int) -> torch.Tensor:
-        from ..simulate.randomize import randomize_contrast
+        from ...simulate.randomize import randomize_contrast
 
         path, plane = self.series[v % len(self.series)]
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, 5501, int(v)]))
