@@ -21,8 +21,9 @@ def register(subparsers) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--manifest", type=Path, help="manifest CSV (rows of --plane with split=train)")
     src.add_argument("--data", type=Path, help="folder of series (every series of --plane under it)")
-    src.add_argument("--pool", type=Path, help="pool.csv of a simulated pool (orthodiffusion simulate pool): random "
-                                               "16-slice windows of every series, half of them domain-randomised")
+    src.add_argument("--pool", type=Path,
+                     help="a simulated pool (orthodiffusion simulate pool), its pool.csv or its folder: random "
+                          "16-slice windows of every series, some of them domain-randomised; labels are not read")
     p.add_argument("--plane", choices=PLANES + (SHARED_PLANE,), required=True,
                    help="the plane whose series train the backbone; shared: one backbone on all planes' series")
     p.add_argument("--out", type=Path, required=True, help="run folder (RUN_DIR)")
@@ -44,7 +45,7 @@ def register(subparsers) -> None:
                    help="in-plane space-to-depth factor of the network (1 = the authors' layout; 4 for CPU scale)")
     p.add_argument("--norm-groups", type=int, default=32, help="GroupNorm groups (default 32)")
     p.add_argument("--pool-exams", default=None, metavar="START:STOP",
-                   help="with --pool: the exams (rows of pool.csv) to train on, e.g. 0:2000 (default: all)")
+                   help="with --pool: the exams (in file order) to train on, e.g. 0:2000 (default: all)")
     p.add_argument("--p-randomized", type=float, default=0.5,
                    help="with --pool: fraction of windows drawn with a randomised contrast (default 0.5)")
     p.add_argument("--size", type=int, default=256)

@@ -2,6 +2,7 @@
 
     orthodiffusion simulate exam --out DIR [--seed N] [--abnormality acl_injury ...] [--anatomy procedural|atlas]
     orthodiffusion simulate cohort --out DIR --n 300 [--seed N] [--workers 2] [--matrix 256] [--no-dicom]
+    orthodiffusion simulate pool --out DIR [--n 2400] [--seed 2026] [--workers 2]
     orthodiffusion simulate pictures --out DIR [--seed N] [--anatomy ...]
 
 ``exam`` writes one exam: ``DIR/dicom/<plane>_1/`` (DICOM series; ``--study DIR/dicom`` for predict),
@@ -63,6 +64,18 @@ def register(subparsers) -> None:
     c.add_argument("--no-nifti", action="store_true")
     c.add_argument("--workers", type=int, default=1)
     c.set_defaults(func=_cohort)
+
+    o = sub.add_parser("pool", help="a large pool of exams on the model grid (images + tissue maps) for pretraining "
+                                    "and domain-randomised training")
+    o.add_argument("--out", required=True)
+    o.add_argument("--n", type=int, default=2400, help="exams (default 2400)")
+    o.add_argument("--seed", type=int, default=2026)
+    o.add_argument("--prevalence", type=float, default=0.35, help="probability of each abnormality (default 0.35)")
+    o.add_argument("--anatomy-mix", default="procedural=0.6,atlas_spl=0.2,atlas_oai=0.2",
+                   help="anatomy sources and weights (the atlas sources need the real label maps)")
+    o.add_argument("--atlas-path", default=None)
+    o.add_argument("--workers", type=int, default=1)
+    o.set_defaults(func=_pool)
 
     q = sub.add_parser("pictures", help="PNG check pictures: normal knee and each abnormality")
     q.add_argument("--out", required=True)
@@ -155,6 +168,27 @@ def _cohort(a) -> int:
     finally:
         bar.close()
     print(f"wrote {manifest} ({a.n} patients in {time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def _pool(a) -> int:
+    from tqdm import tqdm
+
+    from ..simulate.pool import write_pool
+
+    if a.n < 1:
+        raise InputError("--n must be at least 1", str(a.n))
+    if not 0 <= a.prevalence <= 1:
+        raise InputError(f"--prevalence must be 0..1, got {a.prevalence}", str(a.prevalence))
+    mix = _kv(a.anatomy_mix.split(","), "--anatomy-mix")
+    bar = tqdm(total=a.n, unit="exam", desc="simulate pool")
+    t0 = time.perf_counter()
+    try:
+        manifest = write_pool(a.out, a.n, a.seed, prevalence=a.prevalence, anatomy_mix=mix, atlas_path=a.atlas_path,
+                              workers=a.workers, progress=lambda done, total: bar.update(done - bar.n))
+    finally:
+        bar.close()
+    print(f"wrote {manifest} ({a.n} exams in {time.perf_counter() - t0:.1f} s)")
     return 0
 
 

@@ -27,7 +27,7 @@ from ..atomic import atomic_path
 from ..inference.preprocess import reorient, resample_to_model_grid
 from .cohort import LABEL_KEYS, PLANES, simulate_exam
 
-__all__ = ["POOL_COLUMNS", "DEFAULT_POOL_GRID", "pool_exam_arrays", "write_pool", "read_pool"]
+__all__ = ["POOL_COLUMNS", "DEFAULT_POOL_GRID", "pool_exam_arrays", "write_pool", "read_pool", "pool_files"]
 
 POOL_COLUMNS = ("file", "seed", "anatomy", "side", *LABEL_KEYS)
 #: The CPU-scale model grid: 4 mm between slices, 128 x 128 pixels of 1.2 mm (a 154 mm field of view).
@@ -128,3 +128,16 @@ def read_pool(manifest: Union[str, os.PathLike]) -> List[Dict[str, object]]:
         for k in LABEL_KEYS:
             r[k] = int(r[k])
     return rows
+
+
+def pool_files(pool: Union[str, os.PathLike]) -> List[str]:
+    """Exam files of a pool: the rows of its ``pool.csv``, or, given its folder, the ``E*.npz`` files in it (sorted;
+    complete files only, since each is written atomically)."""
+    pool = Path(pool)
+    if pool.is_dir():
+        return sorted(os.fspath(p) for p in pool.glob("E*.npz"))
+    if not pool.is_file():
+        from ..errors import MissingPathError
+
+        raise MissingPathError("pool not found", pool)
+    return [str(r["path"]) for r in read_pool(pool)]

@@ -638,8 +638,9 @@ def _sample(cfg: PretrainConfig, model: torch.nn.Module, schedule: CosineSchedul
 
 
 class PoolWindows(VolumeDataset):
-    """Windows of ``slices`` consecutive slices from a simulated pool (:mod:`OrthoDiffusionLib.simulate.pool`),
-    every plane's series of every pool exam, each draw with a new appearance.
+    """Windows of ``slices`` consecutive slices from a simulated pool (:mod:`OrthoDiffusionLib.simulate.pool`; its
+    ``pool.csv`` or its folder, whose exam files are then taken as they are, e.g. while the pool is still being
+    written), every plane's series of every pool exam, each draw with a new appearance.
 
     The dataset is ``virtual_epochs`` times the number of series long: item ``v`` is series ``v % n_series`` with a
     draw seeded by ``(seed, v)`` (window position, and with probability ``p_randomized`` a domain-randomised contrast
@@ -649,17 +650,17 @@ class PoolWindows(VolumeDataset):
     ``dataset[v]`` -> float32 (1, slices, size, size) in [-1, 1].
     """
 
-    def __init__(self, manifest: Union[str, os.PathLike], slices: int = 16, exams: Optional[Sequence[int]] = None,
+    def __init__(self, pool: Union[str, os.PathLike], slices: int = 16, exams: Optional[Sequence[int]] = None,
                  planes: Sequence[str] = PLANES, p_randomized: float = 0.5, seed: int = 0,
                  virtual_epochs: int = 200):
-        from ...simulate.pool import read_pool
+        from ...simulate.pool import pool_files
 
-        rows = read_pool(manifest)
+        files = pool_files(pool)
         if exams is not None:
-            rows = [rows[i] for i in exams]
-        if not rows:
-            raise InputError("the pool lists no exams", manifest)
-        self.series = [(r["path"], p) for r in rows for p in planes]
+            files = [files[i] for i in exams if i < len(files)]
+        if not files:
+            raise InputError("the pool holds no exams", pool)
+        self.series = [(f, p) for f in files for p in planes]
         self.slices, self.p_randomized, self.seed = int(slices), float(p_randomized), int(seed)
         self.virtual_epochs = int(virtual_epochs)
 
