@@ -157,3 +157,19 @@ def test_pretraining_continues_from_a_float16_backbone_in_a_new_run_folder(tmp_p
     wrong = PretrainConfig(out=str(tmp_path / "c"), steps=5, **{**common, "width": 32})
     with pytest.raises(Exception, match="init-from"):
         pretrain(wrong, data, init_from=half)
+
+
+def test_segmentation_head_reaches_full_resolution_on_a_space_to_depth_backbone():
+    from OrthoDiffusionLib.model.seg_head import build_seg_head
+
+    net = DiffusionUNet(**CPU_SCALE).eval()
+    channels = {t: net.tap_channels(t) for t in net.tap_names()}
+    head = build_seg_head("skip", num_classes=12, bottleneck_tap="mid_2", tap_channels=channels,
+                          skip_taps=(("in_5", 1), ("in_3", 2), ("in_1", 3)), decoder_channels=(32, 16, 16, 16, 16),
+                          strides=((2, 2, 2),) * 3 + ((1, 2, 2),) * 2)
+    x = torch.randn(1, 1, 16, 64, 64)
+    with torch.no_grad():
+        logits = head(net.encode(x, 50, taps=head.required_taps))
+    assert logits.shape == (1, 12, 16, 64, 64)
+    with pytest.raises(ValueError, match="one per upsampling stage"):
+        build_seg_head("skip", tap_channels=channels, decoder_channels=(32, 16), strides=((2, 2, 2),) * 3)

@@ -70,12 +70,21 @@ class ResidualConvBlock3d(nn.Module):
         return x + h
 
 
-class _UpStage(nn.Module):
-    """ConvTranspose3d(kernel 4, stride 2, padding 1) + SiLU: (B, Cin, D, H, W) -> (B, Cout, 2D, 2H, 2W)."""
+#: Upsampling factors (D, H, W) of each decoder stage of the paper's head: x2 on every axis, four times.
+DEFAULT_STRIDES: Tuple[Tuple[int, int, int], ...] = ((2, 2, 2),) * 4
 
-    def __init__(self, cin: int, cout: int):
+
+class _UpStage(nn.Module):
+    """ConvTranspose3d + SiLU that multiplies each axis by its stride (1 or 2): kernel 4 / padding 1 on a
+    doubled axis, kernel 3 / padding 1 on a kept one. (B, Cin, D, H, W) -> (B, Cout, sD*D, sH*H, sW*W)."""
+
+    def __init__(self, cin: int, cout: int, stride: Sequence[int] = (2, 2, 2)):
         super().__init__()
-        self.up = nn.ConvTranspose3d(cin, cout, kernel_size=4, stride=2, padding=1)
+        stride = tuple(int(v) for v in stride)
+        if any(v not in (1, 2) for v in stride) or len(stride) != 3:
+            raise ValueError(f"upsampling strides must be 1 or 2 per axis, got {stride}")
+        kernel = tuple(4 if v == 2 else 3 for v in stride)
+        self.up = nn.ConvTranspose3d(cin, cout, kernel_size=kernel, stride=stride, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.silu(self.up(x))
@@ -100,17 +109,14 @@ class BottleneckSegHead(nn.Module):
     """
 
     def __init__(self, num_classes: int = 12, in_channels: int = 256, bottleneck_tap: str = "mid_2",
-                 decoder_channels: Sequence[int] = DEFAULT_DECODER_CHANNELS):
+                 decoder_channels: Sequence[int] = DEFAULT_DECODER_CHANNELS,
+                 strides: Sequence[Sequence[int]] = DEFAULT_STRIDES):
         super().__init__()
-        if len(decoder_channels) != 4:
-            raise ValueError(f"decoder_channels needs 4 widths, got {tuple(decoder_channels)}")
         self.num_classes = int(num_classes)
         self.bottleneck_tap = bottleneck_tap
         self.required_taps: Tuple[str, ...] = (bottleneck_tap,)
-        chans = [int(in_channels), *[int(c) for c in decoder_channels]]
-        self.ups = nn.ModuleList(_UpStage(chans[k], chans[k + 1]) for k in range(4))
-        self.blocks = nn.ModuleList([ResidualConvBlock3d(chans[1]), ResidualConvBlock3d(chans[2])])
-        self.classifier = nn.Conv3d(chans[4], self.num_classes, kernel_size=1)
+        self.ups, self.blocks, chans = _decoder(in_channels, decoder_channels, strides)
+        self.classifier = nn.Conv3d(chans[-1], self.num_classes, kernel_size=1)
 
     def forward(self, taps: Mapping[str, torch.Tensor],
                 output_size: Optional[Sequence[int]] = None) -> torch.Tensor:
@@ -139,24 +145,21 @@ class SkipSegHead(nn.Module):
     def __init__(self, num_classes: int = 12, in_channels: int = 256, bottleneck_tap: str = "mid_2",
                  skip_taps: Sequence[Tuple[str, int]] = DEFAULT_SKIP_TAPS,
                  tap_channels: Optional[Mapping[str, int]] = None,
-                 decoder_channels: Sequence[int] = DEFAULT_DECODER_CHANNELS):
+                 decoder_channels: Sequence[int] = DEFAULT_DECODER_CHANNELS,
+                 strides: Sequence[Sequence[int]] = DEFAULT_STRIDES):
         super().__init__()
-        if len(decoder_channels) != 4:
-            raise ValueError(f"decoder_channels needs 4 widths, got {tuple(decoder_channels)}")
         tap_channels = dict(encoder_tap_channels(in_channels // 4) if tap_channels is None else tap_channels)
         self.num_classes = int(num_classes)
         self.bottleneck_tap = bottleneck_tap
         self.skip_taps: Tuple[Tuple[str, int], ...] = tuple((str(n), int(s)) for n, s in skip_taps)
         stages = [s for _, s in self.skip_taps]
-        if len(set(stages)) != len(stages) or any(not 0 <= s <= 4 for s in stages):
-            raise ValueError(f"skip_taps need distinct stages in 0..4, got {self.skip_taps}")
+        if len(set(stages)) != len(stages) or any(not 0 <= s <= len(strides) for s in stages):
+            raise ValueError(f"skip_taps need distinct stages in 0..{len(strides)}, got {self.skip_taps}")
         missing = [n for n, _ in self.skip_taps if n not in tap_channels]
         if missing:
             raise ValueError(f"no channel count for skip taps {missing}")
         self.required_taps: Tuple[str, ...] = (bottleneck_tap, *[n for n, _ in self.skip_taps])
-        chans = [int(in_channels), *[int(c) for c in decoder_channels]]
-        self.ups = nn.ModuleList(_UpStage(chans[k], chans[k + 1]) for k in range(4))
-        self.blocks = nn.ModuleList([ResidualConvBlock3d(chans[1]), ResidualConvBlock3d(chans[2])])
+        self.ups, self.blocks, chans = _decoder(in_channels, decoder_channels, strides)
         self._stage_tap: Dict[int, str] = {s: n for n, s in self.skip_taps}
         self.fuse = nn.ModuleDict()
         for name, stage in self.skip_taps:
@@ -164,7 +167,7 @@ class SkipSegHead(nn.Module):
             self.fuse[str(stage)] = nn.Sequential(
                 nn.Conv3d(c + int(tap_channels[name]), c, kernel_size=3, padding=1),
                 nn.GroupNorm(_groups(c), c), nn.SiLU())
-        self.classifier = nn.Conv3d(chans[4], self.num_classes, kernel_size=1)
+        self.classifier = nn.Conv3d(chans[-1], self.num_classes, kernel_size=1)
 
     def _merge(self, x: torch.Tensor, stage: int, taps: Mapping[str, torch.Tensor]) -> torch.Tensor:
         name = self._stage_tap.get(stage)
@@ -187,6 +190,19 @@ class SkipSegHead(nn.Module):
         return _resize_to(self.classifier(x), output_size)
 
 
+def _decoder(in_channels: int, decoder_channels: Sequence[int], strides: Sequence[Sequence[int]]
+             ) -> Tuple[nn.ModuleList, nn.ModuleList, Sequence[int]]:
+    """Upsampling stages (one per stride) and the residual blocks after the first two; returns (ups, blocks,
+    channel widths from the bottleneck to the last stage)."""
+    if len(decoder_channels) != len(strides):
+        raise ValueError(f"decoder_channels needs {len(strides)} widths (one per upsampling stage), "
+                         f"got {tuple(decoder_channels)}")
+    chans = [int(in_channels), *[int(c) for c in decoder_channels]]
+    ups = nn.ModuleList(_UpStage(chans[k], chans[k + 1], strides[k]) for k in range(len(strides)))
+    blocks = nn.ModuleList([ResidualConvBlock3d(c) for c in chans[1:3]])
+    return ups, blocks, chans
+
+
 def _require(taps: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
     if name not in taps:
         raise KeyError(f"segmentation head needs tap {name!r}; got {sorted(taps)}")
@@ -199,7 +215,8 @@ SEG_HEADS = ("bottleneck", "skip")
 def build_seg_head(name: str, num_classes: int = 12, model_channels: int = 64, bottleneck_tap: str = "mid_2",
                    tap_channels: Optional[Mapping[str, int]] = None,
                    skip_taps: Sequence[Tuple[str, int]] = DEFAULT_SKIP_TAPS,
-                   decoder_channels: Sequence[int] = DEFAULT_DECODER_CHANNELS) -> nn.Module:
+                   decoder_channels: Sequence[int] = DEFAULT_DECODER_CHANNELS,
+                   strides: Sequence[Sequence[int]] = DEFAULT_STRIDES) -> nn.Module:
     """Segmentation head by name (``"bottleneck"`` or ``"skip"``).
 
     Channel counts come from ``tap_channels`` (tap name -> channels) or, if omitted, from
@@ -209,8 +226,8 @@ def build_seg_head(name: str, num_classes: int = 12, model_channels: int = 64, b
     if bottleneck_tap not in channels:
         raise ValueError(f"no channel count for bottleneck tap {bottleneck_tap!r}")
     if name == "bottleneck":
-        return BottleneckSegHead(num_classes, channels[bottleneck_tap], bottleneck_tap, decoder_channels)
+        return BottleneckSegHead(num_classes, channels[bottleneck_tap], bottleneck_tap, decoder_channels, strides)
     if name == "skip":
         return SkipSegHead(num_classes, channels[bottleneck_tap], bottleneck_tap, skip_taps, channels,
-                           decoder_channels)
+                           decoder_channels, strides)
     raise ValueError(f"unknown segmentation head {name!r}; known: {', '.join(SEG_HEADS)}")

@@ -145,6 +145,8 @@ def head_config(name: str, backbone, block: str, cfg_head: Mapping[str, Any]) ->
         "skip_taps": [list(s) for s in cfg_head.get("skip_taps", DEFAULT_SKIP_TAPS)],
         "decoder_channels": [int(c) for c in cfg_head.get("decoder_channels", (128, 64, 32, 16))],
     }
+    if "strides" in cfg_head:
+        out["strides"] = [[int(v) for v in s] for s in cfg_head["strides"]]
     return out
 
 
@@ -154,6 +156,8 @@ def build_head(config: Mapping[str, Any]) -> torch.nn.Module:
 
     kwargs = {k: v for k, v in config.items() if k != "name"}
     kwargs["skip_taps"] = [tuple(s) for s in kwargs.get("skip_taps", [])]
+    if "strides" in kwargs:
+        kwargs["strides"] = [tuple(s) for s in kwargs["strides"]]
     return build_seg_head(config["name"], **kwargs)
 
 
