@@ -172,4 +172,5 @@ def test_segmentation_head_reaches_full_resolution_on_a_space_to_depth_backbone(
         logits = head(net.encode(x, 50, taps=head.required_taps))
     assert logits.shape == (1, 12, 16, 64, 64)
     with pytest.raises(ValueError, match="one per upsampling stage"):
-        build_seg_head("skip", tap_channels=channels, decoder_channels=(32, 16), strides=((2, 2, 2),) * 3)
+        build_seg_head("skip", tap_channels=channels, skip_taps=(), decoder_channels=(32, 16),
+                       strides=((2, 2, 2),) * 3)
