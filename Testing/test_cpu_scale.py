@@ -133,6 +133,17 @@ def test_pool_windows_are_deterministic_normalised_and_never_read_labels(tmp_pat
     assert float(x.min()) == pytest.approx(-1.0) and float(x.max()) == pytest.approx(1.0)
     assert not torch.equal(ds[7], ds[7 + 6])  # the same series, another draw
 
+    from OrthoDiffusionLib.io import read_series
+    from OrthoDiffusionLib.simulate.pool import write_pool_cohort
+
+    cohort = write_pool_cohort(manifest, tmp_path / "cohort", splits=(1, 1, 0))
+    rows = cohort.read_text().splitlines()
+    assert rows[0].endswith("tissue_path") and len(rows) == 1 + 2 * 3
+    for plane in ("sagittal", "coronal", "axial"):
+        series = read_series(tmp_path / "cohort" / "P00001" / f"{plane}.nii.gz")
+        assert series.plane == plane
+        assert series.image.GetSpacing() == pytest.approx((1.2, 1.2, 4.0))
+
 
 def test_pretraining_continues_from_a_float16_backbone_in_a_new_run_folder(tmp_path):
     from OrthoDiffusionLib.model.checkpoints import load_backbone_state

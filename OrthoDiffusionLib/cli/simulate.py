@@ -3,6 +3,7 @@
     orthodiffusion simulate exam --out DIR [--seed N] [--abnormality acl_injury ...] [--anatomy procedural|atlas]
     orthodiffusion simulate cohort --out DIR --n 300 [--seed N] [--workers 2] [--matrix 256] [--no-dicom]
     orthodiffusion simulate pool --out DIR [--n 2400] [--seed 2026] [--workers 2]
+    orthodiffusion simulate pool-cohort --pool DIR --out DIR [--splits 2000,200,200]
     orthodiffusion simulate pictures --out DIR [--seed N] [--anatomy ...]
 
 ``exam`` writes one exam: ``DIR/dicom/<plane>_1/`` (DICOM series; ``--study DIR/dicom`` for predict),
@@ -76,6 +77,12 @@ def register(subparsers) -> None:
     o.add_argument("--atlas-path", default=None)
     o.add_argument("--workers", type=int, default=1)
     o.set_defaults(func=_pool)
+
+    pc = sub.add_parser("pool-cohort", help="write a pool's exams as a training cohort (NIfTI + manifest.csv)")
+    pc.add_argument("--pool", required=True, help="the pool folder (or its pool.csv)")
+    pc.add_argument("--out", required=True)
+    pc.add_argument("--splits", default="2000,200,200", help="train,val,test exam counts (default 2000,200,200)")
+    pc.set_defaults(func=_pool_cohort)
 
     q = sub.add_parser("pictures", help="PNG check pictures: normal knee and each abnormality")
     q.add_argument("--out", required=True)
@@ -189,6 +196,28 @@ def _pool(a) -> int:
     finally:
         bar.close()
     print(f"wrote {manifest} ({a.n} exams in {time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def _pool_cohort(a) -> int:
+    from tqdm import tqdm
+
+    from ..simulate.pool import write_pool_cohort
+
+    try:
+        splits = tuple(int(x) for x in a.splits.split(","))
+    except ValueError:
+        raise InputError(f"--splits must be three exam counts, got {a.splits!r}", a.splits) from None
+    if len(splits) != 3 or min(splits) < 0:
+        raise InputError(f"--splits must be three exam counts, got {a.splits!r}", a.splits)
+    bar = tqdm(total=sum(splits), unit="exam", desc="write cohort")
+    try:
+        manifest = write_pool_cohort(a.pool, a.out, splits, progress=lambda done, total: bar.update(done - bar.n))
+    except ValueError as e:
+        raise InputError(str(e), a.pool) from None
+    finally:
+        bar.close()
+    print(f"wrote {manifest}")
     return 0
 
 
