@@ -185,3 +185,23 @@ def test_segmentation_head_reaches_full_resolution_on_a_space_to_depth_backbone(
     with pytest.raises(ValueError, match="one per upsampling stage"):
         build_seg_head("skip", tap_channels=channels, skip_taps=(), decoder_channels=(32, 16),
                        strides=((2, 2, 2),) * 3)
+
+
+def test_a_thin_slice_3d_series_is_shown_on_the_model_grid(shared_data):
+    """The real 80-slice DESS (1.5 mm slices, 0.31 mm pixels) preprocessed on the 4 mm / 1.2 mm grid: the 16
+    central slices span 64 mm of the knee, the pixels 1.2 mm, and results map back onto the DICOM grid."""
+    from io_helpers import load_dess
+
+    from OrthoDiffusionLib.inference.preprocess import preprocess_series
+
+    dess = load_dess(shared_data)
+    pp = preprocess_series(dess, slices=16, size=128, slice_mm=4.0, inplane_mm=1.2)
+    assert pp.volume.shape == (16, 128, 128)
+    assert pp.reference.GetSpacing() == pytest.approx((1.2, 1.2, 4.0))
+    assert pp.volume.min() == pytest.approx(-1.0) and pp.volume.max() == pytest.approx(1.0)
+    whole = preprocess_series(dess, slices=None, size=128, slice_mm=4.0, inplane_mm=1.2)
+    assert whole.volume.shape == (round(80 * 1.5 / 4.0), 128, 128)
+    back = pp.to_original(np.ones((16, 128, 128), np.uint8))
+    assert back.GetSize() == dess.image.GetSize()
+    covered = sitk.GetArrayFromImage(back).any(axis=(1, 2)).sum()
+    assert abs(covered * 1.5 - 64.0) <= 4.0  # 16 slices x 4 mm of the knee, on 1.5 mm DICOM slices

@@ -161,15 +161,20 @@ def resample_to_model_grid(image: sitk.Image, slice_mm: float, inplane_mm: float
     return sitk.Resample(src, ref, sitk.Transform(), interp, 0.0, src.GetPixelID())
 
 
-def preprocess_series(series: Union[Series, sitk.Image], *, slices: int = DEFAULT_SLICES, size: int = DEFAULT_SIZE,
-                      strict: bool = False) -> PreprocessedSeries:
-    """Steps (a)-(d) of the module docstring.
+def preprocess_series(series: Union[Series, sitk.Image], *, slices: Optional[int] = DEFAULT_SLICES,
+                      size: int = DEFAULT_SIZE, strict: bool = False, slice_mm: Optional[float] = None,
+                      inplane_mm: Optional[float] = None) -> PreprocessedSeries:
+    """Steps (a)-(d) of the module docstring, optionally on the model's physical grid.
 
     Args:
         series: a :class:`Series` (or a 3D image whose ITK axis 2 is the slice axis).
-        slices: slices kept (16 in the paper).
+        slices: slices kept (16 in the paper); None keeps every slice (whole-series segmentation).
         size: in-plane size (256 in the paper).
         strict: raise :class:`TooFewSlicesError` instead of zero-padding series with fewer than ``slices`` slices.
+        slice_mm, inplane_mm: the model's physical grid (both or neither). When given, the reoriented series is
+            first resampled with :func:`resample_to_model_grid` (slices every ``slice_mm`` over the whole series,
+            ``size x size`` pixels of ``inplane_mm`` about its centre), so series of any protocol show the model
+            the same anatomy at the same scale; the central slices are then taken on that grid.
 
     Returns:
         :class:`PreprocessedSeries` with ``volume`` float32 (slices, size, size) in [-1, 1].
@@ -178,8 +183,13 @@ def preprocess_series(series: Union[Series, sitk.Image], *, slices: int = DEFAUL
     if s.plane not in PLANES:
         raise ValueError(f"unknown plane {s.plane!r}")
     img = reorient(s.image, s.plane)
+    if (slice_mm is None) != (inplane_mm is None):
+        raise ValueError("give both slice_mm and inplane_mm, or neither")
+    if slice_mm is not None:
+        img = resample_to_model_grid(img, float(slice_mm), float(inplane_mm), size)
     arr = sitk.GetArrayFromImage(img).astype(np.float32, copy=False)  # (D, H, W)
     d, h, w = arr.shape
+    slices = d if slices is None else int(slices)
     if d < slices and strict:
         raise TooFewSlicesError(f"{d} slices, the model needs {slices}", s.source)
     if d >= slices:
@@ -217,14 +227,16 @@ def preprocess_series(series: Union[Series, sitk.Image], *, slices: int = DEFAUL
                               crop_start=int(start), n_original_slices=d, intensity_range=(lo, hi))
 
 
-def preprocess_exam(exam, *, slices: int = DEFAULT_SLICES, size: int = DEFAULT_SIZE, strict: bool = False,
-                    planes: Optional[tuple] = None) -> Dict[str, PreprocessedSeries]:
+def preprocess_exam(exam, *, slices: Optional[int] = DEFAULT_SLICES, size: int = DEFAULT_SIZE, strict: bool = False,
+                    planes: Optional[tuple] = None, slice_mm: Optional[float] = None,
+                    inplane_mm: Optional[float] = None) -> Dict[str, PreprocessedSeries]:
     """:func:`preprocess_series` for every present plane of an :class:`~OrthoDiffusionLib.io.Exam` (or ``planes``,
     which must all be present: :class:`MissingPlaneError` otherwise)."""
     if planes is not None:
         exam.require(planes)
     wanted = planes if planes is not None else exam.planes_present()
-    return {p: preprocess_series(exam.get(p), slices=slices, size=size, strict=strict) for p in wanted}
+    return {p: preprocess_series(exam.get(p), slices=slices, size=size, strict=strict, slice_mm=slice_mm,
+                                 inplane_mm=inplane_mm) for p in wanted}
 
 
 __all__ = ["PreprocessedSeries", "preprocess_series", "preprocess_exam", "reorient", "resample_to_model_grid",
