@@ -144,6 +144,17 @@ def test_pool_windows_are_deterministic_normalised_and_never_read_labels(tmp_pat
         assert series.plane == plane
         assert series.image.GetSpacing() == pytest.approx((1.2, 1.2, 4.0))
 
+    from OrthoDiffusionLib.training.segmentation.data import SegVolumes, read_seg_cases
+
+    cases = read_seg_cases(cohort, "sagittal")
+    assert all(c.tissue_path for c in cases)
+    grid = {"slice_mm": 4.0, "inplane_mm": 1.2}
+    plain, randomised = SegVolumes(cases, 16, 128, grid=grid), SegVolumes(cases, 16, 128, grid=grid, randomize=1.0)
+    (x0, y0), (x1, y1) = plain[0], randomised[0]
+    assert torch.equal(y0, y1) and x0.shape == x1.shape == (1, 16, 128, 128)
+    assert not torch.allclose(x0, x1, atol=0.1)
+    assert float(x1.min()) == pytest.approx(-1.0) and float(x1.max()) == pytest.approx(1.0)
+
 
 def test_pretraining_continues_from_a_float16_backbone_in_a_new_run_folder(tmp_path):
     from OrthoDiffusionLib.model.checkpoints import load_backbone_state

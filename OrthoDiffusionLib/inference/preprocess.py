@@ -23,7 +23,7 @@ back onto the original series grid.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Union
+from typing import Dict, Mapping, Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -227,6 +227,14 @@ def preprocess_series(series: Union[Series, sitk.Image], *, slices: Optional[int
                               crop_start=int(start), n_original_slices=d, intensity_range=(lo, hi))
 
 
+def model_grid(preprocessing: Mapping[str, object]) -> Dict[str, float]:
+    """The physical grid of a model's ``preprocessing`` section as :func:`preprocess_series` keyword arguments:
+    ``{"slice_mm": .., "inplane_mm": ..}``, or ``{}`` for the paper's resize-only preprocessing."""
+    if preprocessing.get("slice_mm") is None:
+        return {}
+    return {"slice_mm": float(preprocessing["slice_mm"]), "inplane_mm": float(preprocessing["inplane_mm"])}
+
+
 def preprocess_exam(exam, *, slices: Optional[int] = DEFAULT_SLICES, size: int = DEFAULT_SIZE, strict: bool = False,
                     planes: Optional[tuple] = None, slice_mm: Optional[float] = None,
                     inplane_mm: Optional[float] = None) -> Dict[str, PreprocessedSeries]:
@@ -239,5 +247,5 @@ def preprocess_exam(exam, *, slices: Optional[int] = DEFAULT_SLICES, size: int =
                                  inplane_mm=inplane_mm) for p in wanted}
 
 
-__all__ = ["PreprocessedSeries", "preprocess_series", "preprocess_exam", "reorient", "resample_to_model_grid",
+__all__ = ["PreprocessedSeries", "preprocess_series", "preprocess_exam", "reorient", "resample_to_model_grid", "model_grid",
            "CANONICAL_ORIENTATION"]

@@ -31,6 +31,8 @@ from OrthoDiffusionLib.model.schedule import CosineSchedule
 from .checkpoint import derived_seed
 from .data import SeriesRow, fixed_noise_tap_set, read_diagnosis_manifest, series_weights
 from .feature_cache import FeatureCache
+from OrthoDiffusionLib.inference.preprocess import model_grid
+
 from ..pretrain.ddpm import SeriesVolumes
 from ..run_files import resolve_device, write_text
 from .search import BLOCKS, TIMESTEPS, timestep_block_search, write_search_outputs
@@ -65,7 +67,8 @@ def search_timesteps(manifest: str | os.PathLike, config: Mapping[str, Any], out
     outdir = Path(out)
     cache = Path(cache_dir) if cache_dir is not None else outdir / "cache"
     slices, size = int(cfg["preprocessing"]["slices"]), int(cfg["preprocessing"]["size"])
-    volumes = SeriesVolumes([r.path for r in data.rows], slices=slices, size=size, cache_dir=cache / "volumes")
+    volumes = SeriesVolumes([r.path for r in data.rows], slices=slices, size=size, cache_dir=cache / "volumes",
+                            grid=model_grid(cfg["preprocessing"]))
     noise_seed = int(cfg.get("features", {}).get("noise_seed", 0))
     schedule = CosineSchedule()
     s1, s2 = cfg["stage1"], cfg["stage2"]

@@ -67,6 +67,8 @@ from .feature_cache import FeatureCache
 from .losses import positive_class_weights, weighted_bce
 from .mpae import out_of_fold_predictions, train_mpae_gate
 from .multiscan import CombinationSet, aggregate_by_patient
+from OrthoDiffusionLib.inference.preprocess import model_grid
+
 from ..pretrain.ddpm import SeriesVolumes
 from ..run_files import print_run_summary, resolve_device, save_tensors, utc_now, write_log_csv, write_text
 
@@ -567,7 +569,8 @@ def train_diagnosis(manifest: str | os.PathLike, config: Mapping[str, Any], out:
         models[plane], _ = load_backbone(paths[plane], device=dev)
     cache = Path(cache_dir) if cache_dir is not None else run / "cache"
     slices, size = int(cfg["preprocessing"]["slices"]), int(cfg["preprocessing"]["size"])
-    volumes = SeriesVolumes([r.path for r in data.rows], slices=slices, size=size, cache_dir=cache / "volumes")
+    volumes = SeriesVolumes([r.path for r in data.rows], slices=slices, size=size, cache_dir=cache / "volumes",
+                            grid=model_grid(cfg["preprocessing"]))
 
     def log(row: Dict[str, Any]) -> None:
         write_log_csv(run / "log.csv", state.extra["log"])

@@ -35,6 +35,8 @@ from .checkpoint import CHECKPOINT_NAME, EpochLoop, RunState, derived_seed
 from .data import read_diagnosis_manifest
 from .losses import weighted_bce
 from .multiscan import CombinationSet
+from OrthoDiffusionLib.inference.preprocess import model_grid
+
 from ..pretrain.ddpm import SeriesVolumes
 from ..run_files import print_run_summary, resolve_device, save_tensors, utc_now, write_log_csv, write_text
 from .train import _tqdm_progress, patient_metrics, resolve_config
@@ -89,7 +91,8 @@ def train_baseline(manifest: str | os.PathLike, model_name: str, config: Mapping
     dev = resolve_device(device)
     slices, size = int(cfg["preprocessing"]["slices"]), int(cfg["preprocessing"]["size"])
     cache = Path(cache_dir) if cache_dir is not None else run / "cache"
-    volumes = SeriesVolumes([r.path for r in data.rows], slices=slices, size=size, cache_dir=cache / "volumes")
+    volumes = SeriesVolumes([r.path for r in data.rows], slices=slices, size=size, cache_dir=cache / "volumes",
+                            grid=model_grid(cfg["preprocessing"]))
     torch.manual_seed(derived_seed(seed, "init", name))
     model = state.add_part("model", build_classification_baseline(name, cfg["num_labels"], PLANES, **kwargs).to(dev))
 

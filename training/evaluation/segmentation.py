@@ -106,13 +106,13 @@ def _plane_prediction(model, run: Mapping[str, Any], case, generator, device) ->
     import torch
 
     from OrthoDiffusionLib.io import read_series
-    from OrthoDiffusionLib.inference.preprocess import preprocess_series
+    from OrthoDiffusionLib.inference.preprocess import model_grid, preprocess_series
     from OrthoDiffusionLib.segmentation.io import read_labelmap
 
     from ..segmentation.model import predict_probabilities
 
     pre = run["preprocessing"]
-    pp = preprocess_series(read_series(case.series_path), slices=pre["slices"], size=pre["size"])
+    pp = preprocess_series(read_series(case.series_path), slices=pre["slices"], size=pre["size"], **model_grid(pre))
     x = torch.from_numpy(pp.volume)[None, None].to(device)
     draws = int(run["config"]["eval"].get("noise_draws", 1))
     probs = predict_probabilities(model, x, run["plane"], generator=generator, draws=draws)[0].cpu().numpy()

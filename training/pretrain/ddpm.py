@@ -173,9 +173,10 @@ class SeriesVolumes(VolumeDataset):
     """
 
     def __init__(self, paths: Sequence[Union[str, os.PathLike]], slices: int, size: int,
-                 cache_dir: Optional[Union[str, os.PathLike]] = None):
+                 cache_dir: Optional[Union[str, os.PathLike]] = None, grid: Optional[Dict[str, float]] = None):
         self.paths = [os.fspath(p) for p in paths]
         self.slices, self.size = slices, size
+        self.grid = dict(grid or {})  # slice_mm / inplane_mm of the model grid ({}: resize only)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._memory: Dict[int, torch.Tensor] = {}
 
@@ -185,7 +186,9 @@ class SeriesVolumes(VolumeDataset):
     def _cache_file(self, i: int) -> Optional[Path]:
         if self.cache_dir is None:
             return None
-        key = hashlib.sha256(f"{os.path.abspath(self.paths[i])}|{self.slices}|{self.size}".encode()).hexdigest()[:24]
+        grid = "|".join(f"{k}={v}" for k, v in sorted(self.grid.items()))
+        key = hashlib.sha256(f"{os.path.abspath(self.paths[i])}|{self.slices}|{self.size}{'|' + grid if grid else ''}"
+                             .encode()).hexdigest()[:24]
         return self.cache_dir / f"{key}.npy"
 
     def load(self, i: int) -> np.ndarray:
@@ -193,7 +196,7 @@ class SeriesVolumes(VolumeDataset):
         from OrthoDiffusionLib.io import read_series
         from OrthoDiffusionLib.inference.preprocess import preprocess_series
 
-        return preprocess_series(read_series(self.paths[i]), slices=self.slices, size=self.size).volume
+        return preprocess_series(read_series(self.paths[i]), slices=self.slices, size=self.size, **self.grid).volume
 
     def __getitem__(self, i: int) -> torch.Tensor:
         if i in self._memory:

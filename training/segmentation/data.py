@@ -17,7 +17,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ class SegCase:
     series_path: str
     seg_path: str
     row: int
+    tissue_path: str = ""  # optional tissue-id map on the series grid (simulated data): domain randomisation
 
     @property
     def case_id(self) -> str:
@@ -77,9 +78,10 @@ def read_seg_cases(manifest: PathLike, plane: str) -> List[SegCase]:
         if split not in SPLITS:
             raise InputError(f"manifest row {i}: split must be one of {', '.join(SPLITS)}, got {r['split']!r}",
                              manifest)
+        tissue = (r.get("tissue_path") or "").strip()
         case = SegCase(patient_id=r["patient_id"].strip(), plane=plane, split=split,
                        series_path=_absolute(manifest, r["series_path"]), seg_path=_absolute(manifest, r["seg_path"]),
-                       row=i)
+                       row=i, tissue_path=_absolute(manifest, tissue) if tissue else "")
         for what, path in (("series", case.series_path), ("labelmap (seg_path)", case.seg_path)):
             if not os.path.exists(path):
                 raise MissingPathError(f"{what} of manifest {manifest} row {i} (patient {case.patient_id}, {plane}) "
@@ -116,7 +118,7 @@ def training_cases(cases: Sequence[SegCase], train_patients: Optional[int], seed
     return [c for c in train if c.patient_id in keep]
 
 
-def load_case(case: SegCase, slices: int, size: int, num_classes: int = 12
+def load_case(case: SegCase, slices: int, size: int, num_classes: int = 12, grid: Optional[Mapping[str, float]] = None
               ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read and preprocess one case -> image (D, H, W) float32 in [-1, 1], labels (D, H, W) uint8,
     spacing (3,) float64 mm in (D, H, W) order.
@@ -129,7 +131,7 @@ def load_case(case: SegCase, slices: int, size: int, num_classes: int = 12
     from OrthoDiffusionLib.inference.preprocess import preprocess_series
     from OrthoDiffusionLib.segmentation.io import read_labelmap
 
-    pp = preprocess_series(read_series(case.series_path), slices=slices, size=size)
+    pp = preprocess_series(read_series(case.series_path), slices=slices, size=size, **dict(grid or {}))
     labelmap = read_labelmap(case.seg_path)
     values = np.unique(sitk.GetArrayViewFromImage(labelmap))
     if values.size and (values.min() < 0 or values.max() >= num_classes):
@@ -144,6 +146,20 @@ def load_case(case: SegCase, slices: int, size: int, num_classes: int = 12
     return pp.volume, labels, spacing
 
 
+def load_tissue(case: SegCase, slices: int, size: int, grid: Optional[Mapping[str, float]] = None) -> np.ndarray:
+    """The tissue map of a case on the same preprocessed grid as :func:`load_case`'s image: (D, H, W) uint8."""
+    import SimpleITK as sitk
+
+    from OrthoDiffusionLib.io import read_series
+    from OrthoDiffusionLib.inference.preprocess import preprocess_series
+
+    pp = preprocess_series(read_series(case.series_path), slices=slices, size=size, **dict(grid or {}))
+    tissue = sitk.ReadImage(case.tissue_path)
+    on_grid = sitk.Resample(sitk.Cast(tissue, sitk.sitkUInt8), pp.reference, sitk.Transform(),
+                            sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return sitk.GetArrayFromImage(on_grid)
+
+
 class SegVolumes(torch.utils.data.Dataset):
     """Preprocessed cases: ``dataset[i]`` -> (image (1, D, H, W) float32, labels (D, H, W) int64).
 
@@ -152,9 +168,13 @@ class SegVolumes(torch.utils.data.Dataset):
     """
 
     def __init__(self, cases: Sequence[SegCase], slices: int, size: int, cache_dir: Optional[PathLike] = None,
-                 num_classes: int = 12):
+                 num_classes: int = 12, grid: Optional[Mapping[str, float]] = None, randomize: float = 0.0):
         self.cases = list(cases)
         self.slices, self.size, self.num_classes = int(slices), int(size), int(num_classes)
+        self.grid = dict(grid or {})  # slice_mm / inplane_mm of the model grid ({}: resize only)
+        # probability that a case with a tissue map is shown with a domain-randomised contrast instead of its image
+        self.randomize = float(randomize)
+        self._tissue_memory: Dict[int, np.ndarray] = {}
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._memory: Dict[int, Tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
@@ -166,6 +186,8 @@ class SegVolumes(torch.utils.data.Dataset):
             return None
         c = self.cases[i]
         key = f"{os.path.abspath(c.series_path)}|{os.path.abspath(c.seg_path)}|{self.slices}|{self.size}"
+        if self.grid:
+            key += "|" + "|".join(f"{k}={v}" for k, v in sorted(self.grid.items()))
         return self.cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.npz"
 
     def arrays(self, i: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -177,7 +199,7 @@ class SegVolumes(torch.utils.data.Dataset):
             with np.load(cache, allow_pickle=False) as z:
                 out = (z["image"], z["labels"], z["spacing"])
         else:
-            out = load_case(self.cases[i], self.slices, self.size, self.num_classes)
+            out = load_case(self.cases[i], self.slices, self.size, self.num_classes, self.grid)
             if cache is not None:
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 with atomic_path(cache, suffix=".npz") as tmp:
@@ -189,6 +211,32 @@ class SegVolumes(torch.utils.data.Dataset):
     def spacing(self, i: int) -> np.ndarray:
         return self.arrays(i)[2]
 
+    def tissue(self, i: int) -> Optional[np.ndarray]:
+        """The tissue map of case i on its preprocessed grid (D, H, W) uint8, or None without one (cached)."""
+        case = self.cases[i]
+        if not case.tissue_path:
+            return None
+        cache = self._cache_file(i)
+        file = cache.with_name(cache.stem + "_tissue.npy") if cache is not None else None
+        if file is not None and file.is_file():
+            return np.load(file, allow_pickle=False)
+        if i in self._tissue_memory:
+            return self._tissue_memory[i]
+        tissue = load_tissue(case, self.slices, self.size, self.grid)
+        if file is not None:
+            with atomic_path(file, suffix=".npy") as tmp:
+                np.save(tmp, tissue, allow_pickle=False)
+        else:
+            self._tissue_memory[i] = tissue
+        return tissue
+
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
         image, labels, _ = self.arrays(i)
+        if self.randomize > 0 and self.cases[i].tissue_path and float(torch.rand(())) < self.randomize:
+            from OrthoDiffusionLib.simulate.randomize import randomize_contrast
+
+            rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ())))
+            drawn = randomize_contrast(self.tissue(i), rng)
+            lo, hi = float(drawn.min()), float(drawn.max())
+            image = ((drawn - lo) / max(hi - lo, 1e-6) * 2.0 - 1.0).astype(np.float32)
         return torch.from_numpy(np.ascontiguousarray(image)).unsqueeze(0), torch.from_numpy(labels.astype(np.int64))

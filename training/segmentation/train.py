@@ -41,6 +41,7 @@ import torch
 from OrthoDiffusionLib import labels
 from OrthoDiffusionLib.atomic import atomic_path
 from OrthoDiffusionLib.errors import CorruptFileError, InputError, MissingPathError, OrthoDiffusionError
+from OrthoDiffusionLib.inference.preprocess import model_grid
 
 from ..configs import resolve_config
 from .data import SegVolumes, read_seg_cases, split_cases, training_cases
@@ -272,9 +273,12 @@ class _Job:
         pre = cfg["preprocessing"]
         cache = Path(cache_dir) if cache_dir is not None else self.run_dir / "cache"
         self.train_cases = training_cases(cases, cfg.get("train_patients"), int(cfg.get("seed", 0)))
-        self.sets = {"train": SegVolumes(self.train_cases, pre["slices"], pre["size"], cache),
-                     "val": SegVolumes(split_cases(cases, "val"), pre["slices"], pre["size"], cache),
-                     "test": SegVolumes(split_cases(cases, "test"), pre["slices"], pre["size"], cache)}
+        grid = model_grid(pre)
+        randomize = float(dict(cfg.get("domain_randomisation") or {}).get("p", 0.0))
+        self.sets = {"train": SegVolumes(self.train_cases, pre["slices"], pre["size"], cache, grid=grid,
+                                         randomize=randomize),
+                     "val": SegVolumes(split_cases(cases, "val"), pre["slices"], pre["size"], cache, grid=grid),
+                     "test": SegVolumes(split_cases(cases, "test"), pre["slices"], pre["size"], cache, grid=grid)}
 
     def fit(self, model: torch.nn.Module, settings: TrainSettings, device: torch.device, resume: bool,
             stop_after_epoch: Optional[int], progress: Optional[ProgressFn], cancel: Optional[threading.Event],
