@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the CPU-scale knee model (the next demo model) from nothing but this project's own
+# Builds the CPU-scale knee model from nothing but this project's own
 # commands, on a 2-core CPU. Everything is synthetic: exams come from the simulator (procedural knees and deformed
 # real label maps), and half of what the networks see is drawn with a randomised MR contrast (SynthSeg-style).
 #
