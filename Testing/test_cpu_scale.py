@@ -122,6 +122,12 @@ def test_pool_windows_are_deterministic_normalised_and_never_read_labels(tmp_pat
     from OrthoDiffusionLib.training.pretrain.ddpm import PoolWindows
 
     manifest = write_pool(tmp_path / "pool", 2, seed=5)
+    from OrthoDiffusionLib.simulate.pool import read_pool
+
+    complete = read_pool(manifest)
+    manifest.rename(tmp_path / "pool.csv.bak")  # a pool still being written has no pool.csv yet
+    assert read_pool(tmp_path / "pool") == complete
+    (tmp_path / "pool.csv.bak").rename(manifest)
     with np.load(tmp_path / "pool" / "E00000.npz") as z:
         assert set(z.files) == {f"{p}_{k}" for p in ("sagittal", "coronal", "axial") for k in ("image", "tissue")}
         assert z["sagittal_image"].shape[1:] == (128, 128)

@@ -16,6 +16,7 @@ written are skipped).
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
@@ -94,7 +95,11 @@ def write_pool(out_dir: Union[str, os.PathLike], n_exams: int, seed: int = 0, pr
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plan = _exam_plan(int(n_exams), seed, prevalence, anatomy_mix or {"procedural": 1.0})
+    settings = {"n_exams": int(n_exams), "seed": int(seed), "prevalence": float(prevalence),
+                "anatomy_mix": dict(anatomy_mix or {"procedural": 1.0}), "grid": dict(grid)}
+    with atomic_path(out / "pool.json") as tmp:
+        tmp.write_text(json.dumps(settings, indent=2) + "\n")
+    plan = _exam_plan(int(n_exams), seed, prevalence, settings["anatomy_mix"])
     jobs = [(os.fspath(out), item, dict(grid), atlas_path) for item in plan]
     rows: List[Dict[str, object]] = []
     if workers > 1:
@@ -120,14 +125,35 @@ def write_pool(out_dir: Union[str, os.PathLike], n_exams: int, seed: int = 0, pr
 
 
 def read_pool(manifest: Union[str, os.PathLike]) -> List[Dict[str, object]]:
-    """Rows of a ``pool.csv`` with ``path`` (absolute file path) and integer labels."""
+    """Rows of a ``pool.csv`` with ``path`` (absolute file path) and integer labels. Given a pool folder without
+    ``pool.csv`` (a pool still being written), the rows of the exam files already there, from its ``pool.json``."""
     manifest = Path(manifest)
+    if manifest.is_dir() and not (manifest / "pool.csv").is_file():
+        return _rows_of_partial_pool(manifest)
+    if manifest.is_dir():
+        manifest = manifest / "pool.csv"
     with open(manifest, newline="") as f:
         rows = list(csv.DictReader(f))
     for r in rows:
         r["path"] = os.fspath(manifest.parent / str(r["file"]))
+        r["seed"] = int(r["seed"])
         for k in LABEL_KEYS:
             r[k] = int(r[k])
+    return rows
+
+
+def _rows_of_partial_pool(folder: Path) -> List[Dict[str, object]]:
+    settings = json.loads((folder / "pool.json").read_text())
+    plan = _exam_plan(int(settings["n_exams"]), int(settings["seed"]), float(settings["prevalence"]),
+                      settings["anatomy_mix"])
+    rows = []
+    for item in plan:
+        path = folder / str(item["file"])
+        if path.is_file():
+            row: Dict[str, object] = {"file": item["file"], "seed": item["seed"], "anatomy": item["anatomy"],
+                                      "side": "", "path": os.fspath(path)}
+            row.update({k: int(item["labels"][k]) for k in LABEL_KEYS})
+            rows.append(row)
     return rows
 
 
@@ -174,7 +200,7 @@ def write_pool_cohort(pool: Union[str, os.PathLike], out_dir: Union[str, os.Path
     from .cohort import MANIFEST_COLUMNS
     from .tissues import segmentation_from_tissue
 
-    rows = read_pool(Path(pool) / "pool.csv" if Path(pool).is_dir() else pool)
+    rows = read_pool(pool)
     names = ["train"] * int(splits[0]) + ["val"] * int(splits[1]) + ["test"] * int(splits[2])
     if len(rows) < len(names):
         raise ValueError(f"the pool holds {len(rows)} exams, the splits ask for {len(names)}")
