@@ -20,6 +20,8 @@ import argparse
 import time
 from typing import Callable, Dict, Optional
 
+from ..device import precision_autocast
+
 __all__ = ["GPU_BF16_PEAK_TFLOPS", "count_flops", "measured_conv_tflops", "bench_flops", "register_flops_bench"]
 
 #: Spec-sheet dense (no sparsity) bf16 tensor-core peak, TFLOP/s, by a substring of the CUDA device name.
@@ -38,7 +40,7 @@ def count_flops(fn: Callable[[], object]) -> int:
     return int(mode.get_total_flops())
 
 
-def measured_conv_tflops(device, bf16: bool = False, repeats: int = 3, size: int = 128) -> Dict[str, float]:
+def measured_conv_tflops(device, precision: str = "fp32", repeats: int = 3, size: int = 128) -> Dict[str, float]:
     """Throughput (TFLOP/s) of Conv3d(64, 64, 3, padding=1) on (1, 64, 16, size, size): median of ``repeats``."""
     import torch
 
@@ -46,10 +48,9 @@ def measured_conv_tflops(device, bf16: bool = False, repeats: int = 3, size: int
 
     conv = torch.nn.Conv3d(64, 64, 3, padding=1).to(device).eval()
     x = torch.randn(1, 64, 16, size, size, device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
     def run() -> object:
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), precision_autocast(device, precision):
             return conv(x)
 
     flops = count_flops(run)
@@ -79,15 +80,14 @@ def bench_flops(width: int = 64, size: int = 256, slices: int = 16, train_batch:
     from ..model.schedule import CosineSchedule
 
     dev = _setup(threads, device)
-    bf16 = precision == "bf16"
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
+    autocast = precision_autocast(dev, precision)
     sync = device_sync(dev)
     if dev.type == "cuda":
         peak = _gpu_peak(torch.cuda.get_device_name(dev))
         peak_source = "spec sheet, dense bf16" if peak else None
     else:
         peak, peak_source = None, None
-    conv = measured_conv_tflops(dev, bf16=bf16, repeats=repeats, size=probe_size)
+    conv = measured_conv_tflops(dev, precision, repeats=repeats, size=probe_size)
     if peak is None:
         peak = conv["tflops"]
         peak_source = f"measured Conv3d 64->64 3x3x3 on 16x{probe_size}x{probe_size} ({precision})"

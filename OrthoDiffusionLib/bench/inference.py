@@ -81,7 +81,7 @@ def _measure(fn: Callable[[], object], repeats: int, warmup: int, device) -> Dic
 def _setup(threads: Optional[int], device: str):
     import torch
 
-    from ..inference.predictor import resolve_device
+    from ..device import resolve_device
 
     if threads:
         torch.set_num_threads(int(threads))

@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
+from ..device import precision_autocast, resolve_device
+
 __all__ = ["SUBJECT_REGISTRARS", "time_callable", "print_results", "bench_backbone", "bench_simulate", "register"]
 
 
@@ -101,16 +103,12 @@ def bench_backbone(size: int = 256, slices: int = 16, batch: int = 1, repeats: i
 
     if threads:
         torch.set_num_threads(threads)
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        from ..errors import OrthoDiffusionError
-
-        raise OrthoDiffusionError("--device cuda asked for, but no CUDA device is available")
+    dev = resolve_device(device)
     model = DiffusionUNet(model_channels=width).to(dev).eval()
     x = torch.randn(batch, 1, slices, size, size, device=dev)
     t = torch.full((batch,), 150, device=dev, dtype=torch.long)
     sync = device_sync(dev)
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    autocast = precision_autocast(dev, precision)
 
     def forward() -> object:
         with torch.no_grad(), autocast:

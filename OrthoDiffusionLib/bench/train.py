@@ -27,6 +27,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from OrthoDiffusionLib.device import precision_autocast
 from OrthoDiffusionLib.model.backbone import DiffusionUNet
 from OrthoDiffusionLib.bench.model import FT_OPT_TAPS
 from OrthoDiffusionLib.model.heads import DiagnosisHead
@@ -35,8 +36,8 @@ from OrthoDiffusionLib.model.schedule import CosineSchedule
 
 __all__ = ["CONFIGS", "bench_train", "register_train_bench"]
 
-#: name -> (bf16 autocast, channels-last-3d)
-CONFIGS: Dict[str, Tuple[bool, bool]] = {"reference": (False, False), "ours": (True, True)}
+#: name -> (precision, channels-last-3d)
+CONFIGS: Dict[str, Tuple[str, bool]] = {"reference": ("fp32", False), "ours": ("bf16", True)}
 
 
 def _batches(kind: str, n: int, batch: int, slices: int, size: int, seed: int) -> List[Dict[str, torch.Tensor]]:
@@ -83,9 +84,9 @@ def _make_model(kind: str, width: int, seed: int) -> torch.nn.Module:
     return _FineTuneModel(width)
 
 
-def _step_fn(kind: str, model: torch.nn.Module, opt: torch.optim.Optimizer, bf16: bool, device: torch.device,
+def _step_fn(kind: str, model: torch.nn.Module, opt: torch.optim.Optimizer, precision: str, device: torch.device,
              schedule: CosineSchedule, forward: Callable) -> Callable[[Dict[str, torch.Tensor]], torch.Tensor]:
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    autocast = precision_autocast(device, precision)
 
     def step(b: Dict[str, torch.Tensor]) -> torch.Tensor:
         with autocast:
@@ -107,7 +108,7 @@ def _run_config(kind: str, name: str, base: torch.nn.Module, batches: Sequence[D
     from OrthoDiffusionLib.bench.timing import device_sync
     from OrthoDiffusionLib.bench.peak_memory import PeakMemory
 
-    bf16, channels_last = CONFIGS[name]
+    precision, channels_last = CONFIGS[name]
     model = copy.deepcopy(base).to(device).train()
     if channels_last:
         for m in model.modules():
@@ -115,7 +116,7 @@ def _run_config(kind: str, name: str, base: torch.nn.Module, batches: Sequence[D
                 m.to_channels_last_3d()
     forward = torch.compile(model) if compile_model and name == "ours" else model
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    step = _step_fn(kind, model, opt, bf16, device, CosineSchedule(), forward)
+    step = _step_fn(kind, model, opt, precision, device, CosineSchedule(), forward)
     on_device = [{k: v.to(device) for k, v in b.items()} for b in batches]
     sync = device_sync(device)
     losses: List[float] = []

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional
 
 from ..errors import InputError, MissingPathError, OrthoDiffusionError
+from ..inference.result_folder import REPORT_FILE, check_output_folder, is_result_folder
+from ..progress import ProgressFn, progress_line
 
-__all__ = ["PROGRESS_PREFIX", "format_result_table", "progress_printer", "register"]
-
-PROGRESS_PREFIX = "ORTHODIFFUSION-PROGRESS"
+__all__ = ["format_result_table", "progress_printer", "register"]
 
 
 def format_result_table(data: Mapping[str, Any]) -> str:
@@ -49,12 +49,11 @@ def format_result_table(data: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def progress_printer(mode: str) -> tuple[Callable[[str, float], None], Callable[[], None]]:
+def progress_printer(mode: str) -> tuple[ProgressFn, Callable[[], None]]:
     """(callback, close) for ``--progress``: ``json`` lines on stderr, a tqdm ``bar`` on stderr, or ``none``."""
     if mode == "json":
         def emit(stage: str, fraction: float) -> None:
-            print(f"{PROGRESS_PREFIX} {json.dumps({'stage': stage, 'fraction': round(float(fraction), 4)})}",
-                  file=sys.stderr, flush=True)
+            print(progress_line(stage, fraction), file=sys.stderr, flush=True)
 
         return emit, lambda: None
     if mode == "none":
@@ -70,13 +69,6 @@ def progress_printer(mode: str) -> tuple[Callable[[str, float], None], Callable[
         bar.refresh()
 
     return update, bar.close
-
-
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise InputError("the output path exists and is not a folder", out)
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise InputError("the output folder exists and is not empty (choose another or pass --overwrite)", out)
 
 
 def _read_ehr(path: Optional[str]) -> Optional[Dict[str, Any]]:
@@ -113,7 +105,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from ..inference.predictor import Predictor, load_exam
 
     out = Path(args.out)
-    _check_out(out, args.overwrite)
+    check_output_folder(out, args.overwrite)
     if args.study is None and not any((args.sagittal, args.coronal, args.axial)):
         raise InputError("give --study DIR or at least one of --sagittal/--coronal/--axial")
     ehr = _read_ehr(args.ehr)
@@ -126,7 +118,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
     else:
         print(format_result_table(data))
-        print(f"outputs in {out} (report: {out / 'report.html'})")
+        print(f"outputs in {out} (report: {out / REPORT_FILE})")
     return 0
 
 
@@ -136,7 +128,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from ..simulate import LABEL_KEYS, simulate_exam
 
     out = Path(args.out)
-    _check_out(out, args.overwrite or (args.out == _DEMO_OUT and (out / "diagnosis.json").is_file()))
+    check_output_folder(out, args.overwrite or (args.out == _DEMO_OUT and is_result_folder(out)))
     abnormality = args.abnormality or DEFAULT_ABNORMALITY
     if abnormality != "none" and abnormality not in LABEL_KEYS:
         raise InputError(f"unknown abnormality {abnormality!r}; choose one of none, {', '.join(LABEL_KEYS)}")
@@ -160,7 +152,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     data = _run_and_write(predictor, exam, args)
     print(format_result_table(data))
     print(f"total {time.perf_counter() - start:.1f} s; outputs in {out}")
-    print(f"report: {(out / 'report.html').resolve()}")
+    print(f"report: {(out / REPORT_FILE).resolve()}")
     return 0
 
 

@@ -33,29 +33,27 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import SimpleITK as sitk
 import torch
 
 from .. import labels as label_tables
 from ..bundle.format import ModelBundle, load_bundle
+from ..device import check_precision, precision_autocast, resolve_device
 from ..errors import CancelledError, InputError, MissingPlaneError
 from ..io import Exam, load_study
 from ..labels import PLANES
+from ..progress import ProgressFn
 from .preprocess import PreprocessedSeries, preprocess_series
+from .result_folder import (DIAGNOSIS_FILE, DISCLAIMER, FUSED, MEASURES_FILE, REPORT_FILE, RESULT_FORMAT,
+                            RESULT_VERSION, check_output_folder, labelmap_file_name, segmentation_file_name)
 from ..model.schedule import CosineSchedule
 from ..model.uncertainty import aggregate_noise_draws
 
-__all__ = ["DISCLAIMER", "PredictionResult", "Predictor", "load_exam", "predict_and_write", "resolve_device",
-           "write_outputs", "RESULT_FORMAT"]
+__all__ = ["PredictionResult", "Predictor", "load_exam", "predict_and_write", "write_outputs"]
 
 PathLike = Union[str, os.PathLike]
-ProgressFn = Callable[[str, float], None]
-RESULT_FORMAT = "orthodiffusion.prediction"
-#: Numeric precisions of :class:`Predictor` (``bf16`` = bfloat16 autocast of the networks).
-PRECISIONS = ("fp32", "bf16")
-DISCLAIMER = "Research use only, not for diagnosis."
 #: Overall progress fraction at which each phase of a batch starts (the last one ends at 1). "networks" is every
 #: backbone pass and the heads (diagnosis fusion, segmentation) that run on its taps, per noise draw.
 _PHASES = (("preprocess", 0.0), ("networks", 0.1), ("resample", 0.75), ("measures", 0.9))
@@ -78,19 +76,6 @@ def load_exam(sagittal: Optional[PathLike] = None, coronal: Optional[PathLike] =
     if all(p is None for p in (sagittal, coronal, axial)):
         raise InputError("no input: give a study folder or at least one series")
     return Exam.from_series(sagittal, coronal, axial, **check)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cpu``/``cuda``/``cuda:N`` as asked (CUDA must exist)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise InputError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} asked for, but no CUDA device is available")
-    return dev
 
 
 def _nan_to_none(v: Any) -> Any:
@@ -143,18 +128,18 @@ class PredictionResult:
         """The content of ``diagnosis.json`` (JSON-serialisable, no NaN)."""
         segs = {}
         for plane, img in self.segmentations.items():
-            segs[plane] = {"file": f"segmentation_{plane}.seg.nrrd", "labelmap": f"labelmap_{plane}.nii.gz",
+            segs[plane] = {"file": segmentation_file_name(plane), "labelmap": labelmap_file_name(plane),
                            "size": list(img.GetSize()), "spacing": list(img.GetSpacing()),
                            "origin": list(img.GetOrigin()), "direction": list(img.GetDirection())}
         fused = None
         if self.fused_segmentation is not None:
             img = self.fused_segmentation
-            fused = {"file": "segmentation_fused.seg.nrrd", "labelmap": "labelmap_fused.nii.gz",
+            fused = {"file": segmentation_file_name(FUSED), "labelmap": labelmap_file_name(FUSED),
                      "planes": list(self.fused_planes), "grid": f"{self.fused_planes[0]} series",
                      "size": list(img.GetSize()), "spacing": list(img.GetSpacing()),
                      "origin": list(img.GetOrigin()), "direction": list(img.GetDirection())}
         return {
-            "format": RESULT_FORMAT, "version": 1, "disclaimer": DISCLAIMER,
+            "format": RESULT_FORMAT, "version": RESULT_VERSION, "disclaimer": DISCLAIMER,
             "labels": [dict(lb) for lb in self.labels], "fused_by": self.fused_by, "ehr_used": self.ehr_used,
             "noise_draws": self.noise_draws, "segmentations": segs, "fused_segmentation": fused,
             "measures": [{k: _nan_to_none(v) for k, v in row.items()} for row in self.measures],
@@ -203,8 +188,7 @@ class Predictor:
 
     def __init__(self, bundle: Union[PathLike, ModelBundle, None] = None, device: str = "auto", seed: int = 0,
                  precision: str = "fp32", channels_last: bool = False):
-        if precision not in PRECISIONS:
-            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        check_precision(precision)
         start = time.perf_counter()
         if isinstance(bundle, ModelBundle):
             self.bundle = bundle
@@ -430,8 +414,7 @@ class Predictor:
             report("networks", step / max(1, total_steps), stage)
             step += 1
 
-        autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), precision_autocast(dev, self.precision):
             for draw in range(draws):
                 taps_of: Dict[_PassKey, Dict[str, torch.Tensor]] = {}
                 of_draws = f" draw {draw + 1}/{draws}" if draws > 1 else ""
@@ -678,9 +661,8 @@ def write_outputs(result: PredictionResult, out_dir: PathLike, overwrite: bool =
     """Write every output of ``result`` into ``out_dir`` atomically: everything goes into a temporary folder beside
     it, which is renamed onto ``out_dir`` only when all files were written (an error leaves nothing behind).
 
-    Files: ``diagnosis.json``, ``segmentation_<plane>.seg.nrrd`` + ``labelmap_<plane>.nii.gz`` per segmented plane,
-    ``segmentation_fused.seg.nrrd`` + ``labelmap_fused.nii.gz`` when the result has a fused segmentation,
-    ``measures.csv``, ``report.html``. An existing non-empty ``out_dir`` is refused unless ``overwrite``.
+    The files are those of :mod:`~OrthoDiffusionLib.inference.result_folder` (the fused segmentation only when the
+    result has one). An existing non-empty ``out_dir`` is refused unless ``overwrite``.
     """
     import json
     import shutil
@@ -690,23 +672,20 @@ def write_outputs(result: PredictionResult, out_dir: PathLike, overwrite: bool =
     from ..segmentation.io import write_labelmap_nifti, write_seg_nrrd
 
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError("the output path exists and is not a folder", out)
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise InputError("the output folder exists and is not empty (choose another or pass --overwrite)", out)
+    check_output_folder(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial.", dir=out.parent))
     try:
         data = result.to_json()
-        (tmp / "diagnosis.json").write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        (tmp / DIAGNOSIS_FILE).write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         for plane, img in result.segmentations.items():
-            write_seg_nrrd(img, tmp / f"segmentation_{plane}.seg.nrrd", plane=plane)
-            write_labelmap_nifti(img, tmp / f"labelmap_{plane}.nii.gz")
+            write_seg_nrrd(img, tmp / segmentation_file_name(plane), plane=plane)
+            write_labelmap_nifti(img, tmp / labelmap_file_name(plane))
         if result.fused_segmentation is not None:  # two or more planes: every structure of the table
-            write_seg_nrrd(result.fused_segmentation, tmp / "segmentation_fused.seg.nrrd")
-            write_labelmap_nifti(result.fused_segmentation, tmp / "labelmap_fused.nii.gz")
-        _write_measures_csv(result.measures, tmp / "measures.csv")
-        write_report(result, tmp / "report.html")
+            write_seg_nrrd(result.fused_segmentation, tmp / segmentation_file_name(FUSED))
+            write_labelmap_nifti(result.fused_segmentation, tmp / labelmap_file_name(FUSED))
+        _write_measures_csv(result.measures, tmp / MEASURES_FILE)
+        write_report(result, tmp / REPORT_FILE)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
             os.replace(out, old / "previous")

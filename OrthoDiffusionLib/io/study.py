@@ -21,6 +21,7 @@ from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import AnatomyMismatchError, InputError, MissingPathError, MissingPlaneError, NoDicomError
+from ..progress import ProgressFn
 from . import sequence
 from .anatomy import check_anatomy
 from .dicom_read import DicomSeriesGroup, load_group, meta_from_header, scan_dicom_folder, sort_frames
@@ -146,14 +147,14 @@ def _volume_candidate(series: Series) -> _Candidate:
 
 
 def find_candidates(folder: PathLike, tolerance_deg: float = 30.0,
-                    progress: Optional[Callable[[float, str], None]] = None
+                    progress: Optional[ProgressFn] = None
                     ) -> Tuple[List[_Candidate], List[Tuple[str, str]]]:
     """All usable series under ``folder`` (DICOM judged from headers, volumes read) and the ignored files."""
     folder = os.fspath(folder)
     ignored: List[Tuple[str, str]] = []
     candidates: List[_Candidate] = []
     if progress:
-        progress(0.0, "scanning DICOM headers")
+        progress("scanning DICOM headers", 0.0)
     scan = scan_dicom_folder(folder, strict=False)
     ignored.extend(scan.ignored)
     for g in scan.groups:
@@ -168,7 +169,7 @@ def find_candidates(folder: PathLike, tolerance_deg: float = 30.0,
     volumes = _volume_files(folder)
     for i, path in enumerate(volumes):
         if progress:
-            progress(0.5 + 0.5 * i / max(1, len(volumes)), f"reading {os.path.basename(path)}")
+            progress(f"reading {os.path.basename(path)}", 0.5 + 0.5 * i / max(1, len(volumes)))
         try:
             candidates.append(_volume_candidate(read_volume(path, tolerance_deg=tolerance_deg)))
         except InputError as e:
@@ -177,14 +178,14 @@ def find_candidates(folder: PathLike, tolerance_deg: float = 30.0,
 
 
 def load_study(folder: PathLike, *, tolerance_deg: float = 30.0,
-               progress: Optional[Callable[[float, str], None]] = None, anatomy: Optional[str] = "knee",
+               progress: Optional[ProgressFn] = None, anatomy: Optional[str] = "knee",
                allow_anatomy_mismatch: bool = False) -> Exam:
     """Scan a study folder (DICOM series and/or NIfTI/NRRD/MetaImage files) and assign one series per plane.
 
     Args:
         folder: study folder (searched recursively).
         tolerance_deg: obliquity accepted when classifying planes; more oblique series are ignored (reported).
-        progress: optional callback ``progress(fraction, message)``.
+        progress: optional ``progress(stage, fraction)``.
         anatomy: the model's anatomy: series whose metadata names another one are ignored (None = no check).
         allow_anatomy_mismatch: keep them (noted in ``choices``).
 
@@ -231,7 +232,7 @@ def load_study(folder: PathLike, *, tolerance_deg: float = 30.0,
     chosen = {exam.get(p).source for p in exam.planes_present()}
     exam.choices += [note for c, note in kept if note and c.source in chosen]
     if progress:
-        progress(1.0, "done")
+        progress("done", 1.0)
     return exam
 
 

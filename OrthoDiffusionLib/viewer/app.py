@@ -21,11 +21,12 @@ from .. import labels as label_tables
 from ..errors import InputError, OrthoDiffusionError
 from ..atomic import atomic_path
 from ..inference.demo import DEFAULT_ABNORMALITY
+from ..inference.result_folder import is_result_folder
 from ..io import PLANES, Exam, load_study
 from ..bundle.registry import model_anatomy, orthodiffusion_home
 from .background import BackgroundTask, TaskOutcome
 from .folders import list_folder
-from .results import ResultFolder, is_result_folder, open_result_folder
+from .results import ResultFolder, open_result_folder
 from .scene import VIEW_TAGS, VIEW_TITLES, ExamScene, viewer_layout
 
 log = logging.getLogger(__name__)
@@ -235,7 +236,7 @@ class ViewerApp:
         def work(progress, cancel):
             anatomy = self._model_anatomy()
             if folder is not None:
-                return load_study(folder, progress=lambda f, msg: progress(msg, f), anatomy=anatomy)
+                return load_study(folder, progress=progress, anatomy=anatomy)
             progress("reading series", 0.0)
             return Exam.from_series(**series, anatomy=anatomy)
 

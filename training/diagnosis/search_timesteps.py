@@ -16,15 +16,17 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from OrthoDiffusionLib.model.checkpoints import file_sha256, load_backbone
+from OrthoDiffusionLib.device import resolve_device
 from OrthoDiffusionLib.errors import InputError
 from OrthoDiffusionLib.model.fusion import PlaneClassifier, SimpleConcatFusion
 from OrthoDiffusionLib.labels import PLANES
+from OrthoDiffusionLib.progress import ProgressFn
 from OrthoDiffusionLib.model.pooling import build_pooling
 from OrthoDiffusionLib.model.schedule import CosineSchedule
 
@@ -32,7 +34,7 @@ from .checkpoint import derived_seed
 from .data import SeriesRow, fixed_noise_tap_set, read_diagnosis_manifest, series_weights
 from .feature_cache import FeatureCache
 from ..pretrain.ddpm import SeriesVolumes
-from ..run_files import resolve_device, write_text
+from ..run_files import write_text
 from .search import BLOCKS, TIMESTEPS, timestep_block_search, write_search_outputs
 from .train import (_init_concat_from_stage1, _plane_backbones, _tqdm_progress, fit_module,
                               patient_metrics, resolve_config)
@@ -53,7 +55,7 @@ def search_timesteps(manifest: str | os.PathLike, config: Mapping[str, Any], out
                      plane_backbones: Optional[Mapping[str, Optional[str | os.PathLike]]] = None,
                      timesteps: Sequence[int] = TIMESTEPS, blocks: Sequence[str] = BLOCKS, top_k: int = 4,
                      device: str = "cpu", seed: int = 0, cache_dir: Optional[str | os.PathLike] = None,
-                     progress: Optional[Callable[[str, float], None]] = None, figure: bool = True) -> Dict[str, Any]:
+                     progress: Optional[ProgressFn] = None, figure: bool = True) -> Dict[str, Any]:
     """Run the search (module doc) and write its outputs into ``out``; returns the chosen configuration dict."""
     cfg = json.loads(json.dumps(dict(config)))
     bad = [b for b in blocks if b not in BLOCKS]
@@ -126,12 +128,8 @@ def search_timesteps(manifest: str | os.PathLike, config: Mapping[str, Any], out
         m = patient_metrics(val.patient_ids(), p_val, data)["macro_auroc"]
         return float("nan") if m is None else m
 
-    def combo_progress(i: int, n: int) -> None:
-        if progress is not None:
-            progress("cross-plane combinations", i / n)
-
     result = timestep_block_search(table, score_combination, top_k=min(top_k, len(timesteps) * len(blocks)),
-                                   planes=PLANES, timesteps=timesteps, blocks=blocks, progress=combo_progress)
+                                   planes=PLANES, timesteps=timesteps, blocks=blocks, progress=progress)
     write_search_outputs(result, outdir, figure=figure)
     chosen = dict(cfg)
     chosen["planes"] = result.chosen_config()["planes"]

@@ -50,11 +50,13 @@ from OrthoDiffusionLib.atomic import atomic_path
 from OrthoDiffusionLib.model.backbone import DiffusionUNet
 from OrthoDiffusionLib.model.checkpoints import file_sha256, load_backbone, save_backbone
 from OrthoDiffusionLib.model.ehr import EHRFusionClassifier
+from OrthoDiffusionLib.device import resolve_device
 from OrthoDiffusionLib.errors import InputError, MissingPathError
 from OrthoDiffusionLib.model.features import extract_taps
 from OrthoDiffusionLib.model.fusion import MPAEFusion, PlaneClassifier, SimpleConcatFusion, build_fusion
 from OrthoDiffusionLib.model.heads import DiagnosisHead
 from OrthoDiffusionLib.labels import PLANES
+from OrthoDiffusionLib.progress import ProgressFn
 from OrthoDiffusionLib.model.pooling import build_pooling
 from OrthoDiffusionLib.model.schedule import CosineSchedule
 
@@ -68,13 +70,12 @@ from .losses import positive_class_weights, weighted_bce
 from .mpae import out_of_fold_predictions, train_mpae_gate
 from .multiscan import CombinationSet, aggregate_by_patient
 from ..pretrain.ddpm import SeriesVolumes
-from ..run_files import print_run_summary, resolve_device, save_tensors, utc_now, write_log_csv, write_text
+from ..run_files import print_run_summary, save_tensors, utc_now, write_log_csv, write_text
 
 __all__ = ["RUN_FORMAT", "resolve_config", "train_diagnosis", "patient_metrics", "fit_module", "register"]
 
 RUN_FORMAT = "orthodiffusion.diagnosis-run"
 DEFAULT_PREPROCESSING = {"slices": 16, "size": 256}
-ProgressFn = Callable[[str, float], None]
 
 
 # ------------------------------------------------------------------------------------------------ configuration

@@ -22,13 +22,15 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 
+from OrthoDiffusionLib.device import resolve_device
 from OrthoDiffusionLib.errors import InputError
 from OrthoDiffusionLib.labels import PLANES
+from OrthoDiffusionLib.progress import ProgressFn
 
 from .baselines import BASELINES, build_classification_baseline
 from .checkpoint import CHECKPOINT_NAME, EpochLoop, RunState, derived_seed
@@ -36,7 +38,7 @@ from .data import read_diagnosis_manifest
 from .losses import weighted_bce
 from .multiscan import CombinationSet
 from ..pretrain.ddpm import SeriesVolumes
-from ..run_files import print_run_summary, resolve_device, save_tensors, utc_now, write_log_csv, write_text
+from ..run_files import print_run_summary, save_tensors, utc_now, write_log_csv, write_text
 from .train import _tqdm_progress, patient_metrics, resolve_config
 
 __all__ = ["BASELINE_RUN_FORMAT", "train_baseline", "register"]
@@ -57,7 +59,7 @@ def train_baseline(manifest: str | os.PathLike, model_name: str, config: Mapping
                    *, encoder_kwargs: Optional[Mapping[str, Any]] = None, resume: bool = False, device: str = "cpu",
                    seed: int = 0, train_patients: Optional[int] = None, train_fraction: Optional[float] = None,
                    cache_dir: Optional[str | os.PathLike] = None, command: str = "",
-                   progress: Optional[Callable[[str, float], None]] = None,
+                   progress: Optional[ProgressFn] = None,
                    cancel: Optional[threading.Event] = None) -> Dict[str, Any]:
     """Train baseline ``model_name`` (``unet3d``/``resnet18``) into ``out`` (module doc); returns ``run.json``.
 

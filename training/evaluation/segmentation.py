@@ -28,10 +28,11 @@ import numpy as np
 
 from OrthoDiffusionLib import labels
 from OrthoDiffusionLib.atomic import atomic_path
+from OrthoDiffusionLib.device import resolve_device
 from OrthoDiffusionLib.errors import CancelledError, InputError, MissingPathError
+from OrthoDiffusionLib.progress import ProgressFn
 from OrthoDiffusionLib.segmentation.metrics import Summary, evaluate_case, format_table, summarize_cases
 
-from ..segmentation.trainer import ProgressFn
 
 PathLike = Union[str, os.PathLike]
 METHOD_NAMES = {"bottleneck": "OrthoDiffusion FT", "skip": "OrthoDiffusion FT (skip head)", "unet3d": "3D U-Net",
@@ -142,7 +143,7 @@ def fusion_comparison(sag_dir: Path, cor_dir: Path, out_dir: Path, split: str = 
 
     from OrthoDiffusionLib.segmentation.io import common_reference_grid, fuse_plane_segmentations, write_labelmap_nifti
 
-    from ..segmentation.train import load_segmentation_run, resolve_device
+    from ..segmentation.train import load_segmentation_run
 
     dev = resolve_device(device)
     models = {}

@@ -43,17 +43,19 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from OrthoDiffusionLib.device import check_precision, precision_autocast, resolve_device
 from OrthoDiffusionLib.model.backbone import DiffusionUNet
 from OrthoDiffusionLib.model.checkpoints import atomic_path, save_backbone, tensors_sha256
 from OrthoDiffusionLib.errors import InputError, MissingPathError, OrthoDiffusionError
 from OrthoDiffusionLib.labels import PLANES, SHARED_PLANE
 from OrthoDiffusionLib.model.schedule import CosineSchedule
+from OrthoDiffusionLib.progress import ProgressFn
 from ..run_checkpoints import (epoch_permutation, latest_checkpoint, optimizer_state, optimizer_tensors,
                               read_checkpoint, remove_partial_checkpoints, rng_restore, rng_snapshot, truncate_log,
                               write_checkpoint)
@@ -112,8 +114,7 @@ class PretrainConfig:
         self.attention_resolutions = tuple(int(a) for a in self.attention_resolutions)
         if self.plane not in PLANES + (SHARED_PLANE,):
             raise OrthoDiffusionError(f"plane must be one of {', '.join(PLANES + (SHARED_PLANE,))}, got {self.plane!r}")
-        if self.precision not in ("fp32", "bf16"):
-            raise OrthoDiffusionError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        check_precision(self.precision)
         for name in ("steps", "batch_size", "ema_every", "ckpt_every", "log_every", "sample_steps", "timesteps"):
             if int(getattr(self, name)) < 1:
                 raise OrthoDiffusionError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -343,9 +344,7 @@ def _setup_distributed(device: str) -> _Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    if use_cuda and not torch.cuda.is_available():
-        raise OrthoDiffusionError("--device cuda asked for, but no CUDA device is available")
+    use_cuda = resolve_device(device).type == "cuda"
     dev = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
@@ -400,9 +399,6 @@ def _write_sample(path: Path, volume: np.ndarray) -> None:
 
 
 # -------------------------------------------------------------------------------------------------------- loop
-ProgressFn = Callable[[int, int, float], None]
-
-
 def pretrain(cfg: PretrainConfig, dataset: Optional[VolumeDataset] = None, *,
              manifest: Optional[Union[str, os.PathLike]] = None, data: Optional[Union[str, os.PathLike]] = None,
              progress: Optional[ProgressFn] = None, stop_at: Optional[int] = None,
@@ -412,7 +408,7 @@ def pretrain(cfg: PretrainConfig, dataset: Optional[VolumeDataset] = None, *,
     Args:
         cfg: the run's settings (``cfg.out`` = RUN_DIR, ``cfg.resume`` continues from its newest checkpoint).
         dataset: volumes (1, slices, size, size); else read from ``manifest`` or ``data`` via the io API.
-        progress: ``progress(step, total_steps, loss)`` after every step (rank 0); may raise to cancel.
+        progress: ``progress("step S/N, loss L", S / N)`` after every step (rank 0); may raise to cancel.
         stop_at: return after writing a checkpoint at this step (e.g. jobs of bounded length on a cluster;
             continue later with ``resume``).
         show_progress: tqdm bar on rank 0.
@@ -508,7 +504,7 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, d: _Dist, dataset: Optional[Vo
 
             bar = tqdm(total=cfg.steps, initial=start, desc=f"pretrain {cfg.plane}", unit="step", dynamic_ncols=True)
 
-    autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    autocast = precision_autocast(d.device, cfg.precision)
     step = start
     last_loss = float("nan")
     window: List[float] = []
@@ -540,7 +536,7 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, d: _Dist, dataset: Optional[Vo
                     bar.update(1)
                     bar.set_postfix(loss=f"{last_loss:.4f}")
                 if progress is not None:
-                    progress(step, cfg.steps, last_loss)
+                    progress(f"step {step}/{cfg.steps}, loss {last_loss:.4f}", step / cfg.steps)
                 if step % cfg.log_every == 0 or step == cfg.steps:
                     now = time.perf_counter()
                     sps = (step - step_last) / max(now - t_last, 1e-9)
@@ -599,7 +595,7 @@ def _sample(cfg: PretrainConfig, model: torch.nn.Module, schedule: CosineSchedul
             device: torch.device) -> None:
     """One DDIM volume from the EMA weights (own generator: does not disturb the training RNG)."""
     gen = torch.Generator().manual_seed(cfg.seed * 104729 + step)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+    with precision_autocast(device, cfg.precision):
         vol = schedule.ddim_sample(model, (1, 1, cfg.slices, cfg.size, cfg.size), steps=cfg.sample_steps,
                                    generator=gen, device=device)
     _write_sample(run_dir / "samples" / f"step_{step:07d}.nii.gz", vol[0, 0].float().cpu().numpy())

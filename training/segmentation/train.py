@@ -40,12 +40,14 @@ import torch
 
 from OrthoDiffusionLib import labels
 from OrthoDiffusionLib.atomic import atomic_path
-from OrthoDiffusionLib.errors import CorruptFileError, InputError, MissingPathError, OrthoDiffusionError
+from OrthoDiffusionLib.device import resolve_device
+from OrthoDiffusionLib.errors import CorruptFileError, InputError, MissingPathError
+from OrthoDiffusionLib.progress import ProgressFn
 
 from ..configs import resolve_config
 from .data import SegVolumes, read_seg_cases, split_cases, training_cases
 from .losses import num_seg_classes
-from .trainer import ProgressFn, TrainSettings, evaluate, train
+from .trainer import TrainSettings, evaluate, train
 
 PathLike = Union[str, os.PathLike]
 RUN_FORMAT = "orthodiffusion.segmentation-run"
@@ -125,15 +127,6 @@ def _settings(cfg: Mapping[str, Any], plane: str, section: Optional[str] = None)
 
 
 # ------------------------------------------------------------------------------------------------------ models
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> cuda if available else cpu; an explicit ``cuda`` without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise OrthoDiffusionError("--device cuda asked for, but no CUDA device is available")
-    return torch.device(device)
-
-
 def head_config(name: str, backbone, block: str, cfg_head: Mapping[str, Any]) -> Dict[str, Any]:
     """``build_seg_head`` keyword arguments (incl. ``name``) for a head on ``backbone``'s tap ``block``."""
     from OrthoDiffusionLib.model.seg_head import DEFAULT_SKIP_TAPS

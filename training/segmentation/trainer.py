@@ -22,13 +22,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 
 from OrthoDiffusionLib.model.checkpoints import tensors_sha256
 from OrthoDiffusionLib.errors import CancelledError, OrthoDiffusionError
+from OrthoDiffusionLib.progress import ProgressFn
 from OrthoDiffusionLib.segmentation.metrics import evaluate_case, summarize_cases
 
 from .. import run_checkpoints
@@ -42,7 +43,6 @@ from .model import predict_probabilities
 CHECKPOINT_FORMAT = "orthodiffusion-segmentation-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
 EPOCH_PREFIX = "epoch_"  # checkpoint folders RUN/checkpoints/epoch_NNN
-ProgressFn = Callable[[str, float], None]
 LOG_HEADER = "epoch,loss,ce,dice_loss,lr,seconds,val_mean_dice\n"
 
 
