@@ -11,11 +11,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from ..errors import InputError
+from .common import add_command, fraction_bar
 
 _EPILOG = "Labels: acl_injury pcl_injury medial_meniscus_tear lateral_meniscus_tear mcl_injury lcl_injury " \
           "patellar_dislocation joint_effusion"
@@ -34,7 +34,8 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="simulate_command", metavar="WHAT")
     p.set_defaults(func=lambda a: (p.print_help() or 1))
 
-    e = sub.add_parser("exam", help="one multi-plane exam (DICOM + NIfTI + labelmaps + exam.json)", epilog=_EPILOG)
+    e = add_command(sub, "exam", _exam, help="one multi-plane exam (DICOM + NIfTI + labelmaps + exam.json)",
+                    epilog=_EPILOG)
     e.add_argument("--out", required=True)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--abnormality", action="append", default=[], metavar="KEY")
@@ -44,9 +45,8 @@ def register(subparsers) -> None:
     e.add_argument("--center", default=None)
     e.add_argument("--field-strength", type=float, default=None, choices=[1.5, 3.0])
     e.add_argument("--no-dicom", action="store_true")
-    e.set_defaults(func=_exam)
 
-    c = sub.add_parser("cohort", help="a cohort with manifest.csv (patient-level splits, labels, EHR)")
+    c = add_command(sub, "cohort", _cohort, help="a cohort with manifest.csv (patient-level splits, labels, EHR)")
     c.add_argument("--out", required=True)
     c.add_argument("--n", type=int, default=300)
     c.add_argument("--seed", type=int, default=0)
@@ -62,15 +62,21 @@ def register(subparsers) -> None:
     c.add_argument("--no-dicom", action="store_true")
     c.add_argument("--no-nifti", action="store_true")
     c.add_argument("--workers", type=int, default=1)
-    c.set_defaults(func=_cohort)
 
-    q = sub.add_parser("pictures", help="PNG check pictures: normal knee and each abnormality")
+    q = add_command(sub, "pictures", _pictures, help="PNG check pictures: normal knee and each abnormality")
     q.add_argument("--out", required=True)
     q.add_argument("--seed", type=int, default=1)
     q.add_argument("--anatomy", default="procedural", choices=["procedural", "atlas", "atlas_spl", "atlas_oai"])
     q.add_argument("--atlas-path", default=None)
     q.add_argument("--matrix", type=_matrix, default=256)
-    q.set_defaults(func=_pictures)
+
+    v = add_command(sub, "atlas-preview", _atlas_preview,
+                    help="mid-slice tissue pictures of the SPL and OAI atlas sources (plain, "
+                         "deformed, deformed + mirrored)")
+    v.add_argument("--out", type=Path, required=True)
+    v.add_argument("--seed", type=int, default=1)
+    v.add_argument("--spl", type=Path, default=None, help="SPL label map (default: shared data)")
+    v.add_argument("--oai", type=Path, default=None, help="OAI label map (default: shared data)")
 
 
 def _kv(items, what: str) -> dict:
@@ -87,8 +93,7 @@ def _kv(items, what: str) -> dict:
 
 
 def _exam(a) -> int:
-    from ..io import write_dicom_series
-    from ..simulate.cohort import LABEL_KEYS, simulate_exam, write_image
+    from ..simulate.cohort import LABEL_KEYS, simulate_exam, write_exam_folder
 
     bad = [k for k in a.abnormality if k not in LABEL_KEYS]
     if bad:
@@ -98,32 +103,13 @@ def _exam(a) -> int:
                          field_strength=a.field_strength, matrix=a.matrix, atlas_path=a.atlas_path)
     t_sim = time.perf_counter() - t0
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    series = []
-    for n, s in enumerate(exam.series, start=1):
-        stem = f"{s.plane}_{s.meta['series_index']}"
-        if not a.no_dicom:
-            write_dicom_series(s.image, out / "dicom" / stem, meta=s.meta, series_number=n,
-                               series_description=str(s.meta["series_description"]),
-                               uid_seed=f"orthodiffusion-sim-exam:{a.seed}:{stem}")
-        (out / "nifti").mkdir(exist_ok=True)
-        (out / "labels").mkdir(exist_ok=True)
-        write_image(s.image, out / "nifti" / f"{stem}.nii.gz")
-        write_image(s.labelmap, out / "labels" / f"{stem}_seg.nii.gz")
-        series.append({**s.meta, "dicom": None if a.no_dicom else f"dicom/{stem}", "nifti": f"nifti/{stem}.nii.gz",
-                       "labelmap": f"labels/{stem}_seg.nii.gz"})
-    info = {"seed": a.seed, "anatomy": exam.anatomy, "side": exam.side, "center": exam.center,
-            "field_strength": exam.field_strength, "labels": {k: int(v) for k, v in exam.labels.items()},
-            "ehr": exam.ehr, "series": series}
-    (out / "exam.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    write_exam_folder(exam, out, a.seed, write_dicom=not a.no_dicom)
     print(f"simulated {len(exam.series)} series in {t_sim:.2f} s ({a.matrix}x{a.matrix}, anatomy {a.anatomy}); "
           f"wrote {out}")
     return 0
 
 
 def _cohort(a) -> int:
-    from tqdm import tqdm
-
     from ..simulate.cohort import LABEL_KEYS, write_cohort
 
     prev = _kv(a.prevalence, "--prevalence")
@@ -140,11 +126,7 @@ def _cohort(a) -> int:
         raise InputError("--n must be at least 1", str(a.n))
     mix = _kv(a.anatomy_mix.split(","), "--anatomy-mix")
     planes = tuple(p.strip() for p in a.planes.split(",") if p.strip())
-    bar = tqdm(total=a.n, unit="patient", desc="simulate cohort")
-
-    def progress(done: int, total: int) -> None:
-        bar.update(done - bar.n)
-
+    progress, close = fraction_bar(a.n, "patient", "simulate cohort")
     t0 = time.perf_counter()
     try:
         manifest = write_cohort(a.out, a.n, a.seed, prevalences=prev, splits=splits, anatomy_mix=mix,
@@ -153,22 +135,30 @@ def _cohort(a) -> int:
                                 n_slices=a.slices, ehr_missing_rate=a.missing_rate, atlas_path=a.atlas_path,
                                 progress=progress, workers=a.workers)
     finally:
-        bar.close()
+        close()
     print(f"wrote {manifest} ({a.n} patients in {time.perf_counter() - t0:.1f} s)")
     return 0
 
 
 def _pictures(a) -> int:
-    from tqdm import tqdm
-
     from ..simulate.pictures import write_pictures
 
-    bar = tqdm(total=9, unit="exam", desc="simulate pictures")
+    progress, close = fraction_bar(9, "exam", "simulate pictures")
     try:
         paths = write_pictures(a.out, seed=a.seed, anatomy=a.anatomy, matrix=a.matrix, atlas_path=a.atlas_path,
-                               progress=lambda d, t: bar.update(d - bar.n))
+                               progress=progress)
     finally:
-        bar.close()
+        close()
     for p in paths:
         print(p)
+    return 0
+
+
+def _atlas_preview(a) -> int:
+    from ..simulate.anatomy_preview import render_atlas_previews
+
+    for entry in render_atlas_previews(a.out, seed=a.seed, spl=a.spl, oai=a.oai):
+        print(f"{entry['kind']}: loaded in {entry['load_seconds']:.1f} s (atlas side {entry['atlas_side']})")
+        for path in entry["pictures"]:
+            print(path)
     return 0

@@ -1,10 +1,10 @@
-"""Inference: run a model bundle on knee MRI exams (CONTRACTS.md section 3).
+"""Inference: run a model bundle on knee MRI exams (the Python side of ``orthodiffusion predict``).
 
-``Predictor`` loads a bundle once (:mod:`OrthoDiffusionLib.bundle`) and composes, from its metadata, the per-plane
+``Predictor`` loads a bundle once (:mod:`OrthoDiffusionLib.bundle.format`) and composes, from its metadata, the per-plane
 diffusion backbones, the noise schedule, the diagnosis head (pooling + fusion + MPAE + temperatures), the optional EHR
 branch and the per-plane segmentation heads. For every exam:
 
-1. each present plane is preprocessed once per preprocessing setting the model uses (:mod:`preprocess`);
+1. each present plane is preprocessed once per preprocessing setting the model uses (:mod:`.preprocess`);
 2. each backbone pass runs ONCE per (backbone, plane, timestep, preprocessing) and serves every tap that the diagnosis
    head and the segmentation head of that plane need (``DiffusionUNet.encode``; the decoder never runs);
 3. the diagnosis head gives calibrated probabilities and MPAE plane weights; the segmentation heads give class
@@ -14,7 +14,7 @@ branch and the per-plane segmentation heads. For every exam:
 Noise: ``noise_draws`` = K independent draws (default 1). The noise of draw ``s`` for a plane and timestep comes from
 a CPU generator seeded from (``seed``, s, plane, timestep), per exam, so a result does not depend on the device, on
 the batch an exam is predicted in, or on the other heads of the model. Probabilities are the mean over draws, the
-uncertainty their standard deviation (:mod:`uncertainty`); segmentation probabilities are averaged over draws.
+uncertainty their standard deviation (:mod:`~OrthoDiffusionLib.model.uncertainty`); segmentation probabilities are averaged over draws.
 
 Progress: ``progress(stage, fraction)`` with non-decreasing fractions ending at ``("done", 1.0)``; a stage names the
 plane and the step: ``"<plane>: preprocessing"``, ``"<plane>: backbone t=<timestep>"`` (`` draw d/K`` with several
@@ -51,7 +51,7 @@ from .result_folder import (DIAGNOSIS_FILE, DISCLAIMER, FUSED, MEASURES_FILE, RE
 from ..model.schedule import CosineSchedule
 from ..model.uncertainty import aggregate_noise_draws
 
-__all__ = ["PredictionResult", "Predictor", "load_exam", "predict_and_write", "write_outputs"]
+__all__ = ["PredictionResult", "Predictor", "load_exam", "predict_and_write", "write_outputs", "noise_seed"]
 
 PathLike = Union[str, os.PathLike]
 #: Overall progress fraction at which each phase of a batch starts (the last one ends at 1). "networks" is every
@@ -105,7 +105,7 @@ class PredictionResult:
         fused_segmentation: with ``fuse_segmentations`` and two or more segmented planes, one uint8 labelmap
             (label-table values) on the grid of the first of ``fused_planes`` (sagittal when present): every plane's
             class probabilities resampled linearly onto it and averaged over the planes that cover a voxel and
-            segment that class (:func:`~OrthoDiffusionLib.seg_io.fuse_plane_segmentations`); otherwise ``None``.
+            segment that class (:func:`~OrthoDiffusionLib.segmentation.io.fuse_plane_segmentations`); otherwise ``None``.
         fused_planes: the planes in ``fused_segmentation`` (empty without it).
     """
 
@@ -160,7 +160,9 @@ class _PassKey:
     size: int
 
 
-def _noise_seed(seed: int, draw: int, plane: str, timestep: int) -> int:
+def noise_seed(seed: int, draw: int, plane: str, timestep: int) -> int:
+    """The seed of the noise of one backbone pass: a function of the predictor's seed, the draw, the plane and the
+    timestep only, so a result does not depend on the batch or on which other passes run."""
     return (int(seed) * 1_000_003 + draw * 10_007 + PLANES.index(plane) * 1_009 + int(timestep)) % (2**63 - 1)
 
 
@@ -309,7 +311,7 @@ class Predictor:
                 segmentation: bool = True, noise_draws: int = 1, progress: Optional[ProgressFn] = None,
                 cancel: Optional[threading.Event] = None, measures: bool = True,
                 fuse_segmentations: bool = False) -> PredictionResult:
-        """Predict one exam (see the module docstring). ``ehr``: an EHR record (:mod:`OrthoDiffusionLib.ehr`);
+        """Predict one exam (see the module docstring). ``ehr``: an EHR record (:mod:`OrthoDiffusionLib.model.ehr`);
         ``measures=False`` skips the structure volumes / cartilage thickness (``result.measures`` stays empty);
         ``fuse_segmentations=True`` also gives the fused labelmap of the segmented planes
         (``result.fused_segmentation``)."""
@@ -422,7 +424,7 @@ class Predictor:
                     network_step(f"{key.plane}: backbone t={key.timestep}{of_draws}")
                     vols = prepped[(key.plane, key.slices, key.size)]
                     x0 = torch.stack([torch.from_numpy(v.volume) for v in vols])[:, None].to(dev)
-                    g_seed = _noise_seed(self.seed, draw, key.plane, key.timestep)
+                    g_seed = noise_seed(self.seed, draw, key.plane, key.timestep)
                     noise = torch.cat([torch.randn((1, *x0.shape[1:]), generator=torch.Generator().manual_seed(g_seed))
                                        for _ in range(n)]).to(dev)
                     t = self.schedule.as_timesteps(key.timestep, n, dev)

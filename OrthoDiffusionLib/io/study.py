@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -26,7 +26,7 @@ from . import sequence
 from .anatomy import check_anatomy
 from .dicom_read import DicomSeriesGroup, load_group, meta_from_header, scan_dicom_folder, sort_frames
 from .orientation import classify_plane
-from .reader import _volume_files, read_series
+from .reader import volume_files, read_series
 from .series import PLANES, Series
 from .volume_read import read_volume
 
@@ -166,7 +166,7 @@ def find_candidates(folder: PathLike, tolerance_deg: float = 30.0,
             candidates.append(_dicom_candidate(g, where, tolerance_deg))
         except InputError as e:
             ignored.append((where, f"{g.label()}: {e.problem}"))
-    volumes = _volume_files(folder)
+    volumes = volume_files(folder)
     for i, path in enumerate(volumes):
         if progress:
             progress(f"reading {os.path.basename(path)}", 0.5 + 0.5 * i / max(1, len(volumes)))
@@ -279,4 +279,38 @@ def assign_planes(folder: str, candidates: List[_Candidate], ignored: List[Tuple
     return exam
 
 
-__all__ = ["Exam", "load_study", "find_candidates", "assign_planes", "describe_series"]
+__all__ = ["Exam", "load_study", "find_candidates", "assign_planes", "describe_series", "inspect_path"]
+
+
+def inspect_path(path: str) -> Dict[str, Any]:
+    """What ``orthodiffusion inspect`` shows about a study folder or series file, as a JSON-friendly report: ``series`` (one entry per series/echo), ``assignment`` (plane -> chosen source or None),
+    ``choices`` (the reasons) and ``ignored``."""
+    if not os.path.exists(path):
+        raise MissingPathError("no such file or folder", path)
+    series: List[Dict[str, Any]] = []
+    if os.path.isdir(path):
+        candidates, ignored = find_candidates(path)
+        exam = assign_planes(path, candidates, ignored)
+        for c in sorted(candidates, key=lambda c: (c.plane, c.label)):
+            series.append({
+                "label": c.label, "source": c.source, "plane": c.plane, "obliquity_deg": round(c.obliquity, 2),
+                "size": [c.meta.get("columns"), c.meta.get("rows"), c.n_slices],
+                "spacing": [round(float(v), 4) for v in c.spacing],
+                "echo_time": c.meta.get("echo_time"), "repetition_time": c.meta.get("repetition_time"),
+                "series_description": c.meta.get("series_description"), "weighting": c.meta.get("weighting"),
+                "fat_sat": c.meta.get("fat_sat"), "format": c.meta.get("format"),
+            })
+    else:
+        s = read_series(path)
+        summary = s.summary()
+        series.append({"label": describe_series(s.meta, s.shape[0], s.spacing), **{k: summary[k] for k in (
+            "source", "plane", "obliquity_deg", "size", "spacing", "echo_time", "repetition_time",
+            "series_description", "weighting", "fat_sat", "format")}})
+        exam = load_study(path)
+    return {
+        "path": os.fspath(path),
+        "series": series,
+        "assignment": {p: (exam.get(p).source if exam.get(p) is not None else None) for p in ("sagittal", "coronal",
+                                                                                               "axial")},
+        "choices": exam.choices,
+    }

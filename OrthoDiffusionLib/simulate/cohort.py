@@ -354,3 +354,34 @@ def write_cohort(out_dir: Union[str, os.PathLike], n_patients: int, seed: int = 
             "Settings:", "", "```json", json.dumps(info, indent=2, sort_keys=True), "```", ""]
     (out / "README.md").write_text("\n".join(text), encoding="utf-8")
     return manifest
+
+
+def write_exam_folder(exam: SimulatedExam, out_dir: Union[str, os.PathLike], seed: int,
+                      write_dicom: bool = True) -> Dict[str, object]:
+    """Write one simulated exam (``orthodiffusion simulate exam``) into ``out_dir``: ``dicom/<plane>_<n>/`` (DICOM
+    series, unless ``write_dicom`` is False), ``nifti/<plane>_<n>.nii.gz``, ``labels/<plane>_<n>_seg.nii.gz``
+    (11-structure labelmaps on the same grids) and ``exam.json`` (labels, EHR, per-series metadata and file names),
+    whose content is returned. ``seed`` is the exam's seed (recorded, and the seed of the DICOM UIDs)."""
+    from ..io import write_dicom_series
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    series = []
+    for n, s in enumerate(exam.series, start=1):
+        stem = f"{s.plane}_{s.meta['series_index']}"
+        if write_dicom:
+            write_dicom_series(s.image, out / "dicom" / stem, meta=s.meta, series_number=n,
+                               series_description=str(s.meta["series_description"]),
+                               uid_seed=f"orthodiffusion-sim-exam:{seed}:{stem}")
+        (out / "nifti").mkdir(exist_ok=True)
+        (out / "labels").mkdir(exist_ok=True)
+        write_image(s.image, out / "nifti" / f"{stem}.nii.gz")
+        write_image(s.labelmap, out / "labels" / f"{stem}_seg.nii.gz")
+        series.append({**s.meta, "dicom": f"dicom/{stem}" if write_dicom else None, "nifti": f"nifti/{stem}.nii.gz",
+                       "labelmap": f"labels/{stem}_seg.nii.gz"})
+    info: Dict[str, object] = {"seed": seed, "anatomy": exam.anatomy, "side": exam.side, "center": exam.center,
+                               "field_strength": exam.field_strength,
+                               "labels": {k: int(v) for k, v in exam.labels.items()}, "ehr": exam.ehr,
+                               "series": series}
+    (out / "exam.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    return info

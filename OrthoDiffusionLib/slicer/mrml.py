@@ -4,7 +4,7 @@ and prediction results -> segmentation and table nodes.
 Works with the MRML classes of the ``slicer`` namespace, both inside the Slicer application and with the pip package
 ``slicer-core`` (which exposes ``slicer.vtkMRMLScene``, ``slicer.vtkMRMLScalarVolumeNode``,
 ``slicer.vtkMRMLSegmentationNode`` ... without Qt), so everything here is tested outside Slicer. ``slicer`` and
-``vtk`` are imported inside the functions: ``import OrthoDiffusionLib.mrml`` works without them.
+``vtk`` are imported inside the functions: ``import OrthoDiffusionLib.slicer.mrml`` works without them.
 
 Coordinates: MRML is RAS (+x Right, +y Anterior, +z Superior), SimpleITK/the library LPS. A node's IJK->RAS matrix
 ``M`` (4x4) maps voxel index (i, j, k) to RAS; the LPS image has ``direction = F @ M[:3,:3] / spacing`` and
@@ -14,7 +14,6 @@ same order as ``sitk.GetArrayFromImage``. A volume under a linear transform is c
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -506,7 +505,7 @@ def remove_node(scene, node) -> None:
 def import_result_folder(scene, folder: PathLike, volumes: Mapping[str, Any], prefix: str = "OrthoDiffusion",
                          diagnosis: bool = True, show_3d: bool = True,
                          planes: Sequence[str] = PLANES, fused: bool = True) -> ImportedResult:
-    """Import the outputs of ``orthodiffusion predict`` (:func:`OrthoDiffusionLib.predictor.write_outputs`) from
+    """Import the outputs of ``orthodiffusion predict`` (:func:`OrthoDiffusionLib.inference.predictor.write_outputs`) from
     ``folder`` into ``scene``.
 
     Args:
