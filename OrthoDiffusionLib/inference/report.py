@@ -220,7 +220,7 @@ def _label_values(img) -> List[int]:
 
 
 def report_html(result: Any) -> str:
-    """The report of a :class:`~OrthoDiffusionLib.predictor.PredictionResult` as one self-contained HTML string."""
+    """The report of a :class:`~OrthoDiffusionLib.inference.predictor.PredictionResult` as one self-contained HTML string."""
     from plotly.offline import get_plotlyjs
 
     data = result.to_json()

@@ -1,6 +1,6 @@
 """Noise schedule of the diffusion backbone: cosine betas, forward noising, the epsilon loss and two samplers.
 
-The network (:class:`~OrthoDiffusionLib.backbone.DiffusionUNet`) and this schedule are separate objects; samplers take
+The network (:class:`~OrthoDiffusionLib.model.backbone.DiffusionUNet`) and this schedule are separate objects; samplers take
 the model as an argument. All schedule arithmetic is done in float64 and cast to the data dtype at the point of use.
 
 Conventions: ``t`` is an integer in ``[0, T)`` indexing ``alphas_cumprod`` (abar); ``x_t = sqrt(abar_t) x0 +

@@ -2,10 +2,10 @@
 
 It opens an exam (:func:`OrthoDiffusionLib.io.load_study` / :meth:`Exam.from_series`), a finished result folder
 (:mod:`.results`), or a simulated sample (:func:`OrthoDiffusionLib.simulate.simulate_exam`); "Run" runs the
-:class:`OrthoDiffusionLib.predictor.Predictor` in a background worker (progress bar, Cancel), writes the outputs with
+:class:`OrthoDiffusionLib.inference.predictor.Predictor` in a background worker (progress bar, Cancel), writes the outputs with
 ``write_outputs`` into a new result folder and shows them: the segmentations over the series in the sagittal, coronal
 and axial slice views and as surfaces in 3D (toggle and opacity per structure), the 8 diagnosis labels with
-probability bars and uncertainty, and the plane -> label Sankey from :func:`OrthoDiffusionLib.report.sankey_figure`.
+probability bars and uncertainty, and the plane -> label Sankey from :func:`OrthoDiffusionLib.inference.report.sankey_figure`.
 Bad input shows the library's one-line error in a banner and the app keeps working.
 """
 from __future__ import annotations

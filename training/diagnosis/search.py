@@ -1,4 +1,4 @@
-"""Timestep-block search (METHOD.md, "Feature taps"; paper Appendix D and Extended Data Fig. 1).
+"""Timestep-block search (paper Appendix D and Extended Data Fig. 1).
 
 1. Per plane, score every (timestep, block) in ``TIMESTEPS x BLOCKS`` on validation (e.g. validation macro AUROC of
    a per-plane linear probe), given either as a table ``plane -> {(t, block): score}`` or a callback

@@ -1,6 +1,6 @@
 """Pretraining of one plane's diffusion backbone (``orthodiffusion pretrain``), on one process, many GPUs or many nodes.
 
-Recipe (METHOD.md, the authors' code): unconditional epsilon-prediction DDPM on 1 x 16 x 256 x 256 volumes of ONE
+Recipe (the paper and the authors' code): unconditional epsilon-prediction DDPM on 1 x 16 x 256 x 256 volumes of ONE
 plane, cosine schedule (T = 1000), MSE loss, Adam with lr = lr_per_sample x batch x world size (1e-5 per sample),
 EMA of the weights (decay 0.995) updated every 10 steps from step 2000 -- before that step the EMA is reset to the
 model at each update, as in the authors' trainer (see :class:`EMA`) -- checkpoints every 500 steps, fp32 (bf16 autocast on request).
@@ -24,7 +24,7 @@ Run folder::
     RUN_DIR/checkpoints/step_NNNNNNN/         weights.safetensors (model., ema., opt., rng. tensors) + state.json
     RUN_DIR/checkpoints/latest.json           the newest complete checkpoint (written last, atomically)
     RUN_DIR/samples/step_NNNNNNN.nii.gz       DDIM samples from the EMA weights
-    RUN_DIR/backbone_{plane}.safetensors      the final EMA backbone (OrthoDiffusionLib.checkpoints format)
+    RUN_DIR/backbone_{plane}.safetensors      the final EMA backbone (OrthoDiffusionLib.model.checkpoints format)
     RUN_DIR/summary.json                      final step, loss, weight digests of every rank (must agree)
 
 Every checkpoint is written into a temporary folder that is renamed into place (os.replace) only when complete, so a
@@ -161,7 +161,7 @@ class InMemoryVolumes(VolumeDataset):
 
 class SeriesVolumes(VolumeDataset):
     """Series files/folders read with ``OrthoDiffusionLib.io.read_series`` and preprocessed with
-    ``OrthoDiffusionLib.preprocess.preprocess_series(slices, size)`` (16 central slices, resize, [-1, 1]).
+    ``OrthoDiffusionLib.inference.preprocess.preprocess_series(slices, size)`` (16 central slices, resize, [-1, 1]).
 
     Preprocessed volumes are cached as ``.npy`` in ``cache_dir`` (keyed by path, slices and size) so each series is
     read once per run; without ``cache_dir`` they are kept in memory.

@@ -1,11 +1,11 @@
 """The segmentation training loop with exact resume, and per-structure evaluation (Dice, HD95).
 
 Shared by ``train-segmentation`` (diffusion backbone + head) and ``train-seg-baseline`` (from-scratch networks):
-the network is a :mod:`.seg_model` module, ``forward(x0, generator) -> logits``.
+the network is a :mod:`.model` module, ``forward(x0, generator) -> logits``.
 
 Loop: epochs over the training cases in a seeded permutation per epoch (a pure function of seed and epoch),
-mini-batches of ``batch_size``; augmentation (:class:`.seg_augment.SegAugment`), diffusion noise and nothing else
-draw from ONE ``torch.Generator``; loss :class:`.seg_losses.SegmentationLoss` with the plane's class mask; Adam with
+mini-batches of ``batch_size``; augmentation (:class:`.augment.SegAugment`), diffusion noise and nothing else
+draw from ONE ``torch.Generator``; loss :class:`.losses.SegmentationLoss` with the plane's class mask; Adam with
 a cosine learning-rate decay per optimizer step (a pure function of the step: no scheduler state).
 
 Checkpoints: at the end of every epoch ``RUN/checkpoints/epoch_NNN/`` (``weights.safetensors`` with the network
