@@ -1,8 +1,9 @@
-"""Tiny model bundles for tests: fake training run folders that follow CONTRACTS.md sections 1 and 2, exported.
+"""Tiny model bundles for tests: fake training run folders (the run-folder formats of ``train-diagnosis`` and
+``train-segmentation``), exported.
 
 ``make_tiny_bundle(path)`` writes a diagnosis run and segmentation runs (width-32 backbones, preprocessing 16 x 32 x
 32, randomly initialised but seeded heads) beside ``path`` and exports them into ``path`` with
-:func:`OrthoDiffusionLib.bundle_export.export_bundle`. Other helpers' tests reuse it (viewer, Slicer module).
+:func:`OrthoDiffusionLib.bundle.export.export_bundle`. Other helpers' tests reuse it (viewer, Slicer module).
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def make_diagnosis_run(folder: Path, *, fusion: str = "concat", with_mpae: bool 
                        shared_backbone: bool = True, planes: Sequence[str] = label_tables.PLANES, seed: int = 0,
                        synthetic: Optional[bool] = True, size: int = TINY_SIZE,
                        temperatures: Optional[Sequence[float]] = None) -> Path:
-    """A ``train-diagnosis`` run folder (CONTRACTS.md 1) with random seeded weights; returns the folder."""
+    """A ``train-diagnosis`` run folder with random seeded weights; returns the folder."""
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     keys = [d.key for d in label_tables.diagnosis_labels("knee")]
@@ -82,7 +83,7 @@ def make_diagnosis_run(folder: Path, *, fusion: str = "concat", with_mpae: bool 
 
 def make_segmentation_run(folder: Path, plane: str, *, seed: int = 0, synthetic: Optional[bool] = True,
                           size: int = TINY_SIZE, head: str = "bottleneck") -> Path:
-    """A ``train-segmentation`` run folder (CONTRACTS.md 2) for ``plane``; returns the folder."""
+    """A ``train-segmentation`` run folder for ``plane``; returns the folder."""
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)  # the same weights as make_diagnosis_run's shared backbone: the bundle stores one
     backbone = DiffusionUNet(model_channels=TINY_WIDTH)

@@ -1,9 +1,11 @@
-"""The ``orthodiffusion`` console command (also ``python -m OrthoDiffusionLib``).
+"""The ``orthodiffusion`` console command (also ``python -m OrthoDiffusionLib``): the parser and the dispatch.
 
-Each subcommand lives in the module that implements its stage; this file only lists them. A subcommand module
-provides ``register(subparsers)`` which adds its parser and sets ``func`` (called with the parsed args, returns the
-exit code). Library errors (:class:`~OrthoDiffusionLib.errors.OrthoDiffusionError`) become one line on stderr and
-exit code 2.
+Each subcommand lives in its own module of this package; this file only lists them. A subcommand module provides
+``register(subparsers)``, which adds its parser and sets ``func`` (called with the parsed arguments, returns the exit
+code). The modules of the training and benchmark commands import ``OrthoDiffusionLib.training`` /
+``OrthoDiffusionLib.bench``; where those packages are not installed (the 3D Slicer extension ships only what
+inference needs) their subcommands are left out. Library errors
+(:class:`~OrthoDiffusionLib.errors.OrthoDiffusionError`) become one line on stderr and exit code 2.
 """
 from __future__ import annotations
 
@@ -18,19 +20,23 @@ from ..errors import OrthoDiffusionError
 SUBCOMMAND_MODULES: List[str] = [
     "OrthoDiffusionLib.cli.inspect",
     "OrthoDiffusionLib.cli.predict",
-    "OrthoDiffusionLib.bundle.export",
-    "OrthoDiffusionLib.bundle.registry",
+    "OrthoDiffusionLib.cli.demo",
+    "OrthoDiffusionLib.cli.export",
+    "OrthoDiffusionLib.cli.models",
     "OrthoDiffusionLib.cli.import_weights",
-    "OrthoDiffusionLib.bench.timing",
+    "OrthoDiffusionLib.cli.bench",
     "OrthoDiffusionLib.cli.pretrain",
-    "OrthoDiffusionLib.segmentation.measures",
-    "OrthoDiffusionLib.training.evaluation.diagnosis",
+    "OrthoDiffusionLib.cli.measure",
+    "OrthoDiffusionLib.cli.evaluate",
     "OrthoDiffusionLib.cli.diagnosis",
-    "OrthoDiffusionLib.training.segmentation.train",
-    "OrthoDiffusionLib.training.evaluation.segmentation",
+    "OrthoDiffusionLib.cli.segmentation",
+    "OrthoDiffusionLib.cli.evaluate_segmentation",
     "OrthoDiffusionLib.cli.simulate",
     "OrthoDiffusionLib.cli.view",
 ]
+
+#: Packages whose absence only removes the subcommands that need them.
+OPTIONAL_PACKAGES = ("OrthoDiffusionLib.training", "OrthoDiffusionLib.bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith(OPTIONAL_PACKAGES):
+                continue
+            raise
+        module.register(sub)
     return parser
 
 
@@ -61,7 +73,3 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"orthodiffusion {args.command}: cancelled", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -1,23 +1,24 @@
-"""``orthodiffusion pretrain``: command line of :mod:`OrthoDiffusionLib.training.pretrain` (see its docstring).
+"""``orthodiffusion pretrain``: command line of :mod:`OrthoDiffusionLib.training.pretrain.ddpm` (see its docstring).
 
-Multi-GPU / multi-node: ``torchrun --nproc_per_node=N [--nnodes=M ...] -m OrthoDiffusionLib pretrain ...``.
+Pretrain one plane's diffusion backbone on unlabeled MRI (the authors' recipe by default).
+Multi-GPU / multi-node: torchrun --nproc_per_node=N [--nnodes=M ...] -m OrthoDiffusionLib pretrain ...
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Tuple
 
 from ..errors import OrthoDiffusionError
 from ..labels import PLANES, SHARED_PLANE
+from ..training.pretrain.ddpm import PretrainConfig, pretrain
+from .common import add_command, add_device_argument, add_precision_argument, int_list
 
 
 def register(subparsers) -> None:
-    """Add ``orthodiffusion pretrain`` (torch is imported only when it runs)."""
-    p = subparsers.add_parser(
-        "pretrain", help="pretrain one plane's diffusion backbone (DDPM) on unlabeled MRI",
-        description="Pretrain one plane's diffusion backbone on unlabeled MRI (the authors' recipe by default). "
-                    "Multi-GPU / multi-node: torchrun --nproc_per_node=N -m OrthoDiffusionLib pretrain ...")
+    """Add ``orthodiffusion pretrain``."""
+    p = add_command(subparsers, "pretrain", _run_cli,
+                    help="pretrain one plane's diffusion backbone (DDPM) on unlabeled MRI",
+                    description=__doc__.split("\n\n", 1)[1], raw=True)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--manifest", type=Path, help="manifest CSV (rows of --plane with split=train)")
     src.add_argument("--data", type=Path, help="folder of series (every series of --plane under it)")
@@ -39,8 +40,8 @@ def register(subparsers) -> None:
     p.add_argument("--sample-steps", type=int, default=25, help="DDIM steps of those samples")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--width", type=int, default=64, help="base width (multiple of 32)")
-    p.add_argument("--channel-mult", default="1,1,2,2,4")
-    p.add_argument("--attention-resolutions", default="16")
+    p.add_argument("--channel-mult", type=int_list, default="1,1,2,2,4")
+    p.add_argument("--attention-resolutions", type=int_list, default="16")
     p.add_argument("--patch-size", type=int, default=1,
                    help="in-plane space-to-depth factor of the network (1 = the authors' layout; 4 for CPU scale)")
     p.add_argument("--norm-groups", type=int, default=32, help="GroupNorm groups (default 32)")
@@ -50,11 +51,11 @@ def register(subparsers) -> None:
                    help="with --pool: fraction of windows drawn with a randomised contrast (default 0.5)")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--slices", type=int, default=16)
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    add_precision_argument(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grad-checkpoint", action="store_true", help="gradient checkpointing (less memory)")
     p.add_argument("--num-workers", type=int, default=0, help="data loading workers per process")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    add_device_argument(p)
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR's newest checkpoint")
     p.add_argument("--init-from", type=Path, default=None, metavar="BACKBONE",
                    help="start a new run folder from a backbone file of an earlier run of the same configuration "
@@ -62,25 +63,15 @@ def register(subparsers) -> None:
     p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
                    help="stop cleanly after this many minutes of training: a checkpoint and the backbone file are "
                         "written from the steps done (--resume continues towards --steps)")
-    p.set_defaults(func=_run_cli)
-
-
-def _ints(text: str) -> Tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise OrthoDiffusionError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _run_cli(args) -> int:
-    from ..training.pretrain.ddpm import PretrainConfig, pretrain
-
     cfg = PretrainConfig(
         plane=args.plane, out=str(args.out), steps=args.steps, batch_size=args.batch_size,
         lr_per_sample=args.lr_per_sample, ema_decay=args.ema_decay, ema_every=args.ema_every,
         ema_start=args.ema_start, ckpt_every=args.ckpt_every, keep_checkpoints=args.keep_checkpoints,
         sample_every=args.sample_every, sample_steps=args.sample_steps, log_every=args.log_every, width=args.width,
-        channel_mult=_ints(args.channel_mult), attention_resolutions=_ints(args.attention_resolutions),
+        channel_mult=args.channel_mult, attention_resolutions=args.attention_resolutions,
         size=args.size, slices=args.slices, precision=args.precision, seed=args.seed, patch_size=args.patch_size,
         norm_groups=args.norm_groups,
         grad_checkpoint=args.grad_checkpoint, num_workers=args.num_workers, device=args.device, resume=args.resume)

@@ -12,11 +12,11 @@ the server) and a "Simulated sample" button. Run writes each result into a new f
 """
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import sys
 
 from ..errors import InputError
+from .common import add_command, add_device_argument
 
 LOOPBACK_NAMES = ("localhost",)
 
@@ -32,14 +32,16 @@ def is_loopback(host: str) -> bool:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("view", help="browser viewer: exams, segmentations, diagnosis and Sankey (trame-slicer)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Add ``orthodiffusion view``."""
+    p = add_command(subparsers, "view", _view,
+                    help="browser viewer: exams, segmentations, diagnosis and Sankey (trame-slicer)",
+                    description=__doc__, raw=True)
     p.add_argument("exam", nargs="?", help="study folder (DICOM/NIfTI/NRRD) or a finished result folder")
     for plane in ("sagittal", "coronal", "axial"):
         p.add_argument(f"--{plane}", metavar="PATH", help=f"the {plane} series (file or DICOM folder)")
     p.add_argument("--results", metavar="DIR", help="a finished result folder to show (over the exam, if given)")
     p.add_argument("--model", metavar="BUNDLE", help="model bundle for Run (default: the registry's default model)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_device_argument(p)
     p.add_argument("--out", metavar="DIR", help="where Run writes result folders")
     p.add_argument("--noise-draws", type=int, default=3, metavar="K",
                    help="noise draws per Run; the uncertainty shown is their std (default 3; 1 = none)")
@@ -47,7 +49,6 @@ def register(subparsers) -> None:
     p.add_argument("--sample-matrix", type=int, default=256, help="in-plane matrix of the simulated sample")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default loopback only)")
     p.add_argument("--port", type=int, default=0, help="port (0 = a free one)")
-    p.set_defaults(func=_view)
 
 
 def _view(a) -> int:

@@ -1,10 +1,10 @@
-"""Inference: run a model bundle on knee MRI exams (CONTRACTS.md section 3).
+"""Inference: run a model bundle on knee MRI exams (the Python side of ``orthodiffusion predict``).
 
-``Predictor`` loads a bundle once (:mod:`OrthoDiffusionLib.bundle`) and composes, from its metadata, the per-plane
+``Predictor`` loads a bundle once (:mod:`OrthoDiffusionLib.bundle.format`) and composes, from its metadata, the per-plane
 diffusion backbones, the noise schedule, the diagnosis head (pooling + fusion + MPAE + temperatures), the optional EHR
 branch and the per-plane segmentation heads. For every exam:
 
-1. each present plane is preprocessed once per preprocessing setting the model uses (:mod:`preprocess`);
+1. each present plane is preprocessed once per preprocessing setting the model uses (:mod:`.preprocess`);
 2. each backbone pass runs ONCE per (backbone, plane, timestep, preprocessing) and serves every tap that the diagnosis
    head and the segmentation head of that plane need (``DiffusionUNet.encode``; the decoder never runs);
 3. the diagnosis head gives calibrated probabilities and MPAE plane weights; the segmentation heads give class
@@ -14,7 +14,7 @@ branch and the per-plane segmentation heads. For every exam:
 Noise: ``noise_draws`` = K independent draws (default 1). The noise of draw ``s`` for a plane and timestep comes from
 a CPU generator seeded from (``seed``, s, plane, timestep), per exam, so a result does not depend on the device, on
 the batch an exam is predicted in, or on the other heads of the model. Probabilities are the mean over draws, the
-uncertainty their standard deviation (:mod:`uncertainty`); segmentation probabilities are averaged over draws.
+uncertainty their standard deviation (:mod:`~OrthoDiffusionLib.model.uncertainty`); segmentation probabilities are averaged over draws.
 
 Progress: ``progress(stage, fraction)`` with non-decreasing fractions ending at ``("done", 1.0)``; a stage names the
 plane and the step: ``"<plane>: preprocessing"``, ``"<plane>: backbone t=<timestep>"`` (`` draw d/K`` with several
@@ -33,29 +33,27 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import SimpleITK as sitk
 import torch
 
 from .. import labels as label_tables
 from ..bundle.format import ModelBundle, load_bundle
+from ..device import check_precision, precision_autocast, resolve_device
 from ..errors import CancelledError, InputError, MissingPlaneError
 from ..io import Exam, load_study
 from ..labels import PLANES
+from ..progress import ProgressFn
 from .preprocess import PreprocessedSeries, preprocess_series
+from .result_folder import (DIAGNOSIS_FILE, DISCLAIMER, FUSED, MEASURES_FILE, REPORT_FILE, RESULT_FORMAT,
+                            RESULT_VERSION, check_output_folder, labelmap_file_name, segmentation_file_name)
 from ..model.schedule import CosineSchedule
 from ..model.uncertainty import aggregate_noise_draws
 
-__all__ = ["DISCLAIMER", "PredictionResult", "Predictor", "load_exam", "predict_and_write", "resolve_device",
-           "write_outputs", "RESULT_FORMAT"]
+__all__ = ["PredictionResult", "Predictor", "load_exam", "predict_and_write", "write_outputs", "noise_seed"]
 
 PathLike = Union[str, os.PathLike]
-ProgressFn = Callable[[str, float], None]
-RESULT_FORMAT = "orthodiffusion.prediction"
-#: Numeric precisions of :class:`Predictor` (``bf16`` = bfloat16 autocast of the networks).
-PRECISIONS = ("fp32", "bf16")
-DISCLAIMER = "Research use only, not for diagnosis."
 #: Overall progress fraction at which each phase of a batch starts (the last one ends at 1). "networks" is every
 #: backbone pass and the heads (diagnosis fusion, segmentation) that run on its taps, per noise draw.
 _PHASES = (("preprocess", 0.0), ("networks", 0.1), ("resample", 0.75), ("measures", 0.9))
@@ -78,19 +76,6 @@ def load_exam(sagittal: Optional[PathLike] = None, coronal: Optional[PathLike] =
     if all(p is None for p in (sagittal, coronal, axial)):
         raise InputError("no input: give a study folder or at least one series")
     return Exam.from_series(sagittal, coronal, axial, **check)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cpu``/``cuda``/``cuda:N`` as asked (CUDA must exist)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise InputError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} asked for, but no CUDA device is available")
-    return dev
 
 
 def _nan_to_none(v: Any) -> Any:
@@ -120,7 +105,7 @@ class PredictionResult:
         fused_segmentation: with ``fuse_segmentations`` and two or more segmented planes, one uint8 labelmap
             (label-table values) on the grid of the first of ``fused_planes`` (sagittal when present): every plane's
             class probabilities resampled linearly onto it and averaged over the planes that cover a voxel and
-            segment that class (:func:`~OrthoDiffusionLib.seg_io.fuse_plane_segmentations`); otherwise ``None``.
+            segment that class (:func:`~OrthoDiffusionLib.segmentation.io.fuse_plane_segmentations`); otherwise ``None``.
         fused_planes: the planes in ``fused_segmentation`` (empty without it).
     """
 
@@ -143,18 +128,18 @@ class PredictionResult:
         """The content of ``diagnosis.json`` (JSON-serialisable, no NaN)."""
         segs = {}
         for plane, img in self.segmentations.items():
-            segs[plane] = {"file": f"segmentation_{plane}.seg.nrrd", "labelmap": f"labelmap_{plane}.nii.gz",
+            segs[plane] = {"file": segmentation_file_name(plane), "labelmap": labelmap_file_name(plane),
                            "size": list(img.GetSize()), "spacing": list(img.GetSpacing()),
                            "origin": list(img.GetOrigin()), "direction": list(img.GetDirection())}
         fused = None
         if self.fused_segmentation is not None:
             img = self.fused_segmentation
-            fused = {"file": "segmentation_fused.seg.nrrd", "labelmap": "labelmap_fused.nii.gz",
+            fused = {"file": segmentation_file_name(FUSED), "labelmap": labelmap_file_name(FUSED),
                      "planes": list(self.fused_planes), "grid": f"{self.fused_planes[0]} series",
                      "size": list(img.GetSize()), "spacing": list(img.GetSpacing()),
                      "origin": list(img.GetOrigin()), "direction": list(img.GetDirection())}
         return {
-            "format": RESULT_FORMAT, "version": 1, "disclaimer": DISCLAIMER,
+            "format": RESULT_FORMAT, "version": RESULT_VERSION, "disclaimer": DISCLAIMER,
             "labels": [dict(lb) for lb in self.labels], "fused_by": self.fused_by, "ehr_used": self.ehr_used,
             "noise_draws": self.noise_draws, "segmentations": segs, "fused_segmentation": fused,
             "measures": [{k: _nan_to_none(v) for k, v in row.items()} for row in self.measures],
@@ -175,7 +160,9 @@ class _PassKey:
     size: int
 
 
-def _noise_seed(seed: int, draw: int, plane: str, timestep: int) -> int:
+def noise_seed(seed: int, draw: int, plane: str, timestep: int) -> int:
+    """The seed of the noise of one backbone pass: a function of the predictor's seed, the draw, the plane and the
+    timestep only, so a result does not depend on the batch or on which other passes run."""
     return (int(seed) * 1_000_003 + draw * 10_007 + PLANES.index(plane) * 1_009 + int(timestep)) % (2**63 - 1)
 
 
@@ -203,8 +190,7 @@ class Predictor:
 
     def __init__(self, bundle: Union[PathLike, ModelBundle, None] = None, device: str = "auto", seed: int = 0,
                  precision: str = "fp32", channels_last: bool = False):
-        if precision not in PRECISIONS:
-            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        check_precision(precision)
         start = time.perf_counter()
         if isinstance(bundle, ModelBundle):
             self.bundle = bundle
@@ -325,7 +311,7 @@ class Predictor:
                 segmentation: bool = True, noise_draws: int = 1, progress: Optional[ProgressFn] = None,
                 cancel: Optional[threading.Event] = None, measures: bool = True,
                 fuse_segmentations: bool = False) -> PredictionResult:
-        """Predict one exam (see the module docstring). ``ehr``: an EHR record (:mod:`OrthoDiffusionLib.ehr`);
+        """Predict one exam (see the module docstring). ``ehr``: an EHR record (:mod:`OrthoDiffusionLib.model.ehr`);
         ``measures=False`` skips the structure volumes / cartilage thickness (``result.measures`` stays empty);
         ``fuse_segmentations=True`` also gives the fused labelmap of the segmented planes
         (``result.fused_segmentation``)."""
@@ -430,8 +416,7 @@ class Predictor:
             report("networks", step / max(1, total_steps), stage)
             step += 1
 
-        autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), precision_autocast(dev, self.precision):
             for draw in range(draws):
                 taps_of: Dict[_PassKey, Dict[str, torch.Tensor]] = {}
                 of_draws = f" draw {draw + 1}/{draws}" if draws > 1 else ""
@@ -439,7 +424,7 @@ class Predictor:
                     network_step(f"{key.plane}: backbone t={key.timestep}{of_draws}")
                     vols = prepped[(key.plane, key.slices, key.size)]
                     x0 = torch.stack([torch.from_numpy(v.volume) for v in vols])[:, None].to(dev)
-                    g_seed = _noise_seed(self.seed, draw, key.plane, key.timestep)
+                    g_seed = noise_seed(self.seed, draw, key.plane, key.timestep)
                     noise = torch.cat([torch.randn((1, *x0.shape[1:]), generator=torch.Generator().manual_seed(g_seed))
                                        for _ in range(n)]).to(dev)
                     t = self.schedule.as_timesteps(key.timestep, n, dev)
@@ -678,9 +663,8 @@ def write_outputs(result: PredictionResult, out_dir: PathLike, overwrite: bool =
     """Write every output of ``result`` into ``out_dir`` atomically: everything goes into a temporary folder beside
     it, which is renamed onto ``out_dir`` only when all files were written (an error leaves nothing behind).
 
-    Files: ``diagnosis.json``, ``segmentation_<plane>.seg.nrrd`` + ``labelmap_<plane>.nii.gz`` per segmented plane,
-    ``segmentation_fused.seg.nrrd`` + ``labelmap_fused.nii.gz`` when the result has a fused segmentation,
-    ``measures.csv``, ``report.html``. An existing non-empty ``out_dir`` is refused unless ``overwrite``.
+    The files are those of :mod:`~OrthoDiffusionLib.inference.result_folder` (the fused segmentation only when the
+    result has one). An existing non-empty ``out_dir`` is refused unless ``overwrite``.
     """
     import json
     import shutil
@@ -690,23 +674,20 @@ def write_outputs(result: PredictionResult, out_dir: PathLike, overwrite: bool =
     from ..segmentation.io import write_labelmap_nifti, write_seg_nrrd
 
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError("the output path exists and is not a folder", out)
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise InputError("the output folder exists and is not empty (choose another or pass --overwrite)", out)
+    check_output_folder(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial.", dir=out.parent))
     try:
         data = result.to_json()
-        (tmp / "diagnosis.json").write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        (tmp / DIAGNOSIS_FILE).write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         for plane, img in result.segmentations.items():
-            write_seg_nrrd(img, tmp / f"segmentation_{plane}.seg.nrrd", plane=plane)
-            write_labelmap_nifti(img, tmp / f"labelmap_{plane}.nii.gz")
+            write_seg_nrrd(img, tmp / segmentation_file_name(plane), plane=plane)
+            write_labelmap_nifti(img, tmp / labelmap_file_name(plane))
         if result.fused_segmentation is not None:  # two or more planes: every structure of the table
-            write_seg_nrrd(result.fused_segmentation, tmp / "segmentation_fused.seg.nrrd")
-            write_labelmap_nifti(result.fused_segmentation, tmp / "labelmap_fused.nii.gz")
-        _write_measures_csv(result.measures, tmp / "measures.csv")
-        write_report(result, tmp / "report.html")
+            write_seg_nrrd(result.fused_segmentation, tmp / segmentation_file_name(FUSED))
+            write_labelmap_nifti(result.fused_segmentation, tmp / labelmap_file_name(FUSED))
+        _write_measures_csv(result.measures, tmp / MEASURES_FILE)
+        write_report(result, tmp / REPORT_FILE)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
             os.replace(out, old / "previous")

@@ -32,7 +32,7 @@ def read_series(path: PathLike, *, series_uid: Optional[str] = None, echo: Optio
     if not os.path.exists(path):
         raise MissingPathError("no such file or folder", path)
     if os.path.isdir(path):
-        volumes = _volume_files(path)
+        volumes = volume_files(path)
         if volumes and not any(is_dicom_file(os.path.join(r, n)) for r, _, fs in os.walk(path) for n in fs):
             if len(volumes) == 1:
                 return read_volume(volumes[0])
@@ -51,7 +51,7 @@ def read_series(path: PathLike, *, series_uid: Optional[str] = None, echo: Optio
     raise CorruptFileError("not a DICOM, NIfTI, NRRD or MetaImage file", path)
 
 
-def _volume_files(folder: str) -> List[str]:
+def volume_files(folder: str) -> List[str]:
     """NIfTI/NRRD/MetaImage files under ``folder`` (sorted walk), excluding DICOM files and Slicer .seg.nrrd."""
     out = []
     for root, dirs, files in os.walk(folder):
@@ -79,7 +79,7 @@ def read_all_series(folder: PathLike, ignored: Optional[List[Tuple[str, str]]] =
         raise MissingPathError("no such folder", folder)
     skipped: List[Tuple[str, str]] = []
     out = read_all_dicom(folder, skipped)
-    out += [read_volume(p) for p in _volume_files(folder)]
+    out += [read_volume(p) for p in volume_files(folder)]
     if ignored is not None:
         ignored.extend(skipped)
     if not out:
@@ -87,4 +87,4 @@ def read_all_series(folder: PathLike, ignored: Optional[List[Tuple[str, str]]] =
     return out
 
 
-__all__ = ["read_series", "read_all_series"]
+__all__ = ["read_series", "read_all_series", "volume_files"]

@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ..errors import AnatomyMismatchError, InputError, MissingPathError, MissingPlaneError, NoDicomError
+from ..progress import ProgressFn
 from . import sequence
 from .anatomy import check_anatomy
 from .dicom_read import DicomSeriesGroup, load_group, meta_from_header, scan_dicom_folder, sort_frames
 from .orientation import classify_plane
-from .reader import _volume_files, read_series
+from .reader import volume_files, read_series
 from .series import PLANES, Series
 from .volume_read import read_volume
 
@@ -146,14 +147,14 @@ def _volume_candidate(series: Series) -> _Candidate:
 
 
 def find_candidates(folder: PathLike, tolerance_deg: float = 30.0,
-                    progress: Optional[Callable[[float, str], None]] = None
+                    progress: Optional[ProgressFn] = None
                     ) -> Tuple[List[_Candidate], List[Tuple[str, str]]]:
     """All usable series under ``folder`` (DICOM judged from headers, volumes read) and the ignored files."""
     folder = os.fspath(folder)
     ignored: List[Tuple[str, str]] = []
     candidates: List[_Candidate] = []
     if progress:
-        progress(0.0, "scanning DICOM headers")
+        progress("scanning DICOM headers", 0.0)
     scan = scan_dicom_folder(folder, strict=False)
     ignored.extend(scan.ignored)
     for g in scan.groups:
@@ -165,10 +166,10 @@ def find_candidates(folder: PathLike, tolerance_deg: float = 30.0,
             candidates.append(_dicom_candidate(g, where, tolerance_deg))
         except InputError as e:
             ignored.append((where, f"{g.label()}: {e.problem}"))
-    volumes = _volume_files(folder)
+    volumes = volume_files(folder)
     for i, path in enumerate(volumes):
         if progress:
-            progress(0.5 + 0.5 * i / max(1, len(volumes)), f"reading {os.path.basename(path)}")
+            progress(f"reading {os.path.basename(path)}", 0.5 + 0.5 * i / max(1, len(volumes)))
         try:
             candidates.append(_volume_candidate(read_volume(path, tolerance_deg=tolerance_deg)))
         except InputError as e:
@@ -177,14 +178,14 @@ def find_candidates(folder: PathLike, tolerance_deg: float = 30.0,
 
 
 def load_study(folder: PathLike, *, tolerance_deg: float = 30.0,
-               progress: Optional[Callable[[float, str], None]] = None, anatomy: Optional[str] = "knee",
+               progress: Optional[ProgressFn] = None, anatomy: Optional[str] = "knee",
                allow_anatomy_mismatch: bool = False) -> Exam:
     """Scan a study folder (DICOM series and/or NIfTI/NRRD/MetaImage files) and assign one series per plane.
 
     Args:
         folder: study folder (searched recursively).
         tolerance_deg: obliquity accepted when classifying planes; more oblique series are ignored (reported).
-        progress: optional callback ``progress(fraction, message)``.
+        progress: optional ``progress(stage, fraction)``.
         anatomy: the model's anatomy: series whose metadata names another one are ignored (None = no check).
         allow_anatomy_mismatch: keep them (noted in ``choices``).
 
@@ -231,7 +232,7 @@ def load_study(folder: PathLike, *, tolerance_deg: float = 30.0,
     chosen = {exam.get(p).source for p in exam.planes_present()}
     exam.choices += [note for c, note in kept if note and c.source in chosen]
     if progress:
-        progress(1.0, "done")
+        progress("done", 1.0)
     return exam
 
 
@@ -278,4 +279,38 @@ def assign_planes(folder: str, candidates: List[_Candidate], ignored: List[Tuple
     return exam
 
 
-__all__ = ["Exam", "load_study", "find_candidates", "assign_planes", "describe_series"]
+__all__ = ["Exam", "load_study", "find_candidates", "assign_planes", "describe_series", "inspect_path"]
+
+
+def inspect_path(path: str) -> Dict[str, Any]:
+    """What ``orthodiffusion inspect`` shows about a study folder or series file, as a JSON-friendly report: ``series`` (one entry per series/echo), ``assignment`` (plane -> chosen source or None),
+    ``choices`` (the reasons) and ``ignored``."""
+    if not os.path.exists(path):
+        raise MissingPathError("no such file or folder", path)
+    series: List[Dict[str, Any]] = []
+    if os.path.isdir(path):
+        candidates, ignored = find_candidates(path)
+        exam = assign_planes(path, candidates, ignored)
+        for c in sorted(candidates, key=lambda c: (c.plane, c.label)):
+            series.append({
+                "label": c.label, "source": c.source, "plane": c.plane, "obliquity_deg": round(c.obliquity, 2),
+                "size": [c.meta.get("columns"), c.meta.get("rows"), c.n_slices],
+                "spacing": [round(float(v), 4) for v in c.spacing],
+                "echo_time": c.meta.get("echo_time"), "repetition_time": c.meta.get("repetition_time"),
+                "series_description": c.meta.get("series_description"), "weighting": c.meta.get("weighting"),
+                "fat_sat": c.meta.get("fat_sat"), "format": c.meta.get("format"),
+            })
+    else:
+        s = read_series(path)
+        summary = s.summary()
+        series.append({"label": describe_series(s.meta, s.shape[0], s.spacing), **{k: summary[k] for k in (
+            "source", "plane", "obliquity_deg", "size", "spacing", "echo_time", "repetition_time",
+            "series_description", "weighting", "fat_sat", "format")}})
+        exam = load_study(path)
+    return {
+        "path": os.fspath(path),
+        "series": series,
+        "assignment": {p: (exam.get(p).source if exam.get(p) is not None else None) for p in ("sagittal", "coronal",
+                                                                                               "axial")},
+        "choices": exam.choices,
+    }

@@ -19,12 +19,13 @@ import csv
 import json
 import os
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..atomic import atomic_path
+from ..progress import ProgressFn
 from ..inference.preprocess import reorient, resample_to_model_grid
 from .cohort import LABEL_KEYS, PLANES, simulate_exam
 
@@ -83,7 +84,7 @@ def _write_one(args) -> Dict[str, object]:
 def write_pool(out_dir: Union[str, os.PathLike], n_exams: int, seed: int = 0, prevalence: float = 0.35,
                anatomy_mix: Optional[Mapping[str, float]] = None, grid: Mapping[str, float] = DEFAULT_POOL_GRID,
                atlas_path: Optional[str] = None, workers: int = 1,
-               progress: Optional[Callable[[int, int], None]] = None) -> Path:
+               progress: Optional[ProgressFn] = None) -> Path:
     """Simulate ``n_exams`` exams into ``out_dir`` (skipping exams already there); returns ``pool.csv``.
 
     Args:
@@ -91,7 +92,7 @@ def write_pool(out_dir: Union[str, os.PathLike], n_exams: int, seed: int = 0, pr
         anatomy_mix: {anatomy name: weight} (see :func:`.cohort.make_anatomy`); default all procedural.
         grid: ``slice_mm``, ``inplane_mm``, ``size`` of the model grid.
         workers: processes.
-        progress: called with (done, total) after each exam.
+        progress: ``progress("exams", fraction written)`` after each exam.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -109,12 +110,12 @@ def write_pool(out_dir: Union[str, os.PathLike], n_exams: int, seed: int = 0, pr
             for row in ex.map(_write_one, jobs, chunksize=4):
                 rows.append(row)
                 if progress:
-                    progress(len(rows), len(jobs))
+                    progress("exams", len(rows) / len(jobs))
     else:
         for job in jobs:
             rows.append(_write_one(job))
             if progress:
-                progress(len(rows), len(jobs))
+                progress("exams", len(rows) / len(jobs))
     manifest = out / "pool.csv"
     with atomic_path(manifest) as tmp:
         with open(tmp, "w", newline="") as f:
@@ -188,7 +189,7 @@ def _grid_image(array: np.ndarray, plane: str, grid: Mapping[str, float]) -> sit
 
 def write_pool_cohort(pool: Union[str, os.PathLike], out_dir: Union[str, os.PathLike],
                       splits: Sequence[int] = (2000, 200, 200), grid: Mapping[str, float] = DEFAULT_POOL_GRID,
-                      progress: Optional[Callable[[int, int], None]] = None) -> Path:
+                      progress: Optional[ProgressFn] = None) -> Path:
     """Write a pool's exams as a training cohort (a manifest CSV any trainer reads); returns the manifest path.
 
     The first ``splits[0]`` exams (in ``pool.csv`` order) are ``train``, the next ``splits[1]`` ``val`` and the next
@@ -230,7 +231,7 @@ def write_pool_cohort(pool: Union[str, os.PathLike], out_dir: Union[str, os.Path
             entry.update({k: int(row[k]) for k in LABEL_KEYS})
             manifest_rows.append(entry)
         if progress:
-            progress(n + 1, len(names))
+            progress("exams", (n + 1) / len(names))
     manifest = out / "manifest.csv"
     with atomic_path(manifest) as tmp:
         with open(tmp, "w", newline="") as f:

@@ -2,10 +2,10 @@
 
 It opens an exam (:func:`OrthoDiffusionLib.io.load_study` / :meth:`Exam.from_series`), a finished result folder
 (:mod:`.results`), or a simulated sample (:func:`OrthoDiffusionLib.simulate.simulate_exam`); "Run" runs the
-:class:`OrthoDiffusionLib.predictor.Predictor` in a background worker (progress bar, Cancel), writes the outputs with
+:class:`OrthoDiffusionLib.inference.predictor.Predictor` in a background worker (progress bar, Cancel), writes the outputs with
 ``write_outputs`` into a new result folder and shows them: the segmentations over the series in the sagittal, coronal
 and axial slice views and as surfaces in 3D (toggle and opacity per structure), the 8 diagnosis labels with
-probability bars and uncertainty, and the plane -> label Sankey from :func:`OrthoDiffusionLib.report.sankey_figure`.
+probability bars and uncertainty, and the plane -> label Sankey from :func:`OrthoDiffusionLib.inference.report.sankey_figure`.
 Bad input shows the library's one-line error in a banner and the app keeps working.
 """
 from __future__ import annotations
@@ -21,11 +21,12 @@ from .. import labels as label_tables
 from ..errors import InputError, OrthoDiffusionError
 from ..atomic import atomic_path
 from ..inference.demo import DEFAULT_ABNORMALITY
+from ..inference.result_folder import is_result_folder
 from ..io import PLANES, Exam, load_study
 from ..bundle.registry import model_anatomy, orthodiffusion_home
 from .background import BackgroundTask, TaskOutcome
 from .folders import list_folder
-from .results import ResultFolder, is_result_folder, open_result_folder
+from .results import ResultFolder, open_result_folder
 from .scene import VIEW_TAGS, VIEW_TITLES, ExamScene, viewer_layout
 
 log = logging.getLogger(__name__)
@@ -235,7 +236,7 @@ class ViewerApp:
         def work(progress, cancel):
             anatomy = self._model_anatomy()
             if folder is not None:
-                return load_study(folder, progress=lambda f, msg: progress(msg, f), anatomy=anatomy)
+                return load_study(folder, progress=progress, anatomy=anatomy)
             progress("reading series", 0.0)
             return Exam.from_series(**series, anatomy=anatomy)
 

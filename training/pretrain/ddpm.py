@@ -1,6 +1,6 @@
 """Pretraining of one plane's diffusion backbone (``orthodiffusion pretrain``), on one process, many GPUs or many nodes.
 
-Recipe (METHOD.md, the authors' code): unconditional epsilon-prediction DDPM on 1 x 16 x 256 x 256 volumes of ONE
+Recipe (the paper and the authors' code): unconditional epsilon-prediction DDPM on 1 x 16 x 256 x 256 volumes of ONE
 plane, cosine schedule (T = 1000), MSE loss, Adam with lr = lr_per_sample x batch x world size (1e-5 per sample),
 EMA of the weights (decay 0.995) updated every 10 steps from step 2000 -- before that step the EMA is reset to the
 model at each update, as in the authors' trainer (see :class:`EMA`) -- checkpoints every 500 steps, fp32 (bf16 autocast on request).
@@ -24,7 +24,7 @@ Run folder::
     RUN_DIR/checkpoints/step_NNNNNNN/         weights.safetensors (model., ema., opt., rng. tensors) + state.json
     RUN_DIR/checkpoints/latest.json           the newest complete checkpoint (written last, atomically)
     RUN_DIR/samples/step_NNNNNNN.nii.gz       DDIM samples from the EMA weights
-    RUN_DIR/backbone_{plane}.safetensors      the final EMA backbone (OrthoDiffusionLib.checkpoints format)
+    RUN_DIR/backbone_{plane}.safetensors      the final EMA backbone (OrthoDiffusionLib.model.checkpoints format)
     RUN_DIR/summary.json                      final step, loss, weight digests of every rank (must agree)
 
 Every checkpoint is written into a temporary folder that is renamed into place (os.replace) only when complete, so a
@@ -43,17 +43,19 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from OrthoDiffusionLib.device import check_precision, precision_autocast, resolve_device
 from OrthoDiffusionLib.model.backbone import DiffusionUNet
 from OrthoDiffusionLib.model.checkpoints import atomic_path, save_backbone, tensors_sha256
 from OrthoDiffusionLib.errors import InputError, MissingPathError, OrthoDiffusionError
 from OrthoDiffusionLib.labels import PLANES, SHARED_PLANE
 from OrthoDiffusionLib.model.schedule import CosineSchedule
+from OrthoDiffusionLib.progress import ProgressFn
 from ..run_checkpoints import (epoch_permutation, latest_checkpoint, optimizer_state, optimizer_tensors,
                               read_checkpoint, remove_partial_checkpoints, rng_restore, rng_snapshot, truncate_log,
                               write_checkpoint)
@@ -116,8 +118,7 @@ class PretrainConfig:
         self.attention_resolutions = tuple(int(a) for a in self.attention_resolutions)
         if self.plane not in PLANES + (SHARED_PLANE,):
             raise OrthoDiffusionError(f"plane must be one of {', '.join(PLANES + (SHARED_PLANE,))}, got {self.plane!r}")
-        if self.precision not in ("fp32", "bf16"):
-            raise OrthoDiffusionError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        check_precision(self.precision)
         for name in ("steps", "batch_size", "ema_every", "ckpt_every", "log_every", "sample_steps", "timesteps"):
             if int(getattr(self, name)) < 1:
                 raise OrthoDiffusionError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -166,7 +167,7 @@ class InMemoryVolumes(VolumeDataset):
 
 class SeriesVolumes(VolumeDataset):
     """Series files/folders read with ``OrthoDiffusionLib.io.read_series`` and preprocessed with
-    ``OrthoDiffusionLib.preprocess.preprocess_series(slices, size)`` (16 central slices, resize, [-1, 1]).
+    ``OrthoDiffusionLib.inference.preprocess.preprocess_series(slices, size)`` (16 central slices, resize, [-1, 1]).
 
     Preprocessed volumes are cached as ``.npy`` in ``cache_dir`` (keyed by path, slices and size) so each series is
     read once per run; without ``cache_dir`` they are kept in memory.
@@ -352,9 +353,7 @@ def _setup_distributed(device: str) -> _Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    if use_cuda and not torch.cuda.is_available():
-        raise OrthoDiffusionError("--device cuda asked for, but no CUDA device is available")
+    use_cuda = resolve_device(device).type == "cuda"
     dev = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
@@ -409,9 +408,6 @@ def _write_sample(path: Path, volume: np.ndarray) -> None:
 
 
 # -------------------------------------------------------------------------------------------------------- loop
-ProgressFn = Callable[[int, int, float], None]
-
-
 def pretrain(cfg: PretrainConfig, dataset: Optional[VolumeDataset] = None, *,
              manifest: Optional[Union[str, os.PathLike]] = None, data: Optional[Union[str, os.PathLike]] = None,
              progress: Optional[ProgressFn] = None, stop_at: Optional[int] = None,
@@ -422,7 +418,7 @@ def pretrain(cfg: PretrainConfig, dataset: Optional[VolumeDataset] = None, *,
     Args:
         cfg: the run's settings (``cfg.out`` = RUN_DIR, ``cfg.resume`` continues from its newest checkpoint).
         dataset: volumes (1, slices, size, size); else read from ``manifest`` or ``data`` via the io API.
-        progress: ``progress(step, total_steps, loss)`` after every step (rank 0); may raise to cancel.
+        progress: ``progress("step S/N, loss L", S / N)`` after every step (rank 0); may raise to cancel.
         stop_at: return after writing a checkpoint at this step (e.g. jobs of bounded length on a cluster;
             continue later with ``resume``).
         show_progress: tqdm bar on rank 0.
@@ -526,7 +522,7 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, d: _Dist, dataset: Optional[Vo
 
             bar = tqdm(total=cfg.steps, initial=start, desc=f"pretrain {cfg.plane}", unit="step", dynamic_ncols=True)
 
-    autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    autocast = precision_autocast(d.device, cfg.precision)
     step = start
     last_loss = float("nan")
     window: List[float] = []
@@ -558,7 +554,7 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, d: _Dist, dataset: Optional[Vo
                     bar.update(1)
                     bar.set_postfix(loss=f"{last_loss:.4f}")
                 if progress is not None:
-                    progress(step, cfg.steps, last_loss)
+                    progress(f"step {step}/{cfg.steps}, loss {last_loss:.4f}", step / cfg.steps)
                 if step % cfg.log_every == 0 or step == cfg.steps:
                     now = time.perf_counter()
                     sps = (step - step_last) / max(now - t_last, 1e-9)
@@ -634,7 +630,7 @@ def _sample(cfg: PretrainConfig, model: torch.nn.Module, schedule: CosineSchedul
             device: torch.device) -> None:
     """One DDIM volume from the EMA weights (own generator: does not disturb the training RNG)."""
     gen = torch.Generator().manual_seed(cfg.seed * 104729 + step)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+    with precision_autocast(device, cfg.precision):
         vol = schedule.ddim_sample(model, (1, 1, cfg.slices, cfg.size, cfg.size), steps=cfg.sample_steps,
                                    generator=gen, device=device)
     _write_sample(run_dir / "samples" / f"step_{step:07d}.nii.gz", vol[0, 0].float().cpu().numpy())
