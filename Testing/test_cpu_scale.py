@@ -253,3 +253,26 @@ def test_linear_probe_scores_informative_features_high_and_noise_at_chance():
     informative = labels[:, :1] * 1.5 + rng.normal(size=(400, 5))
     aucs = probe_aurocs(informative, labels, n_train=300)
     assert aucs[0] > 0.8 and 0.35 < aucs[1] < 0.65
+
+
+def test_a_model_with_a_physical_grid_segments_the_whole_series(tmp_path):
+    """Segmentation heads of grid models cover every slice of the series (overlapping windows on the grid), not
+    only the 16 central slices; the labelmap lies on the series' own geometry."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bundle_helpers import make_tiny_bundle, tiny_exam
+
+    from OrthoDiffusionLib.inference.predictor import Predictor
+
+    grid = {"slice_mm": 0.5, "inplane_mm": 1.25}  # the 20-slice 1 mm tiny series becomes 40 grid slices
+    bundle = make_tiny_bundle(tmp_path / "grid.odbundle", diagnosis=False, segmentation_planes=("sagittal",),
+                              seg_grid=grid)
+    exam = tiny_exam(planes=("sagittal",))
+    result = Predictor(bundle, device="cpu").predict(exam, diagnosis=False)
+    seg = result.segmentations["sagittal"]
+    assert seg.GetSize() == exam.sagittal.image.GetSize()
+    assert seg.GetDirection() == pytest.approx(exam.sagittal.image.GetDirection())
+    labelled_slices = sitk.GetArrayFromImage(seg).any(axis=(1, 2)).sum()
+    assert labelled_slices == 20  # 16 central grid slices would reach only 8 of the 20

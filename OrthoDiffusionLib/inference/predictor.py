@@ -45,7 +45,7 @@ from ..errors import CancelledError, InputError, MissingPlaneError
 from ..io import Exam, load_study
 from ..labels import PLANES
 from ..progress import ProgressFn
-from .preprocess import PreprocessedSeries, preprocess_series
+from .preprocess import PreprocessedSeries, model_grid, preprocess_series
 from .result_folder import (DIAGNOSIS_FILE, DISCLAIMER, FUSED, MEASURES_FILE, REPORT_FILE, RESULT_FORMAT,
                             RESULT_VERSION, check_output_folder, labelmap_file_name, segmentation_file_name)
 from ..model.schedule import CosineSchedule
@@ -301,6 +301,8 @@ class Predictor:
         for plane in seg_planes:
             s = self.seg_meta[plane]
             prep = s["preprocessing"]
+            if self._whole_series(plane):
+                continue  # segmented in windows over the whole series (_segment_whole_series)
             add(_PassKey(s["backbone"], plane, int(s["timestep"]), int(prep["slices"]), int(prep["size"])),
                 list(self.seg_heads[plane].required_taps))
         # plane by plane (the progress shows one plane after the other); the noise does not depend on the order
@@ -395,8 +397,16 @@ class Predictor:
         prepped: Dict[Tuple[str, int, int], List[PreprocessedSeries]] = {}
         for g, (plane, slices, size) in enumerate(grids):
             report("preprocess", g / max(1, len(grids)), f"{plane}: preprocessing")
-            prepped[(plane, slices, size)] = [preprocess_series(e.get(plane), slices=slices, size=size)
+            grid = self._grid_of(plane, slices, size)
+            prepped[(plane, slices, size)] = [preprocess_series(e.get(plane), slices=slices, size=size, **grid)
                                              for e in exams]
+        whole = [p for p in seg_planes if self._whole_series(p)]
+        for plane in whole:
+            report("preprocess", 1.0, f"{plane}: preprocessing the whole series")
+            prep = self.seg_meta[plane]["preprocessing"]
+            prepped[(plane, 0, int(prep["size"]))] = [
+                preprocess_series(e.get(plane), slices=None, size=int(prep["size"]), **model_grid(prep))
+                for e in exams]
         timings["preprocess"] = time.perf_counter() - clock
         # 2. backbone passes -> heads, per noise draw
         clock = time.perf_counter()
@@ -406,7 +416,7 @@ class Predictor:
         weights_sum: Optional[torch.Tensor] = None
         fused_by = None
         ehr_used = False
-        seg_sum: Dict[str, torch.Tensor] = {}
+        seg_sum: Dict[str, List[torch.Tensor]] = {}  # per plane, per exam (C, D, H, W) summed over draws
         head_seconds = {"diagnosis": 0.0, "segmentation": 0.0}
         total_steps = draws * (len(passes) + (1 if diag_planes else 0) + len(seg_planes))
         step = 0
@@ -464,11 +474,17 @@ class Predictor:
                 hc = time.perf_counter()
                 for plane in seg_planes:
                     network_step(f"{plane}: segmentation{of_draws}")
-                    s = self.seg_meta[plane]
-                    prep = s["preprocessing"]
-                    key = _PassKey(s["backbone"], plane, int(s["timestep"]), int(prep["slices"]), int(prep["size"]))
-                    probs = self._segmentation_probabilities(plane, taps_of[key])
-                    seg_sum[plane] = probs if plane not in seg_sum else seg_sum[plane] + probs
+                    if plane in whole:
+                        probs_list = self._segment_whole_series(plane, prepped[(plane, 0, self._seg_size(plane))],
+                                                                draw)
+                    else:
+                        s = self.seg_meta[plane]
+                        prep = s["preprocessing"]
+                        key = _PassKey(s["backbone"], plane, int(s["timestep"]), int(prep["slices"]),
+                                       int(prep["size"]))
+                        probs_list = list(self._segmentation_probabilities(plane, taps_of[key]))
+                    seg_sum[plane] = (probs_list if plane not in seg_sum
+                                      else [a + b for a, b in zip(seg_sum[plane], probs_list)])
                 head_seconds["segmentation"] += time.perf_counter() - hc
                 del taps_of
         timings["backbone"] = time.perf_counter() - clock - sum(head_seconds.values())
@@ -478,11 +494,11 @@ class Predictor:
         segs: List[Dict[str, sitk.Image]] = [{} for _ in range(n)]
         for j, plane in enumerate(seg_planes):
             values = torch.tensor(self.seg_meta[plane]["class_values"], dtype=torch.uint8)
-            classes = seg_sum[plane].argmax(dim=1)  # (B, D, H, W)
             series_prep = self._prepped_for_segmentation(prepped, plane)
             for i in range(n):
                 report("resample", (j * n + i) / (len(seg_planes) * n), f"{plane}: resampling segmentation")
-                segs[i][plane] = series_prep[i].to_original(values[classes[i]].numpy(), "nearest")
+                classes = seg_sum[plane][i].argmax(dim=0)  # (D, H, W)
+                segs[i][plane] = series_prep[i].to_original(values[classes].numpy(), "nearest")
         fused: List[Optional[sitk.Image]] = [None] * n
         fused_planes = list(seg_planes) if fuse and len(seg_planes) >= 2 else []
         for i in range(n if fused_planes else 0):
@@ -537,9 +553,51 @@ class Predictor:
 
     def _prepped_for_segmentation(self, prepped: Mapping[Tuple[str, int, int], List[PreprocessedSeries]],
                                   plane: str) -> List[PreprocessedSeries]:
-        """The preprocessed series (one per exam) on the grid of ``plane``'s segmentation head."""
+        """The preprocessed series (one per exam) on the grid of ``plane``'s segmentation head (the whole series,
+        key slices 0, for a head that segments in windows)."""
         prep = self.seg_meta[plane]["preprocessing"]
-        return prepped[(plane, int(prep["slices"]), int(prep["size"]))]
+        return prepped[(plane, 0 if self._whole_series(plane) else int(prep["slices"]), int(prep["size"]))]
+
+    def _whole_series(self, plane: str) -> bool:
+        """Whether ``plane``'s head segments the whole series in windows: heads of models with a physical grid
+        (``slice_mm`` in their preprocessing); older resize-only models segment their 16 central slices."""
+        return bool(model_grid(self.seg_meta[plane]["preprocessing"]))
+
+    def _seg_size(self, plane: str) -> int:
+        return int(self.seg_meta[plane]["preprocessing"]["size"])
+
+    def _grid_of(self, plane: str, slices: int, size: int) -> Dict[str, float]:
+        """The physical grid of the head(s) that read ``plane`` at (slices, size) ({} for resize-only models)."""
+        sections = [self.diag_meta["preprocessing"]] if self.diag_meta and plane in self.diag_meta["planes"] else []
+        if plane in self.seg_meta:
+            sections.append(self.seg_meta[plane]["preprocessing"])
+        for prep in sections:
+            if int(prep["slices"]) == slices and int(prep["size"]) == size:
+                return model_grid(prep)
+        return {}
+
+    def _segment_whole_series(self, plane: str, series: Sequence[PreprocessedSeries], draw: int
+                              ) -> List[torch.Tensor]:
+        """Per exam (C, D, H, W) CPU probabilities over the whole series, from overlapping 16-slice windows."""
+        from .windows import segment_series_in_windows
+
+        s = self.seg_meta[plane]
+        window = int(s["preprocessing"]["slices"])
+        backbone, head = self.backbones[s["backbone"]], self.seg_heads[plane]
+        timestep = int(s["timestep"])
+        gen = torch.Generator().manual_seed(noise_seed(self.seed, draw, plane, timestep))
+        allowed = self._allowed_classes(plane, self.device)
+
+        def probabilities(slabs: torch.Tensor) -> torch.Tensor:
+            x0 = slabs.to(self.device)
+            noise = torch.randn(x0.shape, generator=gen).to(self.device)
+            t = self.schedule.as_timesteps(timestep, x0.shape[0], self.device)
+            logits = head(backbone.encode(self.schedule.q_sample(x0, t, noise), t, head.required_taps),
+                          output_size=tuple(x0.shape[2:]))
+            logits = logits.masked_fill(~allowed[None, :, None, None, None], float("-inf"))
+            return torch.softmax(logits.float(), dim=1).cpu()
+
+        return [segment_series_in_windows(torch.from_numpy(p.volume), probabilities, window=window) for p in series]
 
     def _fused_segmentation(self, probs: Mapping[str, torch.Tensor], prep: Mapping[str, PreprocessedSeries]
                             ) -> sitk.Image:
