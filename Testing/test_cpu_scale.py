@@ -276,3 +276,13 @@ def test_a_model_with_a_physical_grid_segments_the_whole_series(tmp_path):
     assert seg.GetDirection() == pytest.approx(exam.sagittal.image.GetDirection())
     labelled_slices = sitk.GetArrayFromImage(seg).any(axis=(1, 2)).sum()
     assert labelled_slices == 20  # 16 central grid slices would reach only 8 of the 20
+
+
+def test_bench_train_times_the_cpu_scale_network_and_names_the_cpu():
+    from OrthoDiffusionLib.bench.train import bench_train
+
+    r = bench_train(("pretrain",), size=32, slices=16, batch=1, steps=2, warmup=1, network="cpu",
+                    ours_precision="fp32")
+    assert r["network_config"]["patch_size"] == 4 and r["device"]
+    ref, ours = r["rows"]
+    assert ref["losses"] == pytest.approx(ours["losses"], rel=1e-4)  # fp32 both: channels-last changes no number

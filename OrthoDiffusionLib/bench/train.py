@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from OrthoDiffusionLib.device import precision_autocast
-from OrthoDiffusionLib.model.backbone import DiffusionUNet
+from OrthoDiffusionLib.model.backbone import CPU_SCALE_CONFIG, DiffusionUNet
 from OrthoDiffusionLib.bench.model import FT_OPT_TAPS
 from OrthoDiffusionLib.bench.timing import device_facts, device_sync, setup_device
 from OrthoDiffusionLib.model.heads import DiagnosisHead
@@ -59,10 +59,11 @@ def _batches(kind: str, n: int, batch: int, slices: int, size: int, seed: int) -
 class _FineTuneModel(torch.nn.Module):
     """Three plane backbones (encode only) + the diagnosis head: (B, 1, D, H, W) per plane -> (B, 8) logits."""
 
-    def __init__(self, width: int):
+    def __init__(self, config: Dict[str, object]):
         super().__init__()
-        self.backbones = torch.nn.ModuleDict({p: DiffusionUNet(model_channels=width) for p in PLANES})
-        self.head = DiagnosisHead(8, channels=4 * width, fusion="concat", with_mpae=False)
+        self.backbones = torch.nn.ModuleDict({p: DiffusionUNet(**config) for p in PLANES})
+        channels = self.backbones[PLANES[0]].tap_channels("mid_0")
+        self.head = DiagnosisHead(8, channels=channels, fusion="concat", with_mpae=False)
 
     def forward(self, volumes: Dict[str, torch.Tensor]) -> torch.Tensor:
         taps = {}
@@ -72,16 +73,26 @@ class _FineTuneModel(torch.nn.Module):
         return self.head(taps).logits
 
 
-def _make_model(kind: str, width: int, seed: int) -> torch.nn.Module:
+def network_config(network: str, width: int) -> Dict[str, object]:
+    """DiffusionUNet arguments of a benchmarked network: ``authors`` (their layout at ``width``) or ``cpu`` (the
+    CPU-scale configuration, :data:`CPU_SCALE_CONFIG`)."""
+    if network == "authors":
+        return {"model_channels": width}
+    if network == "cpu":
+        return dict(CPU_SCALE_CONFIG)
+    raise ValueError(f"unknown network {network!r} (authors, cpu)")
+
+
+def _make_model(kind: str, config: Dict[str, object], seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     if kind == "pretrain":
-        net = DiffusionUNet(model_channels=width)
+        net = DiffusionUNet(**config)
         with torch.no_grad():  # the zero-initialised output convs would make the first steps degenerate
             for p in net.parameters():
                 if not p.any():
                     p.normal_(0.0, 0.02)
         return net
-    return _FineTuneModel(width)
+    return _FineTuneModel(config)
 
 
 def _step_fn(kind: str, model: torch.nn.Module, opt: torch.optim.Optimizer, precision: str, device: torch.device,
@@ -104,10 +115,13 @@ def _step_fn(kind: str, model: torch.nn.Module, opt: torch.optim.Optimizer, prec
 
 
 def _run_config(kind: str, name: str, base: torch.nn.Module, batches: Sequence[Dict[str, torch.Tensor]],
-                warmup: int, device: torch.device, compile_model: bool) -> Dict[str, object]:
+                warmup: int, device: torch.device, compile_model: bool, ours_precision: str = "bf16"
+                ) -> Dict[str, object]:
     from OrthoDiffusionLib.bench.peak_memory import PeakMemory
 
     precision, channels_last = CONFIGS[name]
+    if name == "ours":
+        precision = ours_precision
     model = copy.deepcopy(base).to(device).train()
     if channels_last:
         for m in model.modules():
@@ -131,7 +145,8 @@ def _run_config(kind: str, name: str, base: torch.nn.Module, batches: Sequence[D
             losses.append(float(loss))
     median = statistics.median(times)
     label = {"reference": "reference (fp32 eager)",
-             "ours": "ours (bf16 autocast, channels-last-3d" + (", torch.compile)" if compile_model else ")")}[name]
+             "ours": f"ours ({precision}{' autocast' if precision == 'bf16' else ''}, channels-last-3d"
+                     + (", torch.compile)" if compile_model else ")")}[name]
     row: Dict[str, object] = {"step": kind, "config": label, "median_step_s": median, "steps_per_s": 1.0 / median,
                               "peak_rss_mib": pm.rss_mib, "losses": [round(v, 6) for v in losses],
                               "nonfinite_steps": sum(not math.isfinite(v) for v in losses)}
@@ -142,9 +157,11 @@ def _run_config(kind: str, name: str, base: torch.nn.Module, batches: Sequence[D
 
 def bench_train(kinds: Sequence[str] = ("pretrain", "finetune"), width: int = 64, size: int = 256, slices: int = 16,
                 batch: int = 10, steps: int = 6, warmup: int = 2, device: str = "cpu", compile_model: bool = False,
-                threads: Optional[int] = None, seed: int = 0) -> Dict[str, object]:
+                threads: Optional[int] = None, seed: int = 0, network: str = "authors",
+                ours_precision: str = "bf16") -> Dict[str, object]:
     """Time ``steps`` training steps (the first ``warmup`` untimed) of each kind in each configuration (see the
-    module docstring). Returns rows, per-kind speed-ups and loss-curve differences."""
+    module docstring) for ``network`` (:func:`network_config`; ``width`` applies to ``authors``). Returns rows,
+    per-kind speed-ups and loss-curve differences, with the device (CPU model name) they ran on."""
 
     if steps <= warmup:
         raise ValueError(f"steps ({steps}) must exceed warmup ({warmup})")
@@ -154,14 +171,16 @@ def bench_train(kinds: Sequence[str] = ("pretrain", "finetune"), width: int = 64
     for kind in kinds:
         if kind not in ("pretrain", "finetune"):
             raise ValueError(f"unknown step kind {kind!r} (pretrain, finetune)")
-        base = _make_model(kind, width, seed)
+        base = _make_model(kind, network_config(network, width), seed)
         batches = _batches(kind, steps, batch, slices, size, seed + 1)
         ref = _run_config(kind, "reference", base, batches, warmup, dev, False)
-        ours = _run_config(kind, "ours", base, batches, warmup, dev, compile_model)
+        ours = _run_config(kind, "ours", base, batches, warmup, dev, compile_model, ours_precision)
         rows += [ref, ours]
         extra[f"speedup_{kind}_ours_over_reference"] = ours["steps_per_s"] / ref["steps_per_s"]
         both = [(a, b) for a, b in zip(ref["losses"], ours["losses"]) if math.isfinite(a) and math.isfinite(b)]
         extra[f"loss_curve_max_rel_diff_{kind}"] = (max(abs(a - b) / max(abs(a), 1e-12) for a, b in both)
                                                     if both else float("nan"))
-    return {"rows": rows, **extra, "input": [batch, 1, slices, size, size], "width": width, "steps": steps,
+    return {"rows": rows, **extra, "input": [batch, 1, slices, size, size], "network": network,
+            "network_config": {k: list(v) if isinstance(v, tuple) else v
+                               for k, v in network_config(network, width).items()}, "width": width, "steps": steps,
             "warmup": warmup, **device_facts(dev)}

@@ -219,7 +219,8 @@ def _run_train(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     result = train_bench.bench_train(tuple(k.strip() for k in args.steps_of.split(",") if k.strip()), args.width,
                                      args.size, args.slices, args.batch, args.steps, args.warmup, args.device,
-                                     args.compile, args.threads)
+                                     args.compile, args.threads, network=args.network,
+                                     ours_precision=args.ours_precision)
     return _table("Training steps: fp32 eager reference vs ours", result,
                   ["step", "config", "median_step_s", "steps_per_s", "peak_cuda_mib", "peak_rss_mib",
                    "nonfinite_steps", "losses"], args, start)
@@ -230,6 +231,12 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                     help="training step time: fp32 eager reference vs ours (bf16, channels-last)",
                     description=train_bench.__doc__.split("\n\n", 1)[1], raw=True)
     p.add_argument("--steps-of", default="pretrain,finetune", help="pretrain, finetune or both (default)")
+    p.add_argument("--network", choices=("authors", "cpu"), default="authors",
+                   help="authors: their layout at --width; cpu: the CPU-scale network (space-to-depth x4, width 16, "
+                        "1,2,4,8; use --size 128 --batch 8)")
+    p.add_argument("--ours-precision", choices=("bf16", "fp32"), default="bf16",
+                   help="precision of the 'ours' configuration (fp32 on CPUs without native bfloat16, where bf16 "
+                        "autocast is many times slower)")
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--slices", type=int, default=16)

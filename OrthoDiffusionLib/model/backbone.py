@@ -38,6 +38,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 
 __all__ = [
     "DiffusionUNet",
+    "CPU_SCALE_CONFIG",
     "timestep_embedding",
     "reference_init_",
     "GroupNorm32",
@@ -212,6 +213,12 @@ class EmbedSequential(nn.Sequential):
         return x
 
 
+
+
+#: The CPU-scale member of the family (docs/cpu-scale-model.md): in-plane space-to-depth x4, width 16, channel
+#: multipliers 1,2,4,8, attention at the bottleneck, GroupNorm(8); 16 x 128 x 128 volumes on the model grid.
+CPU_SCALE_CONFIG: Dict[str, object] = {"patch_size": 4, "model_channels": 16, "channel_mult": (1, 2, 4, 8),
+                                       "attention_resolutions": (8,), "norm_groups": 8}
 
 
 class DiffusionUNet(nn.Module):
