@@ -174,6 +174,11 @@ def test_pretraining_continues_from_a_float16_backbone_in_a_new_run_folder(tmp_p
     first = PretrainConfig(out=str(tmp_path / "a"), steps=3, **common)
     pretrain(first, data)
     half = tmp_path / "a" / "backbone_shared.fp16.safetensors"
+    from OrthoDiffusionLib.training.pretrain.ddpm import backbone_from_checkpoint
+
+    kept = backbone_from_checkpoint(tmp_path / "a", tmp_path / "kept.fp16.safetensors")
+    assert load_backbone_state(kept)[0].keys() == load_backbone_state(half)[0].keys()
+    assert load_backbone_state(kept)[1]["provenance"]["trained_steps"] == 3
     state, meta = load_backbone_state(half)
     assert all(v.dtype == torch.float16 for v in state.values())
     assert meta["provenance"]["trained_steps"] == 3

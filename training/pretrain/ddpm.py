@@ -692,3 +692,24 @@ def normalize_window(vol: np.ndarray, slices: int) -> np.ndarray:
         vol = pad
     lo, hi = float(vol.min()), float(vol.max())
     return ((vol - lo) / max(hi - lo, 1e-6) * 2.0 - 1.0).astype(np.float32)
+
+
+def backbone_from_checkpoint(run_dir: Union[str, os.PathLike], out: Union[str, os.PathLike],
+                             half: bool = True) -> Path:
+    """Write the EMA weights of a run's newest checkpoint as a backbone file (float16 with ``half``), e.g. to keep
+    a run that is still going: the file continues it in another run folder with ``pretrain(..., init_from=...)``.
+    Returns ``out``."""
+    run_dir = Path(run_dir)
+    latest = latest_checkpoint(run_dir, STEP_PREFIX)
+    if latest is None:
+        raise MissingPathError("no complete checkpoint in this run folder", run_dir)
+    tensors, state = read_checkpoint(latest, CHECKPOINT_FORMAT_VERSION)
+    cfg_json = dict(state["config"])
+    cfg = PretrainConfig(**{k: v for k, v in cfg_json.items() if k in {f.name for f in dataclasses.fields(PretrainConfig)}})
+    model = cfg.model()
+    model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    step = int(state["step"])
+    save_backbone(model, out, cfg.plane, half=half,
+                  provenance={"trained_steps": step, "planned_steps": cfg.steps, "run": run_dir.name,
+                              "recipe": "orthodiffusion pretrain", "from_checkpoint": latest.name})
+    return Path(out)
