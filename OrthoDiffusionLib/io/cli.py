@@ -1,4 +1,5 @@
-"""``orthodiffusion inspect PATH [--json]``: list the series found under a path and the plane assignment.
+"""``orthodiffusion inspect PATH [--json] [--series-uid UID ...] [--echo N]``: list the series found under a path and
+the plane assignment.
 
 Prints plane, obliquity, size, spacing, TE/TR, description and weighting guesses per series, then what
 :func:`load_study` would choose per plane and why. Never prints patient identifiers or UIDs.
@@ -9,21 +10,23 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from ..errors import MissingPathError
 from .reader import read_series
 from .study import assign_planes, describe_series, find_candidates, load_study
 
 
-def inspect_path(path: str) -> Dict[str, Any]:
+def inspect_path(path: str, series_uid: Union[str, Sequence[str], None] = None,
+                 echo: Optional[int] = None) -> Dict[str, Any]:
     """JSON-friendly report: ``series`` (one entry per series/echo), ``assignment`` (plane -> chosen source or None),
-    ``choices`` (the reasons) and ``ignored``."""
+    ``choices`` (the reasons) and ``ignored``. ``series_uid`` / ``echo`` narrow a folder with several series or
+    echoes as ``predict`` does."""
     if not os.path.exists(path):
         raise MissingPathError("no such file or folder", path)
     series: List[Dict[str, Any]] = []
     if os.path.isdir(path):
-        candidates, ignored = find_candidates(path)
+        candidates, ignored = find_candidates(path, series_uid=series_uid, echo=echo)
         exam = assign_planes(path, candidates, ignored)
         for c in sorted(candidates, key=lambda c: (c.plane, c.label)):
             series.append({
@@ -35,12 +38,12 @@ def inspect_path(path: str) -> Dict[str, Any]:
                 "fat_sat": c.meta.get("fat_sat"), "format": c.meta.get("format"),
             })
     else:
-        s = read_series(path)
+        s = read_series(path, series_uid=series_uid, echo=echo)
         summary = s.summary()
         series.append({"label": describe_series(s.meta, s.shape[0], s.spacing), **{k: summary[k] for k in (
             "source", "plane", "obliquity_deg", "size", "spacing", "echo_time", "repetition_time",
             "series_description", "weighting", "fat_sat", "format")}})
-        exam = load_study(path)
+        exam = load_study(path, series_uid=series_uid, echo=echo)
     return {
         "path": os.fspath(path),
         "series": series,
@@ -64,8 +67,19 @@ def _print_text(report: Dict[str, Any], out=sys.stdout) -> None:
         print(f"  {line}", file=out)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 (refused in one line otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _run(args: argparse.Namespace) -> int:
-    report = inspect_path(args.path)
+    report = inspect_path(args.path, args.series_uid, args.echo)
     if args.json:
         json.dump(report, sys.stdout, indent=2, default=str)
         print()
@@ -79,4 +93,8 @@ def register(subparsers) -> None:
                               description=__doc__.split("\n\n")[0])
     p.add_argument("path", help="study folder, DICOM folder/file, or NIfTI/NRRD/MetaImage file")
     p.add_argument("--json", action="store_true", help="print a JSON report instead of text")
+    p.add_argument("--series-uid", action="append", default=None, metavar="UID",
+                   help="only the series with this SeriesInstanceUID (or SeriesNumber); may be repeated")
+    p.add_argument("--echo", type=positive_int, default=None, metavar="N",
+                   help="of a multi-echo series, only echo N (1 = first echo)")
     p.set_defaults(func=_run)

@@ -105,7 +105,8 @@ def _exam(a) -> int:
         if not a.no_dicom:
             write_dicom_series(s.image, out / "dicom" / stem, meta=s.meta, series_number=n,
                                series_description=str(s.meta["series_description"]),
-                               uid_seed=f"orthodiffusion-sim-exam:{a.seed}:{stem}")
+                               uid_seed=f"orthodiffusion-sim-exam:{a.seed}:{stem}",
+                               study_uid_seed=f"orthodiffusion-sim-exam:{a.seed}")
         (out / "nifti").mkdir(exist_ok=True)
         (out / "labels").mkdir(exist_ok=True)
         write_image(s.image, out / "nifti" / f"{stem}.nii.gz")

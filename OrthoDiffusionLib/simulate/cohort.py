@@ -256,7 +256,8 @@ def _write_patient(args) -> List[Dict[str, object]]:
 
             write_dicom_series(s.image, pdir / stem, meta=s.meta, series_description=str(s.meta["series_description"]),
                                series_number=number, study_description="OrthoDiffusion simulated knee",
-                               uid_seed=f"orthodiffusion-sim:{pseed}:{pid}:{stem}")
+                               uid_seed=f"orthodiffusion-sim:{pseed}:{pid}:{stem}",
+                               study_uid_seed=f"orthodiffusion-sim:{pseed}:{pid}")
             series_path = f"{pid}/{stem}"
         if settings["write_nifti"]:
             write_image(s.image, pdir / f"{pid}_{stem}.nii.gz")
