@@ -3,10 +3,14 @@
     orthodiffusion predict --sagittal P [--coronal P] [--axial P] | --study DIR  --out DIR
         [--model BUNDLE|NAME] [--device auto|cpu|cuda] [--ehr FILE.json] [--no-segmentation] [--no-diagnosis]
         [--noise-draws K] [--seed S] [--json] [--progress json|bar|none] [--overwrite] [--allow-anatomy-mismatch]
+        [--allow-mixed-patients] [--series-uid UID ...] [--echo N]
     orthodiffusion demo [--out DIR] [--abnormality KEY] [--seed N] [--device ...] [--model BUNDLE] [--matrix N]
 
-Outputs are written into a temporary folder beside ``--out`` and renamed onto it only on success; an existing
-non-empty ``--out`` is refused unless ``--overwrite``. ``--json`` prints ``diagnosis.json`` to stdout.
+``--out`` is claimed before any work (:mod:`OrthoDiffusionLib.output_folder`): it may not overlap an input, a second
+run into it is refused while the first runs, and an existing non-empty ``--out`` is refused unless ``--overwrite``
+and it is an earlier result of this tool. Outputs are written into a temporary folder beside ``--out`` and renamed
+onto it only on success; an error, Ctrl-C or SIGTERM leaves nothing behind. ``--json`` prints ``diagnosis.json`` to
+stdout.
 ``--progress json`` prints one line per progress event to stderr, e.g.
 ``ORTHODIFFUSION-PROGRESS {"stage": "coronal: backbone t=50", "fraction": 0.42}`` (stages name the plane and the
 step, see :mod:`OrthoDiffusionLib.predictor`; then ``writing outputs`` and ``done`` at 1.0).
@@ -21,6 +25,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional
 
 from .errors import InputError, MissingPathError, OrthoDiffusionError
+from .io.cli import positive_int
+from .output_folder import claim_output_folder, sigterm_raises
 
 __all__ = ["PROGRESS_PREFIX", "format_result_table", "progress_printer", "register"]
 
@@ -72,13 +78,6 @@ def progress_printer(mode: str) -> tuple[Callable[[str, float], None], Callable[
     return update, bar.close
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise InputError("the output path exists and is not a folder", out)
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise InputError("the output folder exists and is not empty (choose another or pass --overwrite)", out)
-
-
 def _read_ehr(path: Optional[str]) -> Optional[Dict[str, Any]]:
     if path is None:
         return None
@@ -95,13 +94,13 @@ def _read_ehr(path: Optional[str]) -> Optional[Dict[str, Any]]:
     return record
 
 
-def _run_and_write(predictor, exam, args, ehr=None) -> Dict[str, Any]:
+def _run_and_write(predictor, exam, args, ehr=None, claim=None) -> Dict[str, Any]:
     from .predictor import predict_and_write
 
     progress, close = progress_printer(args.progress)
     try:
         result = predict_and_write(predictor, exam, args.out, ehr, progress=progress, overwrite=args.overwrite,
-                                   diagnosis=not getattr(args, "no_diagnosis", False),
+                                   claim=claim, diagnosis=not getattr(args, "no_diagnosis", False),
                                    segmentation=not args.no_segmentation, noise_draws=args.noise_draws,
                                    fuse_segmentations=args.fuse_segmentations)
     finally:
@@ -113,15 +112,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .predictor import Predictor, load_exam
 
     out = Path(args.out)
-    _check_out(out, args.overwrite)
     if args.study is None and not any((args.sagittal, args.coronal, args.axial)):
         raise InputError("give --study DIR or at least one of --sagittal/--coronal/--axial")
-    ehr = _read_ehr(args.ehr)
-    # the model first: its anatomy decides which series the exam loader accepts
-    predictor = Predictor(args.model, device=args.device, seed=args.seed, precision=args.precision)
-    exam = load_exam(args.sagittal, args.coronal, args.axial, study=args.study, anatomy=predictor.anatomy,
-                     allow_anatomy_mismatch=args.allow_anatomy_mismatch)
-    data = _run_and_write(predictor, exam, args, ehr)
+    inputs = (args.sagittal, args.coronal, args.axial, args.study, args.ehr, args.model)
+    with sigterm_raises(), claim_output_folder(out, overwrite=args.overwrite, inputs=inputs) as claim:
+        ehr = _read_ehr(args.ehr)
+        # the model first: its anatomy decides which series the exam loader accepts
+        predictor = Predictor(args.model, device=args.device, seed=args.seed, precision=args.precision)
+        exam = load_exam(args.sagittal, args.coronal, args.axial, study=args.study, anatomy=predictor.anatomy,
+                         allow_anatomy_mismatch=args.allow_anatomy_mismatch,
+                         allow_mixed_patients=args.allow_mixed_patients, series_uid=args.series_uid,
+                         echo=args.echo)
+        data = _run_and_write(predictor, exam, args, ehr, claim)
     if args.json:
         print(json.dumps(data, indent=2))
     else:
@@ -131,15 +133,24 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import DEFAULT_ABNORMALITY, exam_from_simulation
-    from .predictor import Predictor
-    from .simulate import LABEL_KEYS, simulate_exam
+    from .demo import DEFAULT_ABNORMALITY
+    from .simulate import LABEL_KEYS
 
     out = Path(args.out)
-    _check_out(out, args.overwrite or (args.out == _DEMO_OUT and (out / "diagnosis.json").is_file()))
     abnormality = args.abnormality or DEFAULT_ABNORMALITY
     if abnormality != "none" and abnormality not in LABEL_KEYS:
         raise InputError(f"unknown abnormality {abnormality!r}; choose one of none, {', '.join(LABEL_KEYS)}")
+    # the default folder is replaced by a new demo run, but only when it holds nothing but an earlier result
+    args.overwrite = args.overwrite or args.out == _DEMO_OUT
+    with sigterm_raises(), claim_output_folder(out, overwrite=args.overwrite, inputs=(args.model,)) as claim:
+        return _run_demo(args, out, abnormality, claim)
+
+
+def _run_demo(args: argparse.Namespace, out: Path, abnormality: str, claim) -> int:
+    from .demo import exam_from_simulation
+    from .predictor import Predictor
+    from .simulate import simulate_exam
+
     start = time.perf_counter()
     try:
         predictor = Predictor(args.model, device=args.device, seed=args.seed, precision=args.precision)
@@ -156,8 +167,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     exam = exam_from_simulation(sim)
     print(f"simulated a procedural knee exam (seed {args.seed}, abnormality: {abnormality}) in "
           f"{time.perf_counter() - t:.1f} s")
-    args.overwrite = True  # checked above
-    data = _run_and_write(predictor, exam, args)
+    data = _run_and_write(predictor, exam, args, claim=claim)
     print(format_result_table(data))
     print(f"total {time.perf_counter() - start:.1f} s; outputs in {out}")
     print(f"report: {(out / 'report.html').resolve()}")
@@ -178,11 +188,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fuse-segmentations", action="store_true",
                    help="also write segmentation_fused.seg.nrrd / labelmap_fused.nii.gz: the segmented planes' class "
                         "probabilities averaged on the sagittal series' grid (needs two segmented planes)")
-    p.add_argument("--noise-draws", type=int, default=1, metavar="K",
+    p.add_argument("--noise-draws", type=positive_int, default=1, metavar="K",
                    help="noise draws averaged; their spread is the uncertainty (default 1)")
     p.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
                    help="progress on stderr: a bar (default), JSON lines for GUIs, or none")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier result folder of this tool (never a folder holding other files)")
 
 
 def register(subparsers) -> None:
@@ -203,6 +214,14 @@ def register(subparsers) -> None:
     p.add_argument("--allow-anatomy-mismatch", action="store_true",
                    help="run on series whose DICOM metadata (BodyPartExamined, descriptions) names another body part "
                         "than the model's anatomy (refused by default)")
+    p.add_argument("--allow-mixed-patients", action="store_true",
+                   help="run on an exam whose series differ in PatientID, StudyInstanceUID, birth date or sex "
+                        "(refused by default; the result then carries a warning)")
+    p.add_argument("--series-uid", action="append", default=None, metavar="UID",
+                   help="in a folder holding several series: read the one with this SeriesInstanceUID (or "
+                        "SeriesNumber); repeat for several folders")
+    p.add_argument("--echo", type=positive_int, default=None, metavar="N",
+                   help="in a multi-echo series: read echo N (1 = first echo)")
     _common(p)
     p.set_defaults(func=_cmd_predict)
 
