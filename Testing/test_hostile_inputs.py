@@ -1,7 +1,7 @@
 """Hostile and careless use: every case ends safely (inputs intact, one line on stderr, exit code 2, nothing left
 behind), or runs with a warning that names what is wrong.
 
-Numbers refer to the cases of the hostile-use probe:
+The cases, by kind of misuse:
 1. ``--out``/``--overwrite`` never delete inputs or foreign files (``demo`` included);
 2. the viewer refuses foreign origins and hosts and sessions without the per-launch token; its picker stays inside
    the folders it was started with;
