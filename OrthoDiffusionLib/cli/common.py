@@ -96,3 +96,14 @@ def fraction_bar(total: int, unit: str, desc: str) -> Tuple[ProgressFn, Callable
         bar.update(int(round(fraction * total)) - bar.n)
 
     return progress, bar.close
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 (refused in one line otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

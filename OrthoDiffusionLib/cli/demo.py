@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from ..errors import InputError, OrthoDiffusionError
-from ..inference.result_folder import REPORT_FILE, check_output_folder, is_result_folder
+from ..inference.result_folder import REPORT_FILE
+from ..output_folder import claim_output_folder, sigterm_raises
 from .predict import add_run_arguments, format_result_table, run_and_write
 from .common import add_command
 
@@ -21,15 +22,24 @@ _DEMO_OUT = "orthodiffusion-demo"
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ..inference.demo import DEFAULT_ABNORMALITY, exam_from_simulation
-    from ..inference.predictor import Predictor
-    from ..simulate import LABEL_KEYS, simulate_exam
+    from ..inference.demo import DEFAULT_ABNORMALITY
+    from ..simulate import LABEL_KEYS
 
     out = Path(args.out)
-    check_output_folder(out, args.overwrite or (args.out == _DEMO_OUT and is_result_folder(out)))
     abnormality = args.abnormality or DEFAULT_ABNORMALITY
     if abnormality != "none" and abnormality not in LABEL_KEYS:
         raise InputError(f"unknown abnormality {abnormality!r}; choose one of none, {', '.join(LABEL_KEYS)}")
+    # the default folder is replaced by a new demo run, but only when it holds nothing but an earlier result
+    args.overwrite = args.overwrite or args.out == _DEMO_OUT
+    with sigterm_raises(), claim_output_folder(out, overwrite=args.overwrite, inputs=(args.model,)) as claim:
+        return _run_demo(args, out, abnormality, claim)
+
+
+def _run_demo(args: argparse.Namespace, out: Path, abnormality: str, claim) -> int:
+    from ..inference.demo import exam_from_simulation
+    from ..inference.predictor import Predictor
+    from ..simulate import simulate_exam
+
     start = time.perf_counter()
     try:
         predictor = Predictor(args.model, device=args.device, seed=args.seed, precision=args.precision)
@@ -46,8 +56,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     exam = exam_from_simulation(sim)
     print(f"simulated a procedural knee exam (seed {args.seed}, abnormality: {abnormality}) in "
           f"{time.perf_counter() - t:.1f} s")
-    args.overwrite = True  # checked above
-    data = run_and_write(predictor, exam, args)
+    data = run_and_write(predictor, exam, args, claim=claim)
     print(format_result_table(data))
     print(f"total {time.perf_counter() - start:.1f} s; outputs in {out}")
     print(f"report: {(out / REPORT_FILE).resolve()}")

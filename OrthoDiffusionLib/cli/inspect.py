@@ -1,4 +1,5 @@
-"""``orthodiffusion inspect PATH [--json]``: list the series found under a path and the plane assignment.
+"""``orthodiffusion inspect PATH [--json] [--series-uid UID ...] [--echo N]``: list the series found under a path and
+the plane assignment.
 
 Prints plane, obliquity, size, spacing, TE/TR, description and weighting guesses per series, then what
 :func:`load_study` would choose per plane and why. Never prints patient identifiers or UIDs.
@@ -11,7 +12,7 @@ import sys
 from typing import Any, Dict
 
 from ..io.study import inspect_path
-from .common import add_command
+from .common import add_command, positive_int
 
 
 def _print_text(report: Dict[str, Any], out=sys.stdout) -> None:
@@ -29,7 +30,7 @@ def _print_text(report: Dict[str, Any], out=sys.stdout) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    report = inspect_path(args.path)
+    report = inspect_path(args.path, args.series_uid, args.echo)
     if args.json:
         json.dump(report, sys.stdout, indent=2, default=str)
         print()
@@ -44,3 +45,7 @@ def register(subparsers) -> None:
                     description=__doc__.split("\n\n")[0])
     p.add_argument("path", help="study folder, DICOM folder/file, or NIfTI/NRRD/MetaImage file")
     p.add_argument("--json", action="store_true", help="print a JSON report instead of text")
+    p.add_argument("--series-uid", action="append", default=None, metavar="UID",
+                   help="only the series with this SeriesInstanceUID (or SeriesNumber); may be repeated")
+    p.add_argument("--echo", type=positive_int, default=None, metavar="N",
+                   help="of a multi-echo series, only echo N (1 = first echo)")

@@ -39,10 +39,17 @@ SUBCOMMAND_MODULES: List[str] = [
 OPTIONAL_PACKAGES = ("OrthoDiffusionLib.training", "OrthoDiffusionLib.bench")
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` (and its subcommands' parsers) whose errors are one line on stderr, exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="orthodiffusion",
         description="OrthoDiffusion: multi-plane knee MRI segmentation and diagnosis with a diffusion foundation model.",
     )
@@ -70,6 +77,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except OrthoDiffusionError as e:
         print(f"orthodiffusion {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"orthodiffusion {args.command}: cancelled", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", None)  # output_folder.Terminated: SIGTERM
+        why = f" ({e}); nothing was written" if signum else ""
+        print(f"orthodiffusion {args.command}: cancelled{why}", file=sys.stderr)
+        return 128 + signum if signum else 130

@@ -3,10 +3,13 @@
     orthodiffusion predict --sagittal P [--coronal P] [--axial P] | --study DIR  --out DIR
         [--model BUNDLE|NAME] [--device auto|cpu|cuda] [--ehr FILE.json] [--no-segmentation] [--no-diagnosis]
         [--noise-draws K] [--seed S] [--json] [--progress json|bar|none] [--overwrite] [--allow-anatomy-mismatch]
+        [--allow-mixed-patients] [--series-uid UID ...] [--echo N]
 
-The options shared with ``orthodiffusion demo`` (:mod:`.demo`) are :func:`add_run_arguments`. Outputs are written
-into a temporary folder beside ``--out`` and renamed onto it only on success; an existing non-empty ``--out`` is
-refused unless ``--overwrite``. ``--json`` prints ``diagnosis.json`` to stdout.
+The options shared with ``orthodiffusion demo`` (:mod:`.demo`) are :func:`add_run_arguments`. ``--out`` is claimed
+before any work (:mod:`OrthoDiffusionLib.output_folder`): it may not overlap an input, a second run into it is refused
+while the first runs, and an existing non-empty ``--out`` is refused unless ``--overwrite`` and it is an earlier
+result of this tool. Outputs are written into a temporary folder beside ``--out`` and renamed onto it only on
+success; an error, Ctrl-C or SIGTERM leaves nothing behind. ``--json`` prints ``diagnosis.json`` to stdout.
 ``--progress json`` prints one line per progress event to stderr, e.g.
 ``ORTHODIFFUSION-PROGRESS {"stage": "coronal: backbone t=50", "fraction": 0.42}`` (stages name the plane and the
 step, see :mod:`OrthoDiffusionLib.inference.predictor`; then ``writing outputs`` and ``done`` at 1.0).
@@ -20,9 +23,10 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional
 
 from ..errors import InputError, MissingPathError
-from ..inference.result_folder import REPORT_FILE, check_output_folder
+from ..inference.result_folder import REPORT_FILE
+from ..output_folder import claim_output_folder, sigterm_raises
 from ..progress import ProgressFn, progress_line
-from .common import add_command, add_device_argument, add_precision_argument
+from .common import add_command, add_device_argument, add_precision_argument, positive_int
 
 __all__ = ["format_result_table", "progress_printer", "add_run_arguments", "run_and_write", "register"]
 
@@ -87,15 +91,15 @@ def _read_ehr(path: Optional[str]) -> Optional[Dict[str, Any]]:
     return record
 
 
-def run_and_write(predictor, exam, args: argparse.Namespace, ehr=None) -> Dict[str, Any]:
-    """Predict ``exam`` and write the result folder ``args.out`` with the options of :func:`add_run_arguments`;
-    returns the content of ``diagnosis.json``."""
+def run_and_write(predictor, exam, args: argparse.Namespace, ehr=None, claim=None) -> Dict[str, Any]:
+    """Predict ``exam`` and write the result folder ``args.out`` (into ``claim`` when the folder was claimed before)
+    with the options of :func:`add_run_arguments`; returns the content of ``diagnosis.json``."""
     from ..inference.predictor import predict_and_write
 
     progress, close = progress_printer(args.progress)
     try:
         result = predict_and_write(predictor, exam, args.out, ehr, progress=progress, overwrite=args.overwrite,
-                                   diagnosis=not getattr(args, "no_diagnosis", False),
+                                   claim=claim, diagnosis=not getattr(args, "no_diagnosis", False),
                                    segmentation=not args.no_segmentation, noise_draws=args.noise_draws,
                                    fuse_segmentations=args.fuse_segmentations)
     finally:
@@ -107,15 +111,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from ..inference.predictor import Predictor, load_exam
 
     out = Path(args.out)
-    check_output_folder(out, args.overwrite)
     if args.study is None and not any((args.sagittal, args.coronal, args.axial)):
         raise InputError("give --study DIR or at least one of --sagittal/--coronal/--axial")
-    ehr = _read_ehr(args.ehr)
-    # the model first: its anatomy decides which series the exam loader accepts
-    predictor = Predictor(args.model, device=args.device, seed=args.seed, precision=args.precision)
-    exam = load_exam(args.sagittal, args.coronal, args.axial, study=args.study, anatomy=predictor.anatomy,
-                     allow_anatomy_mismatch=args.allow_anatomy_mismatch)
-    data = run_and_write(predictor, exam, args, ehr)
+    inputs = (args.sagittal, args.coronal, args.axial, args.study, args.ehr, args.model)
+    with sigterm_raises(), claim_output_folder(out, overwrite=args.overwrite, inputs=inputs) as claim:
+        ehr = _read_ehr(args.ehr)
+        # the model first: its anatomy decides which series the exam loader accepts
+        predictor = Predictor(args.model, device=args.device, seed=args.seed, precision=args.precision)
+        exam = load_exam(args.sagittal, args.coronal, args.axial, study=args.study, anatomy=predictor.anatomy,
+                         allow_anatomy_mismatch=args.allow_anatomy_mismatch,
+                         allow_mixed_patients=args.allow_mixed_patients, series_uid=args.series_uid,
+                         echo=args.echo)
+        data = run_and_write(predictor, exam, args, ehr, claim)
     if args.json:
         print(json.dumps(data, indent=2))
     else:
@@ -135,7 +142,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fuse-segmentations", action="store_true",
                    help="also write segmentation_fused.seg.nrrd / labelmap_fused.nii.gz: the segmented planes' class "
                         "probabilities averaged on the sagittal series' grid (needs two segmented planes)")
-    p.add_argument("--noise-draws", type=int, default=1, metavar="K",
+    p.add_argument("--noise-draws", type=positive_int, default=1, metavar="K",
                    help="noise draws averaged; their spread is the uncertainty (default 1)")
     p.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
                    help="progress on stderr: a bar (default), JSON lines for GUIs, or none")
@@ -160,4 +167,12 @@ def register(subparsers) -> None:
     p.add_argument("--allow-anatomy-mismatch", action="store_true",
                    help="run on series whose DICOM metadata (BodyPartExamined, descriptions) names another body part "
                         "than the model's anatomy (refused by default)")
+    p.add_argument("--allow-mixed-patients", action="store_true",
+                   help="run on an exam whose series differ in PatientID, StudyInstanceUID, birth date or sex "
+                        "(refused by default; the result then carries a warning)")
+    p.add_argument("--series-uid", action="append", default=None, metavar="UID",
+                   help="in a folder holding several series: read the one with this SeriesInstanceUID (or "
+                        "SeriesNumber); repeat for several folders")
+    p.add_argument("--echo", type=positive_int, default=None, metavar="N",
+                   help="in a multi-echo series: read echo N (1 = first echo)")
     add_run_arguments(p)

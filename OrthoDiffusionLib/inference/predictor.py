@@ -33,7 +33,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import SimpleITK as sitk
 import torch
@@ -43,13 +43,17 @@ from ..bundle.format import ModelBundle, load_bundle
 from ..device import check_precision, precision_autocast, resolve_device
 from ..errors import CancelledError, InputError, MissingPlaneError
 from ..io import Exam, load_study
+from ..io.coverage import coverage_warnings
 from ..labels import PLANES
 from ..progress import ProgressFn
 from .preprocess import PreprocessedSeries, model_grid, preprocess_series
 from .result_folder import (DIAGNOSIS_FILE, DISCLAIMER, FUSED, MEASURES_FILE, REPORT_FILE, RESULT_FORMAT,
-                            RESULT_VERSION, check_output_folder, labelmap_file_name, segmentation_file_name)
+                            RESULT_VERSION, labelmap_file_name, segmentation_file_name)
 from ..model.schedule import CosineSchedule
 from ..model.uncertainty import aggregate_noise_draws
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..output_folder import OutputFolderClaim
 
 __all__ = ["PredictionResult", "Predictor", "load_exam", "predict_and_write", "write_outputs", "noise_seed"]
 
@@ -62,13 +66,17 @@ _PHASES = (("preprocess", 0.0), ("networks", 0.1), ("resample", 0.75), ("measure
 # ----------------------------------------------------------------------------------------------------- exams
 def load_exam(sagittal: Optional[PathLike] = None, coronal: Optional[PathLike] = None,
               axial: Optional[PathLike] = None, study: Optional[PathLike] = None, *, anatomy: Optional[str] = "knee",
-              allow_anatomy_mismatch: bool = False) -> Exam:
+              allow_anatomy_mismatch: bool = False, allow_mixed_patients: bool = False,
+              series_uid: Union[str, Sequence[str], None] = None, echo: Optional[int] = None) -> Exam:
     """An :class:`~OrthoDiffusionLib.io.Exam` from series paths (each checked to be in its plane) or from a study
     folder (one series per plane chosen by :func:`~OrthoDiffusionLib.io.load_study`). Give either.
 
     ``anatomy`` (the model's, :attr:`Predictor.anatomy`) refuses series whose metadata names another body part
-    (:mod:`OrthoDiffusionLib.io.anatomy`) unless ``allow_anatomy_mismatch``."""
-    check = dict(anatomy=anatomy, allow_anatomy_mismatch=allow_anatomy_mismatch)
+    (:mod:`OrthoDiffusionLib.io.anatomy`) unless ``allow_anatomy_mismatch``. Series of different patients or studies
+    are refused unless ``allow_mixed_patients`` (:mod:`OrthoDiffusionLib.io.exam_identity`). ``series_uid`` /
+    ``echo`` choose a series and an echo where a path holds several."""
+    check = dict(anatomy=anatomy, allow_anatomy_mismatch=allow_anatomy_mismatch,
+                 allow_mixed_patients=allow_mixed_patients, series_uid=series_uid, echo=echo)
     if study is not None:
         if any(p is not None for p in (sagittal, coronal, axial)):
             raise InputError("give either a study folder or series per plane, not both", study)
@@ -284,6 +292,11 @@ class Predictor:
                 notes.append("EHR given, but the model has no EHR branch: EHR ignored")
             elif len(diag_planes) < len(self.diag_meta["planes"]):
                 notes.append("EHR given, but EHR late fusion needs all planes: EHR ignored")
+        notes += list(getattr(exam, "warnings", None) or [])  # found while loading (skipped files, mixed patients)
+        needed: Dict[str, int] = {}
+        for key in self._passes(diag_planes, seg_planes):
+            needed[key.plane] = max(needed.get(key.plane, 0), key.slices)
+        notes += [note for plane, k in needed.items() for note in coverage_warnings(exam.get(plane), plane, k)]
         return diag_planes, seg_planes, notes
 
     def _passes(self, diag_planes: Sequence[str], seg_planes: Sequence[str]) -> Dict[_PassKey, List[str]]:
@@ -683,10 +696,12 @@ _PREDICT_SHARE = 0.95
 
 def predict_and_write(predictor: Predictor, exam: Exam, out_dir: PathLike, ehr: Optional[Mapping[str, Any]] = None,
                       *, progress: Optional[ProgressFn] = None, cancel: Optional[threading.Event] = None,
-                      overwrite: bool = False, **options: Any) -> PredictionResult:
+                      overwrite: bool = False, claim: Optional["OutputFolderClaim"] = None,
+                      **options: Any) -> PredictionResult:
     """Predict one exam (``options``: :meth:`Predictor.predict`'s ``diagnosis``, ``segmentation``, ``noise_draws``)
-    and write its outputs with :func:`write_outputs`. Progress: the prediction's stages on 0..0.95, then
-    ``("writing outputs", 0.95)`` and ``("done", 1.0)`` once the folder is in place."""
+    and write its outputs with :func:`write_outputs` (into ``claim`` when the caller claimed the folder before).
+    Progress: the prediction's stages on 0..0.95, then ``("writing outputs", 0.95)`` and ``("done", 1.0)`` once the
+    folder is in place."""
     def predicting(stage: str, fraction: float) -> None:
         if progress is not None and stage != "done":
             progress(stage, _PREDICT_SHARE * fraction)
@@ -696,7 +711,7 @@ def predict_and_write(predictor: Predictor, exam: Exam, out_dir: PathLike, ehr: 
         raise CancelledError("prediction cancelled")
     if progress is not None:
         progress("writing outputs", _PREDICT_SHARE)
-    write_outputs(result, out_dir, overwrite=overwrite)
+    write_outputs(result, out_dir, overwrite=overwrite, claim=claim)
     if progress is not None:
         progress("done", 1.0)
     return result
@@ -717,24 +732,28 @@ def _write_measures_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
                              "" if thick is None else f"{thick:.4f}"])
 
 
-def write_outputs(result: PredictionResult, out_dir: PathLike, overwrite: bool = False) -> Path:
+def write_outputs(result: PredictionResult, out_dir: PathLike, overwrite: bool = False,
+                  claim: Optional["OutputFolderClaim"] = None) -> Path:
     """Write every output of ``result`` into ``out_dir`` atomically: everything goes into a temporary folder beside
     it, which is renamed onto ``out_dir`` only when all files were written (an error leaves nothing behind).
 
     The files are those of :mod:`~OrthoDiffusionLib.inference.result_folder` (the fused segmentation only when the
-    result has one). An existing non-empty ``out_dir`` is refused unless ``overwrite``.
+    result has one) and the marker ``.orthodiffusion-output.json``. The folder is claimed with
+    :func:`~OrthoDiffusionLib.output_folder.claim_output_folder` (unless ``claim`` is one the caller made before any
+    work): it may not overlap the exam's inputs, and an existing non-empty ``out_dir`` is refused unless
+    ``overwrite`` and it is an earlier result of this tool holding nothing else.
     """
     import json
-    import shutil
-    import tempfile
 
+    from ..output_folder import claim_output_folder
     from .report import write_report
     from ..segmentation.io import write_labelmap_nifti, write_seg_nrrd
 
-    out = Path(out_dir)
-    check_output_folder(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial.", dir=out.parent))
+    if claim is None:
+        planes = (result.exam or {}).get("planes") or {}
+        inputs = [(result.exam or {}).get("source")] + [p.get("source") for p in planes.values() if p]
+        claim = claim_output_folder(out_dir, overwrite=overwrite, inputs=inputs)
+    tmp = claim.partial
     try:
         data = result.to_json()
         (tmp / DIAGNOSIS_FILE).write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
@@ -746,14 +765,7 @@ def write_outputs(result: PredictionResult, out_dir: PathLike, overwrite: bool =
             write_labelmap_nifti(result.fused_segmentation, tmp / labelmap_file_name(FUSED))
         _write_measures_csv(result.measures, tmp / MEASURES_FILE)
         write_report(result, tmp / REPORT_FILE)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.replace(out, old / "previous")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        return claim.commit()
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        claim.abort()
         raise
-    return out

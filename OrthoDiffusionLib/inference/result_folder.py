@@ -22,11 +22,11 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Union
 
-from ..errors import CorruptFileError, InputError, MissingPathError
+from ..errors import CorruptFileError, MissingPathError
 
 __all__ = ["RESULT_FORMAT", "RESULT_VERSION", "DISCLAIMER", "DIAGNOSIS_FILE", "MEASURES_FILE", "REPORT_FILE", "FUSED",
            "segmentation_file_name", "labelmap_file_name", "segmentation_file", "is_result_folder",
-           "check_output_folder", "read_diagnosis_json"]
+           "read_diagnosis_json"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -61,15 +61,6 @@ def segmentation_file(folder: PathLike, plane: str) -> Path:
 def is_result_folder(folder: PathLike) -> bool:
     """True when ``folder`` holds a ``diagnosis.json`` (its content is not checked)."""
     return (Path(folder) / DIAGNOSIS_FILE).is_file()
-
-
-def check_output_folder(out: PathLike, overwrite: bool = False) -> None:
-    """Refuse an output path that is a file, or a non-empty folder unless ``overwrite`` (:class:`InputError`)."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError("the output path exists and is not a folder", out)
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise InputError("the output folder exists and is not empty (choose another or pass --overwrite)", out)
 
 
 def read_diagnosis_json(folder: PathLike) -> Dict[str, Any]:

@@ -257,7 +257,8 @@ def _write_patient(args) -> List[Dict[str, object]]:
 
             write_dicom_series(s.image, pdir / stem, meta=s.meta, series_description=str(s.meta["series_description"]),
                                series_number=number, study_description="OrthoDiffusion simulated knee",
-                               uid_seed=f"orthodiffusion-sim:{pseed}:{pid}:{stem}")
+                               uid_seed=f"orthodiffusion-sim:{pseed}:{pid}:{stem}",
+                               study_uid_seed=f"orthodiffusion-sim:{pseed}:{pid}")
             series_path = f"{pid}/{stem}"
         if settings["write_nifti"]:
             write_image(s.image, pdir / f"{pid}_{stem}.nii.gz")
@@ -372,7 +373,8 @@ def write_exam_folder(exam: SimulatedExam, out_dir: Union[str, os.PathLike], see
         if write_dicom:
             write_dicom_series(s.image, out / "dicom" / stem, meta=s.meta, series_number=n,
                                series_description=str(s.meta["series_description"]),
-                               uid_seed=f"orthodiffusion-sim-exam:{seed}:{stem}")
+                               uid_seed=f"orthodiffusion-sim-exam:{seed}:{stem}",
+                               study_uid_seed=f"orthodiffusion-sim-exam:{seed}")
         (out / "nifti").mkdir(exist_ok=True)
         (out / "labels").mkdir(exist_ok=True)
         write_image(s.image, out / "nifti" / f"{stem}.nii.gz")

@@ -2,7 +2,7 @@
 
 Each exam is simulated with :func:`.cohort.simulate_exam` (anatomy from the procedural knee or deformed real label
 maps, lesions, 2D acquisition), then every series is reoriented to its plane's canonical orientation and resampled
-onto the model grid (:func:`OrthoDiffusionLib.preprocess.resample_to_model_grid`: ``slice_mm`` between slices over
+onto the model grid (:func:`OrthoDiffusionLib.inference.preprocess.resample_to_model_grid`: ``slice_mm`` between slices over
 the whole series, ``size x size`` pixels of ``inplane_mm``). Stored per exam, one ``.npz`` (no pickles)::
 
     {plane}_image   float16 (D, size, size)  the simulated PD image, divided by its 99.5th percentile
