@@ -138,19 +138,14 @@ print(current_peak_rss_mib() - before)
 
 
 def test_peak_memory_sees_a_large_allocation():
-    with PeakMemory() as pm:
-        block = np.ones(64 * 2**20 // 8)  # 64 MiB
-        del block
-    with PeakMemory() as small:
-        pass
-    assert pm.rss_mib > 0
-    if not (pm.rss_is_lifetime or small.rss_is_lifetime):  # both resets took effect (checked by reading back)
-        assert pm.rss_mib - small.rss_mib > 40
-        return
-    # no working reset here: a fresh process, whose lifetime peak is its start-up size, shows the allocation
+    """Measured in a fresh process: inside a long test session the allocator may serve the block from memory the
+    process already holds, so no peak (reset or not) can show it there."""
     import subprocess
     import sys
 
+    with PeakMemory() as pm:
+        pass
+    assert pm.rss_mib > 0
     done = subprocess.run([sys.executable, "-c", _PEAK_IN_A_FRESH_PROCESS], capture_output=True, text=True,
                           timeout=120, check=True)
     assert float(done.stdout.strip()) > 40, done.stdout
