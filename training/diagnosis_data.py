@@ -1,6 +1,6 @@
 """Diagnosis training data: the manifest, its preprocessed volumes and the backbone taps of its series.
 
-The training-data manifest (DESIGN.md) is a CSV with one row per series: ``patient_id``, ``plane``, ``series_path``
+The training-data manifest (docs/train-your-own.md) is a CSV with one row per series: ``patient_id``, ``plane``, ``series_path``
 (relative paths are relative to the CSV), ``split`` (``train``/``val``/``test``), one 0/1 column per label key of the
 anatomy, and optionally the EHR columns (``age, sex, height, weight, patient_type, injury_event``), ``center`` and
 ``field_strength``. :func:`read_diagnosis_manifest` checks all of it up front and raises ONE

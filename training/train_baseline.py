@@ -37,7 +37,10 @@ from .losses import weighted_bce
 from .multiscan import CombinationSet
 from .pretrain import SeriesVolumes
 from .run_files import print_run_summary, resolve_device, save_tensors, utc_now, write_log_csv, write_text
-from .train_diagnosis import _tqdm_progress, patient_metrics, resolve_config
+from .curves import plot_run_curves
+from .named_options import add_label_arguments, label_overrides
+from .progress_bars import StageBars
+from .train_diagnosis import patient_metrics, resolve_config
 
 __all__ = ["BASELINE_RUN_FORMAT", "train_baseline", "register"]
 
@@ -58,7 +61,9 @@ def train_baseline(manifest: str | os.PathLike, model_name: str, config: Mapping
                    seed: int = 0, train_patients: Optional[int] = None, train_fraction: Optional[float] = None,
                    cache_dir: Optional[str | os.PathLike] = None, command: str = "",
                    progress: Optional[Callable[[str, float], None]] = None,
-                   cancel: Optional[threading.Event] = None) -> Dict[str, Any]:
+                   cancel: Optional[threading.Event] = None,
+                   step_log: Optional[Callable[[str, int, float], None]] = None,
+                   epoch_log: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
     """Train baseline ``model_name`` (``unet3d``/``resnet18``) into ``out`` (module doc); returns ``run.json``.
 
     ``config``: a resolved diagnosis configuration (anatomy, labels, ``preprocessing``, ``baselines``).
@@ -127,8 +132,10 @@ def train_baseline(manifest: str | os.PathLike, model_name: str, config: Mapping
 
     def log(row: Dict[str, Any]) -> None:
         write_log_csv(run / "log.csv", state.extra["log"])
+        if epoch_log is not None:
+            epoch_log(row)
 
-    EpochLoop(state, log, progress, cancel).run(name, [{"params": model.parameters(), "lr": lr}], len(train), batch,
+    EpochLoop(state, log, progress, cancel, step_log).run(name, [{"params": model.parameters(), "lr": lr}], len(train), batch,
                                                 epochs, step, evaluate, schedule="constant")
     metrics: Dict[str, Any] = {}
     zero_filled = 0
@@ -155,6 +162,7 @@ def train_baseline(manifest: str | os.PathLike, model_name: str, config: Mapping
                            "manifest_sha256": data.sha256, "started": state.extra["started"], "finished": utc_now()}}
     write_text(run / "run.json", json.dumps(info, indent=2, default=float) + "\n")
     ckpt.unlink(missing_ok=True)
+    plot_run_curves(run / "log.csv", title=f"train-baseline {name} {run.name}")
     return info
 
 
@@ -166,7 +174,7 @@ def _ints(text: str) -> List[int]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    overrides = list(args.set or [])
+    overrides = label_overrides(args) + list(args.set or [])
     if args.size is not None:
         overrides.append(f"preprocessing.size={args.size}")
     if args.slices is not None:
@@ -177,14 +185,15 @@ def _run(args: argparse.Namespace) -> int:
         kwargs["channels"] = args.unet_channels
     if args.resnet_widen is not None:
         kwargs["widen_factor"] = args.resnet_widen
-    progress, close = _tqdm_progress()
+    bars = StageBars()
     try:
         info = train_baseline(args.manifest, args.model, cfg, args.out, encoder_kwargs=kwargs, resume=args.resume,
                               device=args.device, seed=args.seed, train_patients=args.train_patients,
                               train_fraction=args.train_fraction, cache_dir=args.cache_dir,
-                              command="orthodiffusion " + " ".join(sys.argv[1:]), progress=progress)
+                              command="orthodiffusion " + " ".join(sys.argv[1:]), progress=bars.progress,
+                              step_log=bars.step, epoch_log=bars.epoch)
     finally:
-        close()
+        bars.close()
     print_run_summary(info["metrics"], args.out)
     return 0
 
@@ -206,6 +215,7 @@ def register(subparsers) -> None:
     p.add_argument("--unet-channels", type=_ints, help="U-Net encoder channels, e.g. 16,16,32,32,64 "
                                                        "(default: the paper's 64,64,128,128,256)")
     p.add_argument("--resnet-widen", type=float, help="ResNet-18 widen factor (default 1)")
+    add_label_arguments(p)
     subset = p.add_mutually_exclusive_group()
     subset.add_argument("--train-patients", type=int, help="train on a seeded subset of N training patients")
     subset.add_argument("--train-fraction", type=float, help="train on a seeded fraction of the training patients")

@@ -22,7 +22,7 @@ concatenated pooled features (``ehr``). Finally per-label temperatures are fitte
 The result is ONE :class:`~OrthoDiffusionLib.heads.DiagnosisHead` state dict plus one backbone per plane. At
 evaluation a patient's combinations are averaged; a patient with a missing plane is predicted by MPAE.
 
-Run folder (CONTRACTS.md section 1): ``run.json`` (written last), ``backbone_<plane>.safetensors``,
+Run folder: ``run.json`` (written last), ``backbone_<plane>.safetensors``,
 ``diagnosis_head.safetensors``, ``ehr_fusion.safetensors`` (with EHR), ``predictions_{val,test}.csv`` (format of
 ``orthodiffusion evaluate``; extra columns ``<label>__<plane>`` = MPAE plane weights and ``fused_by``), ``log.csv``,
 ``cache/`` (preprocessed volumes, cached taps; ``--cache-dir`` moves it) and, while training,
@@ -59,7 +59,7 @@ from OrthoDiffusionLib.pooling import build_pooling
 from OrthoDiffusionLib.schedule import CosineSchedule
 
 from . import metrics as M
-from .configs import _validate, load_config
+from .configs import _validate, apply_label_set, load_config
 from .diagnosis_checkpoint import CHECKPOINT_NAME, EpochLoop, RunState, cosine_lambda, derived_seed
 from .diagnosis_data import (DiagnosisManifest, SeriesRow, fixed_noise_taps, is_simulated_cohort,
                              read_diagnosis_manifest, series_weights)
@@ -69,6 +69,9 @@ from .mpae import out_of_fold_predictions, train_mpae_gate
 from .multiscan import CombinationSet, aggregate_by_patient
 from .pretrain import SeriesVolumes
 from .run_files import print_run_summary, resolve_device, save_tensors, utc_now, write_log_csv, write_text
+from .curves import plot_run_curves
+from .named_options import add_label_arguments, add_protocol_argument, add_size_arguments
+from .split_checks import warn_if_small
 
 __all__ = ["RUN_FORMAT", "resolve_config", "train_diagnosis", "patient_metrics", "fit_module", "register"]
 
@@ -101,6 +104,7 @@ def resolve_config(name_or_path: str, overrides: Sequence[str] = ()) -> Dict[str
                 raise InputError(f"--set {key}: {part!r} is not a section of the configuration")
         node[parts[-1]] = _parse_value(value)
     _validate(cfg, str(name_or_path))
+    apply_label_set(cfg, str(name_or_path))
     cfg["preprocessing"] = {**DEFAULT_PREPROCESSING, **cfg.get("preprocessing", {})}
     return cfg
 
@@ -532,12 +536,14 @@ def train_diagnosis(manifest: str | os.PathLike, config: Mapping[str, Any], out:
                     train_fraction: Optional[float] = None, cache_dir: Optional[str | os.PathLike] = None,
                     command: str = "", progress: Optional[ProgressFn] = None,
                     cancel: Optional[threading.Event] = None,
-                    epoch_log: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
+                    epoch_log: Optional[Callable[[Dict[str, Any]], None]] = None,
+                    step_log: Optional[Callable[[str, int, float], None]] = None) -> Dict[str, Any]:
     """Train a diagnosis model (module doc) into ``out``; returns the ``run.json`` dict.
 
     ``config``: a resolved configuration (:func:`resolve_config`). ``backbone``: one backbone file for every plane;
     ``plane_backbones`` overrides per plane. ``progress(stage, fraction)`` reports progress; setting ``cancel``
     stops at the next step with :class:`~OrthoDiffusionLib.errors.CancelledError` (resume with ``resume=True``).
+    ``epoch_log(row)`` gets every epoch's log row, ``step_log(stage, epoch, running loss)`` every step's.
     """
     cfg = json.loads(json.dumps(dict(config)))
     run = Path(out)
@@ -574,7 +580,7 @@ def train_diagnosis(manifest: str | os.PathLike, config: Mapping[str, Any], out:
         if epoch_log is not None:
             epoch_log(row)
 
-    loop = EpochLoop(state, log, progress, cancel)
+    loop = EpochLoop(state, log, progress, cancel, step_log)
     ctx = _Context(cfg, data, models, paths, sha, volumes, cache, dev, int(seed), state, loop)
 
     pools, classifiers = {}, {}
@@ -599,6 +605,9 @@ def train_diagnosis(manifest: str | os.PathLike, config: Mapping[str, Any], out:
         head.mpae.load_state_dict(mpae.state_dict())
     head.eval()
     val_pred = _predict(ctx, head, pooled, "val", None)
+    small_val = warn_if_small(data.labels_of(data.patients("val")), cfg["labels"],
+                              "the per-label temperature calibration fitted on it (and thresholds chosen on it)",
+                              who="train-diagnosis")
     head.calibration.fit(val_pred.logits, data.labels_of(val_pred.patient_ids))
     predictions = {split: _predict(ctx, head, pooled, split, ehr) for split in ("val", "test")}
 
@@ -620,7 +629,8 @@ def train_diagnosis(manifest: str | os.PathLike, config: Mapping[str, Any], out:
     for plane in PLANES:
         target = run / f"backbone_{plane}.safetensors"
         if ctx.finetune:
-            save_backbone(models[plane], target, plane, {"fine_tuned_from": sha[plane], "run": str(run)})
+            save_backbone(models[plane], target, plane, {"fine_tuned_from": sha[plane], "run": str(run)},
+                          preprocessing={"slices": slices, "size": size})
         else:
             with atomic_path(target) as tmp:
                 shutil.copyfile(paths[plane], tmp)
@@ -633,6 +643,7 @@ def train_diagnosis(manifest: str | os.PathLike, config: Mapping[str, Any], out:
                      "statistics": ehr.encoder.statistics()}
     skipped = data.combinations("train", require_all_planes=True).skipped
     info = {"format": RUN_FORMAT, "version": 1, "anatomy": cfg["anatomy"], "labels": keys,
+            "label_names": cfg.get("label_names") or {}, "warnings": small_val,
             "preprocessing": {"slices": slices, "size": size},
             "planes": {p: {"timestep": int(cfg["planes"][p]["timestep"]), "block": cfg["planes"][p]["block"],
                            "backbone": f"backbone_{p}.safetensors"} for p in PLANES},
@@ -651,6 +662,7 @@ def train_diagnosis(manifest: str | os.PathLike, config: Mapping[str, Any], out:
                            "synthetic_data_only": is_simulated_cohort(manifest)}}
     write_text(run / "run.json", json.dumps(info, indent=2, default=float) + "\n")
     ckpt_path.unlink(missing_ok=True)
+    plot_run_curves(run / "log.csv", title=f"train-diagnosis {run.name}")
     return info
 
 
@@ -676,20 +688,44 @@ def _tqdm_progress() -> Tuple[ProgressFn, Callable[[], None]]:
     return progress, close
 
 
+def named_overrides(args: argparse.Namespace) -> Tuple[List[str], List[str]]:
+    """(``--set`` strings from ``--protocol``, ``--labels``/``--labels-from-manifest``, ``--size``/``--slices``
+    (else the backbones' recorded size), then ``--set``; notes to print)."""
+    from .named_options import label_overrides, protocol_overrides, size_overrides
+
+    user = list(args.set or ())
+    base = load_config(args.config)
+    overrides = protocol_overrides(getattr(args, "protocol", None), base["protocol"])
+    overrides += label_overrides(args)
+    backbones = [b for b in [getattr(args, "backbone", None), *[getattr(args, f"backbone_{p}", None)
+                                                                  for p in PLANES]] if b]
+    sizes, note = size_overrides(getattr(args, "size", None), getattr(args, "slices", None), user, backbones)
+    return overrides + sizes + user, [note] if note else []
+
+
 def _run(args: argparse.Namespace) -> int:
     import sys
 
-    cfg = resolve_config(args.config, args.set or ())
-    progress, close = _tqdm_progress()
+    from .named_options import resolved_size
+    from .progress_bars import StageBars
+
+    overrides, notes = named_overrides(args)
+    cfg = resolve_config(args.config, overrides)
+    for note in notes:
+        print(f"train-diagnosis: {note}")
+    print(f"train-diagnosis: {cfg.get('name', args.config)}, protocol {cfg['protocol']}, input {resolved_size(cfg)}, "
+          f"{cfg['num_labels']} label(s): {', '.join(cfg['labels'])}")
+    bars = StageBars()
     try:
         info = train_diagnosis(
             args.manifest, cfg, args.out, backbone=args.backbone,
             plane_backbones={p: getattr(args, f"backbone_{p}") for p in PLANES}, resume=args.resume,
             device=args.device, seed=args.seed, train_patients=args.train_patients,
             train_fraction=args.train_fraction, cache_dir=args.cache_dir,
-            command="orthodiffusion " + " ".join(sys.argv[1:]), progress=progress)
+            command="orthodiffusion " + " ".join(sys.argv[1:]), progress=bars.progress, epoch_log=bars.epoch,
+            step_log=bars.step)
     finally:
-        close()
+        bars.close()
     print_run_summary(info["metrics"], args.out)
     return 0
 
@@ -707,6 +743,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a configuration value, e.g. stage1.epochs=2 (value parsed as JSON; repeatable)")
+    add_protocol_argument(p)
+    add_size_arguments(p)
+    add_label_arguments(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     subset = p.add_mutually_exclusive_group()

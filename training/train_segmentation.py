@@ -10,7 +10,7 @@ Configuration: a shipped name (``seg-ft`` = the paper's recipe, ``seg-demo`` = a
 else taken as a string). The command-line options ``--head`` and ``--train-patients`` are stored in the config too,
 so a resumed run must use the same ones.
 
-Run folder (CONTRACTS.md section 2)::
+Run folder::
 
     RUN/run.json                    written last: format, plane, timestep, block, preprocessing, head, weights,
                                     num_classes, structures, config, metrics {val, test}, provenance
@@ -18,6 +18,7 @@ Run folder (CONTRACTS.md section 2)::
     RUN/seg_head.safetensors        the head's state dict (metadata: its build_seg_head config)
     RUN/metrics_{val,test}.csv      per-case Dice and HD95 (mm) per structure, on the preprocessed grid
     RUN/log.csv                     per epoch: loss, ce, dice_loss, lr, seconds, val_mean_dice
+    RUN/curves.png                  log.csv drawn: training losses and validation mean Dice
     RUN/checkpoints/                per-epoch checkpoints (resume)
     RUN/cache/                      preprocessed cases (.npz)
 
@@ -43,8 +44,10 @@ from OrthoDiffusionLib.atomic import atomic_path
 from OrthoDiffusionLib.errors import CorruptFileError, InputError, MissingPathError, OrthoDiffusionError
 
 from .configs import resolve_config
+from .curves import plot_run_curves
 from .seg_data import SegVolumes, read_seg_cases, split_cases, training_cases
 from .seg_losses import num_seg_classes
+from .named_options import add_size_arguments
 from .seg_trainer import ProgressFn, TrainSettings, evaluate, train
 
 PathLike = Union[str, os.PathLike]
@@ -118,7 +121,7 @@ def _settings(cfg: Mapping[str, Any], plane: str, section: Optional[str] = None)
                          weight_decay=float(src.get("weight_decay", 0.0)), seed=int(cfg.get("seed", 0)),
                          ce_weight=float(cfg["loss"]["ce_weight"]), excluded_as=str(cfg["loss"]["excluded_as"]),
                          ce_class_balance=bool(cfg["loss"].get("ce_class_balance", False)),
-                         augment=aug if enabled else None, val_every=int(cfg["eval"].get("val_every", 0)),
+                         augment=aug if enabled else None, val_every=int(cfg["eval"].get("val_every", 1)),
                          eval_noise_draws=int(cfg["eval"].get("noise_draws", 1)),
                          eval_seed=int(cfg["eval"].get("seed", 1234)),
                          keep_checkpoints=int(cfg.get("keep_checkpoints", 2)))
@@ -145,6 +148,10 @@ def head_config(name: str, backbone, block: str, cfg_head: Mapping[str, Any]) ->
         "skip_taps": [list(s) for s in cfg_head.get("skip_taps", DEFAULT_SKIP_TAPS)],
         "decoder_channels": [int(c) for c in cfg_head.get("decoder_channels", (128, 64, 32, 16))],
     }
+    missing = [t for t, _ in out["skip_taps"] if t not in out["tap_channels"]] if name == "skip" else []
+    if missing:
+        raise InputError(f"the skip head's taps {', '.join(missing)} do not exist in this backbone (it has "
+                         f"{', '.join(backbone.tap_names())}): use --head bottleneck, or set head.skip_taps")
     return out
 
 
@@ -275,9 +282,12 @@ class _Job:
     def fit(self, model: torch.nn.Module, settings: TrainSettings, device: torch.device, resume: bool,
             stop_after_epoch: Optional[int], progress: Optional[ProgressFn], cancel: Optional[threading.Event],
             show_progress: bool, desc: str = "train-segmentation") -> Dict[str, Any]:
-        return train(model, self.sets["train"], settings, self.run_dir, self.cfg, device=device, resume=resume,
-                     val_set=self.sets["val"], stop_after_epoch=stop_after_epoch, progress=progress, cancel=cancel,
-                     show_progress=show_progress, desc=desc)
+        try:
+            return train(model, self.sets["train"], settings, self.run_dir, self.cfg, device=device, resume=resume,
+                         val_set=self.sets["val"], stop_after_epoch=stop_after_epoch, progress=progress,
+                         cancel=cancel, show_progress=show_progress, desc=desc)
+        finally:
+            plot_run_curves(self.run_dir / "log.csv", title=f"{desc} {self.plane} {self.run_dir.name}")
 
     def evaluate(self, model: torch.nn.Module, settings: TrainSettings, device: torch.device,
                  progress: Optional[ProgressFn], cancel: Optional[threading.Event]) -> Dict[str, Any]:
@@ -358,7 +368,8 @@ def train_segmentation(manifest: PathLike, plane: str, backbone: PathLike, out: 
     run_dir = job.run_dir
     save_backbone(model.backbone, run_dir / "backbone.safetensors", plane,
                   provenance={"recipe": "orthodiffusion train-segmentation", "base_backbone_sha256":
-                              cfg["backbone_sha256"], "epochs": settings.epochs})
+                              cfg["backbone_sha256"], "epochs": settings.epochs},
+                  preprocessing={k: int(cfg["preprocessing"][k]) for k in ("slices", "size")})
     _save_head(model.head, hcfg, run_dir / "seg_head.safetensors")
     record = {"format": RUN_FORMAT, "version": RUN_VERSION, "plane": plane, "timestep": int(sel["timestep"]),
               "block": sel["block"], **job.base_record(command), "head": hcfg,
@@ -437,12 +448,16 @@ def register(subparsers) -> None:
     _common_arguments(p)
     p.add_argument("--backbone", type=Path, required=True, help="backbone .safetensors (save_backbone format)")
     p.add_argument("--head", choices=("bottleneck", "skip"), default=None, help="override the config's head")
+    add_size_arguments(p)
     p.set_defaults(func=_run_train)
     b = subparsers.add_parser("train-seg-baseline", help="train a MONAI 3D U-Net / UNETR segmentation baseline",
                               description="Train a from-scratch segmentation baseline on the same cases and "
                                           "splits as train-segmentation (sizes/epochs from the config's 'baseline').")
     _common_arguments(b)
     b.add_argument("--model", choices=sorted(BASELINE_ALIASES), required=True)
+    b.add_argument("--size", type=int, default=None, help="in-plane size (default: the configuration's; use the "
+                                                           "compared train-segmentation run's)")
+    b.add_argument("--slices", type=int, default=None, help="slices (default: the configuration's)")
     b.set_defaults(func=_run_baseline)
 
 
@@ -456,8 +471,13 @@ def _report(record: Dict[str, Any], out: Path) -> None:
 
 
 def _run_train(args) -> int:
+    from .named_options import size_overrides
+
+    sizes, note = size_overrides(args.size, args.slices, args.overrides, [args.backbone])
+    if note:
+        print(f"train-segmentation: {note}")
     record = train_segmentation(args.manifest, args.plane, args.backbone, args.out, config=args.config,
-                                overrides=args.overrides, head=args.head, train_patients=args.train_patients,
+                                overrides=sizes + list(args.overrides), head=args.head, train_patients=args.train_patients,
                                 resume=args.resume, device=args.device, show_progress=True,
                                 cache_dir=args.cache_dir)
     _report(record, args.out)
@@ -465,8 +485,11 @@ def _run_train(args) -> int:
 
 
 def _run_baseline(args) -> int:
+    from .named_options import size_overrides
+
+    sizes, _ = size_overrides(args.size, args.slices, args.overrides)
     record = train_seg_baseline(args.manifest, args.plane, args.model, args.out, config=args.config,
-                                overrides=args.overrides, train_patients=args.train_patients, resume=args.resume,
+                                overrides=sizes + list(args.overrides), train_patients=args.train_patients, resume=args.resume,
                                 device=args.device, show_progress=True, cache_dir=args.cache_dir)
     _report(record, args.out)
     return 0
