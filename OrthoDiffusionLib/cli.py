@@ -22,6 +22,8 @@ SUBCOMMAND_MODULES: List[str] = [
     "OrthoDiffusionLib.model_registry",
     "OrthoDiffusionLib.checkpoints_cli",
     "OrthoDiffusionLib.bench",
+    "OrthoDiffusionLib.training.manifest_builder",
+    "OrthoDiffusionLib.training.config_catalog",
     "OrthoDiffusionLib.training.pretrain_cli",
     "OrthoDiffusionLib.seg_measures",
     "OrthoDiffusionLib.training.evaluate",
