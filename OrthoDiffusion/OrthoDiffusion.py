@@ -455,7 +455,7 @@ class OrthoDiffusionLogic(ScriptedLoadableModuleLogic):
         """The registry's models as dicts (name, description, default, cpu_seconds, ...); empty while the library
         or torch is not installed yet."""
         try:
-            from OrthoDiffusionLib.model_registry import list_models
+            from OrthoDiffusionLib.bundle.registry import list_models
         except ImportError:
             return []
         try:
@@ -468,7 +468,7 @@ class OrthoDiffusionLogic(ScriptedLoadableModuleLogic):
         """``{plane: volume node}`` chosen from ``volumeNodes`` (default: every scalar volume of the scene) by slice
         orientation; empty while the library is not installed."""
         try:
-            from OrthoDiffusionLib import mrml
+            from OrthoDiffusionLib.slicer import mrml
         except ImportError:
             return {}
         nodes = mrml.scene_volume_nodes(slicer.mrmlScene) if volumeNodes is None else volumeNodes
@@ -481,7 +481,7 @@ class OrthoDiffusionLogic(ScriptedLoadableModuleLogic):
 
     def _startProcess(self, args: Sequence[str], onLine, onProgress, onDone) -> None:
         """Start ``python -m OrthoDiffusionLib ARGS`` and poll it from a Qt timer (the GUI stays responsive)."""
-        from OrthoDiffusionLib.child_process import ChildProcess, library_command
+        from OrthoDiffusionLib.slicer.child_process import ChildProcess, library_command
 
         if self.process is not None:
             raise RuntimeError("OrthoDiffusion is already running; cancel it first")
@@ -503,7 +503,7 @@ class OrthoDiffusionLogic(ScriptedLoadableModuleLogic):
         self._timer.start()
 
     def _poll(self) -> None:
-        from OrthoDiffusionLib.child_process import error_line, parse_progress_line
+        from OrthoDiffusionLib.slicer.child_process import error_line, parse_progress_line
 
         process = self.process
         if process is None:
@@ -545,7 +545,7 @@ class OrthoDiffusionLogic(ScriptedLoadableModuleLogic):
         """Simulate a three-plane knee exam (``orthodiffusion simulate exam``, with a joint effusion) in a child
         process and load its NIfTI series as volume nodes; ``onFinished({plane: node}, error)``. With ``wait`` it
         blocks and returns the dict."""
-        from OrthoDiffusionLib.child_process import sample_exam_arguments, sample_exam_series
+        from OrthoDiffusionLib.slicer.child_process import sample_exam_arguments, sample_exam_series
 
         folder = Path(tempfile.mkdtemp(prefix="OrthoDiffusion-sample-", dir=slicer.app.temporaryPath))
         out = {}
@@ -553,7 +553,7 @@ class OrthoDiffusionLogic(ScriptedLoadableModuleLogic):
         def done(error):
             volumes = {}
             if error is None:
-                from OrthoDiffusionLib import mrml
+                from OrthoDiffusionLib.slicer import mrml
 
                 try:
                     for plane, path in sample_exam_series(folder).items():
@@ -602,8 +602,8 @@ class OrthoDiffusionLogic(ScriptedLoadableModuleLogic):
               onFinished=None, fuseSegmentations: bool = False) -> Path:
         """Write the volumes, start ``orthodiffusion predict`` in a child process and return the output folder;
         ``onFinished(ImportedResult, None)`` or ``onFinished(None, one-line reason)`` is called when it ends."""
-        from OrthoDiffusionLib import mrml
-        from OrthoDiffusionLib.child_process import predict_arguments
+        from OrthoDiffusionLib.slicer import mrml
+        from OrthoDiffusionLib.slicer.child_process import predict_arguments
 
         volumes = {p: n for p, n in zip(PLANES, (sagittalNode, coronalNode, axialNode)) if n is not None}
         if not volumes:
@@ -662,7 +662,7 @@ class OrthoDiffusionLogic(ScriptedLoadableModuleLogic):
         if not imported.result.get("labels"):
             return None
         try:
-            from OrthoDiffusionLib.report import sankey_figure
+            from OrthoDiffusionLib.inference.report import sankey_figure
         except ImportError as e:
             logging.warning(f"OrthoDiffusion: no Sankey diagram ({e})")
             return None
@@ -690,7 +690,8 @@ class OrthoDiffusionTest(ScriptedLoadableModuleTest):
         logic = OrthoDiffusionLogic()
         self.delayDisplay("Installing missing packages (if any)")
         logic.installDependencies()
-        from OrthoDiffusionLib import labels, mrml
+        from OrthoDiffusionLib import labels
+        from OrthoDiffusionLib.slicer import mrml
 
         self.delayDisplay("Simulating the sample knee exam")
         volumes = logic.loadSample(wait=True)

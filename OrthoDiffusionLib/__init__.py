@@ -12,8 +12,8 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _LAZY = {
-    "DiffusionUNet": "OrthoDiffusionLib.backbone",
-    "Predictor": "OrthoDiffusionLib.predictor",
+    "DiffusionUNet": "OrthoDiffusionLib.model.backbone",
+    "Predictor": "OrthoDiffusionLib.inference.predictor",
 }
 
 

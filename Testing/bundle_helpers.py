@@ -16,12 +16,12 @@ import torch
 from safetensors.torch import save_file
 
 from OrthoDiffusionLib import labels as label_tables
-from OrthoDiffusionLib.backbone import DiffusionUNet
-from OrthoDiffusionLib.bundle_export import export_bundle
-from OrthoDiffusionLib.checkpoints import file_sha256, save_backbone
-from OrthoDiffusionLib.heads import DiagnosisHead
+from OrthoDiffusionLib.model.backbone import DiffusionUNet
+from OrthoDiffusionLib.bundle.export import export_bundle
+from OrthoDiffusionLib.model.checkpoints import file_sha256, save_backbone
+from OrthoDiffusionLib.model.heads import DiagnosisHead
 from OrthoDiffusionLib.io import Exam, Series
-from OrthoDiffusionLib.seg_head import build_seg_head
+from OrthoDiffusionLib.model.seg_head import build_seg_head
 
 TINY_WIDTH = 32
 TINY_SIZE = 32
@@ -62,7 +62,7 @@ def make_diagnosis_run(folder: Path, *, fusion: str = "concat", with_mpae: bool 
     save_file(_state(head), str(folder / "diagnosis_head.safetensors"))
     ehr_info = None
     if ehr:
-        from OrthoDiffusionLib.ehr import EHRFusionClassifier
+        from OrthoDiffusionLib.model.ehr import EHRFusionClassifier
 
         cfg = {"num_labels": len(keys), "mri_features": len(planes) * head.pools[planes[0]].out_features}
         model = EHRFusionClassifier(**cfg)

@@ -10,8 +10,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from io_helpers import CODES, code_direction
-from OrthoDiffusionLib.backbone import DiffusionUNet, reference_init_
-from OrthoDiffusionLib.checkpoints import save_backbone
+from OrthoDiffusionLib.model.backbone import DiffusionUNet, reference_init_
+from OrthoDiffusionLib.model.checkpoints import save_backbone
 from OrthoDiffusionLib.labels import PLANES, diagnosis_labels
 
 KEYS = [d.key for d in diagnosis_labels("knee")]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from OrthoDiffusionLib.backbone import AttentionBlock, DiffusionUNet, reference_init_, timestep_embedding
+from OrthoDiffusionLib.model.backbone import AttentionBlock, DiffusionUNet, reference_init_, timestep_embedding
 
 REFERENCE = Path(__file__).parent / "reference"
 TINY = dict(model_channels=32, channel_mult=(1, 1, 2, 2, 4))

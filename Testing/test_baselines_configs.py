@@ -6,7 +6,7 @@ import torch
 
 from OrthoDiffusionLib.errors import CorruptFileError, InputError, MissingPathError, MissingPlaneError
 from OrthoDiffusionLib.labels import PLANES
-from OrthoDiffusionLib.training.baselines import BASELINE_EPOCHS, UNetEncoder, build_classification_baseline
+from OrthoDiffusionLib.training.diagnosis.baselines import BASELINE_EPOCHS, UNetEncoder, build_classification_baseline
 from OrthoDiffusionLib.training.configs import config_path, list_configs, load_config
 
 TINY_UNET = dict(channels=(4, 4, 8, 8, 16))

@@ -10,15 +10,15 @@ import pytest
 import torch
 from bundle_helpers import tiny_exam
 
-from OrthoDiffusionLib.bench_model import FT_OPT_TAPS, synthetic_bundle
+from OrthoDiffusionLib.bench.model import FT_OPT_TAPS, synthetic_bundle
 from OrthoDiffusionLib.cli import main
 from OrthoDiffusionLib.errors import InputError
-from OrthoDiffusionLib.flops_bench import bench_flops, count_flops
-from OrthoDiffusionLib.inference_bench import bench_batch, bench_inference, bench_scaling
-from OrthoDiffusionLib.peak_memory import PeakMemory
-from OrthoDiffusionLib.predictor import Predictor
-from OrthoDiffusionLib.reference_inference import labelmap_agreement, reference_predict
-from OrthoDiffusionLib.training.train_bench import bench_train
+from OrthoDiffusionLib.bench.flops import bench_flops, count_flops
+from OrthoDiffusionLib.bench.inference import bench_batch, bench_inference, bench_scaling
+from OrthoDiffusionLib.bench.peak_memory import PeakMemory
+from OrthoDiffusionLib.inference.predictor import Predictor
+from OrthoDiffusionLib.bench.reference_inference import labelmap_agreement, reference_predict
+from OrthoDiffusionLib.bench.train import bench_train
 
 SMALL = dict(width=32, size=32, slices=16)
 

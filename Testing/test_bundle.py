@@ -10,14 +10,14 @@ import torch
 from bundle_helpers import make_diagnosis_run, make_segmentation_run, make_tiny_bundle, tiny_exam
 from safetensors.torch import load_file
 
-from OrthoDiffusionLib.bundle import encoder_state, load_bundle
-from OrthoDiffusionLib.bundle_export import export_bundle
-from OrthoDiffusionLib.checkpoints import file_sha256, load_backbone
+from OrthoDiffusionLib.bundle.format import encoder_state, load_bundle
+from OrthoDiffusionLib.bundle.export import export_bundle
+from OrthoDiffusionLib.model.checkpoints import file_sha256, load_backbone
 from OrthoDiffusionLib.errors import BundleError, InputError, MissingPathError
-from OrthoDiffusionLib.heads import DiagnosisHead
-from OrthoDiffusionLib.predictor import Predictor, _noise_seed
-from OrthoDiffusionLib.preprocess import preprocess_series
-from OrthoDiffusionLib.schedule import CosineSchedule
+from OrthoDiffusionLib.model.heads import DiagnosisHead
+from OrthoDiffusionLib.inference.predictor import Predictor, _noise_seed
+from OrthoDiffusionLib.inference.preprocess import preprocess_series
+from OrthoDiffusionLib.model.schedule import CosineSchedule
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +171,7 @@ def test_export_dedupes_and_keeps_distinct_backbones(tmp_path):
 # ----------------------------------------------------------------------------------------------------- registry
 def test_registry_import_list_default(tmp_path, tiny, monkeypatch, capsys):
     from OrthoDiffusionLib.cli import main
-    from OrthoDiffusionLib.model_registry import default_model, list_models, resolve_model
+    from OrthoDiffusionLib.bundle.registry import default_model, list_models, resolve_model
 
     monkeypatch.setenv("ORTHODIFFUSION_HOME", str(tmp_path / "home"))
     assert main(["models", "import", str(tiny), "--name", "mine", "--default"]) == 0

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from OrthoDiffusionLib.calibration import (TemperatureScaler, binary_nll, expected_calibration_error,
+from OrthoDiffusionLib.model.calibration import (TemperatureScaler, binary_nll, expected_calibration_error,
                                            fit_temperatures, reliability_diagram)
-from OrthoDiffusionLib.uncertainty import aggregate_noise_draws, predict_with_noise_draws
+from OrthoDiffusionLib.model.uncertainty import aggregate_noise_draws, predict_with_noise_draws
 
 
 def miscalibrated(n=4000, seed=0):

@@ -8,8 +8,8 @@ import pickle
 import pytest
 import torch
 
-from OrthoDiffusionLib.backbone import DiffusionUNet, reference_init_
-from OrthoDiffusionLib.checkpoints import (
+from OrthoDiffusionLib.model.backbone import DiffusionUNet, reference_init_
+from OrthoDiffusionLib.model.checkpoints import (
     file_sha256,
     load_authors_checkpoint,
     load_authors_denoiser,

@@ -6,8 +6,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from OrthoDiffusionLib.backbone import DiffusionUNet
-from OrthoDiffusionLib.preprocess import resample_to_model_grid
+from OrthoDiffusionLib.model.backbone import DiffusionUNet
+from OrthoDiffusionLib.inference.preprocess import resample_to_model_grid
 from OrthoDiffusionLib.simulate.randomize import SEQUENCES, randomize_contrast
 from OrthoDiffusionLib.simulate.tissues import Tissue
 
@@ -119,7 +119,7 @@ def test_randomised_contrast_spans_the_sequences_and_is_reproducible():
 
 def test_pool_windows_are_deterministic_normalised_and_never_read_labels(tmp_path):
     from OrthoDiffusionLib.simulate.pool import write_pool
-    from OrthoDiffusionLib.training.pretrain import PoolWindows
+    from OrthoDiffusionLib.training.pretrain.ddpm import PoolWindows
 
     manifest = write_pool(tmp_path / "pool", 2, seed=5)
     with np.load(tmp_path / "pool" / "E00000.npz") as z:
@@ -132,3 +132,87 @@ def test_pool_windows_are_deterministic_normalised_and_never_read_labels(tmp_pat
     assert torch.equal(x, y)
     assert float(x.min()) == pytest.approx(-1.0) and float(x.max()) == pytest.approx(1.0)
     assert not torch.equal(ds[7], ds[7 + 6])  # the same series, another draw
+
+    from OrthoDiffusionLib.io import read_series
+    from OrthoDiffusionLib.simulate.pool import write_pool_cohort
+
+    cohort = write_pool_cohort(manifest, tmp_path / "cohort", splits=(1, 1, 0))
+    rows = cohort.read_text().splitlines()
+    assert rows[0].endswith("tissue_path") and len(rows) == 1 + 2 * 3
+    for plane in ("sagittal", "coronal", "axial"):
+        series = read_series(tmp_path / "cohort" / "P00001" / f"{plane}.nii.gz")
+        assert series.plane == plane
+        assert series.image.GetSpacing() == pytest.approx((1.2, 1.2, 4.0))
+
+    from OrthoDiffusionLib.training.segmentation.data import SegVolumes, read_seg_cases
+
+    cases = read_seg_cases(cohort, "sagittal")
+    assert all(c.tissue_path for c in cases)
+    grid = {"slice_mm": 4.0, "inplane_mm": 1.2}
+    plain, randomised = SegVolumes(cases, 16, 128, grid=grid), SegVolumes(cases, 16, 128, grid=grid, randomize=1.0)
+    (x0, y0), (x1, y1) = plain[0], randomised[0]
+    assert torch.equal(y0, y1) and x0.shape == x1.shape == (1, 16, 128, 128)
+    assert not torch.allclose(x0, x1, atol=0.1)
+    assert float(x1.min()) == pytest.approx(-1.0) and float(x1.max()) == pytest.approx(1.0)
+
+
+def test_pretraining_continues_from_a_float16_backbone_in_a_new_run_folder(tmp_path):
+    from OrthoDiffusionLib.model.checkpoints import load_backbone_state
+    from OrthoDiffusionLib.training.pretrain.ddpm import InMemoryVolumes, PretrainConfig, pretrain
+
+    rng = np.random.default_rng(0)
+    data = InMemoryVolumes([rng.uniform(-1, 1, (16, 32, 32)).astype(np.float32) for _ in range(4)])
+    common = dict(plane="shared", batch_size=2, width=16, channel_mult=(1, 2), attention_resolutions=(2,),
+                  patch_size=2, norm_groups=8, size=32, slices=16, ckpt_every=100, log_every=1, device="cpu",
+                  ema_start=0, ema_every=1)
+    first = PretrainConfig(out=str(tmp_path / "a"), steps=3, **common)
+    pretrain(first, data)
+    half = tmp_path / "a" / "backbone_shared.fp16.safetensors"
+    state, meta = load_backbone_state(half)
+    assert all(v.dtype == torch.float16 for v in state.values())
+    assert meta["provenance"]["trained_steps"] == 3
+    second = PretrainConfig(out=str(tmp_path / "b"), steps=5, **common)
+    summary = pretrain(second, data, init_from=half)
+    assert summary["step"] == 5
+    steps = [int(line.split(",")[0]) for line in (tmp_path / "b" / "log.csv").read_text().splitlines()[1:]]
+    assert steps == [4, 5]
+    wrong = PretrainConfig(out=str(tmp_path / "c"), steps=5, **{**common, "width": 32})
+    with pytest.raises(Exception, match="init-from"):
+        pretrain(wrong, data, init_from=half)
+
+
+def test_segmentation_head_reaches_full_resolution_on_a_space_to_depth_backbone():
+    from OrthoDiffusionLib.model.seg_head import build_seg_head
+
+    net = DiffusionUNet(**CPU_SCALE).eval()
+    channels = {t: net.tap_channels(t) for t in net.tap_names()}
+    head = build_seg_head("skip", num_classes=12, bottleneck_tap="mid_2", tap_channels=channels,
+                          skip_taps=(("in_5", 1), ("in_3", 2), ("in_1", 3)), decoder_channels=(32, 16, 16, 16, 16),
+                          strides=((2, 2, 2),) * 3 + ((1, 2, 2),) * 2)
+    x = torch.randn(1, 1, 16, 64, 64)
+    with torch.no_grad():
+        logits = head(net.encode(x, 50, taps=head.required_taps))
+    assert logits.shape == (1, 12, 16, 64, 64)
+    with pytest.raises(ValueError, match="one per upsampling stage"):
+        build_seg_head("skip", tap_channels=channels, skip_taps=(), decoder_channels=(32, 16),
+                       strides=((2, 2, 2),) * 3)
+
+
+def test_a_thin_slice_3d_series_is_shown_on_the_model_grid(shared_data):
+    """The real 80-slice DESS (1.5 mm slices, 0.31 mm pixels) preprocessed on the 4 mm / 1.2 mm grid: the 16
+    central slices span 64 mm of the knee, the pixels 1.2 mm, and results map back onto the DICOM grid."""
+    from io_helpers import load_dess
+
+    from OrthoDiffusionLib.inference.preprocess import preprocess_series
+
+    dess = load_dess(shared_data)
+    pp = preprocess_series(dess, slices=16, size=128, slice_mm=4.0, inplane_mm=1.2)
+    assert pp.volume.shape == (16, 128, 128)
+    assert pp.reference.GetSpacing() == pytest.approx((1.2, 1.2, 4.0))
+    assert pp.volume.min() == pytest.approx(-1.0) and pp.volume.max() == pytest.approx(1.0)
+    whole = preprocess_series(dess, slices=None, size=128, slice_mm=4.0, inplane_mm=1.2)
+    assert whole.volume.shape == (round(80 * 1.5 / 4.0), 128, 128)
+    back = pp.to_original(np.ones((16, 128, 128), np.uint8))
+    assert back.GetSize() == dess.image.GetSize()
+    covered = sitk.GetArrayFromImage(back).any(axis=(1, 2)).sum()
+    assert abs(covered * 1.5 - 64.0) <= 4.0  # 16 slices x 4 mm of the knee, on 1.5 mm DICOM slices

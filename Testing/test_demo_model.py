@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from OrthoDiffusionLib.bundle import load_bundle
-from OrthoDiffusionLib.checkpoints import file_sha256
+from OrthoDiffusionLib.bundle.format import load_bundle
+from OrthoDiffusionLib.model.checkpoints import file_sha256
 from OrthoDiffusionLib.cli import main
 from OrthoDiffusionLib.labels import PLANES, diagnosis_labels
-from OrthoDiffusionLib.model_registry import default_model, shipped_registry_path
+from OrthoDiffusionLib.bundle.registry import default_model, shipped_registry_path
 
 MAX_DEMO_BYTES = 25 * 1024 * 1024
 
@@ -69,7 +69,7 @@ def test_fused_segmentation_beats_the_sagittal_plane_alone_on_a_simulated_knee(s
     import SimpleITK as sitk
 
     from OrthoDiffusionLib import Predictor
-    from OrthoDiffusionLib.demo import exam_from_simulation
+    from OrthoDiffusionLib.inference.demo import exam_from_simulation
     from OrthoDiffusionLib.labels import knee_structures
     from OrthoDiffusionLib.simulate import simulate_exam
 

@@ -8,7 +8,7 @@ import pytest
 
 from diag_helpers import KEYS, TINY_SETTINGS, write_backbone, write_cohort
 from OrthoDiffusionLib.cli import main
-from OrthoDiffusionLib.training.train_diagnosis import resolve_config
+from OrthoDiffusionLib.training.diagnosis.train import resolve_config
 
 
 @pytest.fixture(scope="module")

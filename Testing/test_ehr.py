@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from OrthoDiffusionLib.ehr import (EHR_FEATURES, INJURY_EVENTS, EHREncoder, EHRFusionClassifier, EHRHead,
+from OrthoDiffusionLib.model.ehr import (EHR_FEATURES, INJURY_EVENTS, EHREncoder, EHRFusionClassifier, EHRHead,
                                    EHRLateFusion, normalise_injury_event, normalise_patient_type, normalise_sex)
 
 TRAIN = [

@@ -7,7 +7,7 @@ import pytest
 
 from OrthoDiffusionLib.cli import main
 from OrthoDiffusionLib.labels import diagnosis_labels
-from OrthoDiffusionLib.training import metrics as M
+from OrthoDiffusionLib.training.evaluation import metrics as M
 
 KEYS = [d.key for d in diagnosis_labels("ankle")]
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from OrthoDiffusionLib.errors import CorruptFileError
-from OrthoDiffusionLib.training.feature_cache import FeatureCache, feature_cache_key, series_noise
+from OrthoDiffusionLib.training.diagnosis.feature_cache import FeatureCache, feature_cache_key, series_noise
 
 SHA = "ab" * 32
 

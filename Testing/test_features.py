@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from OrthoDiffusionLib.backbone import DiffusionUNet, reference_init_
-from OrthoDiffusionLib.features import extract_tap_grid, extract_taps
-from OrthoDiffusionLib.schedule import CosineSchedule
+from OrthoDiffusionLib.model.backbone import DiffusionUNet, reference_init_
+from OrthoDiffusionLib.model.features import extract_tap_grid, extract_taps
+from OrthoDiffusionLib.model.schedule import CosineSchedule
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from OrthoDiffusionLib.errors import MissingPlaneError
-from OrthoDiffusionLib.fusion import (FUSIONS, CrossAttentionFusion, MPAEFusion, PlaneClassifier, build_fusion,
+from OrthoDiffusionLib.model.fusion import (FUSIONS, CrossAttentionFusion, MPAEFusion, PlaneClassifier, build_fusion,
                                       plane_weights_for)
 from OrthoDiffusionLib.labels import PLANES
 

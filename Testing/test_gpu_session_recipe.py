@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from OrthoDiffusionLib.bundle import load_bundle
+from OrthoDiffusionLib.bundle.format import load_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "training" / "recipes" / "gpu-session.sh"

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from OrthoDiffusionLib.errors import MissingPlaneError
-from OrthoDiffusionLib.heads import DiagnosisHead
+from OrthoDiffusionLib.model.heads import DiagnosisHead
 from OrthoDiffusionLib.labels import PLANES
 
 

@@ -11,7 +11,7 @@ from OrthoDiffusionLib.cli import main
 from OrthoDiffusionLib.errors import AnatomyMismatchError
 from OrthoDiffusionLib.io import Exam, load_study, read_series, write_dicom_series
 from OrthoDiffusionLib.io.anatomy import anatomy_findings, anatomy_mismatch
-from OrthoDiffusionLib.predictor import load_exam
+from OrthoDiffusionLib.inference.predictor import load_exam
 
 
 def _retag(folder, **tags) -> None:
@@ -159,9 +159,9 @@ def test_predict_allow_anatomy_mismatch_runs_and_records_it(bundle, tmp_path, ca
 
 
 def test_the_models_anatomy_is_read_from_the_bundle_header(bundle, tmp_path):
-    from OrthoDiffusionLib.bundle import bundle_anatomy
+    from OrthoDiffusionLib.bundle.format import bundle_anatomy
     from OrthoDiffusionLib.errors import BundleError
-    from OrthoDiffusionLib.model_registry import model_anatomy
+    from OrthoDiffusionLib.bundle.registry import model_anatomy
 
     assert bundle_anatomy(bundle) == "knee" and model_anatomy(str(bundle)) == "knee"
     pickle = tmp_path / "model.odbundle"

@@ -6,7 +6,7 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
-from OrthoDiffusionLib.training import metrics as M
+from OrthoDiffusionLib.training.evaluation import metrics as M
 
 
 def fixed_arrays():

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from OrthoDiffusionLib.fusion import MPAEFusion, plane_weights_for
+from OrthoDiffusionLib.model.fusion import MPAEFusion, plane_weights_for
 from OrthoDiffusionLib.labels import PLANES
-from OrthoDiffusionLib.training.losses import positive_class_weights, weighted_bce
-from OrthoDiffusionLib.training.mpae import mean_plane_weights, out_of_fold_predictions, train_mpae_gate
+from OrthoDiffusionLib.training.diagnosis.losses import positive_class_weights, weighted_bce
+from OrthoDiffusionLib.training.diagnosis.mpae import mean_plane_weights, out_of_fold_predictions, train_mpae_gate
 
 
 def synthetic_logits(n=800, seed=0):

@@ -6,9 +6,9 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from OrthoDiffusionLib.training.multiscan import (aggregate_by_patient, enumerate_combinations,
+from OrthoDiffusionLib.training.diagnosis.multiscan import (aggregate_by_patient, enumerate_combinations,
                                                   nested_patient_subsets, patient_folds)
-from OrthoDiffusionLib.training.search import (BLOCKS, TIMESTEPS, candidate_grid, timestep_block_search,
+from OrthoDiffusionLib.training.diagnosis.search import (BLOCKS, TIMESTEPS, candidate_grid, timestep_block_search,
                                                top_candidates, write_search_outputs)
 
 

@@ -11,7 +11,7 @@ from test_train_segmentation import TINY as SEG_TINY
 from test_train_segmentation import _cohort as seg_cohort
 
 from OrthoDiffusionLib import Predictor
-from OrthoDiffusionLib.bundle import load_bundle
+from OrthoDiffusionLib.bundle.format import load_bundle
 from OrthoDiffusionLib.cli import main
 from OrthoDiffusionLib.io import Exam
 from OrthoDiffusionLib.labels import PLANES

@@ -1,10 +1,10 @@
 """Evaluation figures are written as valid files."""
 import numpy as np
 
-from OrthoDiffusionLib.calibration import reliability_diagram
-from OrthoDiffusionLib.training.plots import (plot_label_efficiency, plot_reliability, plot_roc_curves,
+from OrthoDiffusionLib.model.calibration import reliability_diagram
+from OrthoDiffusionLib.training.evaluation.plots import (plot_label_efficiency, plot_reliability, plot_roc_curves,
                                               plot_timestep_block_grid, write_plane_weight_sankey)
-from OrthoDiffusionLib.training.search import candidate_grid, top_candidates
+from OrthoDiffusionLib.training.diagnosis.search import candidate_grid, top_candidates
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

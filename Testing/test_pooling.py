@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from OrthoDiffusionLib.pooling import (GlobalAveragePooling, GlobalLocalPooling, SelfAttentionPooling,
+from OrthoDiffusionLib.model.pooling import (GlobalAveragePooling, GlobalLocalPooling, SelfAttentionPooling,
                                        build_pooling, tokens_of)
 
 

@@ -20,7 +20,7 @@ from OrthoDiffusionLib.cli import main
 from OrthoDiffusionLib.errors import CancelledError, MissingPlaneError
 from OrthoDiffusionLib.io import read_series, write_dicom_series
 from OrthoDiffusionLib.labels import PLANES, knee_structures
-from OrthoDiffusionLib.predictor import load_exam, write_outputs
+from OrthoDiffusionLib.inference.predictor import load_exam, write_outputs
 
 
 @pytest.fixture(scope="module")
@@ -307,7 +307,7 @@ def test_demo_end_to_end_with_a_given_model(bundles, tmp_path, capsys):
 
 def test_demo_without_the_shipped_model_says_so(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ORTHODIFFUSION_HOME", str(tmp_path / "empty-home"))
-    import OrthoDiffusionLib.model_registry as reg
+    import OrthoDiffusionLib.bundle.registry as reg
 
     monkeypatch.setattr(reg, "shipped_registry_path", lambda: tmp_path / "no-registry" / "models.json")
     assert main(["demo", "--out", str(tmp_path / "d")]) == 2

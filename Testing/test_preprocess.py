@@ -10,7 +10,7 @@ from io_helpers import code_direction, continuous_index, load_dess, physical_poi
 
 from OrthoDiffusionLib.errors import InvalidVolumeError, TooFewSlicesError
 from OrthoDiffusionLib.io import Exam, Series, read_series
-from OrthoDiffusionLib.preprocess import preprocess_exam, preprocess_series
+from OrthoDiffusionLib.inference.preprocess import preprocess_exam, preprocess_series
 
 
 def _synthetic(d=10, h=24, w=20, plane_code="LIP", seed=0) -> sitk.Image:

@@ -15,10 +15,10 @@ import SimpleITK as sitk
 import torch
 from safetensors.torch import load_file
 
-from OrthoDiffusionLib.checkpoints import load_backbone
+from OrthoDiffusionLib.model.checkpoints import load_backbone
 from OrthoDiffusionLib.cli import main as cli_main
 from OrthoDiffusionLib.errors import InputError, OrthoDiffusionError
-from OrthoDiffusionLib.training.pretrain import InMemoryVolumes, PretrainConfig, batch_indices, pretrain
+from OrthoDiffusionLib.training.pretrain.ddpm import InMemoryVolumes, PretrainConfig, batch_indices, pretrain
 
 # tiny network on 16x32x32 volumes (GroupNorm(32) needs widths that are multiples of 32)
 TINY = dict(width=32, channel_mult=(1, 2), attention_resolutions=(), size=32, slices=16)
@@ -204,7 +204,7 @@ def test_pretrain_on_real_dicom_folder(tmp_path, shared_data):
 
 
 def test_folder_dataset_keeps_only_the_plane(tmp_path):
-    from OrthoDiffusionLib.training.pretrain import load_training_set
+    from OrthoDiffusionLib.training.pretrain.ddpm import load_training_set
 
     write_nifti(tmp_path / "sag.nii.gz", SAGITTAL, 1)
     write_nifti(tmp_path / "cor.nii.gz", CORONAL, 2)
@@ -246,7 +246,7 @@ def test_two_process_ddp_on_cpu_matches_single_process(tmp_path):
 
 
 def test_ema_follows_the_authors_schedule():
-    from OrthoDiffusionLib.training.pretrain import EMA
+    from OrthoDiffusionLib.training.pretrain.ddpm import EMA
 
     model = torch.nn.Linear(1, 1, bias=False)
     ema = EMA(model, decay=0.5, every=2, start=2)

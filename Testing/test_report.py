@@ -6,8 +6,8 @@ import io
 import numpy as np
 import pytest
 
-from OrthoDiffusionLib.overlay_png import encode_png, overlay_rgb
-from OrthoDiffusionLib.report import PLANE_COLORS, sankey_figure
+from OrthoDiffusionLib.inference.overlays import encode_png, overlay_rgb
+from OrthoDiffusionLib.inference.report import PLANE_COLORS, sankey_figure
 
 
 def test_png_round_trip():

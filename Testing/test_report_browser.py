@@ -8,7 +8,7 @@ import pytest
 from bundle_helpers import make_tiny_bundle, tiny_exam
 
 from OrthoDiffusionLib import Predictor
-from OrthoDiffusionLib.predictor import write_outputs
+from OrthoDiffusionLib.inference.predictor import write_outputs
 
 pytestmark = pytest.mark.browser
 

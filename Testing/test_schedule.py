@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from OrthoDiffusionLib.backbone import DiffusionUNet, reference_init_
-from OrthoDiffusionLib.schedule import CosineSchedule
+from OrthoDiffusionLib.model.backbone import DiffusionUNet, reference_init_
+from OrthoDiffusionLib.model.schedule import CosineSchedule
 
 REFERENCE = Path(__file__).parent / "reference"
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from OrthoDiffusionLib import labels
-from OrthoDiffusionLib.training.seg_augment import LR_AXIS, SegAugment
+from OrthoDiffusionLib.training.segmentation.augment import LR_AXIS, SegAugment
 
 NO_INTENSITY = dict(gamma=(1.0, 1.0), contrast=0.0, brightness=0.0, noise_std=0.0)
 

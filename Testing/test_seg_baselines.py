@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from OrthoDiffusionLib.training.seg_baselines import UNET_CHANNELS, build_seg_baseline, unet_strides
+from OrthoDiffusionLib.training.segmentation.baselines import UNET_CHANNELS, build_seg_baseline, unet_strides
 
 pytest.importorskip("monai")
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from OrthoDiffusionLib.seg_head import (DEFAULT_SKIP_TAPS, BottleneckSegHead, SkipSegHead, build_seg_head,
+from OrthoDiffusionLib.model.seg_head import (DEFAULT_SKIP_TAPS, BottleneckSegHead, SkipSegHead, build_seg_head,
                                         encoder_tap_channels)
 
 # (D, H, W) of the taps for a 16 x 32 x 32 input (the 16 x 256 x 256 sizes divided by 8 in H and W)

@@ -5,8 +5,9 @@ import pytest
 import SimpleITK as sitk
 
 from OrthoDiffusionLib import labels
-from OrthoDiffusionLib.seg_io import (common_reference_grid, fuse_plane_probabilities, fuse_plane_segmentations,
-                                      write_color_table, write_labelmap_nifti, write_seg_nrrd)
+from OrthoDiffusionLib.segmentation.io import (common_reference_grid, fuse_plane_probabilities,
+                                               fuse_plane_segmentations, write_color_table, write_labelmap_nifti,
+                                               write_seg_nrrd)
 
 slicerio = pytest.importorskip("slicerio")
 nrrd = pytest.importorskip("nrrd")
@@ -210,7 +211,7 @@ def test_common_reference_grid_covers_all_images():
 
 def test_read_labelmap_maps_slicer_segments_to_the_table(tmp_path):
     from OrthoDiffusionLib.errors import CorruptFileError, MissingPathError, NotVolumeError
-    from OrthoDiffusionLib.seg_io import read_labelmap
+    from OrthoDiffusionLib.segmentation.io import read_labelmap
 
     arr = np.zeros((4, 6, 8), np.uint8)
     arr[1, 1:3, 1:3] = 1

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from OrthoDiffusionLib import labels
-from OrthoDiffusionLib.training.seg_losses import (DEFAULT_IGNORE_INDEX, SegmentationLoss, class_mask_for_plane,
-                                                   num_seg_classes)
+from OrthoDiffusionLib.training.segmentation.losses import (DEFAULT_IGNORE_INDEX, SegmentationLoss,
+                                                            class_mask_for_plane, num_seg_classes)
 
 
 def _target(seed=0, shape=(2, 4, 8, 8), classes=12):

@@ -6,7 +6,7 @@ import pytest
 import SimpleITK as sitk
 
 from OrthoDiffusionLib import labels
-from OrthoDiffusionLib.seg_measures import (array_spacing, local_thickness, mean_thickness, measure_structures,
+from OrthoDiffusionLib.segmentation.measures import (array_spacing, local_thickness, mean_thickness, measure_structures,
                                             structure_volume_ml)
 
 
@@ -99,7 +99,7 @@ def test_measure_segmentation_cli(tmp_path, capsys):
     import json
 
     from OrthoDiffusionLib.cli import main
-    from OrthoDiffusionLib.seg_io import write_labelmap_nifti
+    from OrthoDiffusionLib.segmentation.io import write_labelmap_nifti
 
     spacing = (0.5, 0.5, 0.5)
     shell = _shell(spacing, r_out=6.0, thickness=2.0)

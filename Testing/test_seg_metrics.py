@@ -7,7 +7,7 @@ import torch
 from scipy import ndimage
 
 from OrthoDiffusionLib import labels
-from OrthoDiffusionLib.seg_metrics import (dice_per_structure, dice_score, evaluate_case, format_table,
+from OrthoDiffusionLib.segmentation.metrics import (dice_per_structure, dice_score, evaluate_case, format_table,
                                            hausdorff95, hd95_per_structure, summarize, summarize_cases)
 
 monai_metrics = pytest.importorskip("monai.metrics")

@@ -141,7 +141,7 @@ def test_ehr_fields_and_correlations():
 
 def test_simulated_ehr_is_understood_by_the_encoder():
     """Every simulated record encodes with no UNK except where a field is missing."""
-    from OrthoDiffusionLib.ehr import EHREncoder, INJURY_EVENTS as ENCODER_EVENTS
+    from OrthoDiffusionLib.model.ehr import EHREncoder, INJURY_EVENTS as ENCODER_EVENTS
 
     rng = np.random.default_rng(1)
     recs = [sample_ehr({"acl_injury": bool(i % 2)}, rng, missing_rate=0.0) for i in range(50)]

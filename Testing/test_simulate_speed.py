@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import OrthoDiffusionLib
-from OrthoDiffusionLib import bench
+from OrthoDiffusionLib.bench import timing as bench
 from OrthoDiffusionLib.errors import MissingPathError
 from OrthoDiffusionLib.simulate import contrast as C
 from OrthoDiffusionLib.simulate.acquisition import (SeriesSpec, _subsample_offsets, _voxel_points, sample_tissue,

@@ -10,12 +10,13 @@ import pytest
 import SimpleITK as sitk
 
 from io_helpers import load_dess, reformat
-from OrthoDiffusionLib import labels, mrml
-from OrthoDiffusionLib.child_process import ChildProcess, sample_exam_arguments, sample_exam_series
+from OrthoDiffusionLib import labels
+from OrthoDiffusionLib.slicer import mrml
+from OrthoDiffusionLib.slicer.child_process import ChildProcess, sample_exam_arguments, sample_exam_series
 from core_only import CORE_ENV, core_only_command
 from OrthoDiffusionLib.errors import CorruptFileError, MissingPathError
 from OrthoDiffusionLib.io import read_series
-from OrthoDiffusionLib.seg_io import write_seg_nrrd
+from OrthoDiffusionLib.segmentation.io import write_seg_nrrd
 
 
 @pytest.fixture(scope="module")

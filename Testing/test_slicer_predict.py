@@ -14,8 +14,9 @@ import SimpleITK as sitk
 
 from bundle_helpers import make_tiny_bundle
 from io_helpers import load_dess, reformat
-from OrthoDiffusionLib import labels, mrml
-from OrthoDiffusionLib.child_process import ChildProcess, error_line, parse_progress_line, predict_arguments
+from OrthoDiffusionLib import labels
+from OrthoDiffusionLib.slicer import mrml
+from OrthoDiffusionLib.slicer.child_process import ChildProcess, error_line, parse_progress_line, predict_arguments
 from core_only import CORE_ENV, core_only_command
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from OrthoDiffusionLib.child_process import (ChildProcess, error_line, library_command, parse_progress_line)
+from OrthoDiffusionLib.slicer.child_process import (ChildProcess, error_line, library_command, parse_progress_line)
 from OrthoDiffusionLib.dependencies import CORE_REQUIREMENTS, Requirement, missing_requirements, version_tuple
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +105,7 @@ def test_missing_requirements():
 
 
 def test_module_command_lines_parse_with_the_cli():
-    from OrthoDiffusionLib.child_process import predict_arguments, sample_exam_arguments
+    from OrthoDiffusionLib.slicer.child_process import predict_arguments, sample_exam_arguments
     from OrthoDiffusionLib.cli import build_parser
 
     parser = build_parser()

@@ -12,16 +12,16 @@ import torch
 from safetensors.torch import load_file
 
 from diag_helpers import KEYS, TINY_SETTINGS, write_backbone, write_cohort
-from OrthoDiffusionLib.checkpoints import load_backbone
+from OrthoDiffusionLib.model.checkpoints import load_backbone
 from OrthoDiffusionLib.cli import main
 from OrthoDiffusionLib.errors import CancelledError
-from OrthoDiffusionLib.heads import DiagnosisHead
+from OrthoDiffusionLib.model.heads import DiagnosisHead
 from OrthoDiffusionLib.io import read_series
 from OrthoDiffusionLib.labels import PLANES
-from OrthoDiffusionLib.preprocess import preprocess_series
-from OrthoDiffusionLib.schedule import CosineSchedule
-from OrthoDiffusionLib.training.diagnosis_data import fixed_noise_taps
-from OrthoDiffusionLib.training.train_diagnosis import resolve_config, train_diagnosis
+from OrthoDiffusionLib.inference.preprocess import preprocess_series
+from OrthoDiffusionLib.model.schedule import CosineSchedule
+from OrthoDiffusionLib.training.diagnosis.data import fixed_noise_taps
+from OrthoDiffusionLib.training.diagnosis.train import resolve_config, train_diagnosis
 
 TAPS = ["planes.sagittal.timestep=50", "planes.coronal.timestep=100", "planes.axial.timestep=50",
         "planes.sagittal.block=mid_0", "planes.coronal.block=mid_2", "planes.axial.block=mid_0"]

@@ -12,15 +12,15 @@ import SimpleITK as sitk
 import torch
 
 from OrthoDiffusionLib import labels
-from OrthoDiffusionLib.backbone import DiffusionUNet
-from OrthoDiffusionLib.checkpoints import load_backbone_state, save_backbone, tensors_sha256
+from OrthoDiffusionLib.model.backbone import DiffusionUNet
+from OrthoDiffusionLib.model.checkpoints import load_backbone_state, save_backbone, tensors_sha256
 from OrthoDiffusionLib.cli import main
 from OrthoDiffusionLib.errors import InputError, MissingPathError
-from OrthoDiffusionLib.training.seg_data import SegVolumes, nested_patient_subset, read_seg_cases
-from OrthoDiffusionLib.training.seg_losses import class_mask_for_plane
-from OrthoDiffusionLib.training.seg_model import DiffusionSegmenter, predict_probabilities
-from OrthoDiffusionLib.training.seg_trainer import evaluate, latest_checkpoint
-from OrthoDiffusionLib.training.train_segmentation import (build_head, head_config, load_seg_config,
+from OrthoDiffusionLib.training.segmentation.data import SegVolumes, nested_patient_subset, read_seg_cases
+from OrthoDiffusionLib.training.segmentation.losses import class_mask_for_plane
+from OrthoDiffusionLib.training.segmentation.model import DiffusionSegmenter, predict_probabilities
+from OrthoDiffusionLib.training.segmentation.trainer import evaluate, latest_checkpoint
+from OrthoDiffusionLib.training.segmentation.train import (build_head, head_config, load_seg_config,
                                                            load_segmentation_run, train_segmentation)
 
 # direction matrices (ITK, row-major; column j = direction of array axis j) giving the canonical orientations
@@ -179,7 +179,7 @@ def test_coronal_class_mask_comes_from_the_label_table(backbone_file):
 
 
 def _net(path):
-    from OrthoDiffusionLib.checkpoints import load_backbone
+    from OrthoDiffusionLib.model.checkpoints import load_backbone
 
     return load_backbone(path)
 
@@ -234,7 +234,7 @@ def test_config_overrides_and_errors(tmp_path):
 
 def test_baseline_trains_on_the_same_cases_and_reloads(cohort, tmp_path):
     pytest.importorskip("monai")
-    from OrthoDiffusionLib.training.train_segmentation import train_seg_baseline
+    from OrthoDiffusionLib.training.segmentation.train import train_seg_baseline
 
     out = tmp_path / "unet"
     run = train_seg_baseline(cohort, "sagittal", "unet", out, config="seg-demo", device="cpu",

@@ -20,8 +20,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from OrthoDiffusionLib.backbone import DiffusionUNet
-from OrthoDiffusionLib.checkpoints import load_backbone, save_backbone
+from OrthoDiffusionLib.model.backbone import DiffusionUNet
+from OrthoDiffusionLib.model.checkpoints import load_backbone, save_backbone
 from OrthoDiffusionLib.cli import main
 from OrthoDiffusionLib.errors import InputError
 from OrthoDiffusionLib.io import write_dicom_series
@@ -175,7 +175,7 @@ def test_protocol_already_followed_changes_nothing():
 
 
 def test_label_set_comes_from_the_configuration():
-    from OrthoDiffusionLib.training.train_diagnosis import resolve_config
+    from OrthoDiffusionLib.training.diagnosis.train import resolve_config
 
     cfg = resolve_config("knee-demo-ft", ['labels=["acl_injury", {"key": "bone_bruise", "name": "bone bruise"}]'])
     assert cfg["labels"] == ["acl_injury", "bone_bruise"] and cfg["num_labels"] == 2
@@ -186,9 +186,9 @@ def test_label_set_comes_from_the_configuration():
 
 
 def test_a_manifest_without_patellar_dislocation_trains_its_own_labels(tmp_path):
-    from OrthoDiffusionLib.training.diagnosis_data import read_diagnosis_manifest
+    from OrthoDiffusionLib.training.diagnosis.data import read_diagnosis_manifest
     from OrthoDiffusionLib.training.named_options import label_overrides, manifest_label_columns
-    from OrthoDiffusionLib.training.train_diagnosis import resolve_config
+    from OrthoDiffusionLib.training.diagnosis.train import resolve_config
 
     series = tmp_path / "s.nii.gz"
     sitk.WriteImage(image(SAGITTAL, 1), str(series))
@@ -215,9 +215,9 @@ def test_export_names_the_labels_of_a_custom_set(tmp_path):
     sys.path.insert(0, os.path.dirname(__file__))
     from bundle_helpers import make_diagnosis_run
 
-    from OrthoDiffusionLib.bundle import load_bundle
-    from OrthoDiffusionLib.bundle_export import export_bundle
-    from OrthoDiffusionLib.heads import DiagnosisHead
+    from OrthoDiffusionLib.bundle.export import export_bundle
+    from OrthoDiffusionLib.bundle.format import load_bundle
+    from OrthoDiffusionLib.model.heads import DiagnosisHead
     from safetensors.torch import save_file
 
     run = make_diagnosis_run(tmp_path / "run")
@@ -257,7 +257,7 @@ def test_input_size_comes_from_the_backbone_unless_given(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- pretraining data
 def test_label_maps_and_copies_are_never_pretraining_images(tmp_path):
-    from OrthoDiffusionLib.training.pretrain_data import (is_labelmap_name, looks_like_labelmap,
+    from OrthoDiffusionLib.training.pretrain.data import (is_labelmap_name, looks_like_labelmap,
                                                           select_folder_series, select_manifest_rows)
 
     for name in ("P1_sagittal_1_seg.nii.gz", "x_label.nrrd", "x-seg.mha", "a.seg.nrrd", "knee_mask.nii"):
@@ -291,7 +291,7 @@ def test_label_maps_and_copies_are_never_pretraining_images(tmp_path):
     assert "1 series of 1 patient (splits: train 1; planes: sagittal 1)" in sel.summary()
     sel = select_manifest_rows(manifest, "sagittal", ("train", "val"))
     assert sel.splits == ["train", "val"]
-    from OrthoDiffusionLib.training.pretrain_data import ImageSeriesVolumes
+    from OrthoDiffusionLib.training.pretrain.data import ImageSeriesVolumes
 
     with pytest.raises(InputError, match="unnamed.nii.gz: this is a label map"):  # listed as a series by mistake
         ImageSeriesVolumes([data / "P1" / "unnamed.nii.gz"], slices=16, size=32)[0]

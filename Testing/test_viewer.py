@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from OrthoDiffusionLib.errors import CorruptFileError, InputError, MissingPathError, NoDicomError
 from OrthoDiffusionLib.viewer.background import BackgroundTask
-from OrthoDiffusionLib.viewer.cli import is_loopback
+from OrthoDiffusionLib.cli.view import is_loopback
 from OrthoDiffusionLib.viewer.folders import list_folder
 from OrthoDiffusionLib.viewer.results import open_result_folder
 from viewer_helpers import require, write_result_folder, write_study
@@ -139,7 +139,7 @@ def test_is_loopback():
 
 # ---- MRML scene ----------------------------------------------------------------------------------------------------
 def test_ijk_to_ras_matches_itk_geometry():
-    from OrthoDiffusionLib.mrml import matrix_from_image as ijk_to_ras  # what the viewer's scene uses
+    from OrthoDiffusionLib.slicer.mrml import matrix_from_image as ijk_to_ras  # what the viewer's scene uses
 
     img = sitk.Image(5, 6, 7, sitk.sitkFloat32)
     img.SetSpacing((0.5, 0.7, 3.0))

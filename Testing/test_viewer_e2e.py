@@ -52,7 +52,7 @@ def browser():
 def viewer(tmp_path_factory):
     """The viewer process (the shipped demo model, simulated sample); yields (url, home folder)."""
     require("trame_slicer", "browser viewer extra")
-    from OrthoDiffusionLib.model_registry import default_model
+    from OrthoDiffusionLib.bundle.registry import default_model
 
     home = tmp_path_factory.mktemp("viewer_home")
     # ORTHODIFFUSION_VIEWER_MODEL: another bundle instead of the shipped demo model

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from OrthoDiffusionLib import labels, seg_io
+from OrthoDiffusionLib import labels
+from OrthoDiffusionLib.segmentation import io as seg_io
 from OrthoDiffusionLib.io import PLANES
 
 

@@ -29,7 +29,7 @@ run() {  # run NAME SECONDS ARGS...: JSON and Markdown of one bench subject
   if timeout "$limit" "$PY" -m OrthoDiffusionLib bench "$@" --json >"$OUT/$name.json" 2>"$OUT/$name.err"; then
     "$PY" - "$OUT/$name.json" "$OUT/$name.md" <<'PYEOF'
 import json, sys
-from OrthoDiffusionLib.bench import print_results
+from OrthoDiffusionLib.bench.timing import print_results
 import contextlib, io
 data = json.load(open(sys.argv[1]))
 rows = data.pop("rows"); title = data.pop("title")

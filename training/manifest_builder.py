@@ -1,4 +1,4 @@
-"""``orthodiffusion make-manifest``: a training-data manifest from a folder of exams and a label spreadsheet.
+"""A training-data manifest from a folder of exams and a label spreadsheet (``orthodiffusion make-manifest``).
 
     orthodiffusion make-manifest --images EXAMS --labels labels.csv --out manifest.csv
                                  [--splits 0.7,0.1,0.2] [--split-seed 0] [--label-columns KEY,...] [--prefer dicom]
@@ -31,7 +31,6 @@ Splits are drawn per patient (all series of a patient share one split) from a pe
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import os
@@ -48,7 +47,7 @@ from OrthoDiffusionLib.labels import PLANES
 
 from .named_options import RESERVED_COLUMNS
 
-__all__ = ["ManifestReport", "build_manifest", "assign_splits", "register"]
+__all__ = ["ManifestReport", "build_manifest", "assign_splits"]
 
 PathLike = Union[str, os.PathLike]
 EHR_COLUMNS = ("age", "sex", "height", "weight", "patient_type", "injury_event")
@@ -172,7 +171,7 @@ def _scan_patient(folder: Path, patient: str, prefer: str, tolerance_deg: float,
                   problems: List[str]) -> List[_Image]:
     from OrthoDiffusionLib.io.study import find_candidates
 
-    from .pretrain_data import is_labelmap_name, looks_like_labelmap
+    from .pretrain.data import is_labelmap_name, looks_like_labelmap
 
     candidates, ignored = find_candidates(folder, tolerance_deg)
     for path, reason in ignored:
@@ -247,7 +246,7 @@ def build_manifest(images_dir: PathLike, labels_csv: PathLike, out: PathLike, *,
                    label_columns: Optional[Sequence[str]] = None, prefer: str = "dicom",
                    tolerance_deg: float = 30.0) -> ManifestReport:
     """Scan ``images_dir``, join ``labels_csv``, assign splits, write and check ``out`` (module doc)."""
-    from .diagnosis_data import read_diagnosis_manifest
+    from .diagnosis.data import read_diagnosis_manifest
     from .split_checks import small_split_message
 
     images_dir, labels_csv, out = Path(images_dir), Path(labels_csv), Path(out)
@@ -336,53 +335,3 @@ def build_manifest(images_dir: PathLike, labels_csv: PathLike, out: PathLike, *,
         # that fails them is not written
         read_diagnosis_manifest(tmp, keys)
     return report
-
-
-def _fractions(text: str) -> Tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise InputError(f"--splits takes three fractions, e.g. 0.7,0.1,0.2, got {text!r}") from None
-
-
-def _run(args: argparse.Namespace) -> int:
-    label_columns = None
-    if args.label_columns:
-        label_columns = [k.strip() for k in args.label_columns.split(",") if k.strip()]
-    elif args.config:
-        from .configs import load_config
-
-        label_columns = load_config(args.config)["labels"]
-    report = build_manifest(args.images, args.labels, args.out, fractions=_fractions(args.splits),
-                            seed=args.split_seed, label_columns=label_columns, prefer=args.prefer,
-                            tolerance_deg=args.tolerance_deg)
-    for line in report.lines():
-        print(line)
-    return 0
-
-
-def register(subparsers) -> None:
-    """Add ``make-manifest`` to the ``orthodiffusion`` command."""
-    p = subparsers.add_parser("make-manifest", help="build and check a training-data manifest from a folder of exams "
-                                                    "and a label spreadsheet",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=Path, required=True, help="folder with one sub-folder per patient (named by "
-                                                              "patient_id)")
-    p.add_argument("--labels", type=Path, required=True, help="label CSV: patient_id and one 0/1 column per label")
-    p.add_argument("--out", type=Path, required=True, help="the manifest CSV to write")
-    p.add_argument("--splits", default="0.7,0.1,0.2", help="train,val,test fractions of the patients (default "
-                                                            "0.7,0.1,0.2; ignored when the label CSV has a split "
-                                                            "column)")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the patient split (default 0)")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--label-columns", default=None, metavar="KEY[,KEY...]",
-                       help="the label columns to keep (default: every column that is not patient_id, split, an "
-                            "EHR column, center or field_strength)")
-    group.add_argument("--config", default=None, help="take the label columns from this diagnosis configuration "
-                                                      "(e.g. knee-ft-opt: the 8 knee labels)")
-    p.add_argument("--prefer", choices=("dicom", "all"), default="dicom",
-                   help="dicom: a patient's NIfTI/NRRD images are taken for copies when it has DICOM series "
-                        "(default); all: keep every image series")
-    p.add_argument("--tolerance-deg", type=float, default=30.0,
-                   help="obliquity accepted when assigning a plane (default 30)")
-    p.set_defaults(func=_run)

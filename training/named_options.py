@@ -53,8 +53,8 @@ def protocol_overrides(protocol: Optional[str], current: Optional[str]) -> List[
     return [f"{k}={json.dumps(v)}" for k, v in preset.items()]
 
 
-def backbone_preprocessing(path: PathLike) -> Optional[Dict[str, int]]:
-    """``{"slices", "size"}`` recorded in a backbone file's metadata (header only, no tensors read), or None when
+def backbone_preprocessing(path: PathLike) -> Optional[Dict[str, float]]:
+    """``{"slices", "size"[, "slice_mm", "inplane_mm"]}`` recorded in a backbone file's metadata (header only, no tensors read), or None when
     the file does not record it (older files) or is not a readable safetensors file."""
     from safetensors import safe_open
 
@@ -67,7 +67,10 @@ def backbone_preprocessing(path: PathLike) -> Optional[Dict[str, int]]:
         return None
     try:
         value = json.loads(text)
-        return {"slices": int(value["slices"]), "size": int(value["size"])}
+        out = {"slices": int(value["slices"]), "size": int(value["size"])}
+        if value.get("slice_mm") is not None:
+            out.update(slice_mm=float(value["slice_mm"]), inplane_mm=float(value["inplane_mm"]))
+        return out
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -77,7 +80,9 @@ def size_overrides(size: Optional[int], slices: Optional[int], overrides: Sequen
     """(``--set`` strings for ``preprocessing.size`` / ``preprocessing.slices``, a note saying where they came from).
 
     Precedence per value: the explicit option, then a ``--set preprocessing.<key>`` among ``overrides`` (left as
-    is), then the metadata of the backbone files (they must agree), then the configuration (nothing added)."""
+    is), then the metadata of the backbone files (they must agree), then the configuration (nothing added). A model
+    grid (``slice_mm``, ``inplane_mm``) recorded in the backbone is taken the same way; when the backbone records
+    none, the configuration's grid (if any) stays."""
     given = {k for k in ("size", "slices") if any(o.split("=", 1)[0].strip() == f"preprocessing.{k}"
                                                   for o in overrides)}
     out: List[str] = []
@@ -100,10 +105,14 @@ def size_overrides(size: Optional[int], slices: Optional[int], overrides: Sequen
         raise InputError(f"the backbones were trained at different input sizes ({listing}); give --size and "
                          "--slices")
     value = next(iter(known.values()))
-    for key in missing:
+    taken = list(missing)
+    # the model grid the backbone was trained on, unless --set gives it
+    taken += [k for k in ("slice_mm", "inplane_mm") if k in value and not any(
+        o.split("=", 1)[0].strip() == f"preprocessing.{k}" for o in overrides)]
+    for key in taken:
         out.append(f"preprocessing.{key}={value[key]}")
-    return out, (f"input size from the backbone's metadata ({Path(next(iter(known))).name}): "
-                 + ", ".join(f"{k} {value[k]}" for k in missing))
+    return out, (f"input from the backbone's metadata ({Path(next(iter(known))).name}): "
+                 + ", ".join(f"{k} {value[k]}" for k in taken))
 
 
 def add_size_arguments(parser, what: str = "input") -> None:
@@ -118,7 +127,8 @@ def add_size_arguments(parser, what: str = "input") -> None:
 
 def resolved_size(cfg: Mapping[str, object]) -> str:
     pre = cfg.get("preprocessing") or {}
-    return f"{pre.get('slices')} x {pre.get('size')} x {pre.get('size')}"  # type: ignore[union-attr]
+    grid = f" on a {pre['slice_mm']:g} mm x {pre['inplane_mm']:g} mm grid" if pre.get("slice_mm") else ""  # type: ignore
+    return f"{pre.get('slices')} x {pre.get('size')} x {pre.get('size')}{grid}"  # type: ignore[union-attr]
 
 
 # ------------------------------------------------------------------------------------------------ label sets

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from OrthoDiffusionLib.atomic import atomic_path
-from OrthoDiffusionLib.checkpoints import tensors_sha256
+from OrthoDiffusionLib.model.checkpoints import tensors_sha256
 from OrthoDiffusionLib.errors import OrthoDiffusionError
 
 __all__ = ["CHECKPOINTS", "LATEST", "checkpoint_root", "write_checkpoint", "remove_partial_checkpoints", "latest_checkpoint",

@@ -16,7 +16,7 @@ from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ..ehr import INJURY_EVENTS as _ENCODER_EVENTS
+from ..model.ehr import INJURY_EVENTS as _ENCODER_EVENTS
 
 #: The 8 injury-event classes: the paper's classes, shared with the EHR encoder (one list, defined there).
 #: Order: overuse, traffic_accident, duty_accident, daily_life_accident, sports_accident, spontaneous,

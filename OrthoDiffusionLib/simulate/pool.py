@@ -24,10 +24,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..atomic import atomic_path
-from ..preprocess import reorient, resample_to_model_grid
+from ..inference.preprocess import reorient, resample_to_model_grid
 from .cohort import LABEL_KEYS, PLANES, simulate_exam
 
-__all__ = ["POOL_COLUMNS", "DEFAULT_POOL_GRID", "pool_exam_arrays", "write_pool", "read_pool"]
+__all__ = ["POOL_COLUMNS", "DEFAULT_POOL_GRID", "pool_exam_arrays", "write_pool", "read_pool", "pool_files",
+           "write_pool_cohort"]
 
 POOL_COLUMNS = ("file", "seed", "anatomy", "side", *LABEL_KEYS)
 #: The CPU-scale model grid: 4 mm between slices, 128 x 128 pixels of 1.2 mm (a 154 mm field of view).
@@ -128,3 +129,86 @@ def read_pool(manifest: Union[str, os.PathLike]) -> List[Dict[str, object]]:
         for k in LABEL_KEYS:
             r[k] = int(r[k])
     return rows
+
+
+def pool_files(pool: Union[str, os.PathLike]) -> List[str]:
+    """Exam files of a pool: the rows of its ``pool.csv``, or, given its folder, the ``E*.npz`` files in it (sorted;
+    complete files only, since each is written atomically)."""
+    pool = Path(pool)
+    if pool.is_dir():
+        return sorted(os.fspath(p) for p in pool.glob("E*.npz"))
+    if not pool.is_file():
+        from ..errors import MissingPathError
+
+        raise MissingPathError("pool not found", pool)
+    return [str(r["path"]) for r in read_pool(pool)]
+
+
+#: Orientation code of each plane's canonical grid (see ``OrthoDiffusionLib.inference.preprocess``).
+_CANONICAL = {"sagittal": "PIL", "coronal": "LIP", "axial": "LPS"}
+
+
+def _grid_image(array: np.ndarray, plane: str, grid: Mapping[str, float]) -> sitk.Image:
+    """A (D, H, W) array as an image on the canonical model grid of ``plane``, centred at the origin."""
+    img = sitk.GetImageFromArray(array)
+    spacing = np.array([grid["inplane_mm"], grid["inplane_mm"], grid["slice_mm"]], dtype=np.float64)
+    direction = np.array(sitk.DICOMOrientImageFilter.GetDirectionCosinesFromOrientation(_CANONICAL[plane]))
+    size = np.array(img.GetSize(), dtype=np.float64)
+    img.SetSpacing(tuple(spacing))
+    img.SetDirection(tuple(direction))
+    img.SetOrigin(tuple(-(direction.reshape(3, 3) @ (spacing * (size - 1) / 2.0))))
+    return img
+
+
+def write_pool_cohort(pool: Union[str, os.PathLike], out_dir: Union[str, os.PathLike],
+                      splits: Sequence[int] = (2000, 200, 200), grid: Mapping[str, float] = DEFAULT_POOL_GRID,
+                      progress: Optional[Callable[[int, int], None]] = None) -> Path:
+    """Write a pool's exams as a training cohort (a manifest CSV any trainer reads); returns the manifest path.
+
+    The first ``splits[0]`` exams (in ``pool.csv`` order) are ``train``, the next ``splits[1]`` ``val`` and the next
+    ``splits[2]`` ``test``. Per exam and plane: ``P{n}/{plane}.nii.gz`` (the simulated image, int16 x 1000, on the
+    model grid with its plane's canonical orientation), ``P{n}/{plane}_seg.nii.gz`` (11-structure labelmap) and
+    ``P{n}/{plane}_tissue.nii.gz`` (tissue ids, for domain randomisation); the manifest adds a ``tissue_path``
+    column to the usual ones.
+    """
+    from .cohort import MANIFEST_COLUMNS
+    from .tissues import segmentation_from_tissue
+
+    rows = read_pool(Path(pool) / "pool.csv" if Path(pool).is_dir() else pool)
+    names = ["train"] * int(splits[0]) + ["val"] * int(splits[1]) + ["test"] * int(splits[2])
+    if len(rows) < len(names):
+        raise ValueError(f"the pool holds {len(rows)} exams, the splits ask for {len(names)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_rows: List[Dict[str, object]] = []
+    for n, (row, split) in enumerate(zip(rows, names)):
+        pid = f"P{n:05d}"
+        with np.load(str(row["path"]), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        for plane in PLANES:
+            if f"{plane}_image" not in arrays:
+                continue
+            tissue = arrays[f"{plane}_tissue"]
+            files = {"series_path": f"{pid}/{plane}.nii.gz", "seg_path": f"{pid}/{plane}_seg.nii.gz",
+                     "tissue_path": f"{pid}/{plane}_tissue.nii.gz"}
+            images = {"series_path": np.round(arrays[f"{plane}_image"].astype(np.float32) * 1000).astype(np.int16),
+                      "seg_path": segmentation_from_tissue(tissue), "tissue_path": tissue}
+            for key, rel in files.items():
+                target = out / rel
+                if not target.is_file():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with atomic_path(target, suffix=".nii.gz") as tmp:
+                        sitk.WriteImage(_grid_image(images[key], plane, grid), str(tmp), True)
+            entry: Dict[str, object] = {c: "" for c in MANIFEST_COLUMNS}
+            entry.update({"patient_id": pid, "plane": plane, "split": split, **files})
+            entry.update({k: int(row[k]) for k in LABEL_KEYS})
+            manifest_rows.append(entry)
+        if progress:
+            progress(n + 1, len(names))
+    manifest = out / "manifest.csv"
+    with atomic_path(manifest) as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=[*MANIFEST_COLUMNS, "tissue_path"])
+            w.writeheader()
+            w.writerows(manifest_rows)
+    return manifest

@@ -20,9 +20,9 @@ from typing import Any, Callable, Dict, List, Optional
 from .. import labels as label_tables
 from ..errors import InputError, OrthoDiffusionError
 from ..atomic import atomic_path
-from ..demo import DEFAULT_ABNORMALITY
+from ..inference.demo import DEFAULT_ABNORMALITY
 from ..io import PLANES, Exam, load_study
-from ..model_registry import model_anatomy, orthodiffusion_home
+from ..bundle.registry import model_anatomy, orthodiffusion_home
 from .background import BackgroundTask, TaskOutcome
 from .folders import list_folder
 from .results import ResultFolder, is_result_folder, open_result_folder
@@ -360,7 +360,7 @@ class ViewerApp:
             "structures": structure_rows(self.scene.structures_present()), "warnings": result.warnings,
             "segmentation_visible": True,
         })
-        from ..report import sankey_figure
+        from ..inference.report import sankey_figure
 
         fig = sankey_figure(result.diagnosis)
         # the panel's card carries the title; the figure fills the card
@@ -370,7 +370,7 @@ class ViewerApp:
 
     # ---- running the model ---------------------------------------------------------------------------------------
     def _get_predictor(self):
-        from ..predictor import Predictor
+        from ..inference.predictor import Predictor
 
         key = (self.model, self.device)
         if self._predictor is None or self._predictor_key != key:
@@ -386,7 +386,7 @@ class ViewerApp:
         exam, out = self.exam, new_result_folder(self.out_root, _safe_stem(self.exam_name))
 
         def work(progress, cancel):
-            from ..predictor import predict_and_write
+            from ..inference.predictor import predict_and_write
 
             progress("loading the model", 0.0)
             predict_and_write(self._get_predictor(), exam, out, noise_draws=self.noise_draws, progress=progress,

@@ -19,8 +19,8 @@ import SimpleITK as sitk
 
 from ..errors import CorruptFileError
 from ..io import PLANES
-from ..mrml import matrix_from_image
-from ..seg_io import read_labelmap
+from ..slicer.mrml import matrix_from_image
+from ..segmentation.io import read_labelmap
 
 # Singleton tags of the four views (they become JavaScript identifiers in trame-slicer's UI: letters only).
 VIEW_TAGS: Dict[str, str] = {"sagittal": "Sagittal", "coronal": "Coronal", "axial": "Axial", "threed": "ThreeD"}

@@ -1,0 +1,1 @@
+"""Performance measurements (``orthodiffusion bench``): timing helpers and the benchmark subjects."""

@@ -1,0 +1,89 @@
+"""``orthodiffusion view``: the browser viewer (needs the ``viewer`` extra: ``pip install "orthodiffusion[viewer]"``).
+
+    orthodiffusion view [EXAM_DIR | RESULT_DIR | --sagittal P --coronal P --axial P] [--results DIR]
+                        [--model BUNDLE] [--device auto|cpu|cuda] [--out DIR] [--noise-draws K] [--demo]
+                        [--host 127.0.0.1] [--port 0]
+
+Serves on 127.0.0.1 only unless --host says otherwise (then anyone who can reach that address sees the exams and
+can run the model: the viewer has no login). --port 0 picks a free port; the URL is printed as
+``OrthoDiffusion viewer: http://HOST:PORT/``. With nothing to open, the app starts with a folder picker (folders on
+the server) and a "Simulated sample" button. Run writes each result into a new folder under --out (default
+``$ORTHODIFFUSION_HOME/viewer/results``); reopen it later with --results or the folder picker.
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+
+from ..errors import InputError
+
+LOOPBACK_NAMES = ("localhost",)
+
+
+def is_loopback(host: str) -> bool:
+    """True for a loopback address (127.0.0.0/8, ::1) or ``localhost``."""
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("view", help="browser viewer: exams, segmentations, diagnosis and Sankey (trame-slicer)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("exam", nargs="?", help="study folder (DICOM/NIfTI/NRRD) or a finished result folder")
+    for plane in ("sagittal", "coronal", "axial"):
+        p.add_argument(f"--{plane}", metavar="PATH", help=f"the {plane} series (file or DICOM folder)")
+    p.add_argument("--results", metavar="DIR", help="a finished result folder to show (over the exam, if given)")
+    p.add_argument("--model", metavar="BUNDLE", help="model bundle for Run (default: the registry's default model)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--out", metavar="DIR", help="where Run writes result folders")
+    p.add_argument("--noise-draws", type=int, default=3, metavar="K",
+                   help="noise draws per Run; the uncertainty shown is their std (default 3; 1 = none)")
+    p.add_argument("--demo", action="store_true", help="open the simulated sample exam at start")
+    p.add_argument("--sample-matrix", type=int, default=256, help="in-plane matrix of the simulated sample")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default loopback only)")
+    p.add_argument("--port", type=int, default=0, help="port (0 = a free one)")
+    p.set_defaults(func=_view)
+
+
+def _view(a) -> int:
+    series = {p: getattr(a, p) for p in ("sagittal", "coronal", "axial") if getattr(a, p)}
+    if a.exam and series:
+        raise InputError("give either a study folder or --sagittal/--coronal/--axial, not both", a.exam)
+    if a.demo and (a.exam or series):
+        raise InputError("--demo opens the simulated sample; do not give an exam as well", a.exam or "--demo")
+    if a.noise_draws < 1:
+        raise InputError("--noise-draws must be at least 1", str(a.noise_draws))
+    if not 16 <= a.sample_matrix <= 1024:
+        raise InputError("--sample-matrix must be 16..1024", str(a.sample_matrix))
+    try:
+        from ..viewer.app import ViewerApp
+    except ImportError as e:
+        raise InputError(f"the viewer needs the 'viewer' extra (pip install \"orthodiffusion[viewer]\"): {e}",
+                         "orthodiffusion view") from None
+    if not is_loopback(a.host):
+        print(f"orthodiffusion view: WARNING: serving on {a.host}: anyone who can reach this address can see the "
+              "exams and run the model (no login). Use the default 127.0.0.1 unless you mean it.", file=sys.stderr)
+    app = ViewerApp(model=a.model, device=a.device, out_root=a.out, sample_matrix=a.sample_matrix,
+                    start_folder=a.exam if a.exam else None, noise_draws=a.noise_draws)
+
+    def on_ready(url: str) -> None:
+        print(f"OrthoDiffusion viewer: {url}", flush=True)
+        if a.demo:
+            app.open_sample()
+        elif series:
+            app.open_exam(series=series)
+        elif a.exam:
+            app.open_path(a.exam)
+        elif not a.results:
+            app.picker_show()  # nothing to open: start with the folder picker
+        if a.results:
+            app.queue_results(a.results, over_open_exam=bool(a.exam or series or a.demo))
+
+    sys.argv[1:] = []  # trame parses sys.argv on start; ours are already parsed
+    app.start(host=a.host, port=a.port, on_ready=on_ready)
+    return 0

@@ -1,0 +1,1 @@
+"""Inference: preprocessing, the predictor, the result folder, the report and its overlay pictures, the demo exam."""

@@ -1,0 +1,720 @@
+"""Inference: run a model bundle on knee MRI exams (CONTRACTS.md section 3).
+
+``Predictor`` loads a bundle once (:mod:`OrthoDiffusionLib.bundle`) and composes, from its metadata, the per-plane
+diffusion backbones, the noise schedule, the diagnosis head (pooling + fusion + MPAE + temperatures), the optional EHR
+branch and the per-plane segmentation heads. For every exam:
+
+1. each present plane is preprocessed once per preprocessing setting the model uses (:mod:`preprocess`);
+2. each backbone pass runs ONCE per (backbone, plane, timestep, preprocessing) and serves every tap that the diagnosis
+   head and the segmentation head of that plane need (``DiffusionUNet.encode``; the decoder never runs);
+3. the diagnosis head gives calibrated probabilities and MPAE plane weights; the segmentation heads give class
+   probabilities on the preprocessed grid, which are mapped to label-table values and resampled (nearest) back onto
+   the ORIGINAL series geometry; structure volumes and cartilage thickness are measured there.
+
+Noise: ``noise_draws`` = K independent draws (default 1). The noise of draw ``s`` for a plane and timestep comes from
+a CPU generator seeded from (``seed``, s, plane, timestep), per exam, so a result does not depend on the device, on
+the batch an exam is predicted in, or on the other heads of the model. Probabilities are the mean over draws, the
+uncertainty their standard deviation (:mod:`uncertainty`); segmentation probabilities are averaged over draws.
+
+Progress: ``progress(stage, fraction)`` with non-decreasing fractions ending at ``("done", 1.0)``; a stage names the
+plane and the step: ``"<plane>: preprocessing"``, ``"<plane>: backbone t=<timestep>"`` (`` draw d/K`` with several
+noise draws), ``"fusion"`` (the diagnosis head over the planes), ``"<plane>: segmentation"`` (its head),
+``"<plane>: resampling segmentation"`` (onto the original series), ``"<plane>: measures"``.
+
+Shapes: a preprocessed volume is (slices, size, size); the backbone input (B, 1, slices, size, size); diagnosis
+outputs (B, K); plane weights (B, K, 3) in ``PLANES`` order; segmentation probabilities (B, C, slices, size, size).
+"""
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import SimpleITK as sitk
+import torch
+
+from .. import labels as label_tables
+from ..bundle.format import ModelBundle, load_bundle
+from ..errors import CancelledError, InputError, MissingPlaneError
+from ..io import Exam, load_study
+from ..labels import PLANES
+from .preprocess import PreprocessedSeries, preprocess_series
+from ..model.schedule import CosineSchedule
+from ..model.uncertainty import aggregate_noise_draws
+
+__all__ = ["DISCLAIMER", "PredictionResult", "Predictor", "load_exam", "predict_and_write", "resolve_device",
+           "write_outputs", "RESULT_FORMAT"]
+
+PathLike = Union[str, os.PathLike]
+ProgressFn = Callable[[str, float], None]
+RESULT_FORMAT = "orthodiffusion.prediction"
+#: Numeric precisions of :class:`Predictor` (``bf16`` = bfloat16 autocast of the networks).
+PRECISIONS = ("fp32", "bf16")
+DISCLAIMER = "Research use only, not for diagnosis."
+#: Overall progress fraction at which each phase of a batch starts (the last one ends at 1). "networks" is every
+#: backbone pass and the heads (diagnosis fusion, segmentation) that run on its taps, per noise draw.
+_PHASES = (("preprocess", 0.0), ("networks", 0.1), ("resample", 0.75), ("measures", 0.9))
+
+
+# ----------------------------------------------------------------------------------------------------- exams
+def load_exam(sagittal: Optional[PathLike] = None, coronal: Optional[PathLike] = None,
+              axial: Optional[PathLike] = None, study: Optional[PathLike] = None, *, anatomy: Optional[str] = "knee",
+              allow_anatomy_mismatch: bool = False) -> Exam:
+    """An :class:`~OrthoDiffusionLib.io.Exam` from series paths (each checked to be in its plane) or from a study
+    folder (one series per plane chosen by :func:`~OrthoDiffusionLib.io.load_study`). Give either.
+
+    ``anatomy`` (the model's, :attr:`Predictor.anatomy`) refuses series whose metadata names another body part
+    (:mod:`OrthoDiffusionLib.io.anatomy`) unless ``allow_anatomy_mismatch``."""
+    check = dict(anatomy=anatomy, allow_anatomy_mismatch=allow_anatomy_mismatch)
+    if study is not None:
+        if any(p is not None for p in (sagittal, coronal, axial)):
+            raise InputError("give either a study folder or series per plane, not both", study)
+        return load_study(study, **check)
+    if all(p is None for p in (sagittal, coronal, axial)):
+        raise InputError("no input: give a study folder or at least one series")
+    return Exam.from_series(sagittal, coronal, axial, **check)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cpu``/``cuda``/``cuda:N`` as asked (CUDA must exist)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} asked for, but no CUDA device is available")
+    return dev
+
+
+def _nan_to_none(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+# ---------------------------------------------------------------------------------------------------- result
+@dataclass
+class PredictionResult:
+    """The prediction for one exam.
+
+    Attributes:
+        labels: one dict per diagnosis label: ``key``, ``name``, ``probability`` (uncalibrated, mean over draws),
+            ``calibrated_probability``, ``uncertainty`` (std over draws of the calibrated probability; 0 for one
+            draw), ``plane_weights`` ``{plane: w}`` (sum 1; absent plane 0). Empty without diagnosis.
+        segmentations: ``{plane: uint8 labelmap}`` on the ORIGINAL series geometry (label-table values).
+        measures: rows ``plane, value, key, name, volume_ml, mean_thickness_mm`` (NaN thickness -> None).
+        exam: summary: ``source``, ``planes`` ({plane: series summary with origin/direction, or None}), ``choices``.
+        model: bundle summary (name, version, sha256, file, description, synthetic_data_only, ...).
+        timings: seconds per stage (``load_model`` = the predictor's load time; batch stages divided by the batch).
+        device: where the networks ran.
+        warnings: human-readable notes (missing planes, fallbacks, ignored EHR).
+        fused_by: the fusion that gave the probabilities (``None`` without diagnosis).
+        ehr_used: whether EHR late fusion gave the probabilities.
+        noise_draws: K.
+        images: ``{plane: series image}`` (original geometry; for the report's overlays; not in JSON).
+        fused_segmentation: with ``fuse_segmentations`` and two or more segmented planes, one uint8 labelmap
+            (label-table values) on the grid of the first of ``fused_planes`` (sagittal when present): every plane's
+            class probabilities resampled linearly onto it and averaged over the planes that cover a voxel and
+            segment that class (:func:`~OrthoDiffusionLib.seg_io.fuse_plane_segmentations`); otherwise ``None``.
+        fused_planes: the planes in ``fused_segmentation`` (empty without it).
+    """
+
+    labels: List[Dict[str, Any]]
+    segmentations: Dict[str, sitk.Image]
+    measures: List[Dict[str, Any]]
+    exam: Dict[str, Any]
+    model: Dict[str, Any]
+    timings: Dict[str, float]
+    device: str
+    warnings: List[str] = field(default_factory=list)
+    fused_by: Optional[str] = None
+    ehr_used: bool = False
+    noise_draws: int = 1
+    images: Dict[str, sitk.Image] = field(default_factory=dict, repr=False)
+    fused_segmentation: Optional[sitk.Image] = field(default=None, repr=False)
+    fused_planes: List[str] = field(default_factory=list)
+
+    def to_json(self) -> Dict[str, Any]:
+        """The content of ``diagnosis.json`` (JSON-serialisable, no NaN)."""
+        segs = {}
+        for plane, img in self.segmentations.items():
+            segs[plane] = {"file": f"segmentation_{plane}.seg.nrrd", "labelmap": f"labelmap_{plane}.nii.gz",
+                           "size": list(img.GetSize()), "spacing": list(img.GetSpacing()),
+                           "origin": list(img.GetOrigin()), "direction": list(img.GetDirection())}
+        fused = None
+        if self.fused_segmentation is not None:
+            img = self.fused_segmentation
+            fused = {"file": "segmentation_fused.seg.nrrd", "labelmap": "labelmap_fused.nii.gz",
+                     "planes": list(self.fused_planes), "grid": f"{self.fused_planes[0]} series",
+                     "size": list(img.GetSize()), "spacing": list(img.GetSpacing()),
+                     "origin": list(img.GetOrigin()), "direction": list(img.GetDirection())}
+        return {
+            "format": RESULT_FORMAT, "version": 1, "disclaimer": DISCLAIMER,
+            "labels": [dict(lb) for lb in self.labels], "fused_by": self.fused_by, "ehr_used": self.ehr_used,
+            "noise_draws": self.noise_draws, "segmentations": segs, "fused_segmentation": fused,
+            "measures": [{k: _nan_to_none(v) for k, v in row.items()} for row in self.measures],
+            "exam": self.exam, "model": self.model, "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "device": self.device, "warnings": list(self.warnings),
+        }
+
+
+# ------------------------------------------------------------------------------------------------- the plan
+@dataclass(frozen=True)
+class _PassKey:
+    """One backbone pass: which backbone, plane, timestep and preprocessing grid."""
+
+    backbone: str
+    plane: str
+    timestep: int
+    slices: int
+    size: int
+
+
+def _noise_seed(seed: int, draw: int, plane: str, timestep: int) -> int:
+    return (int(seed) * 1_000_003 + draw * 10_007 + PLANES.index(plane) * 1_009 + int(timestep)) % (2**63 - 1)
+
+
+def _series_summary(exam: Exam, plane: str) -> Optional[Dict[str, Any]]:
+    s = exam.get(plane)
+    if s is None:
+        return None
+    d = s.summary()
+    d["origin"] = [round(float(v), 4) for v in s.origin]
+    d["direction"] = [round(float(v), 6) for v in s.image.GetDirection()]
+    return {k: v for k, v in d.items() if v is not None}
+
+
+class Predictor:
+    """Runs a model bundle on exams.
+
+    Args:
+        bundle: a ``.odbundle`` path, a registered model name, or ``None`` for the registry's default model.
+        device: ``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        seed: base seed of the noise draws (fixed, so results are reproducible).
+        precision: ``fp32`` (default; the reference numbers) or ``bf16`` (networks under bfloat16 autocast:
+            about 1.5-2x faster on CPUs with AVX512-BF16/AMX and on GPUs, probabilities differ by ~1e-2).
+        channels_last: store the backbones channels-last (NDHWC; faster convolutions on some GPUs; same numbers).
+    """
+
+    def __init__(self, bundle: Union[PathLike, ModelBundle, None] = None, device: str = "auto", seed: int = 0,
+                 precision: str = "fp32", channels_last: bool = False):
+        if precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        start = time.perf_counter()
+        if isinstance(bundle, ModelBundle):
+            self.bundle = bundle
+        else:
+            from ..bundle.registry import resolve_model
+
+            self.bundle = load_bundle(resolve_model(bundle))
+        self.seed = int(seed)
+        self.precision = precision
+        self.schedule = CosineSchedule()
+        meta = self.bundle.meta
+        self.diag_meta: Optional[Dict[str, Any]] = meta.get("diagnosis")
+        self.seg_meta: Dict[str, Dict[str, Any]] = dict(meta.get("segmentation") or {})
+        self.backbones = {key: self.bundle.backbone(key) for key in meta["backbones"]}
+        self.diagnosis_head = self.bundle.diagnosis_head() if self.diag_meta else None
+        self.ehr_model = self.bundle.ehr_model() if self.diag_meta else None
+        self.seg_heads = {plane: self.bundle.segmentation_head(plane) for plane in self.seg_meta}
+        if channels_last:
+            for net in self.backbones.values():
+                net.to_channels_last_3d()
+        self.device = resolve_device(device)
+        self._move(self.device)
+        self.load_seconds = time.perf_counter() - start
+
+    # ------------------------------------------------------------------------------------------------ helpers
+    def _modules(self) -> List[torch.nn.Module]:
+        mods: List[torch.nn.Module] = [*self.backbones.values(), *self.seg_heads.values()]
+        mods += [m for m in (self.diagnosis_head, self.ehr_model) if m is not None]
+        return mods
+
+    def _move(self, device: torch.device) -> None:
+        for m in self._modules():
+            m.to(device)
+        self.device = device
+
+    @property
+    def labels(self) -> List[Dict[str, str]]:
+        return self.bundle.labels
+
+    @property
+    def anatomy(self) -> str:
+        """The anatomy the model was trained on (the bundle's ``anatomy``; bundles without one are knee models)."""
+        return str(self.bundle.meta.get("anatomy") or "knee")
+
+    def _fusion_needs_all_planes(self) -> bool:
+        """Whether the head's main fusion needs all of its planes (then a missing plane is fused by MPAE)."""
+        return bool(getattr(self.diagnosis_head.fusion, "requires_all_planes", True))
+
+    def _needs_all_diag_planes(self) -> bool:
+        """Whether the model cannot predict at all with a plane missing (main fusion needs all, no MPAE)."""
+        return self._fusion_needs_all_planes() and self.diagnosis_head.weights_module is None
+
+    def _plan(self, exam: Exam, diagnosis: bool, segmentation: bool, has_ehr: bool
+              ) -> Tuple[List[str], List[str], List[str]]:
+        """(diagnosis planes, segmentation planes, warnings) for an exam; raises MissingPlaneError when the model
+        cannot run on it."""
+        present = exam.planes_present()
+        where = exam.source or "exam"
+        notes: List[str] = []
+        diag_planes: List[str] = []
+        if diagnosis and self.diag_meta:
+            wanted = [p for p in PLANES if p in self.diag_meta["planes"]]
+            diag_planes = [p for p in wanted if p in present]
+            missing = [p for p in wanted if p not in present]
+            if missing and self._needs_all_diag_planes():
+                raise MissingPlaneError(f"the model's {self.diag_meta['head'].get('fusion')} fusion needs all of "
+                                        f"{', '.join(wanted)}; the exam lacks the {', '.join(missing)} series", where)
+            if not diag_planes:
+                raise MissingPlaneError(f"the exam has none of the planes the diagnosis model uses "
+                                        f"({', '.join(wanted)})", where)
+            if missing:
+                by = "MPAE" if self._fusion_needs_all_planes() else self.diagnosis_head.fusion.name
+                notes.append(f"{' and '.join(missing)} plane missing: diagnosis fused by {by} over "
+                             f"{'+'.join(diag_planes)}")
+        elif diagnosis and not self.diag_meta:
+            notes.append("the model has no diagnosis head: no probabilities")
+        seg_planes: List[str] = []
+        if segmentation:
+            for plane in PLANES:
+                if plane not in self.seg_meta:
+                    continue
+                if plane in present:
+                    seg_planes.append(plane)
+                else:
+                    notes.append(f"no {plane} series: no {plane} segmentation")
+        if not diag_planes and not seg_planes:
+            raise MissingPlaneError("nothing to run: the exam has no plane that the model's heads use "
+                                    f"(exam planes: {', '.join(present) or 'none'})", where)
+        if has_ehr and diag_planes:
+            if self.ehr_model is None:
+                notes.append("EHR given, but the model has no EHR branch: EHR ignored")
+            elif len(diag_planes) < len(self.diag_meta["planes"]):
+                notes.append("EHR given, but EHR late fusion needs all planes: EHR ignored")
+        return diag_planes, seg_planes, notes
+
+    def _passes(self, diag_planes: Sequence[str], seg_planes: Sequence[str]) -> Dict[_PassKey, List[str]]:
+        passes: Dict[_PassKey, List[str]] = {}
+
+        def add(key: _PassKey, taps: Sequence[str]) -> None:
+            have = passes.setdefault(key, [])
+            have.extend(t for t in taps if t not in have)
+
+        for plane in diag_planes:
+            p = self.diag_meta["planes"][plane]
+            prep = self.diag_meta["preprocessing"]
+            add(_PassKey(p["backbone"], plane, int(p["timestep"]), int(prep["slices"]), int(prep["size"])),
+                [p["block"]])
+        for plane in seg_planes:
+            s = self.seg_meta[plane]
+            prep = s["preprocessing"]
+            add(_PassKey(s["backbone"], plane, int(s["timestep"]), int(prep["slices"]), int(prep["size"])),
+                list(self.seg_heads[plane].required_taps))
+        # plane by plane (the progress shows one plane after the other); the noise does not depend on the order
+        return dict(sorted(passes.items(), key=lambda kv: (PLANES.index(kv[0].plane), kv[0].timestep)))
+
+    # ------------------------------------------------------------------------------------------------ predict
+    def predict(self, exam: Exam, ehr: Optional[Mapping[str, Any]] = None, *, diagnosis: bool = True,
+                segmentation: bool = True, noise_draws: int = 1, progress: Optional[ProgressFn] = None,
+                cancel: Optional[threading.Event] = None, measures: bool = True,
+                fuse_segmentations: bool = False) -> PredictionResult:
+        """Predict one exam (see the module docstring). ``ehr``: an EHR record (:mod:`OrthoDiffusionLib.ehr`);
+        ``measures=False`` skips the structure volumes / cartilage thickness (``result.measures`` stays empty);
+        ``fuse_segmentations=True`` also gives the fused labelmap of the segmented planes
+        (``result.fused_segmentation``)."""
+        return self.predict_many([exam], [ehr], diagnosis=diagnosis, segmentation=segmentation,
+                                 noise_draws=noise_draws, progress=progress, cancel=cancel, measures=measures,
+                                 fuse_segmentations=fuse_segmentations)[0]
+
+    def predict_many(self, exams: Sequence[Exam], ehr: Optional[Sequence[Optional[Mapping[str, Any]]]] = None, *,
+                     diagnosis: bool = True, segmentation: bool = True, noise_draws: int = 1,
+                     progress: Optional[ProgressFn] = None, cancel: Optional[threading.Event] = None,
+                     batch_size: int = 8, measures: bool = True, fuse_segmentations: bool = False
+                     ) -> List[PredictionResult]:
+        """Predict several exams with the loaded model, ``batch_size`` exams per backbone pass (exams with the same
+        planes are batched together). Returns one result per exam, in order."""
+        if noise_draws < 1:
+            raise ValueError(f"noise_draws must be >= 1, got {noise_draws}")
+        if not diagnosis and not segmentation:
+            raise ValueError("nothing to do: diagnosis and segmentation are both off")
+        exams = list(exams)
+        records = list(ehr) if ehr is not None else [None] * len(exams)
+        if len(records) != len(exams):
+            raise ValueError(f"{len(records)} EHR records for {len(exams)} exams")
+        plans = [self._plan(e, diagnosis, segmentation, r is not None) for e, r in zip(exams, records)]
+        groups: Dict[Tuple[Tuple[str, ...], Tuple[str, ...]], List[int]] = {}
+        for i, (dp, sp, _) in enumerate(plans):
+            groups.setdefault((tuple(dp), tuple(sp)), []).append(i)
+        batches = [idx[k:k + batch_size] for idx in groups.values() for k in range(0, len(idx), batch_size)]
+        results: List[Optional[PredictionResult]] = [None] * len(exams)
+        for b, idx in enumerate(batches):
+            def sub_progress(stage: str, fraction: float, b=b) -> None:
+                if progress is not None:
+                    progress(stage, (b + fraction) / len(batches))
+
+            dp, sp, _ = plans[idx[0]]
+            out = self._run_with_fallback([exams[i] for i in idx], [records[i] for i in idx], dp, sp, noise_draws,
+                                          sub_progress, cancel, measures, fuse_segmentations)
+            for i, res in zip(idx, out):
+                res.warnings[:0] = plans[i][2]
+                results[i] = res
+        if progress is not None:
+            progress("done", 1.0)
+        return [r for r in results if r is not None]
+
+    def _run_with_fallback(self, exams, records, diag_planes, seg_planes, draws, progress, cancel, measures=True,
+                           fuse=False) -> List[PredictionResult]:
+        try:
+            return self._run_batch(exams, records, diag_planes, seg_planes, draws, progress, cancel, measures, fuse)
+        except torch.cuda.OutOfMemoryError:
+            if self.device.type != "cuda":
+                raise
+            note = "CUDA ran out of memory: fell back to the CPU (slower)"
+            warnings.warn(note)
+            torch.cuda.empty_cache()
+            self._move(torch.device("cpu"))
+            out = self._run_batch(exams, records, diag_planes, seg_planes, draws, progress, cancel, measures, fuse)
+            for r in out:
+                r.warnings.append(note)
+            return out
+
+    def _run_batch(self, exams: Sequence[Exam], records: Sequence[Optional[Mapping[str, Any]]],
+                   diag_planes: Sequence[str], seg_planes: Sequence[str], draws: int,
+                   progress: ProgressFn, cancel: Optional[threading.Event], measures: bool = True,
+                   fuse: bool = False) -> List[PredictionResult]:
+        names = [name for name, _ in _PHASES]
+
+        def report(phase: str, within: float, stage: str) -> None:
+            """``stage`` is at ``within`` (0..1) of ``phase``; checks ``cancel``."""
+            if cancel is not None and cancel.is_set():
+                raise CancelledError("prediction cancelled")
+            i = names.index(phase)
+            start, end = _PHASES[i][1], _PHASES[i + 1][1] if i + 1 < len(_PHASES) else 1.0
+            progress(stage, start + min(1.0, within) * (end - start))
+
+        n = len(exams)
+        timings: Dict[str, float] = {"load_model": self.load_seconds}
+        clock = time.perf_counter()
+        t0 = clock
+        # 1. preprocess: each plane once per preprocessing grid
+        passes = self._passes(diag_planes, seg_planes)
+        grids = sorted({(k.plane, k.slices, k.size) for k in passes}, key=lambda g: (PLANES.index(g[0]), g[1:]))
+        prepped: Dict[Tuple[str, int, int], List[PreprocessedSeries]] = {}
+        for g, (plane, slices, size) in enumerate(grids):
+            report("preprocess", g / max(1, len(grids)), f"{plane}: preprocessing")
+            prepped[(plane, slices, size)] = [preprocess_series(e.get(plane), slices=slices, size=size)
+                                             for e in exams]
+        timings["preprocess"] = time.perf_counter() - clock
+        # 2. backbone passes -> heads, per noise draw
+        clock = time.perf_counter()
+        dev = self.device
+        diag_probs: List[torch.Tensor] = []     # per draw (B, K) calibrated
+        raw_probs: List[torch.Tensor] = []      # per draw (B, K) uncalibrated
+        weights_sum: Optional[torch.Tensor] = None
+        fused_by = None
+        ehr_used = False
+        seg_sum: Dict[str, torch.Tensor] = {}
+        head_seconds = {"diagnosis": 0.0, "segmentation": 0.0}
+        total_steps = draws * (len(passes) + (1 if diag_planes else 0) + len(seg_planes))
+        step = 0
+
+        def network_step(stage: str) -> None:
+            nonlocal step
+            report("networks", step / max(1, total_steps), stage)
+            step += 1
+
+        autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        with torch.inference_mode(), autocast:
+            for draw in range(draws):
+                taps_of: Dict[_PassKey, Dict[str, torch.Tensor]] = {}
+                of_draws = f" draw {draw + 1}/{draws}" if draws > 1 else ""
+                for key, tap_names in passes.items():
+                    network_step(f"{key.plane}: backbone t={key.timestep}{of_draws}")
+                    vols = prepped[(key.plane, key.slices, key.size)]
+                    x0 = torch.stack([torch.from_numpy(v.volume) for v in vols])[:, None].to(dev)
+                    g_seed = _noise_seed(self.seed, draw, key.plane, key.timestep)
+                    noise = torch.cat([torch.randn((1, *x0.shape[1:]), generator=torch.Generator().manual_seed(g_seed))
+                                       for _ in range(n)]).to(dev)
+                    t = self.schedule.as_timesteps(key.timestep, n, dev)
+                    x_t = self.schedule.q_sample(x0, t, noise)
+                    taps_of[key] = self.backbones[key.backbone].encode(x_t, t, tap_names)
+                hc = time.perf_counter()
+                if diag_planes:
+                    network_step(f"fusion{of_draws}")
+                    taps = {}
+                    for plane in diag_planes:
+                        p = self.diag_meta["planes"][plane]
+                        prep = self.diag_meta["preprocessing"]
+                        key = _PassKey(p["backbone"], plane, int(p["timestep"]), int(prep["slices"]),
+                                       int(prep["size"]))
+                        taps[plane] = taps_of[key][p["block"]]
+                    out = self.diagnosis_head(taps)
+                    fused_by = out.fused_by
+                    temps = self.diagnosis_head.calibration.temperature.to(out.logits.dtype)
+                    raw_logits = out.logits * temps
+                    cal = out.probabilities
+                    raw = torch.sigmoid(raw_logits)
+                    ehr_rows = self._ehr_rows(records, diag_planes)
+                    if ehr_rows is not None:
+                        feats = self.diagnosis_head.pooled(taps)
+                        mri = torch.cat([feats[p] for p in self.diagnosis_head.planes], dim=1)
+                        batch = self.ehr_model.encoder.encode([r or {} for r in records])
+                        z = self.ehr_model(mri, batch)
+                        use = ehr_rows.to(dev)[:, None]
+                        raw = torch.where(use, torch.sigmoid(z), raw)
+                        cal = torch.where(use, torch.sigmoid(z), cal)
+                        ehr_used = True
+                    w = self._weights_in_plane_order(out.plane_weights, diag_planes, n, cal.shape[1])
+                    weights_sum = w if weights_sum is None else weights_sum + w
+                    diag_probs.append(cal.float().cpu())
+                    raw_probs.append(raw.float().cpu())
+                head_seconds["diagnosis"] += time.perf_counter() - hc
+                hc = time.perf_counter()
+                for plane in seg_planes:
+                    network_step(f"{plane}: segmentation{of_draws}")
+                    s = self.seg_meta[plane]
+                    prep = s["preprocessing"]
+                    key = _PassKey(s["backbone"], plane, int(s["timestep"]), int(prep["slices"]), int(prep["size"]))
+                    probs = self._segmentation_probabilities(plane, taps_of[key])
+                    seg_sum[plane] = probs if plane not in seg_sum else seg_sum[plane] + probs
+                head_seconds["segmentation"] += time.perf_counter() - hc
+                del taps_of
+        timings["backbone"] = time.perf_counter() - clock - sum(head_seconds.values())
+        timings.update(head_seconds)
+        # 3. per-exam results: labels, segmentations on the original grid, measures
+        clock = time.perf_counter()
+        segs: List[Dict[str, sitk.Image]] = [{} for _ in range(n)]
+        for j, plane in enumerate(seg_planes):
+            values = torch.tensor(self.seg_meta[plane]["class_values"], dtype=torch.uint8)
+            classes = seg_sum[plane].argmax(dim=1)  # (B, D, H, W)
+            series_prep = self._prepped_for_segmentation(prepped, plane)
+            for i in range(n):
+                report("resample", (j * n + i) / (len(seg_planes) * n), f"{plane}: resampling segmentation")
+                segs[i][plane] = series_prep[i].to_original(values[classes[i]].numpy(), "nearest")
+        fused: List[Optional[sitk.Image]] = [None] * n
+        fused_planes = list(seg_planes) if fuse and len(seg_planes) >= 2 else []
+        for i in range(n if fused_planes else 0):
+            report("resample", 1.0, "fusing segmentations")
+            fused[i] = self._fused_segmentation(
+                {plane: seg_sum[plane][i] / draws for plane in fused_planes},
+                {plane: self._prepped_for_segmentation(prepped, plane)[i] for plane in fused_planes})
+        timings["resample"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        measure_rows: List[List[Dict[str, Any]]] = [[] for _ in range(n)]
+        if seg_planes and measures:
+            for i in range(n):
+                for j, (plane, img) in enumerate(segs[i].items()):
+                    report("measures", (i * len(seg_planes) + j) / (n * len(seg_planes)), f"{plane}: measures")
+                    measure_rows[i] += self.plane_measures(plane, img)
+                if fused[i] is not None:
+                    report("measures", (i + 1) / n, "fused segmentation: measures")
+                    measure_rows[i] += self.plane_measures("fused", fused[i], planes=fused_planes)
+        timings["measures"] = time.perf_counter() - clock
+        per_exam = {k: v / n for k, v in timings.items() if k != "load_model"}
+        per_exam["total"] = (time.perf_counter() - t0) / n
+        results = []
+        summary = aggregate_noise_draws(torch.stack(diag_probs)) if diag_probs else None
+        raw_mean = torch.stack(raw_probs).double().mean(0).numpy() if raw_probs else None
+        for i, exam in enumerate(exams):
+            label_rows: List[Dict[str, Any]] = []
+            if summary is not None:
+                w = (weights_sum[i] / draws).numpy()
+                for k, lab in enumerate(self.labels):
+                    pw = {p: float(w[k, j]) for j, p in enumerate(PLANES)}
+                    total = sum(pw.values())
+                    pw = {p: v / total for p, v in pw.items()}
+                    label_rows.append({"key": lab["key"], "name": lab["name"],
+                                       "probability": float(raw_mean[i, k]),
+                                       "calibrated_probability": float(summary.mean[i, k]),
+                                       "uncertainty": float(summary.std[i, k]), "plane_weights": pw})
+            results.append(PredictionResult(
+                labels=label_rows, segmentations=segs[i], measures=measure_rows[i],
+                exam={"source": exam.source, "planes": {p: _series_summary(exam, p) for p in PLANES},
+                      "choices": list(exam.choices), "diagnosis_planes": list(diag_planes),
+                      "segmentation_planes": list(seg_planes)},
+                model=self.bundle.summary(), timings={"load_model": self.load_seconds, **per_exam},
+                device=str(self.device), warnings=[], fused_by=fused_by if diag_planes else None,
+                ehr_used=bool(ehr_used and records[i] is not None), noise_draws=draws,
+                images={p: exam.get(p).image for p in exam.planes_present()},
+                fused_segmentation=fused[i], fused_planes=fused_planes))
+            if fuse and not fused_planes:
+                results[-1].warnings.append(
+                    f"no fused segmentation: it needs two segmented planes, this exam has "
+                    f"{', '.join(seg_planes) if seg_planes else 'none'}")
+        return results
+
+    def _prepped_for_segmentation(self, prepped: Mapping[Tuple[str, int, int], List[PreprocessedSeries]],
+                                  plane: str) -> List[PreprocessedSeries]:
+        """The preprocessed series (one per exam) on the grid of ``plane``'s segmentation head."""
+        prep = self.seg_meta[plane]["preprocessing"]
+        return prepped[(plane, int(prep["slices"]), int(prep["size"]))]
+
+    def _fused_segmentation(self, probs: Mapping[str, torch.Tensor], prep: Mapping[str, PreprocessedSeries]
+                            ) -> sitk.Image:
+        """One uint8 labelmap fused from several planes' segmentation probabilities.
+
+        Args:
+            probs: ``{plane: (C_plane, slices, size, size)}`` class probabilities on that plane's preprocessed grid
+                (channel ``c`` is label value ``seg_meta[plane]["class_values"][c]``).
+            prep: ``{plane: PreprocessedSeries}`` of those grids.
+
+        Returns:
+            Labelmap (label-table values) on the original grid of the first plane (the planes come in ``PLANES``
+            order, so sagittal when present).
+        """
+        from ..segmentation.io import fuse_plane_segmentations
+
+        n_values = 1 + max(max(int(v) for v in self.seg_meta[p]["class_values"]) for p in probs)
+        maps: Dict[str, List[Optional[sitk.Image]]] = {}
+        for plane, p in probs.items():
+            by_value: List[Optional[sitk.Image]] = [None] * n_values
+            arr = p.float().numpy()
+            for c, v in enumerate(self.seg_meta[plane]["class_values"]):
+                by_value[int(v)] = prep[plane].as_image(arr[c])
+            maps[plane] = by_value
+        return fuse_plane_segmentations(maps, prep[next(iter(probs))].original)
+
+    def _weights_in_plane_order(self, weights: Optional[torch.Tensor], diag_planes: Sequence[str], n: int,
+                                k: int) -> torch.Tensor:
+        """(B, K, 3) CPU plane weights in ``PLANES`` order (0 for planes the head lacks) from the head's
+        ``(B, K, len(head.planes))`` MPAE weights, or equal shares of the present planes without MPAE."""
+        full = torch.zeros(n, k, len(PLANES))
+        if weights is None:
+            for p in diag_planes:
+                full[..., PLANES.index(p)] = 1.0 / len(diag_planes)
+        else:
+            for j, p in enumerate(self.diagnosis_head.planes):
+                full[..., PLANES.index(p)] = weights[..., j].detach().float().cpu()
+        return full
+
+    def _ehr_rows(self, records: Sequence[Optional[Mapping[str, Any]]], diag_planes: Sequence[str]
+                  ) -> Optional[torch.Tensor]:
+        """(B,) bool: which exams use EHR late fusion (None when none can)."""
+        if self.ehr_model is None or len(diag_planes) < len(self.diag_meta["planes"]):
+            return None
+        rows = torch.tensor([r is not None for r in records])
+        return rows if bool(rows.any()) else None
+
+    def _segmentation_probabilities(self, plane: str, taps: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """(B, C, slices, size, size) float32 CPU class probabilities of ``plane``'s segmentation head on its taps,
+        with the classes the plane cannot have masked out."""
+        prep = self.seg_meta[plane]["preprocessing"]
+        shape = (int(prep["slices"]), int(prep["size"]), int(prep["size"]))
+        logits = self.seg_heads[plane](taps, output_size=shape)
+        logits = logits.masked_fill(~self._allowed_classes(plane, logits.device)[None, :, None, None, None],
+                                    float("-inf"))
+        return torch.softmax(logits.float(), dim=1).cpu()
+
+    def plane_measures(self, plane: str, labelmap: sitk.Image, planes: Optional[Sequence[str]] = None
+                       ) -> List[Dict[str, Any]]:
+        """Rows ``plane, value, key, name, volume_ml, mean_thickness_mm`` of the structures ``plane``'s head
+        segments, measured on ``labelmap`` (that plane's segmentation on its original grid). For a fused labelmap
+        (``plane="fused"``) give the fused ``planes``: the structures any of their heads segments."""
+        from ..segmentation.measures import measure_structures
+
+        structures = label_tables.structure_by_key()
+        wanted = {structures[k].value: structures[k] for p in (planes or [plane])
+                  for k in self.seg_meta[p]["structures"] if p in structures[k].planes}
+        rows = measure_structures(labelmap, structures=[wanted[v] for v in sorted(wanted)])
+        return [{"plane": plane, **r.as_dict()} for r in rows]
+
+    def _allowed_classes(self, plane: str, device: torch.device) -> torch.Tensor:
+        """(C,) bool: output classes that may be predicted on ``plane`` (background + the plane's structures)."""
+        s = self.seg_meta[plane]
+        allowed_values = {0} | {st.value for st in label_tables.knee_structures(plane) if st.key in s["structures"]}
+        return torch.tensor([v in allowed_values for v in s["class_values"]], device=device)
+
+
+
+# ---------------------------------------------------------------------------------------------------- outputs
+#: Share of the progress bar given to the prediction when its outputs are written afterwards.
+_PREDICT_SHARE = 0.95
+
+
+def predict_and_write(predictor: Predictor, exam: Exam, out_dir: PathLike, ehr: Optional[Mapping[str, Any]] = None,
+                      *, progress: Optional[ProgressFn] = None, cancel: Optional[threading.Event] = None,
+                      overwrite: bool = False, **options: Any) -> PredictionResult:
+    """Predict one exam (``options``: :meth:`Predictor.predict`'s ``diagnosis``, ``segmentation``, ``noise_draws``)
+    and write its outputs with :func:`write_outputs`. Progress: the prediction's stages on 0..0.95, then
+    ``("writing outputs", 0.95)`` and ``("done", 1.0)`` once the folder is in place."""
+    def predicting(stage: str, fraction: float) -> None:
+        if progress is not None and stage != "done":
+            progress(stage, _PREDICT_SHARE * fraction)
+
+    result = predictor.predict(exam, ehr, progress=predicting, cancel=cancel, **options)
+    if cancel is not None and cancel.is_set():
+        raise CancelledError("prediction cancelled")
+    if progress is not None:
+        progress("writing outputs", _PREDICT_SHARE)
+    write_outputs(result, out_dir, overwrite=overwrite)
+    if progress is not None:
+        progress("done", 1.0)
+    return result
+
+
+MEASURE_COLUMNS = ("plane", "value", "key", "name", "volume_ml", "mean_thickness_mm")
+
+
+def _write_measures_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(MEASURE_COLUMNS)
+        for r in rows:
+            thick = _nan_to_none(r.get("mean_thickness_mm"))
+            writer.writerow([r["plane"], r["value"], r["key"], r["name"], f"{r['volume_ml']:.4f}",
+                             "" if thick is None else f"{thick:.4f}"])
+
+
+def write_outputs(result: PredictionResult, out_dir: PathLike, overwrite: bool = False) -> Path:
+    """Write every output of ``result`` into ``out_dir`` atomically: everything goes into a temporary folder beside
+    it, which is renamed onto ``out_dir`` only when all files were written (an error leaves nothing behind).
+
+    Files: ``diagnosis.json``, ``segmentation_<plane>.seg.nrrd`` + ``labelmap_<plane>.nii.gz`` per segmented plane,
+    ``segmentation_fused.seg.nrrd`` + ``labelmap_fused.nii.gz`` when the result has a fused segmentation,
+    ``measures.csv``, ``report.html``. An existing non-empty ``out_dir`` is refused unless ``overwrite``.
+    """
+    import json
+    import shutil
+    import tempfile
+
+    from .report import write_report
+    from ..segmentation.io import write_labelmap_nifti, write_seg_nrrd
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError("the output path exists and is not a folder", out)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise InputError("the output folder exists and is not empty (choose another or pass --overwrite)", out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial.", dir=out.parent))
+    try:
+        data = result.to_json()
+        (tmp / "diagnosis.json").write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        for plane, img in result.segmentations.items():
+            write_seg_nrrd(img, tmp / f"segmentation_{plane}.seg.nrrd", plane=plane)
+            write_labelmap_nifti(img, tmp / f"labelmap_{plane}.nii.gz")
+        if result.fused_segmentation is not None:  # two or more planes: every structure of the table
+            write_seg_nrrd(result.fused_segmentation, tmp / "segmentation_fused.seg.nrrd")
+            write_labelmap_nifti(result.fused_segmentation, tmp / "labelmap_fused.nii.gz")
+        _write_measures_csv(result.measures, tmp / "measures.csv")
+        write_report(result, tmp / "report.html")
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, old / "previous")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,1 @@
+"""Diagnosis training: data, probing / fine-tuning, fusion, baselines, timestep search."""

@@ -1,0 +1,229 @@
+"""``orthodiffusion train-baseline``: the paper's from-scratch classification baselines on the same manifest.
+
+``unet3d`` (MONAI U-Net encoder, bottleneck GAP + linear) or ``resnet18`` (MONAI 3D ResNet-18), one encoder per plane,
+features concatenated into one linear head (:mod:`training.baselines`), trained on every cross-plane combination of
+the training patients with weight 1/n (:mod:`training.multiscan`); Adam at the configuration's ``baselines.lr``
+(1e-4) for the paper's epochs of the anatomy (``baselines.epochs``), constant learning rate, batch
+``baselines.batch_size``. Preprocessing as the compared diagnosis run (``--size``/``--slices``). Training patients
+lacking a plane are skipped; at evaluation a missing plane is fed as a zero volume (the baselines have no fallback),
+and the number of such rows is recorded.
+
+Run folder: ``run.json`` (format ``orthodiffusion.baseline-run``; metrics as ``train-diagnosis``), ``model.safetensors``,
+``predictions_{val,test}.csv`` (the format ``orthodiffusion evaluate`` reads, so ``--baseline`` gives paired
+permutation tests), ``log.csv``; ``checkpoint.safetensors`` while training (``--resume`` continues exactly).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+
+from OrthoDiffusionLib.errors import InputError
+from OrthoDiffusionLib.labels import PLANES
+
+from .baselines import BASELINES, build_classification_baseline
+from .checkpoint import CHECKPOINT_NAME, EpochLoop, RunState, derived_seed
+from .data import read_diagnosis_manifest
+from .losses import weighted_bce
+from .multiscan import CombinationSet
+from OrthoDiffusionLib.inference.preprocess import model_grid
+
+from ..curves import plot_run_curves
+from ..named_options import add_label_arguments, label_overrides
+from ..pretrain.ddpm import SeriesVolumes
+from ..progress_bars import StageBars
+from ..run_files import print_run_summary, resolve_device, save_tensors, utc_now, write_log_csv, write_text
+from .train import patient_metrics, resolve_config
+
+__all__ = ["BASELINE_RUN_FORMAT", "train_baseline", "register"]
+
+BASELINE_RUN_FORMAT = "orthodiffusion.baseline-run"
+
+
+def _predictions_csv(patient_ids: Sequence[str], keys: Sequence[str], probabilities: np.ndarray) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["patient_id", *keys])
+    for pid, row in zip(patient_ids, probabilities):
+        w.writerow([pid, *[f"{v:.6f}" for v in row]])
+    return buf.getvalue()
+
+
+def train_baseline(manifest: str | os.PathLike, model_name: str, config: Mapping[str, Any], out: str | os.PathLike,
+                   *, encoder_kwargs: Optional[Mapping[str, Any]] = None, resume: bool = False, device: str = "cpu",
+                   seed: int = 0, train_patients: Optional[int] = None, train_fraction: Optional[float] = None,
+                   cache_dir: Optional[str | os.PathLike] = None, command: str = "",
+                   progress: Optional[Callable[[str, float], None]] = None,
+                   cancel: Optional[threading.Event] = None,
+                   step_log: Optional[Callable[[str, int, float], None]] = None,
+                   epoch_log: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
+    """Train baseline ``model_name`` (``unet3d``/``resnet18``) into ``out`` (module doc); returns ``run.json``.
+
+    ``config``: a resolved diagnosis configuration (anatomy, labels, ``preprocessing``, ``baselines``).
+    ``encoder_kwargs``: e.g. ``{"channels": [16, 16, 32, 32, 64]}`` (U-Net) or ``{"widen_factor": 0.25}`` (ResNet)
+    for small demos; default: the paper's networks.
+    """
+    cfg = json.loads(json.dumps(dict(config)))
+    name = str(model_name).lower()
+    if name not in BASELINES:
+        raise InputError(f"unknown baseline {model_name!r}; choose one of {', '.join(BASELINES)}")
+    bl = cfg["baselines"]
+    epochs, lr, batch = int(bl["epochs"][name]), float(bl["lr"]), int(bl.get("batch_size", 10))
+    kwargs = dict(encoder_kwargs or {})
+    run = Path(out)
+    data = read_diagnosis_manifest(manifest, cfg["labels"]).restrict_train(train_patients, train_fraction, seed=seed)
+    ckpt = run / CHECKPOINT_NAME
+    if (run / "run.json").is_file():
+        raise InputError("already holds a finished baseline run; choose another --out", run)
+    if ckpt.is_file() and not resume:
+        raise InputError("holds an unfinished run (checkpoint.safetensors): add --resume, or choose another --out", run)
+    if resume and not ckpt.is_file():
+        raise InputError("--resume given but there is no checkpoint.safetensors to resume from", run)
+    run.mkdir(parents=True, exist_ok=True)
+    settings = {"model": name, "encoder": kwargs, "config": cfg, "manifest_sha256": data.sha256, "seed": int(seed),
+                "train_patients": data.patients("train")}
+    state = RunState.load(ckpt, settings) if resume else RunState(ckpt, settings)
+    state.extra.setdefault("started", utc_now())
+    dev = resolve_device(device)
+    slices, size = int(cfg["preprocessing"]["slices"]), int(cfg["preprocessing"]["size"])
+    cache = Path(cache_dir) if cache_dir is not None else run / "cache"
+    volumes = SeriesVolumes([r.path for r in data.rows], slices=slices, size=size, cache_dir=cache / "volumes",
+                            grid=model_grid(cfg["preprocessing"]))
+    torch.manual_seed(derived_seed(seed, "init", name))
+    model = state.add_part("model", build_classification_baseline(name, cfg["num_labels"], PLANES, **kwargs).to(dev))
+
+    def batch_volumes(combos: CombinationSet, idx: Sequence[int]) -> Dict[str, torch.Tensor]:
+        out: Dict[str, torch.Tensor] = {}
+        for p in PLANES:
+            vols = [volumes[combos.combinations[i].series[p]["index"]] if p in combos.combinations[i].series
+                    else torch.zeros(1, slices, size, size) for i in idx]
+            out[p] = torch.stack(vols).to(dev)
+        return out
+
+    def predict(combos: CombinationSet) -> np.ndarray:
+        model.eval()
+        probs = []
+        with torch.no_grad():
+            for start in range(0, len(combos), batch):
+                idx = list(range(start, min(start + batch, len(combos))))
+                probs.append(torch.sigmoid(model(batch_volumes(combos, idx))).cpu().numpy())
+        model.train()
+        return np.concatenate(probs) if probs else np.zeros((0, cfg["num_labels"]))
+
+    train = data.combinations("train", require_all_planes=True)
+    if not len(train):
+        raise InputError("no training patient has all three planes", data.path)
+    y = torch.as_tensor(data.labels_of(train.patient_ids())).to(dev)
+    w = torch.as_tensor(train.weights(), dtype=torch.float32).to(dev)
+    val = data.combinations("val", require_all_planes=False)
+
+    def step(idx: torch.Tensor, epoch: int, b: int) -> torch.Tensor:
+        model.train()
+        return weighted_bce(model(batch_volumes(train, idx.tolist())), y[idx], w[idx])
+
+    def evaluate() -> Dict[str, float]:
+        return {"val_macro_auroc": patient_metrics(val.patient_ids(), predict(val), data)["macro_auroc"]}
+
+    def log(row: Dict[str, Any]) -> None:
+        write_log_csv(run / "log.csv", state.extra["log"])
+        if epoch_log is not None:
+            epoch_log(row)
+
+    EpochLoop(state, log, progress, cancel, step_log).run(name, [{"params": model.parameters(), "lr": lr}], len(train), batch,
+                                                epochs, step, evaluate, schedule="constant")
+    metrics: Dict[str, Any] = {}
+    zero_filled = 0
+    for split in ("val", "test"):
+        combos = data.combinations(split, require_all_planes=False)
+        if not len(combos):
+            metrics[split] = None
+            continue
+        zero_filled += sum(len(c.series) < len(PLANES) for c in combos.combinations)
+        probs = predict(combos)
+        metrics[split] = patient_metrics(combos.patient_ids(), probs, data)
+        write_text(run / f"predictions_{split}.csv", _predictions_csv(combos.patient_ids(), cfg["labels"], probs))
+    save_tensors(run / "model.safetensors", model.state_dict())
+    info = {"format": BASELINE_RUN_FORMAT, "version": 1, "model": name, "encoder": kwargs, "anatomy": cfg["anatomy"],
+            "labels": cfg["labels"], "preprocessing": {"slices": slices, "size": size},
+            "weights": "model.safetensors", "training": {"epochs": epochs, "lr": lr, "batch_size": batch,
+                                                          "schedule": "constant", "seed": int(seed),
+                                                          "train_patients": len(data.patients("train")),
+                                                          "stage_train_combinations": len(train),
+                                                          "skipped_patients_missing_plane": len(train.skipped),
+                                                          "eval_rows_zero_filled_plane": zero_filled},
+            "metrics": metrics, "config": cfg,
+            "provenance": {"command": command, "manifest": str(Path(manifest).resolve()),
+                           "manifest_sha256": data.sha256, "started": state.extra["started"], "finished": utc_now()}}
+    write_text(run / "run.json", json.dumps(info, indent=2, default=float) + "\n")
+    ckpt.unlink(missing_ok=True)
+    plot_run_curves(run / "log.csv", title=f"train-baseline {name} {run.name}")
+    return info
+
+
+def _ints(text: str) -> List[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _run(args: argparse.Namespace) -> int:
+    overrides = label_overrides(args) + list(args.set or [])
+    if args.size is not None:
+        overrides.append(f"preprocessing.size={args.size}")
+    if args.slices is not None:
+        overrides.append(f"preprocessing.slices={args.slices}")
+    cfg = resolve_config(args.config, overrides)
+    kwargs: Dict[str, Any] = {}
+    if args.unet_channels:
+        kwargs["channels"] = args.unet_channels
+    if args.resnet_widen is not None:
+        kwargs["widen_factor"] = args.resnet_widen
+    bars = StageBars()
+    try:
+        info = train_baseline(args.manifest, args.model, cfg, args.out, encoder_kwargs=kwargs, resume=args.resume,
+                              device=args.device, seed=args.seed, train_patients=args.train_patients,
+                              train_fraction=args.train_fraction, cache_dir=args.cache_dir,
+                              command="orthodiffusion " + " ".join(sys.argv[1:]), progress=bars.progress,
+                              step_log=bars.step, epoch_log=bars.epoch)
+    finally:
+        bars.close()
+    print_run_summary(info["metrics"], args.out)
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``train-baseline`` to the ``orthodiffusion`` command."""
+    p = subparsers.add_parser("train-baseline", help="train a from-scratch baseline (3D U-Net encoder or 3D "
+                                                     "ResNet-18) on a manifest, writing predictions CSVs",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--manifest", required=True, help="training-data manifest CSV")
+    p.add_argument("--model", required=True, choices=BASELINES)
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--config", default="knee-ft-opt",
+                   help="diagnosis configuration giving the anatomy and the baselines' epochs/lr (default knee-ft-opt)")
+    p.add_argument("--size", type=int, help="in-plane size (use the compared diagnosis run's)")
+    p.add_argument("--slices", type=int, help="slices (use the compared diagnosis run's)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a configuration value, e.g. "
+                                                                        "baselines.epochs.unet3d=2 (repeatable)")
+    p.add_argument("--unet-channels", type=_ints, help="U-Net encoder channels, e.g. 16,16,32,32,64 "
+                                                       "(default: the paper's 64,64,128,128,256)")
+    p.add_argument("--resnet-widen", type=float, help="ResNet-18 widen factor (default 1)")
+    add_label_arguments(p)
+    subset = p.add_mutually_exclusive_group()
+    subset.add_argument("--train-patients", type=int, help="train on a seeded subset of N training patients")
+    subset.add_argument("--train-fraction", type=float, help="train on a seeded fraction of the training patients")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--cache-dir", help="folder for preprocessed volumes (default RUN/cache)")
+    p.set_defaults(func=_run)

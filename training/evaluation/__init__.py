@@ -1,0 +1,1 @@
+"""Evaluation: diagnosis and segmentation metrics tables and figures."""

@@ -1,0 +1,282 @@
+"""``orthodiffusion evaluate-segmentation``: Table 2-like comparison of segmentation runs, and plane fusion.
+
+Inputs: finished run folders of ``train-segmentation`` and ``train-seg-baseline`` (their ``run.json`` metrics and
+``metrics_<split>.csv`` per-case scores). Outputs in ``--out``:
+
+* ``table.csv``: plane, method, run, metric (dice | hd95), structure (key | mean), mean, sd, n;
+* ``table.md``: per plane a Dice (%) and an HD95 (mm) table, one column per run, mean ± sd (like the paper's
+  Table 2), computed from the per-case CSVs (cases where a structure is absent are left out, see seg_metrics);
+* with one sagittal and one coronal run of the same manifest (or ``--fuse SAG_RUN COR_RUN``): ``fusion.csv`` /
+  ``fusion.md`` and ``fusion_example_<patient>.nii.gz``. For every test patient with a labelled sagittal and a
+  labelled coronal series, both runs predict class probabilities on their preprocessed grids; the fused labelmap
+  (:func:`OrthoDiffusionLib.seg_io.fuse_plane_segmentations`: probabilities resampled linearly and averaged over
+  the planes that cover a voxel and segment the class) is compared with each plane alone, on each plane's own
+  preprocessed grid against that plane's ground truth, inside the region that both series cover (outside it the
+  fused map is the single covering plane's prediction, so only the overlap can differ). The example file is the
+  fused labelmap of the first test patient on a common isotropic grid (``common_reference_grid``).
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import threading
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from OrthoDiffusionLib import labels
+from OrthoDiffusionLib.atomic import atomic_path
+from OrthoDiffusionLib.errors import CancelledError, InputError, MissingPathError
+from OrthoDiffusionLib.segmentation.metrics import Summary, evaluate_case, format_table, summarize_cases
+
+from ..segmentation.trainer import ProgressFn
+
+PathLike = Union[str, os.PathLike]
+METHOD_NAMES = {"bottleneck": "OrthoDiffusion FT", "skip": "OrthoDiffusion FT (skip head)", "unet3d": "3D U-Net",
+                "unetr": "UNETR"}
+
+
+def method_name(run: Mapping[str, Any]) -> str:
+    """Column name of a run: the method, plus the training-patient count of a label-efficiency subset."""
+    key = run["head"]["name"] if "head" in run else run["model"]["name"]
+    name = METHOD_NAMES.get(key, key)
+    if run["config"].get("train_patients") is not None:
+        name += f" ({run['data']['train_patients']} pts)"
+    return name
+
+
+def read_case_scores(run_dir: Path, run: Mapping[str, Any], split: str) -> List[Dict[str, Dict[str, float]]]:
+    """Per-case {"dice": {key: v}, "hd95": {key: mm}} from ``metrics_<split>.csv`` of a run (NaN for blanks)."""
+    path = run_dir / f"metrics_{split}.csv"
+    if not path.is_file():
+        raise MissingPathError(f"the run has no {split} metrics", path)
+    out = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            out.append({m: {k: float(row[f"{m}_{k}"]) if row.get(f"{m}_{k}") else math.nan
+                            for k in run["structures"]} for m in ("dice", "hd95")})
+    return out
+
+
+def comparison_tables(runs: Sequence[Tuple[str, Path, Mapping[str, Any]]], split: str = "test"
+                      ) -> Tuple[List[Dict[str, Any]], str]:
+    """(CSV rows, Markdown) of per-structure Dice and HD95 (mean ± sd) for ``(name, folder, run.json)`` runs."""
+    rows: List[Dict[str, Any]] = []
+    md: List[str] = [f"Split: {split}. Dice in %, HD95 in mm; mean ± sd over cases (preprocessed grid)."]
+    for plane in labels.PLANES:
+        chosen = [(n, d, r) for n, d, r in runs if r["plane"] == plane]
+        if not chosen:
+            continue
+        for metric, scale, digits, unit in (("dice", 100.0, 1, "Dice (%)"), ("hd95", 1.0, 2, "HD95 (mm)")):
+            columns: Dict[str, Dict[str, Summary]] = {}
+            for name, folder, run in chosen:
+                summary = summarize_cases([c[metric] for c in read_case_scores(folder, run, split)])
+                columns[name] = summary
+                for key, s in summary.items():
+                    rows.append({"plane": plane, "method": name, "run": os.fspath(folder), "metric": metric,
+                                 "structure": key, "mean": s.mean, "sd": s.sd, "n": s.n})
+            md += ["", f"### {plane.capitalize()}: {unit}", "",
+                   format_table(columns, plane=plane, scale=scale, digits=digits)]
+    return rows, "\n".join(md) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------------ fusion
+def _paired_cases(sag_run: Mapping[str, Any], cor_run: Mapping[str, Any], split: str):
+    from ..segmentation.data import read_seg_cases, split_cases
+
+    manifest = sag_run["provenance"]["manifest"]
+    if cor_run["provenance"]["manifest"] != manifest:
+        raise InputError("the sagittal and coronal runs were trained on different manifests; fusion needs the same "
+                         "patients", cor_run["provenance"]["manifest"])
+    by_plane = {p: {} for p in ("sagittal", "coronal")}
+    for plane in by_plane:
+        for c in split_cases(read_seg_cases(manifest, plane), split):
+            by_plane[plane].setdefault(c.patient_id, c)  # first labelled series of the plane
+    common = sorted(set(by_plane["sagittal"]) & set(by_plane["coronal"]))
+    if not common:
+        raise InputError(f"no {split} patient has both a labelled sagittal and coronal series", manifest)
+    return [(by_plane["sagittal"][p], by_plane["coronal"][p]) for p in common]
+
+
+def _plane_prediction(model, run: Mapping[str, Any], case, generator, device) -> Tuple[Any, List[Any], Any]:
+    """(preprocessed reference grid, per-class probability images on it, ground-truth labels image on it)."""
+    import SimpleITK as sitk
+    import torch
+
+    from OrthoDiffusionLib.io import read_series
+    from OrthoDiffusionLib.inference.preprocess import model_grid, preprocess_series
+    from OrthoDiffusionLib.segmentation.io import read_labelmap
+
+    from ..segmentation.model import predict_probabilities
+
+    pre = run["preprocessing"]
+    pp = preprocess_series(read_series(case.series_path), slices=pre["slices"], size=pre["size"], **model_grid(pre))
+    x = torch.from_numpy(pp.volume)[None, None].to(device)
+    draws = int(run["config"]["eval"].get("noise_draws", 1))
+    probs = predict_probabilities(model, x, run["plane"], generator=generator, draws=draws)[0].cpu().numpy()
+    images = [pp.as_image(p.astype(np.float32)) for p in probs]
+    gt = sitk.Resample(sitk.Cast(read_labelmap(case.seg_path), sitk.sitkUInt8), pp.reference, sitk.Transform(),
+                       sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return pp.reference, images, gt
+
+
+def _coverage(reference, other) -> np.ndarray:
+    """Bool (z, y, x) on ``reference``: voxels inside the extent of the ``other`` grid."""
+    import SimpleITK as sitk
+
+    ones = sitk.Image(other.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(other)
+    return sitk.GetArrayFromImage(sitk.Resample(ones, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
+                                                sitk.sitkUInt8)) > 0
+
+
+def fusion_comparison(sag_dir: Path, cor_dir: Path, out_dir: Path, split: str = "test", device: str = "cpu",
+                      example_spacing_mm: Optional[float] = None, progress: Optional[ProgressFn] = None,
+                      cancel: Optional[threading.Event] = None) -> Tuple[List[Dict[str, Any]], str]:
+    """Fused sagittal+coronal labelmaps vs each plane alone (see the module docstring). Returns (CSV rows, Markdown)
+    and writes the example fused labelmap into ``out_dir``."""
+    import SimpleITK as sitk
+    import torch
+
+    from OrthoDiffusionLib.segmentation.io import common_reference_grid, fuse_plane_segmentations, write_labelmap_nifti
+
+    from ..segmentation.train import load_segmentation_run, resolve_device
+
+    dev = resolve_device(device)
+    models = {}
+    for plane, folder in (("sagittal", sag_dir), ("coronal", cor_dir)):
+        model, run = load_segmentation_run(folder, dev)
+        if run["plane"] != plane:
+            raise InputError(f"expected a {plane} run, this one is {run['plane']}", folder)
+        models[plane] = (model, run)
+    pairs = _paired_cases(models["sagittal"][1], models["coronal"][1], split)
+    generator = torch.Generator().manual_seed(int(models["sagittal"][1]["config"]["eval"].get("seed", 1234)))
+    scores: Dict[Tuple[str, str], List[Dict[str, Dict[str, float]]]] = {}
+    for i, (sag_case, cor_case) in enumerate(pairs):
+        if cancel is not None and cancel.is_set():
+            raise CancelledError("evaluation cancelled")
+        pred = {}
+        for plane, case in (("sagittal", sag_case), ("coronal", cor_case)):
+            model, run = models[plane]
+            pred[plane] = _plane_prediction(model, run, case, generator, dev)
+        maps = {plane: pred[plane][1] for plane in pred}
+        for grid_plane, (reference, _, gt) in pred.items():
+            other = "coronal" if grid_plane == "sagittal" else "sagittal"
+            inside = _coverage(reference, pred[other][0])
+            truth = np.where(inside, sitk.GetArrayFromImage(gt), 0)
+            spacing = np.asarray(reference.GetSpacing())[::-1]
+            for method, fused_maps in (("sagittal only", {"sagittal": maps["sagittal"]}),
+                                       ("coronal only", {"coronal": maps["coronal"]}), ("fused", maps)):
+                labelmap = sitk.GetArrayFromImage(fuse_plane_segmentations(fused_maps, reference))
+                case_scores = evaluate_case(np.where(inside, labelmap, 0), truth, spacing, plane=grid_plane)
+                scores.setdefault((grid_plane, method), []).append(case_scores)
+        if i == 0:
+            grid = common_reference_grid([pred["sagittal"][0], pred["coronal"][0]], example_spacing_mm)
+            write_labelmap_nifti(fuse_plane_segmentations(maps, grid),
+                                 out_dir / f"fusion_example_{sag_case.patient_id}.nii.gz")
+        if progress is not None:
+            progress("fusion", (i + 1) / len(pairs))
+    rows: List[Dict[str, Any]] = []
+    md = [f"Fusion on the {split} split: {len(pairs)} patients with a labelled sagittal and coronal series; each "
+          "plane's grid and ground truth, inside the region both series cover. Dice in %, HD95 in mm."]
+    for grid_plane in ("sagittal", "coronal"):
+        for metric, scale, digits in (("dice", 100.0, 1), ("hd95", 1.0, 2)):
+            columns = {}
+            for method in ("sagittal only", "coronal only", "fused"):
+                summary = summarize_cases([c[metric] for c in scores[(grid_plane, method)]])
+                columns[method] = summary
+                for key, s in summary.items():
+                    rows.append({"grid": grid_plane, "method": method, "metric": metric, "structure": key,
+                                 "mean": s.mean, "sd": s.sd, "n": s.n})
+            md += ["", f"### {grid_plane.capitalize()} grid: {'Dice (%)' if metric == 'dice' else 'HD95 (mm)'}", "",
+                   format_table(columns, plane=grid_plane, scale=scale, digits=digits)]
+    return rows, "\n".join(md) + "\n"
+
+
+def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    with atomic_path(path, suffix=".csv") as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: (f"{v:.6g}" if isinstance(v, float) and not math.isnan(v) else
+                                ("" if isinstance(v, float) else v)) for k, v in r.items()})
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def evaluate_segmentation(run_dirs: Sequence[PathLike], out: PathLike, *, names: Optional[Sequence[str]] = None,
+                          split: str = "test", fuse: Optional[Sequence[PathLike]] = None, device: str = "cpu",
+                          progress: Optional[ProgressFn] = None, cancel: Optional[threading.Event] = None
+                          ) -> Dict[str, Any]:
+    """Write the comparison tables (and the fusion comparison, see the module docstring) into ``out``.
+
+    Returns {"table": CSV rows, "fusion": CSV rows or None}. Nothing is written unless every run reads.
+    """
+    folders = [Path(d) for d in run_dirs]
+    from ..segmentation.train import read_segmentation_run
+
+    runs = [read_segmentation_run(d) for d in folders]
+    if names is not None and len(names) != len(folders):
+        raise InputError(f"--names gives {len(names)} names for {len(folders)} runs")
+    labels_ = list(names) if names is not None else [method_name(r) for r in runs]
+    seen: Dict[str, int] = {}
+    for i, n in enumerate(labels_):  # two runs of the same method and size: keep both columns apart
+        seen[n] = seen.get(n, 0) + 1
+        if seen[n] > 1:
+            labels_[i] = f"{n} [{folders[i].name}]"
+    rows, md = comparison_tables(list(zip(labels_, folders, runs)), split)
+    pair = _fusion_pair(folders, runs, fuse)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fusion_rows = None
+    if pair is not None:
+        fusion_rows, fusion_md = fusion_comparison(pair[0], pair[1], out_dir, split, device, progress=progress,
+                                                   cancel=cancel)
+        _write_csv(out_dir / "fusion.csv", fusion_rows)
+        _write_text(out_dir / "fusion.md", fusion_md)
+    _write_csv(out_dir / "table.csv", rows)
+    _write_text(out_dir / "table.md", md)
+    return {"table": rows, "fusion": fusion_rows}
+
+
+def _fusion_pair(folders: Sequence[Path], runs: Sequence[Mapping[str, Any]], fuse: Optional[Sequence[PathLike]]
+                 ) -> Optional[Tuple[Path, Path]]:
+    if fuse:
+        if len(fuse) != 2:
+            raise InputError("--fuse needs two run folders: SAGITTAL_RUN CORONAL_RUN")
+        return Path(fuse[0]), Path(fuse[1])
+    sag = [(f, r) for f, r in zip(folders, runs) if r["plane"] == "sagittal"]
+    cor = [(f, r) for f, r in zip(folders, runs) if r["plane"] == "coronal"]
+    if len(sag) == 1 and len(cor) == 1 and \
+            sag[0][1]["provenance"]["manifest"] == cor[0][1]["provenance"]["manifest"]:
+        return sag[0][0], cor[0][0]
+    return None
+
+
+def register(subparsers) -> None:
+    """Add ``orthodiffusion evaluate-segmentation``."""
+    p = subparsers.add_parser("evaluate-segmentation", help="Dice/HD95 table of segmentation runs (+ plane fusion)",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", nargs="+", type=Path, required=True, help="run folders (train-segmentation / baseline)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--names", nargs="+", default=None, help="column names, one per run (default: from run.json)")
+    p.add_argument("--split", choices=("val", "test"), default="test")
+    p.add_argument("--fuse", nargs=2, type=Path, default=None, metavar=("SAGITTAL_RUN", "CORONAL_RUN"),
+                   help="runs to fuse (default: the one sagittal and one coronal run given, if any)")
+    p.add_argument("--device", default="cpu", help="auto | cpu | cuda (fusion inference)")
+    p.set_defaults(func=_run_cli)
+
+
+def _run_cli(args) -> int:
+    result = evaluate_segmentation(args.runs, args.out, names=args.names, split=args.split, fuse=args.fuse,
+                                   device=args.device)
+    print((args.out / "table.md").read_text(), end="")
+    if result["fusion"] is not None:
+        print((args.out / "fusion.md").read_text(), end="")
+    return 0

@@ -1,0 +1,1 @@
+"""Pretraining of the diffusion backbones (DDPM on unlabeled MRI)."""

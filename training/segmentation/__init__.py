@@ -1,0 +1,1 @@
+"""Segmentation training: data, augmentation, losses, models, the training loop."""

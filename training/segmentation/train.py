@@ -1,0 +1,504 @@
+"""``orthodiffusion train-segmentation`` and ``train-seg-baseline``: one plane's segmentation model from a manifest.
+
+``train-segmentation`` fine-tunes a diffusion backbone (encoder + middle block at ``backbone_lr_scale`` x lr) with a
+segmentation head (``bottleneck`` = the paper's, or ``skip``) on the tap ``block`` at ``timestep`` of the config's
+plane entry (paper: t = 50, ``mid_2``). ``train-seg-baseline`` trains a MONAI 3D U-Net or UNETR from scratch on the
+same cases and splits. Loop, checkpoints and metrics: :mod:`.seg_trainer`; data: :mod:`.seg_data`.
+
+Configuration: a shipped name (``seg-ft`` = the paper's recipe, ``seg-demo`` = a small CPU demo) or a JSON path,
+``extends`` resolved as for the diagnosis configs, then ``--set key.sub=value`` overrides (value parsed as JSON,
+else taken as a string). The command-line options ``--head`` and ``--train-patients`` are stored in the config too,
+so a resumed run must use the same ones.
+
+Run folder::
+
+    RUN/run.json                    written last: format, plane, timestep, block, preprocessing, head, weights,
+                                    num_classes, structures, config, metrics {val, test}, provenance
+    RUN/backbone.safetensors        the fine-tuned backbone (checkpoints.save_backbone format)
+    RUN/seg_head.safetensors        the head's state dict (metadata: its build_seg_head config)
+    RUN/metrics_{val,test}.csv      per-case Dice and HD95 (mm) per structure, on the preprocessed grid
+    RUN/log.csv                     per epoch: loss, ce, dice_loss, lr, seconds, val_mean_dice
+    RUN/curves.png                  log.csv drawn: training losses and validation mean Dice
+    RUN/checkpoints/                per-epoch checkpoints (resume)
+    RUN/cache/                      preprocessed cases (.npz)
+
+A baseline run writes ``model.safetensors`` instead of the backbone and head, with ``format``
+``orthodiffusion.segmentation-baseline-run`` and the network's constructor arguments under ``model``.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import os
+import shlex
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+
+from OrthoDiffusionLib import labels
+from OrthoDiffusionLib.atomic import atomic_path
+from OrthoDiffusionLib.errors import CorruptFileError, InputError, MissingPathError, OrthoDiffusionError
+from OrthoDiffusionLib.inference.preprocess import model_grid
+
+from ..configs import resolve_config
+from ..curves import plot_run_curves
+from ..named_options import add_size_arguments
+from .data import SegVolumes, read_seg_cases, split_cases, training_cases
+from .losses import num_seg_classes
+from .trainer import ProgressFn, TrainSettings, evaluate, train
+
+PathLike = Union[str, os.PathLike]
+RUN_FORMAT = "orthodiffusion.segmentation-run"
+BASELINE_RUN_FORMAT = "orthodiffusion.segmentation-baseline-run"
+RUN_VERSION = 1
+HEAD_FORMAT = "orthodiffusion-seg-head"
+BLOCKS = ("mid_0", "mid_1", "mid_2")
+BASELINE_ALIASES = {"unet": "unet3d", "unet3d": "unet3d", "unetr": "unetr"}
+
+
+# ------------------------------------------------------------------------------------------------------ config
+def _set_value(cfg: Dict[str, Any], assignment: str) -> None:
+    key, sep, text = assignment.partition("=")
+    if not sep or not key.strip():
+        raise InputError(f"--set needs key=value, got {assignment!r}")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    node = cfg
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        if not isinstance(node.get(p), dict):
+            node[p] = {}
+        node = node[p]
+    node[parts[-1]] = value
+
+
+def _validate(cfg: Mapping[str, Any], shown: str) -> None:
+    if cfg.get("task") != "segmentation":
+        raise InputError(f"not a segmentation configuration (task {cfg.get('task')!r})", shown)
+    pre = cfg.get("preprocessing", {})
+    for k in ("slices", "size"):
+        if not isinstance(pre.get(k), int) or pre[k] < 16 or pre[k] % 16:
+            raise InputError(f"preprocessing.{k} must be a multiple of 16, got {pre.get(k)!r}", shown)
+    for plane, sel in cfg.get("planes", {}).items():
+        t, b = sel.get("timestep"), sel.get("block")
+        if plane not in labels.PLANES or not isinstance(t, int) or not 0 <= t <= 999 or b not in BLOCKS:
+            raise InputError(f"planes.{plane} needs an integer timestep in [0, 999] and a block in "
+                             f"{', '.join(BLOCKS)}, got {sel!r}", shown)
+    for k in ("epochs", "batch_size"):
+        if not isinstance(cfg.get(k), int) or cfg[k] < 1:
+            raise InputError(f"{k} must be a positive integer, got {cfg.get(k)!r}", shown)
+    if not float(cfg.get("lr", 0)) > 0 or float(cfg.get("backbone_lr_scale", -1)) < 0:
+        raise InputError("lr must be > 0 and backbone_lr_scale >= 0", shown)
+    tp = cfg.get("train_patients")
+    if tp is not None and (not isinstance(tp, int) or tp < 1):
+        raise InputError(f"train_patients must be a positive integer or null, got {tp!r}", shown)
+
+
+def load_seg_config(name_or_path: PathLike = "seg-ft", overrides: Sequence[str] = ()) -> Dict[str, Any]:
+    """A segmentation config by shipped name or JSON path, ``extends`` resolved, ``--set`` overrides applied,
+    validated. Raises MissingPathError / CorruptFileError / InputError naming the file."""
+    cfg, shown = resolve_config(name_or_path)
+    for item in overrides:
+        _set_value(cfg, item)
+    _validate(cfg, shown)
+    return cfg
+
+
+def _settings(cfg: Mapping[str, Any], plane: str, section: Optional[str] = None) -> TrainSettings:
+    """TrainSettings from a config; ``section="baseline"`` takes epochs/batch/lr from ``cfg["baseline"]``."""
+    src = dict(cfg)
+    if section:
+        src.update({k: v for k, v in cfg[section].items() if not isinstance(v, dict)})
+    aug = dict(cfg.get("augment") or {})
+    enabled = aug.pop("enabled", True)
+    return TrainSettings(plane=plane, epochs=int(src["epochs"]), batch_size=int(src["batch_size"]),
+                         lr=float(src["lr"]), backbone_lr_scale=float(src.get("backbone_lr_scale", 1.0)),
+                         weight_decay=float(src.get("weight_decay", 0.0)), seed=int(cfg.get("seed", 0)),
+                         ce_weight=float(cfg["loss"]["ce_weight"]), excluded_as=str(cfg["loss"]["excluded_as"]),
+                         ce_class_balance=bool(cfg["loss"].get("ce_class_balance", False)),
+                         augment=aug if enabled else None, val_every=int(cfg["eval"].get("val_every", 1)),
+                         eval_noise_draws=int(cfg["eval"].get("noise_draws", 1)),
+                         eval_seed=int(cfg["eval"].get("seed", 1234)),
+                         keep_checkpoints=int(cfg.get("keep_checkpoints", 2)))
+
+
+# ------------------------------------------------------------------------------------------------------ models
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> cuda if available else cpu; an explicit ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise OrthoDiffusionError("--device cuda asked for, but no CUDA device is available")
+    return torch.device(device)
+
+
+def head_config(name: str, backbone, block: str, cfg_head: Mapping[str, Any]) -> Dict[str, Any]:
+    """``build_seg_head`` keyword arguments (incl. ``name``) for a head on ``backbone``'s tap ``block``."""
+    from OrthoDiffusionLib.model.seg_head import DEFAULT_SKIP_TAPS
+
+    out: Dict[str, Any] = {
+        "name": name, "num_classes": num_seg_classes(), "model_channels": int(backbone.model_channels),
+        "bottleneck_tap": block,
+        "tap_channels": {t: int(backbone.tap_channels(t)) for t in backbone.tap_names()},
+        "skip_taps": [list(s) for s in cfg_head.get("skip_taps", DEFAULT_SKIP_TAPS)],
+        "decoder_channels": [int(c) for c in cfg_head.get("decoder_channels", (128, 64, 32, 16))],
+    }
+    if "strides" in cfg_head:
+        out["strides"] = [[int(v) for v in s] for s in cfg_head["strides"]]
+    missing = [t for t, _ in out["skip_taps"] if t not in out["tap_channels"]] if name == "skip" else []
+    if missing:
+        raise InputError(f"the skip head's taps {', '.join(missing)} do not exist in this backbone (it has "
+                         f"{', '.join(backbone.tap_names())}): use --head bottleneck, or set head.skip_taps (and head.strides)")
+    return out
+
+
+def build_head(config: Mapping[str, Any]) -> torch.nn.Module:
+    """The head described by a :func:`head_config` dict (as stored in run.json)."""
+    from OrthoDiffusionLib.model.seg_head import build_seg_head
+
+    kwargs = {k: v for k, v in config.items() if k != "name"}
+    kwargs["skip_taps"] = [tuple(s) for s in kwargs.get("skip_taps", [])]
+    if "strides" in kwargs:
+        kwargs["strides"] = [tuple(s) for s in kwargs["strides"]]
+    return build_seg_head(config["name"], **kwargs)
+
+
+def _save_head(head: torch.nn.Module, config: Mapping[str, Any], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in head.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": HEAD_FORMAT, "config": json.dumps(dict(config))})
+
+
+def _load_weights(path: Path) -> Dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise MissingPathError("weights file not found", path)
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error type for a malformed file
+        raise CorruptFileError(f"not a readable safetensors file ({str(e).splitlines()[0][:200]})", path) from None
+
+
+def read_segmentation_run(run_dir: PathLike) -> Dict[str, Any]:
+    """``run.json`` of a finished ``train-segmentation`` or ``train-seg-baseline`` run.
+
+    Raises MissingPathError (no run.json), CorruptFileError (not JSON), InputError (another format)."""
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise MissingPathError("not a finished segmentation run (no run.json)", run_dir)
+    try:
+        run = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CorruptFileError(f"not valid JSON ({e.msg})", path) from None
+    if run.get("format") not in (RUN_FORMAT, BASELINE_RUN_FORMAT):
+        raise InputError(f"not a segmentation run (format {run.get('format')!r})", path)
+    return run
+
+
+def load_segmentation_run(run_dir: PathLike, device: Union[str, torch.device] = "cpu"
+                          ) -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    """(network in eval mode, run.json) of a finished ``train-segmentation`` or ``train-seg-baseline`` run."""
+    from OrthoDiffusionLib.model.checkpoints import check_state_dict, load_backbone
+
+    from .baselines import build_seg_baseline
+    from .model import BaselineSegmenter, DiffusionSegmenter
+
+    run_dir = Path(run_dir)
+    run = read_segmentation_run(run_dir)
+    if run["format"] == RUN_FORMAT:
+        backbone, _ = load_backbone(run_dir / run["backbone"], device="cpu")
+        head = build_head(run["head"])
+        state = _load_weights(run_dir / run["head_weights"])
+        check_state_dict(head, state, run_dir / run["head_weights"])
+        head.load_state_dict(state)
+        model: torch.nn.Module = DiffusionSegmenter(backbone, head, int(run["timestep"]))
+    else:  # BASELINE_RUN_FORMAT
+        spec = dict(run["model"])
+        size = run["preprocessing"]
+        net = build_seg_baseline(spec.pop("name"), num_classes=int(run["num_classes"]),
+                                 img_size=(size["slices"], size["size"], size["size"]), **spec)
+        state = _load_weights(run_dir / run["weights"])
+        check_state_dict(net, state, run_dir / run["weights"])
+        net.load_state_dict(state)
+        model = BaselineSegmenter(net)
+    return model.to(device).eval(), run
+
+
+# --------------------------------------------------------------------------------------------------- run folder
+def _sha256(path: PathLike) -> str:
+    from OrthoDiffusionLib.model.checkpoints import file_sha256
+
+    return file_sha256(path)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _synthetic(manifest: Path) -> Optional[bool]:
+    """True when the manifest sits in a cohort folder written by ``orthodiffusion simulate`` (its README says so)."""
+    readme = manifest.parent / "README.md"
+    if readme.is_file() and "simulat" in readme.read_text(encoding="utf-8", errors="replace")[:2000].lower():
+        return True
+    return None
+
+
+def _write_case_csv(path: Path, cases: Sequence[Mapping[str, Any]], plane: str) -> None:
+    keys = [s.key for s in labels.knee_structures(plane)]
+    with atomic_path(path, suffix=".csv") as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["case_id", "patient_id", *[f"dice_{k}" for k in keys], *[f"hd95_{k}" for k in keys]])
+            for c in cases:
+                w.writerow([c["case_id"], c["patient_id"], *[_fmt(c["dice"].get(k)) for k in keys],
+                            *[_fmt(c["hd95"].get(k)) for k in keys]])
+
+
+def _fmt(v: Optional[float]) -> str:
+    return "" if v is None or v != v else f"{float(v):.6g}"
+
+
+class _Job:
+    """Shared plumbing of both commands: cases, datasets, training, evaluation, metrics files."""
+
+    def __init__(self, manifest: PathLike, plane: str, out: PathLike, cfg: Dict[str, Any],
+                 cache_dir: Optional[PathLike] = None):
+        if plane not in labels.PLANES:
+            raise InputError(f"plane must be one of {', '.join(labels.PLANES)}, got {plane!r}")
+        self.manifest, self.plane, self.run_dir, self.cfg = Path(manifest), plane, Path(out), cfg
+        self.started = _now()
+        cases = read_seg_cases(self.manifest, plane)
+        pre = cfg["preprocessing"]
+        cache = Path(cache_dir) if cache_dir is not None else self.run_dir / "cache"
+        self.train_cases = training_cases(cases, cfg.get("train_patients"), int(cfg.get("seed", 0)))
+        grid = model_grid(pre)
+        randomize = float(dict(cfg.get("domain_randomisation") or {}).get("p", 0.0))
+        self.sets = {"train": SegVolumes(self.train_cases, pre["slices"], pre["size"], cache, grid=grid,
+                                         randomize=randomize),
+                     "val": SegVolumes(split_cases(cases, "val"), pre["slices"], pre["size"], cache, grid=grid),
+                     "test": SegVolumes(split_cases(cases, "test"), pre["slices"], pre["size"], cache, grid=grid)}
+
+    def fit(self, model: torch.nn.Module, settings: TrainSettings, device: torch.device, resume: bool,
+            stop_after_epoch: Optional[int], progress: Optional[ProgressFn], cancel: Optional[threading.Event],
+            show_progress: bool, desc: str = "train-segmentation") -> Dict[str, Any]:
+        try:
+            return train(model, self.sets["train"], settings, self.run_dir, self.cfg, device=device, resume=resume,
+                         val_set=self.sets["val"], stop_after_epoch=stop_after_epoch, progress=progress,
+                         cancel=cancel, show_progress=show_progress, desc=desc)
+        finally:
+            plot_run_curves(self.run_dir / "log.csv", title=f"{desc} {self.plane} {self.run_dir.name}")
+
+    def evaluate(self, model: torch.nn.Module, settings: TrainSettings, device: torch.device,
+                 progress: Optional[ProgressFn], cancel: Optional[threading.Event]) -> Dict[str, Any]:
+        metrics: Dict[str, Any] = {}
+        for split in ("val", "test"):
+            if not len(self.sets[split]):
+                metrics[split] = None
+                continue
+            res = evaluate(model, self.sets[split], self.plane, device, settings.eval_noise_draws,
+                           settings.eval_seed, progress=progress, cancel=cancel, stage=f"evaluate {split}")
+            _write_case_csv(self.run_dir / f"metrics_{split}.csv", res["cases"], self.plane)
+            metrics[split] = {**res["summary"], "n_cases": res["n_cases"], "grid": "preprocessed",
+                              "cases_file": f"metrics_{split}.csv"}
+        return metrics
+
+    def base_record(self, command: Optional[str]) -> Dict[str, Any]:
+        structures = labels.knee_structures(self.plane)
+        return {
+            "plane": self.plane,
+            "preprocessing": dict(self.cfg["preprocessing"]),
+            "num_classes": num_seg_classes(),
+            "structures": [s.key for s in structures],
+            "label_values": {s.key: s.value for s in structures},
+            "config": self.cfg,
+            "data": {"train_cases": len(self.sets["train"]), "val_cases": len(self.sets["val"]),
+                     "test_cases": len(self.sets["test"]),
+                     "train_patients": len({c.patient_id for c in self.train_cases})},
+            "provenance": {"command": command or "orthodiffusion " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                           "manifest": os.fspath(self.manifest.resolve()),
+                           "manifest_sha256": _sha256(self.manifest), "started": self.started,
+                           "synthetic_data_only": _synthetic(self.manifest)},
+        }
+
+    def write_run(self, record: Dict[str, Any]) -> Dict[str, Any]:
+        record["provenance"]["finished"] = _now()
+        with atomic_path(self.run_dir / "run.json", suffix=".json") as tmp:
+            tmp.write_text(json.dumps(record, indent=2) + "\n")
+        return record
+
+
+# ------------------------------------------------------------------------------------------------- the commands
+def train_segmentation(manifest: PathLike, plane: str, backbone: PathLike, out: PathLike, *,
+                       config: PathLike = "seg-ft", overrides: Sequence[str] = (), head: Optional[str] = None,
+                       train_patients: Optional[int] = None, resume: bool = False, device: str = "auto",
+                       progress: Optional[ProgressFn] = None, cancel: Optional[threading.Event] = None,
+                       stop_after_epoch: Optional[int] = None, show_progress: bool = False,
+                       command: Optional[str] = None, cache_dir: Optional[PathLike] = None
+                       ) -> Optional[Dict[str, Any]]:
+    """Fine-tune ``backbone`` with a segmentation head on ``plane``; returns the run.json record (None when stopped
+    early by ``stop_after_epoch``). See the module docstring for the run folder."""
+    from OrthoDiffusionLib.model.checkpoints import load_backbone, save_backbone
+
+    from .model import DiffusionSegmenter
+
+    extra = list(overrides)
+    if head is not None:
+        extra.append(f"head.name={json.dumps(head)}")
+    if train_patients is not None:
+        extra.append(f"train_patients={int(train_patients)}")
+    cfg = load_seg_config(config, extra)
+    if plane not in cfg["planes"]:
+        raise InputError(f"the configuration has no timestep/block for plane {plane!r}", os.fspath(config))
+    dev = resolve_device(device)
+    backbone_path = Path(backbone)
+    net, _ = load_backbone(backbone_path, device="cpu")
+    sel = cfg["planes"][plane]
+    cfg["backbone_sha256"] = _sha256(backbone_path)
+    job = _Job(manifest, plane, out, cfg, cache_dir)
+    hcfg = head_config(cfg["head"]["name"], net, sel["block"], cfg["head"])
+    torch.manual_seed(int(cfg.get("seed", 0)))
+    model = DiffusionSegmenter(net, build_head(hcfg), sel["timestep"],
+                               frozen_input_blocks=int(cfg.get("frozen_input_blocks", 0))).to(dev)
+    settings = _settings(cfg, plane)
+    state = job.fit(model, settings, dev, resume, stop_after_epoch, progress, cancel, show_progress)
+    if not state["finished"]:
+        return None
+    metrics = job.evaluate(model, settings, dev, progress, cancel)
+    run_dir = job.run_dir
+    save_backbone(model.backbone, run_dir / "backbone.safetensors", plane,
+                  provenance={"recipe": "orthodiffusion train-segmentation", "base_backbone_sha256":
+                              cfg["backbone_sha256"], "epochs": settings.epochs},
+                  preprocessing={**{k: int(cfg["preprocessing"][k]) for k in ("slices", "size")},
+                                 **model_grid(cfg["preprocessing"])})
+    _save_head(model.head, hcfg, run_dir / "seg_head.safetensors")
+    record = {"format": RUN_FORMAT, "version": RUN_VERSION, "plane": plane, "timestep": int(sel["timestep"]),
+              "block": sel["block"], **job.base_record(command), "head": hcfg,
+              "head_weights": "seg_head.safetensors", "backbone": "backbone.safetensors", "metrics": metrics}
+    record["provenance"]["backbone_sha256"] = {plane: cfg["backbone_sha256"]}
+    record["provenance"]["backbone"] = os.fspath(backbone_path.resolve())
+    ordered = {k: record[k] for k in ("format", "version", "plane", "timestep", "block", "preprocessing", "head",
+                                      "head_weights", "backbone", "num_classes", "structures")}
+    ordered.update({k: v for k, v in record.items() if k not in ordered})
+    return job.write_run(ordered)
+
+
+def train_seg_baseline(manifest: PathLike, plane: str, model_name: str, out: PathLike, *,
+                       config: PathLike = "seg-ft", overrides: Sequence[str] = (),
+                       train_patients: Optional[int] = None, resume: bool = False, device: str = "auto",
+                       progress: Optional[ProgressFn] = None, cancel: Optional[threading.Event] = None,
+                       stop_after_epoch: Optional[int] = None, show_progress: bool = False,
+                       command: Optional[str] = None, cache_dir: Optional[PathLike] = None
+                       ) -> Optional[Dict[str, Any]]:
+    """Train a from-scratch baseline (``unet``/``unet3d`` or ``unetr``) on the same cases and splits; the network
+    size and epochs / batch / lr come from the config's ``baseline`` section."""
+    from .baselines import build_seg_baseline
+    from .model import BaselineSegmenter
+
+    if model_name not in BASELINE_ALIASES:
+        raise InputError(f"unknown baseline {model_name!r}; known: {', '.join(BASELINE_ALIASES)}")
+    name = BASELINE_ALIASES[model_name]
+    extra = list(overrides) + [f"baseline_model={json.dumps(name)}"]
+    if train_patients is not None:
+        extra.append(f"train_patients={int(train_patients)}")
+    cfg = load_seg_config(config, extra)
+    dev = resolve_device(device)
+    job = _Job(manifest, plane, out, cfg, cache_dir)
+    pre = cfg["preprocessing"]
+    spec = dict(cfg["baseline"].get(name, {}))
+    torch.manual_seed(int(cfg.get("seed", 0)))
+    net = build_seg_baseline(name, num_classes=num_seg_classes(), img_size=(pre["slices"], pre["size"], pre["size"]),
+                             **spec)
+    model = BaselineSegmenter(net).to(dev)
+    settings = _settings(cfg, plane, section="baseline")
+    state = job.fit(model, settings, dev, resume, stop_after_epoch, progress, cancel, show_progress,
+                    desc=f"train-seg-baseline {name}")
+    if not state["finished"]:
+        return None
+    metrics = job.evaluate(model, settings, dev, progress, cancel)
+    from safetensors.torch import save_file
+
+    weights = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
+    with atomic_path(job.run_dir / "model.safetensors") as tmp:
+        save_file(weights, str(tmp), metadata={"format": "orthodiffusion-seg-baseline", "model": name})
+    record = {"format": BASELINE_RUN_FORMAT, "version": RUN_VERSION, **job.base_record(command),
+              "model": {"name": name, **spec}, "weights": "model.safetensors", "metrics": metrics}
+    return job.write_run(record)
+
+
+# --------------------------------------------------------------------------------------------------------- CLI
+def _common_arguments(p) -> None:
+    p.add_argument("--manifest", type=Path, required=True, help="manifest CSV with seg_path (rows of --plane)")
+    p.add_argument("--plane", choices=labels.PLANES, required=True)
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--config", default="seg-ft", help="seg-ft (paper), seg-demo (small CPU demo) or a JSON path")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config entry (dotted key, JSON value), e.g. --set epochs=5")
+    p.add_argument("--train-patients", type=int, default=None,
+                   help="train on a nested seeded subset of N training patients (label efficiency)")
+    p.add_argument("--resume", action="store_true", help="continue the run folder from its newest checkpoint")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="folder for preprocessed cases (default RUN/cache; runs on the same data can share one)")
+
+
+def register(subparsers) -> None:
+    """Add ``train-segmentation`` and ``train-seg-baseline``."""
+    p = subparsers.add_parser("train-segmentation", help="fine-tune a backbone + segmentation head on one plane",
+                              description=__doc__.split("\n\n")[1])
+    _common_arguments(p)
+    p.add_argument("--backbone", type=Path, required=True, help="backbone .safetensors (save_backbone format)")
+    p.add_argument("--head", choices=("bottleneck", "skip"), default=None, help="override the config's head")
+    add_size_arguments(p)
+    p.set_defaults(func=_run_train)
+    b = subparsers.add_parser("train-seg-baseline", help="train a MONAI 3D U-Net / UNETR segmentation baseline",
+                              description="Train a from-scratch segmentation baseline on the same cases and "
+                                          "splits as train-segmentation (sizes/epochs from the config's 'baseline').")
+    _common_arguments(b)
+    b.add_argument("--model", choices=sorted(BASELINE_ALIASES), required=True)
+    b.add_argument("--size", type=int, default=None, help="in-plane size (default: the configuration's; use the "
+                                                           "compared train-segmentation run's)")
+    b.add_argument("--slices", type=int, default=None, help="slices (default: the configuration's)")
+    b.set_defaults(func=_run_baseline)
+
+
+def _report(record: Dict[str, Any], out: Path) -> None:
+    test = (record["metrics"] or {}).get("test") or (record["metrics"] or {}).get("val")
+    if test:
+        d = test["dice"]["mean"]
+        print(f"mean Dice {d['mean']:.3f} ± {d['sd']:.3f} over {test['n_cases']} cases -> {out}")
+    else:
+        print(f"trained -> {out}")
+
+
+def _run_train(args) -> int:
+    from ..named_options import size_overrides
+
+    sizes, note = size_overrides(args.size, args.slices, args.overrides, [args.backbone])
+    if note:
+        print(f"train-segmentation: {note}")
+    record = train_segmentation(args.manifest, args.plane, args.backbone, args.out, config=args.config,
+                                overrides=sizes + list(args.overrides), head=args.head, train_patients=args.train_patients,
+                                resume=args.resume, device=args.device, show_progress=True,
+                                cache_dir=args.cache_dir)
+    _report(record, args.out)
+    return 0
+
+
+def _run_baseline(args) -> int:
+    from ..named_options import size_overrides
+
+    sizes, _ = size_overrides(args.size, args.slices, args.overrides)
+    record = train_seg_baseline(args.manifest, args.plane, args.model, args.out, config=args.config,
+                                overrides=sizes + list(args.overrides), train_patients=args.train_patients, resume=args.resume,
+                                device=args.device, show_progress=True, cache_dir=args.cache_dir)
+    _report(record, args.out)
+    return 0
