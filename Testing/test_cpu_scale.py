@@ -216,3 +216,24 @@ def test_a_thin_slice_3d_series_is_shown_on_the_model_grid(shared_data):
     assert back.GetSize() == dess.image.GetSize()
     covered = sitk.GetArrayFromImage(back).any(axis=(1, 2)).sum()
     assert abs(covered * 1.5 - 64.0) <= 4.0  # 16 slices x 4 mm of the knee, on 1.5 mm DICOM slices
+
+
+def test_whole_series_windows_cover_every_slice_and_blend_to_probabilities():
+    from OrthoDiffusionLib.inference.windows import segment_series_in_windows
+
+    seen = []
+
+    def network(slabs):
+        seen.append(slabs.clone())
+        p1 = (slabs > 0).float() * 0.8 + 0.1
+        return torch.cat([1 - p1, p1], dim=1)
+
+    volume = torch.zeros(37, 8, 8)
+    volume[:, :, 4:] = 5.0  # right half bright on every slice
+    probs = segment_series_in_windows(volume, network, window=16, overlap=0.5)
+    assert probs.shape == (2, 37, 8, 8)
+    torch.testing.assert_close(probs.sum(0), torch.ones(37, 8, 8))
+    assert (probs[1, :, :, 4:] > 0.85).all() and (probs[1, :, :, :4] < 0.15).all()
+    assert all(s.shape[2] == 16 and float(s.min()) == -1.0 and float(s.max()) == 1.0 for s in seen)
+    short = segment_series_in_windows(volume[:5], network)
+    assert short.shape == (2, 5, 8, 8)
