@@ -71,8 +71,8 @@ def test_the_guide_runs_end_to_end(tmp_path):
     assert re.search(r"pretrain shared: \d+ series of \d+ patients \(splits: train \d+;", out)
     from OrthoDiffusionLib.training.named_options import backbone_preprocessing
 
-    assert backbone_preprocessing(tmp_path / "runs/pretrain/backbone_shared.safetensors") == {"slices": 16,
-                                                                                              "size": 32}
+    assert backbone_preprocessing(tmp_path / "runs/pretrain/backbone_shared.safetensors") == {
+        "slices": 16, "size": 32, "slice_mm": 4.0, "inplane_mm": 1.2}
     # every trainer drew its curves; segmentation validated every epoch
     for run in ("pretrain", "diagnosis", "seg-sagittal", "seg-coronal", "diagnosis-2labels"):
         assert (tmp_path / "runs" / run / "curves.png").is_file(), run
@@ -80,7 +80,7 @@ def test_the_guide_runs_end_to_end(tmp_path):
     assert all(not line.endswith(",nan") for line in seg_log[1:])
     # the size came from the backbone; the 2-label run trained two labels
     diag = json.loads((tmp_path / "runs/diagnosis/run.json").read_text())
-    assert diag["preprocessing"] == {"slices": 16, "size": 32} and len(diag["labels"]) == 8
+    assert diag["preprocessing"]["size"] == 32 and len(diag["labels"]) == 8
     two = json.loads((tmp_path / "runs/diagnosis-2labels/run.json").read_text())
     assert two["labels"] == ["acl_injury", "joint_effusion"]
     # the bundle runs in predict and is registered
@@ -90,4 +90,4 @@ def test_the_guide_runs_end_to_end(tmp_path):
     assert len(diagnosis["labels"]) == 8 and (results[0] / "segmentation_sagittal.seg.nrrd").is_file()
     assert "my-knee" in out and (tmp_path / "home" / "models" / "my-knee.odbundle").is_file()
     # configs listed and one shown resolved
-    assert "knee-demo-ft" in out and '"protocol": "linear_probe"' in out
+    assert "knee-cpu-ft" in out and '"protocol": "linear_probe"' in out

@@ -647,7 +647,7 @@ def train_diagnosis(manifest: str | os.PathLike, config: Mapping[str, Any], out:
     skipped = data.combinations("train", require_all_planes=True).skipped
     info = {"format": RUN_FORMAT, "version": 1, "anatomy": cfg["anatomy"], "labels": keys,
             "label_names": cfg.get("label_names") or {}, "warnings": small_val,
-            "preprocessing": {"slices": slices, "size": size},
+            "preprocessing": {"slices": slices, "size": size, **model_grid(cfg["preprocessing"])},
             "planes": {p: {"timestep": int(cfg["planes"][p]["timestep"]), "block": cfg["planes"][p]["block"],
                            "backbone": f"backbone_{p}.safetensors"} for p in PLANES},
             "head": head.config(), "head_weights": "diagnosis_head.safetensors", "ehr": ehr_entry,
