@@ -59,7 +59,7 @@ def test_the_guide_runs_end_to_end(tmp_path):
            "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=1800)
+                          timeout=3600)
     assert proc.returncode == 0, (proc.stdout[-4000:], proc.stderr[-4000:])
     out = proc.stdout
 

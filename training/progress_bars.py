@@ -1,16 +1,16 @@
 """Terminal progress of the epoch-based trainers (``train-diagnosis``, ``train-baseline``): one tqdm bar per stage in
 percent, with the epoch, the running training loss of the epoch and, after each epoch, its validation metric.
 
-Use: ``bars = StageBars()``; pass ``bars.progress`` as the trainer's ``progress(stage, fraction)``,
-``bars.step`` as its ``step_log(stage, epoch, loss)`` and ``bars.epoch`` as its ``epoch_log(row)``; ``bars.close()``
-at the end.
+Use: ``run_with_bars(train_diagnosis, ...)``, or ``bars = StageBars()``, then pass ``bars.progress`` as the
+trainer's ``progress(stage, fraction)``, ``bars.step`` as its ``step_log(stage, epoch, loss)`` and ``bars.epoch`` as
+its ``epoch_log(row)``; ``bars.close()`` at the end.
 """
 from __future__ import annotations
 
 import math
 from typing import Any, Dict, Mapping, Optional
 
-__all__ = ["StageBars"]
+__all__ = ["StageBars", "run_with_bars"]
 
 _FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}"
 
@@ -68,3 +68,13 @@ class StageBars:
         for bar in self._bars.values():
             bar.close()
         self._bars.clear()
+
+
+def run_with_bars(train, *args, **kwargs):
+    """``train(*args, **kwargs, progress=..., step_log=..., epoch_log=...)`` with :class:`StageBars` drawn, closed
+    however it ends; returns what ``train`` returns."""
+    bars = StageBars()
+    try:
+        return train(*args, progress=bars.progress, step_log=bars.step, epoch_log=bars.epoch, **kwargs)
+    finally:
+        bars.close()

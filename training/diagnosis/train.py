@@ -710,7 +710,7 @@ def _run(args: argparse.Namespace) -> int:
     import sys
 
     from ..named_options import resolved_size
-    from ..progress_bars import StageBars
+    from ..progress_bars import run_with_bars
 
     overrides, notes = named_overrides(args)
     cfg = resolve_config(args.config, overrides)
@@ -718,17 +718,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"train-diagnosis: {note}")
     print(f"train-diagnosis: {cfg.get('name', args.config)}, protocol {cfg['protocol']}, input {resolved_size(cfg)}, "
           f"{cfg['num_labels']} label(s): {', '.join(cfg['labels'])}")
-    bars = StageBars()
-    try:
-        info = train_diagnosis(
-            args.manifest, cfg, args.out, backbone=args.backbone,
-            plane_backbones={p: getattr(args, f"backbone_{p}") for p in PLANES}, resume=args.resume,
-            device=args.device, seed=args.seed, train_patients=args.train_patients,
-            train_fraction=args.train_fraction, cache_dir=args.cache_dir,
-            command="orthodiffusion " + " ".join(sys.argv[1:]), progress=bars.progress, epoch_log=bars.epoch,
-            step_log=bars.step)
-    finally:
-        bars.close()
+    info = run_with_bars(
+        train_diagnosis, args.manifest, cfg, args.out, backbone=args.backbone,
+        plane_backbones={p: getattr(args, f"backbone_{p}") for p in PLANES}, resume=args.resume,
+        device=args.device, seed=args.seed, train_patients=args.train_patients,
+        train_fraction=args.train_fraction, cache_dir=args.cache_dir,
+        command="orthodiffusion " + " ".join(sys.argv[1:]))
     print_run_summary(info["metrics"], args.out)
     return 0
 

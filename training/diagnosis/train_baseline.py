@@ -40,7 +40,7 @@ from OrthoDiffusionLib.inference.preprocess import model_grid
 from ..curves import plot_run_curves
 from ..named_options import add_label_arguments, label_overrides
 from ..pretrain.ddpm import SeriesVolumes
-from ..progress_bars import StageBars
+from ..progress_bars import run_with_bars
 from ..run_files import print_run_summary, resolve_device, save_tensors, utc_now, write_log_csv, write_text
 from .train import patient_metrics, resolve_config
 
@@ -188,15 +188,10 @@ def _run(args: argparse.Namespace) -> int:
         kwargs["channels"] = args.unet_channels
     if args.resnet_widen is not None:
         kwargs["widen_factor"] = args.resnet_widen
-    bars = StageBars()
-    try:
-        info = train_baseline(args.manifest, args.model, cfg, args.out, encoder_kwargs=kwargs, resume=args.resume,
-                              device=args.device, seed=args.seed, train_patients=args.train_patients,
-                              train_fraction=args.train_fraction, cache_dir=args.cache_dir,
-                              command="orthodiffusion " + " ".join(sys.argv[1:]), progress=bars.progress,
-                              step_log=bars.step, epoch_log=bars.epoch)
-    finally:
-        bars.close()
+    info = run_with_bars(train_baseline, args.manifest, args.model, cfg, args.out, encoder_kwargs=kwargs,
+                         resume=args.resume, device=args.device, seed=args.seed,
+                         train_patients=args.train_patients, train_fraction=args.train_fraction,
+                         cache_dir=args.cache_dir, command="orthodiffusion " + " ".join(sys.argv[1:]))
     print_run_summary(info["metrics"], args.out)
     return 0
 
