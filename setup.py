@@ -1,4 +1,4 @@
-"""Package discovery with the folder mapping of DESIGN.md.
+"""Package discovery with the folder mapping of the project layout.
 
 ``OrthoDiffusionLib/`` is the library, ``training/`` installs as ``OrthoDiffusionLib.training`` and ``Resources/`` as
 ``OrthoDiffusionLib.resources``, so the repository keeps the Slicer extension layout while the installed package adds a

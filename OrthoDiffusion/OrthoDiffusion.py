@@ -1,9 +1,9 @@
 """OrthoDiffusion: 3D Slicer module for multi-plane knee MRI (segmentation of 11 structures, 8 abnormality
 probabilities, contribution of each imaging plane).
 
-A thin shell over the ``OrthoDiffusionLib`` library: the MRML conversions are ``OrthoDiffusionLib.mrml``, the work
+A thin shell over the ``OrthoDiffusionLib`` library: the MRML conversions are ``OrthoDiffusionLib.slicer.mrml``, the work
 runs in a separate process (``python -m OrthoDiffusionLib predict ... --progress json`` through Slicer's Python
-launcher, ``OrthoDiffusionLib.child_process``), the Sankey diagram is ``OrthoDiffusionLib.report.sankey_figure``.
+launcher, ``OrthoDiffusionLib.slicer.child_process``), the Sankey diagram is ``OrthoDiffusionLib.inference.report.sankey_figure``.
 Nothing heavy is imported when the module loads; missing packages are installed on the first Apply after the user
 confirms.
 
@@ -381,7 +381,7 @@ class OrthoDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 class OrthoDiffusionLogic(ScriptedLoadableModuleLogic):
     """Runs the library in a separate process and imports its outputs as MRML nodes. Usable from the Python
-    console: :meth:`run` blocks (keeping the GUI alive) and returns an ``OrthoDiffusionLib.mrml.ImportedResult``."""
+    console: :meth:`run` blocks (keeping the GUI alive) and returns an ``OrthoDiffusionLib.slicer.mrml.ImportedResult``."""
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
@@ -657,7 +657,7 @@ class OrthoDiffusionLogic(ScriptedLoadableModuleLogic):
         return outcome["result"]
 
     def sankeyHtml(self, imported) -> Optional[Path]:
-        """Write the Sankey diagram of a result (``OrthoDiffusionLib.report.sankey_figure``, plotly inlined) next to
+        """Write the Sankey diagram of a result (``OrthoDiffusionLib.inference.report.sankey_figure``, plotly inlined) next to
         the outputs; None when the result has no diagnosis or plotly is missing."""
         if not imported.result.get("labels"):
             return None

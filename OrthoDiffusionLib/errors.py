@@ -90,3 +90,7 @@ class CancelledError(OrthoDiffusionError):
 
 class AmbiguousSeriesError(InputError):
     """A path holds several series (or echoes) and the caller did not say which one to read."""
+
+
+class MixedPatientsError(InputError):
+    """The series of one exam (or the slices of one series) belong to different patients or studies."""

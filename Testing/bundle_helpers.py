@@ -1,8 +1,9 @@
-"""Tiny model bundles for tests: fake training run folders that follow CONTRACTS.md sections 1 and 2, exported.
+"""Tiny model bundles for tests: fake training run folders (the run-folder formats of ``train-diagnosis`` and
+``train-segmentation``), exported.
 
 ``make_tiny_bundle(path)`` writes a diagnosis run and segmentation runs (width-32 backbones, preprocessing 16 x 32 x
 32, randomly initialised but seeded heads) beside ``path`` and exports them into ``path`` with
-:func:`OrthoDiffusionLib.bundle_export.export_bundle`. Other helpers' tests reuse it (viewer, Slicer module).
+:func:`OrthoDiffusionLib.bundle.export.export_bundle`. Other helpers' tests reuse it (viewer, Slicer module).
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def make_diagnosis_run(folder: Path, *, fusion: str = "concat", with_mpae: bool 
                        shared_backbone: bool = True, planes: Sequence[str] = label_tables.PLANES, seed: int = 0,
                        synthetic: Optional[bool] = True, size: int = TINY_SIZE,
                        temperatures: Optional[Sequence[float]] = None) -> Path:
-    """A ``train-diagnosis`` run folder (CONTRACTS.md 1) with random seeded weights; returns the folder."""
+    """A ``train-diagnosis`` run folder with random seeded weights; returns the folder."""
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     keys = [d.key for d in label_tables.diagnosis_labels("knee")]
@@ -81,8 +82,8 @@ def make_diagnosis_run(folder: Path, *, fusion: str = "concat", with_mpae: bool 
 
 
 def make_segmentation_run(folder: Path, plane: str, *, seed: int = 0, synthetic: Optional[bool] = True,
-                          size: int = TINY_SIZE, head: str = "bottleneck") -> Path:
-    """A ``train-segmentation`` run folder (CONTRACTS.md 2) for ``plane``; returns the folder."""
+                          size: int = TINY_SIZE, head: str = "bottleneck", grid: Optional[dict] = None) -> Path:
+    """A ``train-segmentation`` run folder for ``plane``; returns the folder."""
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)  # the same weights as make_diagnosis_run's shared backbone: the bundle stores one
     backbone = DiffusionUNet(model_channels=TINY_WIDTH)
@@ -91,7 +92,7 @@ def make_segmentation_run(folder: Path, plane: str, *, seed: int = 0, synthetic:
     seg = build_seg_head(num_classes=12, **kwargs)
     save_file(_state(seg), str(folder / "seg_head.safetensors"))
     run = {"format": "orthodiffusion.segmentation-run", "version": 1, "plane": plane, "timestep": 50,
-           "block": "mid_2", "preprocessing": {"slices": TINY_SLICES, "size": size}, "head": kwargs,
+           "block": "mid_2", "preprocessing": {"slices": TINY_SLICES, "size": size, **(grid or {})}, "head": kwargs,
            "head_weights": "seg_head.safetensors", "backbone": "backbone.safetensors", "num_classes": 12,
            "structures": [s.key for s in label_tables.knee_structures(plane)], "config": {"seed": seed},
            "metrics": {"val": {"mean_dice": 0.5}, "test": {"mean_dice": 0.5}},
@@ -105,7 +106,7 @@ def make_tiny_bundle(path, *, diagnosis: bool = True, segmentation_planes: Seque
                      shared_backbone: bool = True, seed: int = 0, synthetic: Optional[bool] = True,
                      name: str = "tiny-test", size: int = TINY_SIZE,
                      temperatures: Optional[Sequence[float]] = None,
-                     diagnosis_planes: Sequence[str] = label_tables.PLANES) -> Path:
+                     diagnosis_planes: Sequence[str] = label_tables.PLANES, seg_grid: Optional[dict] = None) -> Path:
     """Export a tiny bundle to ``path`` (run folders go to ``<path stem>_runs/`` beside it); returns ``path``."""
     path = Path(path)
     runs = path.parent / f"{path.stem}_runs"
@@ -114,7 +115,7 @@ def make_tiny_bundle(path, *, diagnosis: bool = True, segmentation_planes: Seque
         diag = make_diagnosis_run(runs / "diagnosis", fusion=fusion, with_mpae=with_mpae, ehr=ehr,
                                   shared_backbone=shared_backbone, seed=seed, synthetic=synthetic, size=size,
                                   temperatures=temperatures, planes=tuple(diagnosis_planes))
-    segs = [make_segmentation_run(runs / f"seg_{p}", p, seed=seed, synthetic=synthetic, size=size)
+    segs = [make_segmentation_run(runs / f"seg_{p}", p, seed=seed, synthetic=synthetic, size=size, grid=seg_grid)
             for p in segmentation_planes]
     export_bundle(diag, segs, name, path, half=half, description="tiny test model (random weights)")
     return path

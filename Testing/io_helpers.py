@@ -51,3 +51,21 @@ def continuous_index(image: sitk.Image, points: np.ndarray) -> np.ndarray:
     d = np.asarray(image.GetDirection()).reshape(3, 3)
     m = d @ np.diag(image.GetSpacing())
     return (points - np.asarray(image.GetOrigin())) @ np.linalg.inv(m).T
+
+
+def join_exam_of(folder: Path, reference: Path) -> None:
+    """Give every DICOM file in ``folder`` the patient and study of the DICOM file ``reference`` (PatientID,
+    StudyInstanceUID, birth date, sex), so series written separately form one exam with it."""
+    import pydicom
+
+    from OrthoDiffusionLib.io.exam_identity import IDENTITY_TAGS
+
+    ref = pydicom.dcmread(reference, stop_before_pixels=True)
+    for path in sorted(Path(folder).glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        for tag in IDENTITY_TAGS:
+            if tag in ref:
+                setattr(ds, tag, ref.get(tag))
+            elif tag in ds:
+                del ds[tag]
+        ds.save_as(path)

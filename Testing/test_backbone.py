@@ -15,7 +15,7 @@ TINY = dict(model_channels=32, channel_mult=(1, 1, 2, 2, 4))
 
 
 def reference_weights_rule(key_index: int, key: str, shape: tuple) -> torch.Tensor:
-    """The METHOD.md weights rule written out independently of ``reference_init_`` (test helper)."""
+    """The reference weights rule written out independently of ``reference_init_`` (test helper)."""
     n = int(np.prod(shape))
     j = np.arange(n, dtype=np.float64)
     base = np.sin(0.37 * j + key_index)

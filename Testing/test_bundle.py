@@ -15,7 +15,7 @@ from OrthoDiffusionLib.bundle.export import export_bundle
 from OrthoDiffusionLib.model.checkpoints import file_sha256, load_backbone
 from OrthoDiffusionLib.errors import BundleError, InputError, MissingPathError
 from OrthoDiffusionLib.model.heads import DiagnosisHead
-from OrthoDiffusionLib.inference.predictor import Predictor, _noise_seed
+from OrthoDiffusionLib.inference.predictor import Predictor, noise_seed
 from OrthoDiffusionLib.inference.preprocess import preprocess_series
 from OrthoDiffusionLib.model.schedule import CosineSchedule
 
@@ -62,7 +62,7 @@ def test_round_trip_same_predictions_as_the_runs(tiny):
         for plane, p in run["planes"].items():
             model, _ = load_backbone(runs / p["backbone"])
             x0 = torch.from_numpy(preprocess_series(exam.get(plane), slices=16, size=32).volume)[None, None]
-            noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(_noise_seed(0, 0, plane,
+            noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(noise_seed(0, 0, plane,
                                                                                                p["timestep"])))
             x_t = schedule.q_sample(x0, p["timestep"], noise)
             taps[plane] = model.encode(x_t, torch.tensor([p["timestep"]]), [p["block"]])[p["block"]]

@@ -71,8 +71,8 @@ def test_predict_with_noise_draws_seeded():
         noise = torch.rand(2, 3, generator=g)
         return noise
 
-    a = predict_with_noise_draws(predict, 4, seed=7, progress=lambda d, t: seen.append((d, t)))
+    a = predict_with_noise_draws(predict, 4, seed=7, progress=lambda stage, f: seen.append((stage, f)))
     b = predict_with_noise_draws(predict, 4, seed=7)
     np.testing.assert_array_equal(a.draws, b.draws)
-    assert a.draws.shape == (4, 2, 3) and seen[-1] == (4, 4)
+    assert a.draws.shape == (4, 2, 3) and seen[-1] == ("noise draws", 1.0)
     assert (a.std > 0).all()

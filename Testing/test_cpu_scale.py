@@ -122,6 +122,12 @@ def test_pool_windows_are_deterministic_normalised_and_never_read_labels(tmp_pat
     from OrthoDiffusionLib.training.pretrain.ddpm import PoolWindows
 
     manifest = write_pool(tmp_path / "pool", 2, seed=5)
+    from OrthoDiffusionLib.simulate.pool import read_pool
+
+    complete = read_pool(manifest)
+    manifest.rename(tmp_path / "pool.csv.bak")  # a pool still being written has no pool.csv yet
+    assert read_pool(tmp_path / "pool") == complete
+    (tmp_path / "pool.csv.bak").rename(manifest)
     with np.load(tmp_path / "pool" / "E00000.npz") as z:
         assert set(z.files) == {f"{p}_{k}" for p in ("sagittal", "coronal", "axial") for k in ("image", "tissue")}
         assert z["sagittal_image"].shape[1:] == (128, 128)
@@ -168,6 +174,11 @@ def test_pretraining_continues_from_a_float16_backbone_in_a_new_run_folder(tmp_p
     first = PretrainConfig(out=str(tmp_path / "a"), steps=3, **common)
     pretrain(first, data)
     half = tmp_path / "a" / "backbone_shared.fp16.safetensors"
+    from OrthoDiffusionLib.training.pretrain.ddpm import backbone_from_checkpoint
+
+    kept = backbone_from_checkpoint(tmp_path / "a", tmp_path / "kept.fp16.safetensors")
+    assert load_backbone_state(kept)[0].keys() == load_backbone_state(half)[0].keys()
+    assert load_backbone_state(kept)[1]["provenance"]["trained_steps"] == 3
     state, meta = load_backbone_state(half)
     assert all(v.dtype == torch.float16 for v in state.values())
     assert meta["provenance"]["trained_steps"] == 3
@@ -237,3 +248,46 @@ def test_whole_series_windows_cover_every_slice_and_blend_to_probabilities():
     assert all(s.shape[2] == 16 and float(s.min()) == -1.0 and float(s.max()) == 1.0 for s in seen)
     short = segment_series_in_windows(volume[:5], network)
     assert short.shape == (2, 5, 8, 8)
+
+
+def test_linear_probe_scores_informative_features_high_and_noise_at_chance():
+    from OrthoDiffusionLib.training.evaluation.probe_curve import probe_aurocs
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, size=(400, 2))
+    informative = labels[:, :1] * 1.5 + rng.normal(size=(400, 5))
+    aucs = probe_aurocs(informative, labels, n_train=300)
+    assert aucs[0] > 0.8 and 0.35 < aucs[1] < 0.65
+
+
+def test_a_model_with_a_physical_grid_segments_the_whole_series(tmp_path):
+    """Segmentation heads of grid models cover every slice of the series (overlapping windows on the grid), not
+    only the 16 central slices; the labelmap lies on the series' own geometry."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bundle_helpers import make_tiny_bundle, tiny_exam
+
+    from OrthoDiffusionLib.inference.predictor import Predictor
+
+    grid = {"slice_mm": 0.5, "inplane_mm": 1.25}  # the 20-slice 1 mm tiny series becomes 40 grid slices
+    bundle = make_tiny_bundle(tmp_path / "grid.odbundle", diagnosis=False, segmentation_planes=("sagittal",),
+                              seg_grid=grid)
+    exam = tiny_exam(planes=("sagittal",))
+    result = Predictor(bundle, device="cpu").predict(exam, diagnosis=False)
+    seg = result.segmentations["sagittal"]
+    assert seg.GetSize() == exam.sagittal.image.GetSize()
+    assert seg.GetDirection() == pytest.approx(exam.sagittal.image.GetDirection())
+    labelled_slices = sitk.GetArrayFromImage(seg).any(axis=(1, 2)).sum()
+    assert labelled_slices == 20  # 16 central grid slices would reach only 8 of the 20
+
+
+def test_bench_train_times_the_cpu_scale_network_and_names_the_cpu():
+    from OrthoDiffusionLib.bench.train import bench_train
+
+    r = bench_train(("pretrain",), size=32, slices=16, batch=1, steps=2, warmup=1, network="cpu",
+                    ours_precision="fp32")
+    assert r["network_config"]["patch_size"] == 4 and r["device"]
+    ref, ours = r["rows"]
+    assert ref["losses"] == pytest.approx(ours["losses"], rel=1e-4)  # fp32 both: channels-last changes no number

@@ -147,7 +147,7 @@ def test_metrics_module_needs_only_numpy():
     import subprocess
     import sys
 
-    code = ("import sys; import OrthoDiffusionLib.training.metrics as m; "
+    code = ("import sys; import OrthoDiffusionLib.training.evaluation.metrics as m; "
             "bad = [n for n in ('torch', 'sklearn', 'scipy', 'pandas') if n in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -45,8 +45,8 @@ def test_out_of_fold_predictions_never_see_their_patient():
         return np.full((len(held), 1), y[train].mean())
 
     seen = []
-    oof = out_of_fold_predictions(pids, fit_predict, 5, progress=lambda d, t: seen.append(d))
-    assert oof.shape == (40, 1) and np.isfinite(oof).all() and seen == [1, 2, 3, 4, 5]
+    oof = out_of_fold_predictions(pids, fit_predict, 5, progress=lambda stage, f: seen.append(f))
+    assert oof.shape == (40, 1) and np.isfinite(oof).all() and seen == [0.2, 0.4, 0.6, 0.8, 1.0]
     with pytest.raises(ValueError, match="shape"):
         out_of_fold_predictions(pids, lambda tr, he: np.zeros((1, 1)), 5)
 

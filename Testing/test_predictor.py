@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from bundle_helpers import make_tiny_bundle, tiny_exam
-from io_helpers import load_dess, reformat
+from io_helpers import join_exam_of, load_dess, reformat
 
 from OrthoDiffusionLib import Predictor
 from OrthoDiffusionLib.cli import main
@@ -41,6 +41,7 @@ def study(shared_data, tmp_path_factory):
     for plane in ("coronal", "axial"):
         write_dicom_series(reformat(dess.image, plane), root / "study" / plane, series_description=f"PD {plane}",
                            uid_seed=f"pipeline-test-{plane}")
+        join_exam_of(root / "study" / plane, next((root / "study" / "sag_dess").glob("*.dcm")))
     return root / "study"
 
 
@@ -80,7 +81,8 @@ def test_predict_real_study_outputs_on_original_geometry(study, bundles, tmp_pat
     assert printed == data
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["diagnosis.json", "measures.csv", "report.html", "segmentation_sagittal.seg.nrrd",
-         "segmentation_coronal.seg.nrrd", "labelmap_sagittal.nii.gz", "labelmap_coronal.nii.gz"])
+         "segmentation_coronal.seg.nrrd", "labelmap_sagittal.nii.gz", "labelmap_coronal.nii.gz",
+         ".orthodiffusion-output.json"])
     assert data["exam"]["planes"]["sagittal"]["source"].endswith("sag_dess")
     assert len(data["labels"]) == 8 and data["warnings"] == []
     for lb in data["labels"]:
@@ -196,9 +198,14 @@ def test_existing_output_needs_overwrite_and_failed_write_leaves_old_output(bund
     (out / "keep.txt").write_text("old")
     with pytest.raises(Exception, match="not empty"):
         write_outputs(result, out)
-    assert (out / "keep.txt").exists()
-    write_outputs(result, out, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "report.html").is_file()
+    with pytest.raises(Exception, match="not written by orthodiffusion"):  # a foreign folder is never replaced
+        write_outputs(result, out, overwrite=True)
+    assert (out / "keep.txt").read_text() == "old"
+    (out / "keep.txt").unlink()
+    write_outputs(result, out)                                  # an empty folder is used
+    first = (out / ".orthodiffusion-output.json").read_text()
+    write_outputs(result, out, overwrite=True)                  # an earlier result of this tool is replaced
+    assert (out / "report.html").is_file() and json.loads(first)["format"] == "orthodiffusion.output-folder"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 

@@ -1,4 +1,4 @@
-"""preprocess_series: METHOD.md steps, canonical orientation, padding, and the map back to the original grid."""
+"""preprocess_series: the paper's steps, canonical orientation, padding, and the map back to the original grid."""
 from __future__ import annotations
 
 import numpy as np

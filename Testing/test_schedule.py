@@ -59,12 +59,12 @@ def test_ddim_deterministic_and_finite(tiny_model):
     shape = (1, 1, 4, 8, 8)
     calls = []
     a = s.ddim_sample(tiny_model, shape, steps=5, generator=torch.Generator().manual_seed(1),
-                      progress=lambda d, n: calls.append((d, n)))
+                      progress=lambda stage, f: calls.append((stage, f)))
     b = s.ddim_sample(tiny_model, shape, steps=5, generator=torch.Generator().manual_seed(1))
     c = s.ddim_sample(tiny_model, shape, steps=5, generator=torch.Generator().manual_seed(2))
     assert a.shape == shape and torch.isfinite(a).all()
     assert torch.equal(a, b) and not torch.equal(a, c)
-    assert calls == [(i, 5) for i in range(1, 6)]
+    assert calls == [("sampling", i / 5) for i in range(1, 6)]
     assert s.ddim_timesteps(5) == (0, 250, 500, 749, 999)
     stochastic = s.ddim_sample(tiny_model, shape, steps=5, eta=1.0, generator=torch.Generator().manual_seed(1))
     assert torch.isfinite(stochastic).all() and not torch.equal(stochastic, a)
@@ -74,9 +74,9 @@ def test_ddpm_ancestral_sampling_runs_all_steps(tiny_model):
     s = CosineSchedule(T=20)
     calls = []
     x = s.ddpm_sample(tiny_model, (2, 1, 4, 8, 8), generator=torch.Generator().manual_seed(0),
-                      progress=lambda d, n: calls.append(d))
+                      progress=lambda stage, f: calls.append(f))
     assert x.shape == (2, 1, 4, 8, 8) and torch.isfinite(x).all()
-    assert calls == list(range(1, 21))
+    assert calls == [i / 20 for i in range(1, 21)]
     # the last step returns the (clipped) posterior mean: stays within the data range
     assert x.abs().max() <= 1.0 + 1e-5
 

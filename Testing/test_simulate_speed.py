@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import OrthoDiffusionLib
-from OrthoDiffusionLib.bench import timing as bench
+from OrthoDiffusionLib.bench.simulate import bench_simulate
 from OrthoDiffusionLib.errors import MissingPathError
 from OrthoDiffusionLib.simulate import contrast as C
 from OrthoDiffusionLib.simulate.acquisition import (SeriesSpec, _subsample_offsets, _voxel_points, sample_tissue,
@@ -101,7 +101,7 @@ def test_bench_simulate_against_a_copy_of_this_tree(tmp_path: Path, capsys):
     tree = tmp_path / "ref"
     shutil.copytree(Path(OrthoDiffusionLib.__file__).parent, tree / "OrthoDiffusionLib",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    result = bench.bench_simulate(exams=2, warmup=0, matrix=24, against=str(tree))
+    result = bench_simulate(exams=2, warmup=0, matrix=24, against=str(tree))
     this, other = result["rows"]
     assert Path(other["package"]) == tree / "OrthoDiffusionLib"
     assert Path(this["package"]) == Path(OrthoDiffusionLib.__file__).parent
@@ -109,7 +109,7 @@ def test_bench_simulate_against_a_copy_of_this_tree(tmp_path: Path, capsys):
         assert 0 < row["min_cpu_s"] <= row["median_cpu_s"] <= row["max_cpu_s"]
     assert result["ratio_cpu"] == pytest.approx(other["median_cpu_s"] / this["median_cpu_s"])
     with pytest.raises(MissingPathError, match="OrthoDiffusionLib/simulate/cohort.py"):
-        bench.bench_simulate(exams=1, against=str(tmp_path / "nothing"))
+        bench_simulate(exams=1, against=str(tmp_path / "nothing"))
 
 
 class _Stripes:

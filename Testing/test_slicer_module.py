@@ -125,8 +125,11 @@ def test_cmake_files():
     assert "${MODULE_NAME}.py" in module
     for resource in ("Resources/Icons/${MODULE_NAME}.png", "Resources/UI/${MODULE_NAME}.ui"):
         assert resource in module and (MODULE_DIR / resource.replace("${MODULE_NAME}", "OrthoDiffusion")).is_file()
-    for folder in ("OrthoDiffusionLib", "training", "Resources"):
+    for folder in ("OrthoDiffusionLib", "Resources"):
         assert f"${{_repo_root}}/{folder}" in module
+    # the installed extension holds what inference needs: no training code, no benchmarks, no browser viewer
+    assert "${_repo_root}/training" not in module
+    assert 'EXCLUDE REGEX "^(bench|viewer)/"' in module
     tests = (MODULE_DIR / "Testing" / "Python" / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "slicer_add_python_unittest(" in tests and "OrthoDiffusion.py" in tests
     assert "add_subdirectory(Python)" in (MODULE_DIR / "Testing" / "CMakeLists.txt").read_text(encoding="utf-8")

@@ -1,4 +1,4 @@
-"""The Slicer module's MRML code (OrthoDiffusionLib.mrml) on a real MRML scene from the pip package ``slicer-core``:
+"""The Slicer module's MRML code (OrthoDiffusionLib.slicer.mrml) on a real MRML scene from the pip package ``slicer-core``:
 the real DESS DICOM read by MRML's volume reader, volume node <-> SimpleITK (RAS/LPS), plane assignment, and a
 prediction output folder imported as segmentation and table nodes on the volumes' geometry."""
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """What the Slicer module runs outside the GUI process: a child process with streamed progress lines and a cancel
-that kills its whole process tree (OrthoDiffusionLib.child_process), and the dependency check
+that kills its whole process tree (OrthoDiffusionLib.slicer.child_process), and the dependency check
 (OrthoDiffusionLib.dependencies)."""
 from __future__ import annotations
 

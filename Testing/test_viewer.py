@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from OrthoDiffusionLib.errors import CorruptFileError, InputError, MissingPathError, NoDicomError
 from OrthoDiffusionLib.viewer.background import BackgroundTask
-from OrthoDiffusionLib.cli.view import is_loopback
+from OrthoDiffusionLib.viewer.security import is_loopback
 from OrthoDiffusionLib.viewer.folders import list_folder
 from OrthoDiffusionLib.viewer.results import open_result_folder
 from viewer_helpers import require, write_result_folder, write_study

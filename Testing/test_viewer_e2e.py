@@ -15,18 +15,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from viewer_helpers import require, write_study
+from viewer_helpers import require, viewer_process, write_study
 
 pytestmark = pytest.mark.browser
-
-URL_LINE = re.compile(r"OrthoDiffusion viewer: (http://127\.0\.0\.1:\d+/)")
 
 
 def chromium_path() -> str:
@@ -57,30 +53,9 @@ def viewer(tmp_path_factory):
     home = tmp_path_factory.mktemp("viewer_home")
     # ORTHODIFFUSION_VIEWER_MODEL: another bundle instead of the shipped demo model
     bundle = os.environ.get("ORTHODIFFUSION_VIEWER_MODEL") or str(default_model().file)
-    matrix = "256"
-    log_path = home / "viewer.log"
-    env = dict(os.environ, ORTHODIFFUSION_HOME=str(home), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "OrthoDiffusionLib", "view", "--model", str(bundle), "--device", "cpu",
-           "--sample-matrix", matrix, "--out", str(home / "results"), "--port", "0"]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(home))
-    try:
-        url, deadline = None, time.monotonic() + 300
-        while url is None and time.monotonic() < deadline and proc.poll() is None:
-            m = URL_LINE.search(log_path.read_text(errors="replace"))
-            url = m.group(1) if m else None
-            time.sleep(0.3)
-        if url is None:
-            pytest.fail(f"the viewer did not start (exit {proc.poll()}):\n{log_path.read_text()[-3000:]}")
-        yield url, home
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    with viewer_process(["--model", str(bundle), "--device", "cpu", "--sample-matrix", "256", "--out",
+                         str(home / "results")], home) as match:
+        yield match.group(1), home
 
 
 def _open_page(browser, url):
@@ -107,8 +82,9 @@ def test_folder_without_mri_shows_the_library_error_and_the_app_keeps_working(br
     from OrthoDiffusionLib.errors import NoDicomError
     from OrthoDiffusionLib.io import load_study
 
-    url, _ = viewer
-    empty = tmp_path / "no_mri"
+    url, home = viewer
+    # the picker browses only the folders the viewer was started with: here its working folder (home)
+    empty = home / "no_mri"
     empty.mkdir()
     (empty / "notes.txt").write_text("not an image")
     with pytest.raises(NoDicomError) as expected:
@@ -119,7 +95,7 @@ def test_folder_without_mri_shows_the_library_error_and_the_app_keeps_working(br
         banner = page.wait_for_selector("#error-banner", timeout=60_000)
         assert str(expected.value) in banner.inner_text()
         # still working: a real study folder opens and the banner goes away
-        study = tmp_path / "knee_study"
+        study = home / "knee_study"
         write_study(study, seed=5, matrix=48)
         _pick_folder(page, study)
         page.wait_for_function("document.querySelector('#exam-label').innerText.includes('knee_study')",

@@ -1,11 +1,17 @@
-"""Shared by the viewer tests: the CI-aware skip, a small simulated study folder and a finished result folder."""
+"""Shared by the viewer tests: the CI-aware skip, a small simulated study folder, a finished result folder and the
+viewer in a subprocess."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
+import re
+import subprocess
+import sys
+import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 import pytest
@@ -69,3 +75,35 @@ def write_result_folder(folder: Path, labelmaps: Dict[str, sitk.Image], probabil
                                                       (series_sources or {}).items()}}}
     (folder / "diagnosis.json").write_text(json.dumps(diagnosis), encoding="utf-8")
     return diagnosis
+
+
+#: The line ``orthodiffusion view`` prints once it serves: groups (address with token, port, token).
+VIEWER_URL_LINE = re.compile(r"OrthoDiffusion viewer: (http://127\.0\.0\.1:(\d+)/\?token=([A-Za-z0-9_\-]+))")
+
+
+@contextlib.contextmanager
+def viewer_process(args: List[str], home: Path, timeout_s: float = 300) -> Iterator[re.Match]:
+    """``orthodiffusion view ARGS`` in a subprocess on a free loopback port (working folder and
+    ``$ORTHODIFFUSION_HOME`` = ``home``, log in ``home/viewer.log``); yields the match of :data:`VIEWER_URL_LINE`
+    and ends the process (terminate, then kill) afterwards."""
+    log_path = home / "viewer.log"
+    env = dict(os.environ, ORTHODIFFUSION_HOME=str(home), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "OrthoDiffusionLib", "view", *args, "--port", "0"]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(home))
+    try:
+        match, deadline = None, time.monotonic() + timeout_s
+        while match is None and time.monotonic() < deadline and proc.poll() is None:
+            match = VIEWER_URL_LINE.search(log_path.read_text(errors="replace"))
+            time.sleep(0.3)
+        if match is None:
+            pytest.fail(f"the viewer did not start (exit {proc.poll()}):\n{log_path.read_text()[-3000:]}")
+        yield match
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)

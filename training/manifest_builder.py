@@ -174,10 +174,13 @@ def _scan_patient(folder: Path, patient: str, prefer: str, tolerance_deg: float,
     from .pretrain.data import is_labelmap_name, looks_like_labelmap
 
     candidates, ignored = find_candidates(folder, tolerance_deg)
-    for path, reason in ignored:
-        problems.append(f"{patient}: ignored {os.path.relpath(path, folder.parent)}: {reason}")
     images: List[_Image] = []
     labelmaps: List[str] = []
+    for path, reason in ignored:
+        if is_labelmap_name(path) or "label map" in reason:  # the reader sets label maps aside: candidates for seg_path
+            labelmaps.append(path)
+        else:
+            problems.append(f"{patient}: ignored {os.path.relpath(path, folder.parent)}: {reason}")
     for c in candidates:
         is_dicom = (c.meta or {}).get("format") == "DICOM"
         if not is_dicom:

@@ -23,8 +23,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from OrthoDiffusionLib.errors import InputError
 
-__all__ = ["PROTOCOL_PRESETS", "protocol_overrides", "backbone_preprocessing", "size_overrides",
-           "add_size_arguments"]
+__all__ = ["PROTOCOL_PRESETS", "RESERVED_COLUMNS", "protocol_overrides", "backbone_preprocessing", "size_overrides",
+           "label_overrides", "manifest_label_columns", "diagnosis_overrides", "resolved_size"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -115,16 +115,6 @@ def size_overrides(size: Optional[int], slices: Optional[int], overrides: Sequen
                  + ", ".join(f"{k} {value[k]}" for k in taken))
 
 
-def add_size_arguments(parser, what: str = "input") -> None:
-    """``--size`` and ``--slices`` (default: from the backbone's metadata, else the configuration)."""
-    parser.add_argument("--size", type=int, default=None,
-                        help=f"{what} in-plane size in pixels (default: the size recorded in the backbone file, "
-                             "else the configuration's preprocessing.size)")
-    parser.add_argument("--slices", type=int, default=None,
-                        help="slices per volume (default: as recorded in the backbone file, else the "
-                             "configuration's preprocessing.slices)")
-
-
 def resolved_size(cfg: Mapping[str, object]) -> str:
     pre = cfg.get("preprocessing") or {}
     grid = f" on a {pre['slice_mm']:g} mm x {pre['inplane_mm']:g} mm grid" if pre.get("slice_mm") else ""  # type: ignore
@@ -154,31 +144,25 @@ def manifest_label_columns(manifest: PathLike) -> List[str]:
     return labels
 
 
-def add_label_arguments(parser) -> None:
-    """``--labels KEYS`` and ``--labels-from-manifest``."""
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--labels", metavar="KEY[,KEY...]", default=None,
-                       help="train these labels only, in this order (each a 0/1 manifest column: a subset of the "
-                            "configuration's labels, or new ones); default: the configuration's labels")
-    group.add_argument("--labels-from-manifest", action="store_true",
-                       help="train every label column of the manifest (all columns except patient_id, plane, "
-                            "series_path, split, seg_path, the EHR columns, center and field_strength)")
-
-
-def label_overrides(args, manifest: Optional[PathLike] = None) -> List[str]:
-    """``--set labels=[...]`` from ``--labels`` / ``--labels-from-manifest`` (empty when neither is given)."""
+def label_overrides(labels: Optional[str] = None, from_manifest: Optional[PathLike] = None) -> List[str]:
+    """``--set labels=[...]`` from ``--labels KEY,...`` or, with ``from_manifest``, from the label columns of that
+    manifest (empty when neither is given)."""
     keys: Optional[List[str]] = None
-    if getattr(args, "labels", None):
-        keys = [k.strip() for k in str(args.labels).split(",") if k.strip()]
+    if labels:
+        keys = [k.strip() for k in str(labels).split(",") if k.strip()]
         if not keys:
             raise InputError("--labels needs at least one label key")
-    elif getattr(args, "labels_from_manifest", False):
-        keys = manifest_label_columns(manifest if manifest is not None else args.manifest)
+    elif from_manifest is not None:
+        keys = manifest_label_columns(from_manifest)
     return [] if keys is None else [f"labels={json.dumps(keys)}"]
 
 
-def add_protocol_argument(parser) -> None:
-    parser.add_argument("--protocol", choices=tuple(PROTOCOL_PRESETS), default=None,
-                        help="linear-probe: backbone frozen, taps cached, 10 epochs; fine-tune: encoder + middle "
-                             "block trained at 0.05 x the head's learning rate, noise redrawn every step, 5 epochs "
-                             "(default: the configuration's protocol, unchanged)")
+def diagnosis_overrides(base_protocol: Optional[str], user_sets: Sequence[str], *, protocol: Optional[str] = None,
+                        labels: Optional[str] = None, labels_from: Optional[PathLike] = None,
+                        size: Optional[int] = None, slices: Optional[int] = None,
+                        backbones: Sequence[PathLike] = ()) -> Tuple[List[str], List[str]]:
+    """(all ``--set`` strings of a diagnosis trainer's named options, in the order they apply -- protocol, labels,
+    input size, then the user's ``--set`` -- and notes to print)."""
+    overrides = protocol_overrides(protocol, base_protocol) + label_overrides(labels, labels_from)
+    sizes, note = size_overrides(size, slices, user_sets, backbones)
+    return overrides + sizes + list(user_sets), [note] if note else []

@@ -11,9 +11,8 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from OrthoDiffusionLib.atomic import atomic_path
-from OrthoDiffusionLib.errors import InputError
 
-__all__ = ["write_text", "write_log_csv", "save_tensors", "utc_now", "resolve_device"]
+__all__ = ["write_text", "write_log_csv", "save_tensors", "utc_now"]
 
 
 def write_text(path: Path, text: str) -> None:
@@ -44,15 +43,6 @@ def save_tensors(path: Path, state: Mapping[str, torch.Tensor]) -> None:
 
 def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an :class:`InputError`."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for but no CUDA device is available")
-    return torch.device(device)
 
 
 def print_run_summary(metrics: Mapping[str, Any], run_dir: Any) -> None:

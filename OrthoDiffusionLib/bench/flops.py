@@ -4,8 +4,8 @@ FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` (convolution
 work is not counted, so the FLOP-bound minimum is a lower bound) for:
 
 * one encoder pass (``DiffusionUNet.encode`` to ``mid_2``, the deepest tap an FT-Opt model uses);
-* one full exam of ours (:class:`~OrthoDiffusionLib.predictor.Predictor` on the random-weight FT-Opt-shaped model of
-  :mod:`bench_model`, no structure measures);
+* one full exam of ours (:class:`~OrthoDiffusionLib.inference.predictor.Predictor` on the random-weight FT-Opt-shaped model of
+  :mod:`.model`, no structure measures);
 * one pretraining step (full U-Net forward + backward of the epsilon loss at ``--train-batch``).
 
 Peak: on the CPU the MEASURED throughput of a large 3x3x3 convolution (64 -> 64 channels on 16 x 128 x 128, the
@@ -16,11 +16,12 @@ Each row gives seconds (median after warm-up), achieved TFLOP/s, the fraction of
 """
 from __future__ import annotations
 
-import argparse
-import time
 from typing import Callable, Dict, Optional
 
-__all__ = ["GPU_BF16_PEAK_TFLOPS", "count_flops", "measured_conv_tflops", "bench_flops", "register_flops_bench"]
+from ..device import precision_autocast
+from .timing import device_facts, device_sync, setup_device, time_callable
+
+__all__ = ["GPU_BF16_PEAK_TFLOPS", "count_flops", "measured_conv_tflops", "bench_flops"]
 
 #: Spec-sheet dense (no sparsity) bf16 tensor-core peak, TFLOP/s, by a substring of the CUDA device name.
 GPU_BF16_PEAK_TFLOPS: Dict[str, float] = {"H200": 989.4, "H100 SXM": 989.4, "H100 NVL": 835.0, "H100 PCIe": 756.0,
@@ -38,18 +39,15 @@ def count_flops(fn: Callable[[], object]) -> int:
     return int(mode.get_total_flops())
 
 
-def measured_conv_tflops(device, bf16: bool = False, repeats: int = 3, size: int = 128) -> Dict[str, float]:
+def measured_conv_tflops(device, precision: str = "fp32", repeats: int = 3, size: int = 128) -> Dict[str, float]:
     """Throughput (TFLOP/s) of Conv3d(64, 64, 3, padding=1) on (1, 64, 16, size, size): median of ``repeats``."""
     import torch
 
-    from .timing import device_sync, time_callable
-
     conv = torch.nn.Conv3d(64, 64, 3, padding=1).to(device).eval()
     x = torch.randn(1, 64, 16, size, size, device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
     def run() -> object:
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), precision_autocast(device, precision):
             return conv(x)
 
     flops = count_flops(run)
@@ -74,20 +72,17 @@ def bench_flops(width: int = 64, size: int = 256, slices: int = 16, train_batch:
     import torch
 
     from ..model.backbone import DiffusionUNet
-    from .timing import device_sync, time_callable
-    from .inference import _device_facts, _setup
     from ..model.schedule import CosineSchedule
 
-    dev = _setup(threads, device)
-    bf16 = precision == "bf16"
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
+    dev = setup_device(threads, device)
+    autocast = precision_autocast(dev, precision)
     sync = device_sync(dev)
     if dev.type == "cuda":
         peak = _gpu_peak(torch.cuda.get_device_name(dev))
         peak_source = "spec sheet, dense bf16" if peak else None
     else:
         peak, peak_source = None, None
-    conv = measured_conv_tflops(dev, bf16=bf16, repeats=repeats, size=probe_size)
+    conv = measured_conv_tflops(dev, precision, repeats=repeats, size=probe_size)
     if peak is None:
         peak = conv["tflops"]
         peak_source = f"measured Conv3d 64->64 3x3x3 on 16x{probe_size}x{probe_size} ({precision})"
@@ -145,37 +140,4 @@ def bench_flops(width: int = 64, size: int = 256, slices: int = 16, train_batch:
         add(f"pretraining step (batch {train_batch}, {slices}x{ts}x{ts}, fwd+bwd+AdamW)", count_flops(step),
             time_callable(step, repeats=repeats, warmup=1, sync=sync)["median_s"])
     return {"rows": rows, "peak_tflops": peak, "peak_source": peak_source, "precision": precision,
-            "width": width, "repeats": repeats, **_device_facts(dev)}
-
-
-def _run(args: argparse.Namespace) -> int:
-    from .timing import print_results
-
-    start = time.perf_counter()
-    result = bench_flops(args.width, args.size, args.slices, args.train_batch, args.train_size, args.repeats,
-                         args.device, args.precision, args.threads, not args.no_exam, not args.no_train)
-    result["wall_s"] = time.perf_counter() - start
-    rows = result.pop("rows")
-    print_results("FLOPs and achieved fraction of peak", rows,
-                  ["work", "gflop", "median_s", "achieved_tflops", "fraction_of_peak", "over_flop_bound"], result,
-                  args.json)
-    return 0
-
-
-def register_flops_bench(sub: argparse._SubParsersAction) -> None:
-    """The ``flops`` subject (in :data:`OrthoDiffusionLib.bench.SUBJECT_REGISTRARS`)."""
-    p = sub.add_parser("flops", help="FLOPs per encoder pass / exam / train step and fraction of peak",
-                       description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--width", type=int, default=64)
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--slices", type=int, default=16)
-    p.add_argument("--train-batch", type=int, default=10, help="pretraining batch (default 10, the paper's)")
-    p.add_argument("--train-size", type=int, default=None, help="in-plane size of the training step (default --size)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--no-exam", action="store_true", help="skip the full-exam row")
-    p.add_argument("--no-train", action="store_true", help="skip the training-step row")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
-    p.set_defaults(func=_run)
+            "width": width, "repeats": repeats, **device_facts(dev)}

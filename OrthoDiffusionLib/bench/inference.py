@@ -1,13 +1,13 @@
 """``orthodiffusion bench inference | batch | scaling``: inference speed and memory of a full exam.
 
-All three use a random-weight FT-Opt-shaped model built in memory (:func:`bench_model.synthetic_bundle`; width 64,
+All three use a random-weight FT-Opt-shaped model built in memory (:func:`.model.synthetic_bundle`; width 64,
 16 x 256 x 256 = the paper's network and input by default) and simulated procedural exams (copies of one: the
 networks do the same work on a copy). An exam = diagnosis on three planes (FT-Opt taps) + segmentation of the
 sagittal and coronal planes, resampled back onto the original series geometry.
 
-* ``inference``: ours (:class:`~OrthoDiffusionLib.predictor.Predictor`, one encoder pass per (plane, timestep)
+* ``inference``: ours (:class:`~OrthoDiffusionLib.inference.predictor.Predictor`, one encoder pass per (plane, timestep)
   serving every head, in each ``--precisions``) against the authors-style reference
-  (:func:`reference_inference.reference_predict`: fp32, one full U-Net call per (plane, block), no reuse) IN THE SAME
+  (:func:`.reference_inference.reference_predict`: fp32, one full U-Net call per (plane, block), no reuse) IN THE SAME
   PROCESS, one exam at a time: median seconds after warm-up, peak RSS (and peak CUDA memory), the ratio
   ours/reference, and the agreement of the two (max |probability difference|, fraction of equal label-map voxels).
   Structure measures (volumes, cartilage thickness) depend on the label maps: on a random-weight model they are
@@ -16,55 +16,24 @@ sagittal and coronal planes, resampled back onto the original series geometry.
 * ``batch``: per-exam time and exams/s of ``predict_many`` for N exams in one batch (model loaded once).
 * ``scaling``: per-exam time and peak memory of ours against the preprocessing grid (in-plane size x slices).
 
-Peak memory: :class:`~OrthoDiffusionLib.peak_memory.PeakMemory` (RSS high-water mark of the process, reset per row;
+Peak memory: :class:`~OrthoDiffusionLib.bench.peak_memory.PeakMemory` (RSS high-water mark of the process, reset per row;
 it includes the weights resident at the time, reported as ``rss_before_mib``).
 """
 from __future__ import annotations
 
-import argparse
-import platform
-import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["bench_inference", "bench_batch", "bench_scaling", "cpu_name", "register_inference_benches"]
+from .timing import device_facts, device_sync, setup_device, time_callable
+
+__all__ = ["bench_inference", "bench_batch", "bench_scaling"]
 
 _REFERENCE = "reference (authors-style fp32, full U-Net per (plane, block), no reuse)"
 
 
-def cpu_name() -> str:
-    """The CPU model name (``lscpu``'s ``Model name``, from /proc/cpuinfo) and the usable core count."""
-    import os
-
-    name = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{name} ({cores} cores)"
-
-
-def _device_facts(device) -> Dict[str, object]:
-    import torch
-
-    facts: Dict[str, object] = {"torch": torch.__version__}
-    if device.type == "cuda":
-        facts["device"] = torch.cuda.get_device_name(device)
-    else:
-        facts["device"] = cpu_name()
-        facts["threads"] = torch.get_num_threads()
-    return facts
-
-
 def _measure(fn: Callable[[], object], repeats: int, warmup: int, device) -> Dict[str, object]:
     """Median/min seconds of ``fn`` (after ``warmup`` runs) and the peak memory over all runs."""
-    from .timing import device_sync, time_callable
     from .peak_memory import PeakMemory, current_rss_mib
 
     sync = device_sync(device)
@@ -76,16 +45,6 @@ def _measure(fn: Callable[[], object], repeats: int, warmup: int, device) -> Dic
     if pm.cuda_mib is not None:
         row["peak_cuda_mib"] = pm.cuda_mib
     return row
-
-
-def _setup(threads: Optional[int], device: str):
-    import torch
-
-    from ..inference.predictor import resolve_device
-
-    if threads:
-        torch.set_num_threads(int(threads))
-    return resolve_device(device)
 
 
 # ------------------------------------------------------------------------------------------------- inference
@@ -104,7 +63,7 @@ def bench_inference(width: int = 64, size: int = 256, slices: int = 16, matrix: 
     from ..inference.predictor import Predictor
     from .reference_inference import labelmap_agreement, reference_predict
 
-    dev = _setup(threads, device)
+    dev = setup_device(threads, device)
     exam = simulated_exams(1, matrix=matrix)[0]
     rows: List[Dict[str, object]] = []
     ours_out: Dict[str, object] = {}
@@ -167,7 +126,7 @@ def bench_inference(width: int = 64, size: int = 256, slices: int = 16, matrix: 
     out["full_exam_s"] = first["median_s"] + mrow["median_s"]
     out.update({"input": [1, 1, slices, size, size], "width": width, "exam_matrix": matrix,
                 "params_per_backbone": sum(p.numel() for p in DiffusionUNet(model_channels=width).parameters()),
-                "repeats": repeats, "warmup": warmup, **_device_facts(dev)})
+                "repeats": repeats, "warmup": warmup, **device_facts(dev)})
     return out
 
 
@@ -180,14 +139,14 @@ def bench_batch(counts: Optional[Sequence[int]] = None, width: int = 64, size: i
     1, 4, 16 on CUDA; 1, 8, 32 on the CPU.
 
     ``model``: a bundle file or registered name (``bench predict``); None = the random-weight full-size FT-Opt
-    layout of :func:`bench_model.synthetic_bundle` (``width``/``size``/``slices``). ``study``: copies of this study
+    layout of :func:`.model.synthetic_bundle` (``width``/``size``/``slices``). ``study``: copies of this study
     instead of simulated exams of in-plane ``matrix``. ``segmentation=False``: diagnosis only. ``measures``: also
     the structure measures (off by default: a random network's speckled label maps make them pathological).
     """
     from .model import simulated_exams, synthetic_bundle
     from ..inference.predictor import Predictor
 
-    dev = _setup(threads, device)
+    dev = setup_device(threads, device)
     if counts is None:
         counts = (1, 4, 16) if dev.type == "cuda" else (1, 8, 32)
     counts = sorted({int(c) for c in counts})
@@ -221,7 +180,7 @@ def bench_batch(counts: Optional[Sequence[int]] = None, width: int = 64, size: i
         facts.update({"input": [1, 1, slices, size, size], "width": width})
     return {"rows": rows, f"ratio_per_exam_N{counts[0]}_over_N{counts[-1]}": rows[0]["per_exam_s"] /
             rows[-1]["per_exam_s"], "precision": precision, "channels_last": channels_last,
-            "repeats": repeats, "warmup": warmup, **facts, **_device_facts(dev)}
+            "repeats": repeats, "warmup": warmup, **facts, **device_facts(dev)}
 
 
 # --------------------------------------------------------------------------------------------------- scaling
@@ -233,7 +192,7 @@ def bench_scaling(sizes: Sequence[int] = (128, 256, 512), slices: Sequence[int] 
     from .model import simulated_exams, synthetic_bundle
     from ..inference.predictor import Predictor
 
-    dev = _setup(threads, device)
+    dev = setup_device(threads, device)
     exam = simulated_exams(1, matrix=matrix)[0]
     rows: List[Dict[str, object]] = []
     for d in slices:
@@ -253,90 +212,4 @@ def bench_scaling(sizes: Sequence[int] = (128, 256, 512), slices: Sequence[int] 
     for r in rows:
         r["per_voxel_ratio"] = r["median_s"] / (r["slices"] * r["size"] ** 2) / base
     return {"rows": rows, "precision": precision, "width": width, "repeats": repeats, "warmup": warmup,
-            **_device_facts(dev)}
-
-
-# --------------------------------------------------------------------------------------------------- CLI
-def _common(p: argparse.ArgumentParser, repeats: int) -> None:
-    p.add_argument("--width", type=int, default=64, help="backbone model_channels (default 64 = the paper)")
-    p.add_argument("--matrix", type=int, default=256, help="in-plane matrix of the simulated exam (default 256)")
-    p.add_argument("--repeats", type=int, default=repeats, help=f"timed runs (default {repeats})")
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
-
-
-def _grid(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", type=int, default=256, help="preprocessing in-plane size (default 256)")
-    p.add_argument("--slices", type=int, default=16, help="preprocessing slices (default 16)")
-
-
-def _print(title: str, result: Dict[str, object], columns: Sequence[str], as_json: bool, start: float) -> int:
-    from .timing import print_results
-
-    result["wall_s"] = time.perf_counter() - start
-    rows = result.pop("rows")
-    print_results(title, rows, columns, result, as_json)
-    return 0
-
-
-def _run_inference(args: argparse.Namespace) -> int:
-    start = time.perf_counter()
-    result = bench_inference(args.width, args.size, args.slices, args.matrix, args.repeats, args.warmup,
-                             args.device, [s.strip() for s in args.precisions.split(",") if s.strip()],
-                             args.threads, args.channels_last, not args.no_reference)
-    return _print("Inference per exam: ours vs the authors-style reference (same process)", result,
-                  ["implementation", "backbone_passes", "median_s", "min_s", "max_s", "peak_rss_mib",
-                   "rss_before_mib", "peak_cuda_mib", "stage_s"], args.json, start)
-
-
-def _run_batch(args: argparse.Namespace) -> int:
-    start = time.perf_counter()
-    result = bench_batch(args.exams, args.width, args.size, args.slices, args.matrix, args.repeats, args.warmup,
-                         args.device, args.precision, args.threads, args.channels_last)
-    return _print("Batched inference (model loaded once, no structure measures)", result,
-                  ["exams", "per_exam_s", "exams_per_s", "batch_s", "peak_rss_mib", "peak_cuda_mib"], args.json,
-                  start)
-
-
-def _run_scaling(args: argparse.Namespace) -> int:
-    start = time.perf_counter()
-    result = bench_scaling(args.sizes, args.slices, args.width, args.matrix, args.repeats, args.warmup, args.device,
-                           args.precision, args.threads)
-    return _print("Scaling of one exam with the preprocessing grid (ours, no structure measures)", result,
-                  ["slices", "size", "median_s", "per_voxel_ratio", "peak_rss_mib", "rss_before_mib",
-                   "peak_cuda_mib"], args.json, start)
-
-
-def register_inference_benches(sub: argparse._SubParsersAction) -> None:
-    """The ``inference``, ``batch`` and ``scaling`` subjects (in :data:`bench.SUBJECT_REGISTRARS`)."""
-    p = sub.add_parser("inference", help="per-exam inference: ours vs the authors-style reference",
-                       description="Full-exam inference (3-plane diagnosis with FT-Opt taps + sagittal/coronal "
-                                   "segmentation) of a random-weight full-size model: ours vs the authors-style "
-                                   "reference in the same process; median time, peak memory, ratio, agreement.")
-    _common(p, 3)
-    _grid(p)
-    p.add_argument("--precisions", default="fp32", help="comma-separated ours precisions: fp32, bf16 (default fp32)")
-    p.add_argument("--channels-last", action="store_true", help="ours with channels-last backbones")
-    p.add_argument("--no-reference", action="store_true", help="skip the reference")
-    p.set_defaults(func=_run_inference)
-
-    p = sub.add_parser("batch", help="exams per second for N exams per batch",
-                       description="Per-exam time and exams/s of predict_many with N exams in one batch "
-                                   "(model loaded once). Default N: 1 4 16 on CUDA, 1 8 32 on the CPU.")
-    _common(p, 2)
-    _grid(p)
-    p.add_argument("--exams", type=int, nargs="+", default=None, metavar="N", help="batch sizes")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    p.add_argument("--channels-last", action="store_true", help="channels-last backbones")
-    p.set_defaults(func=_run_batch)
-
-    p = sub.add_parser("scaling", help="time and memory against the input size",
-                       description="Per-exam time and peak memory of ours for each preprocessing grid "
-                                   "(--sizes x --slices).")
-    _common(p, 1)
-    p.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512], help="in-plane sizes")
-    p.add_argument("--slices", type=int, nargs="+", default=[16, 32], help="slice counts")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    p.set_defaults(func=_run_scaling)
+            **device_facts(dev)}

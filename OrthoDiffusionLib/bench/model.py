@@ -1,11 +1,11 @@
 """A random-weight model bundle built in memory, and simulated exams, for the benchmarks (``orthodiffusion bench``).
 
-:func:`synthetic_bundle` gives a :class:`~OrthoDiffusionLib.bundle.ModelBundle` with the layout of a real FT-Opt knee
+:func:`synthetic_bundle` gives a :class:`~OrthoDiffusionLib.bundle.format.ModelBundle` with the layout of a real FT-Opt knee
 model (no file is written): one diffusion backbone per plane (``DiffusionUNet`` of width ``width``; width 64 = the
 paper's 34.5M-parameter network), the FT-Opt (timestep, block) per plane (sagittal (150, mid_0), coronal (50, mid_2),
 axial (200, mid_0)), a SAP + concat + MPAE diagnosis head for the 8 knee labels, and bottleneck segmentation heads
 (12 classes, tap ``mid_2`` at timestep 50) for the sagittal and coronal planes. Backbones are stored FULL (decoder
-included) by default so that the authors-style reference (:mod:`OrthoDiffusionLib.reference_inference`) can run the
+included) by default so that the authors-style reference (:mod:`OrthoDiffusionLib.bench.reference_inference`) can run the
 whole U-Net as their code does. Timing does not depend on the weights' values, so random weights are fine.
 
 Shapes: preprocessing gives (slices, size, size) volumes; backbone input (B, 1, slices, size, size).
@@ -23,7 +23,7 @@ from ..io import Exam
 
 __all__ = ["FT_OPT_TAPS", "SEG_TAP", "synthetic_bundle", "simulated_exams"]
 
-#: FT-Opt (timestep, block) per plane for knee diagnosis (METHOD.md, Supplementary Table 10).
+#: FT-Opt (timestep, block) per plane for knee diagnosis (the paper's Supplementary Table 10).
 FT_OPT_TAPS: Dict[str, Tuple[int, str]] = {"sagittal": (150, "mid_0"), "coronal": (50, "mid_2"),
                                            "axial": (200, "mid_0")}
 #: (timestep, block) of the segmentation heads.

@@ -3,8 +3,8 @@
 ``with PeakMemory(device) as pm: work()`` then ``pm.rss_mib`` (peak RSS during the block, MiB; the kernel's high-water
 mark ``VmHWM`` is reset on entry by writing ``5`` to ``/proc/self/clear_refs``, so earlier peaks do not count) and
 ``pm.cuda_mib`` (``torch.cuda.max_memory_allocated`` after a reset; ``None`` on CPU). Where the reset is not possible
-(not Linux, no permission) ``rss_mib`` is the process-lifetime peak (``resource.getrusage``) and ``rss_is_lifetime``
-says so.
+or does not take effect (not Linux, no permission, a kernel that accepts the write but keeps the mark: checked by
+reading the mark back) ``rss_mib`` is the process-lifetime peak and ``rss_is_lifetime`` says so.
 """
 from __future__ import annotations
 
@@ -19,13 +19,19 @@ _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
+#: After a reset the peak (VmHWM) may exceed the current RSS by at most this much (MiB; pages touched meanwhile).
+_RESET_SLACK_MIB = 2.0
+
+
 def reset_peak_rss() -> bool:
-    """Reset this process's peak-RSS mark (Linux >= 4.0); True when it worked."""
+    """Reset this process's peak-RSS mark (Linux >= 4.0); True when it took effect: the write is accepted AND the
+    peak then reads no more than the current RSS (some kernels accept the write without resetting the mark)."""
     try:
         _CLEAR_REFS.write_text("5")
-        return True
     except OSError:
         return False
+    hwm, rss = _status_mib("VmHWM"), _status_mib("VmRSS")
+    return hwm is not None and rss is not None and hwm <= rss + _RESET_SLACK_MIB
 
 
 def _status_mib(field: str) -> Optional[float]:

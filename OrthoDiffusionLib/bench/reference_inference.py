@@ -1,6 +1,6 @@
 """The straightforward inference of the authors' code, as the reference of ``orthodiffusion bench inference``.
 
-What it does differently from :class:`~OrthoDiffusionLib.predictor.Predictor` (same numbers, more work):
+What it does differently from :class:`~OrthoDiffusionLib.inference.predictor.Predictor` (same numbers, more work):
 
 * float32 eager, no ``inference_mode`` tricks beyond ``no_grad``;
 * one FULL U-Net call (encoder, middle block AND decoder, as the authors' feature extractor runs ``model(x_t, t)``
@@ -8,7 +8,7 @@ What it does differently from :class:`~OrthoDiffusionLib.predictor.Predictor` (s
   is shared between diagnosis and segmentation, even where plane, timestep and backbone are the same;
 * every plane is preprocessed again for every use.
 
-The noise, schedule and heads are those of the predictor (same seeds: :func:`predictor._noise_seed`), so the
+The noise, schedule and heads are those of the predictor (same seeds: :func:`~OrthoDiffusionLib.inference.predictor.noise_seed`), so the
 reference and ours must give equal probabilities and label maps; the benchmark and the tests check that.
 
 Shapes: preprocessed volume (slices, size, size); backbone input (1, 1, slices, size, size); tap
@@ -24,7 +24,7 @@ import torch
 
 from ..model.backbone import DiffusionUNet
 from ..io import Exam
-from ..inference.predictor import Predictor, _noise_seed
+from ..inference.predictor import Predictor, noise_seed
 from ..inference.preprocess import preprocess_series
 
 __all__ = ["reference_predict", "tap_module"]
@@ -49,7 +49,7 @@ def _hooked_forward(model: DiffusionUNet, x_t: torch.Tensor, t: torch.Tensor, ta
 
 def _noised(predictor: Predictor, volume: np.ndarray, plane: str, timestep: int) -> torch.Tensor:
     x0 = torch.from_numpy(volume)[None, None].to(predictor.device)
-    g = torch.Generator().manual_seed(_noise_seed(predictor.seed, 0, plane, timestep))
+    g = torch.Generator().manual_seed(noise_seed(predictor.seed, 0, plane, timestep))
     noise = torch.randn((1, *x0.shape[1:]), generator=g).to(predictor.device)
     return predictor.schedule.q_sample(x0, predictor.schedule.as_timesteps(timestep, 1, predictor.device), noise)
 

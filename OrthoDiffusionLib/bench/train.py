@@ -17,7 +17,6 @@ largest relative difference between the two loss curves (over the steps where bo
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import statistics
@@ -27,16 +26,18 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from OrthoDiffusionLib.model.backbone import DiffusionUNet
+from OrthoDiffusionLib.device import precision_autocast
+from OrthoDiffusionLib.model.backbone import CPU_SCALE_CONFIG, DiffusionUNet
 from OrthoDiffusionLib.bench.model import FT_OPT_TAPS
+from OrthoDiffusionLib.bench.timing import device_facts, device_sync, setup_device
 from OrthoDiffusionLib.model.heads import DiagnosisHead
 from OrthoDiffusionLib.labels import PLANES
 from OrthoDiffusionLib.model.schedule import CosineSchedule
 
-__all__ = ["CONFIGS", "bench_train", "register_train_bench"]
+__all__ = ["CONFIGS", "bench_train"]
 
-#: name -> (bf16 autocast, channels-last-3d)
-CONFIGS: Dict[str, Tuple[bool, bool]] = {"reference": (False, False), "ours": (True, True)}
+#: name -> (precision, channels-last-3d)
+CONFIGS: Dict[str, Tuple[str, bool]] = {"reference": ("fp32", False), "ours": ("bf16", True)}
 
 
 def _batches(kind: str, n: int, batch: int, slices: int, size: int, seed: int) -> List[Dict[str, torch.Tensor]]:
@@ -58,10 +59,11 @@ def _batches(kind: str, n: int, batch: int, slices: int, size: int, seed: int) -
 class _FineTuneModel(torch.nn.Module):
     """Three plane backbones (encode only) + the diagnosis head: (B, 1, D, H, W) per plane -> (B, 8) logits."""
 
-    def __init__(self, width: int):
+    def __init__(self, config: Dict[str, object]):
         super().__init__()
-        self.backbones = torch.nn.ModuleDict({p: DiffusionUNet(model_channels=width) for p in PLANES})
-        self.head = DiagnosisHead(8, channels=4 * width, fusion="concat", with_mpae=False)
+        self.backbones = torch.nn.ModuleDict({p: DiffusionUNet(**config) for p in PLANES})
+        channels = self.backbones[PLANES[0]].tap_channels("mid_0")
+        self.head = DiagnosisHead(8, channels=channels, fusion="concat", with_mpae=False)
 
     def forward(self, volumes: Dict[str, torch.Tensor]) -> torch.Tensor:
         taps = {}
@@ -71,21 +73,31 @@ class _FineTuneModel(torch.nn.Module):
         return self.head(taps).logits
 
 
-def _make_model(kind: str, width: int, seed: int) -> torch.nn.Module:
+def network_config(network: str, width: int) -> Dict[str, object]:
+    """DiffusionUNet arguments of a benchmarked network: ``authors`` (their layout at ``width``) or ``cpu`` (the
+    CPU-scale configuration, :data:`CPU_SCALE_CONFIG`)."""
+    if network == "authors":
+        return {"model_channels": width}
+    if network == "cpu":
+        return dict(CPU_SCALE_CONFIG)
+    raise ValueError(f"unknown network {network!r} (authors, cpu)")
+
+
+def _make_model(kind: str, config: Dict[str, object], seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     if kind == "pretrain":
-        net = DiffusionUNet(model_channels=width)
+        net = DiffusionUNet(**config)
         with torch.no_grad():  # the zero-initialised output convs would make the first steps degenerate
             for p in net.parameters():
                 if not p.any():
                     p.normal_(0.0, 0.02)
         return net
-    return _FineTuneModel(width)
+    return _FineTuneModel(config)
 
 
-def _step_fn(kind: str, model: torch.nn.Module, opt: torch.optim.Optimizer, bf16: bool, device: torch.device,
+def _step_fn(kind: str, model: torch.nn.Module, opt: torch.optim.Optimizer, precision: str, device: torch.device,
              schedule: CosineSchedule, forward: Callable) -> Callable[[Dict[str, torch.Tensor]], torch.Tensor]:
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    autocast = precision_autocast(device, precision)
 
     def step(b: Dict[str, torch.Tensor]) -> torch.Tensor:
         with autocast:
@@ -103,11 +115,13 @@ def _step_fn(kind: str, model: torch.nn.Module, opt: torch.optim.Optimizer, bf16
 
 
 def _run_config(kind: str, name: str, base: torch.nn.Module, batches: Sequence[Dict[str, torch.Tensor]],
-                warmup: int, device: torch.device, compile_model: bool) -> Dict[str, object]:
-    from OrthoDiffusionLib.bench.timing import device_sync
+                warmup: int, device: torch.device, compile_model: bool, ours_precision: str = "bf16"
+                ) -> Dict[str, object]:
     from OrthoDiffusionLib.bench.peak_memory import PeakMemory
 
-    bf16, channels_last = CONFIGS[name]
+    precision, channels_last = CONFIGS[name]
+    if name == "ours":
+        precision = ours_precision
     model = copy.deepcopy(base).to(device).train()
     if channels_last:
         for m in model.modules():
@@ -115,7 +129,7 @@ def _run_config(kind: str, name: str, base: torch.nn.Module, batches: Sequence[D
                 m.to_channels_last_3d()
     forward = torch.compile(model) if compile_model and name == "ours" else model
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    step = _step_fn(kind, model, opt, bf16, device, CosineSchedule(), forward)
+    step = _step_fn(kind, model, opt, precision, device, CosineSchedule(), forward)
     on_device = [{k: v.to(device) for k, v in b.items()} for b in batches]
     sync = device_sync(device)
     losses: List[float] = []
@@ -131,7 +145,8 @@ def _run_config(kind: str, name: str, base: torch.nn.Module, batches: Sequence[D
             losses.append(float(loss))
     median = statistics.median(times)
     label = {"reference": "reference (fp32 eager)",
-             "ours": "ours (bf16 autocast, channels-last-3d" + (", torch.compile)" if compile_model else ")")}[name]
+             "ours": f"ours ({precision}{' autocast' if precision == 'bf16' else ''}, channels-last-3d"
+                     + (", torch.compile)" if compile_model else ")")}[name]
     row: Dict[str, object] = {"step": kind, "config": label, "median_step_s": median, "steps_per_s": 1.0 / median,
                               "peak_rss_mib": pm.rss_mib, "losses": [round(v, 6) for v in losses],
                               "nonfinite_steps": sum(not math.isfinite(v) for v in losses)}
@@ -142,60 +157,30 @@ def _run_config(kind: str, name: str, base: torch.nn.Module, batches: Sequence[D
 
 def bench_train(kinds: Sequence[str] = ("pretrain", "finetune"), width: int = 64, size: int = 256, slices: int = 16,
                 batch: int = 10, steps: int = 6, warmup: int = 2, device: str = "cpu", compile_model: bool = False,
-                threads: Optional[int] = None, seed: int = 0) -> Dict[str, object]:
+                threads: Optional[int] = None, seed: int = 0, network: str = "authors",
+                ours_precision: str = "bf16") -> Dict[str, object]:
     """Time ``steps`` training steps (the first ``warmup`` untimed) of each kind in each configuration (see the
-    module docstring). Returns rows, per-kind speed-ups and loss-curve differences."""
-    from OrthoDiffusionLib.bench.inference import _device_facts, _setup
+    module docstring) for ``network`` (:func:`network_config`; ``width`` applies to ``authors``). Returns rows,
+    per-kind speed-ups and loss-curve differences, with the device (CPU model name) they ran on."""
 
     if steps <= warmup:
         raise ValueError(f"steps ({steps}) must exceed warmup ({warmup})")
-    dev = _setup(threads, device)
+    dev = setup_device(threads, device)
     rows: List[Dict[str, object]] = []
     extra: Dict[str, object] = {}
     for kind in kinds:
         if kind not in ("pretrain", "finetune"):
             raise ValueError(f"unknown step kind {kind!r} (pretrain, finetune)")
-        base = _make_model(kind, width, seed)
+        base = _make_model(kind, network_config(network, width), seed)
         batches = _batches(kind, steps, batch, slices, size, seed + 1)
         ref = _run_config(kind, "reference", base, batches, warmup, dev, False)
-        ours = _run_config(kind, "ours", base, batches, warmup, dev, compile_model)
+        ours = _run_config(kind, "ours", base, batches, warmup, dev, compile_model, ours_precision)
         rows += [ref, ours]
         extra[f"speedup_{kind}_ours_over_reference"] = ours["steps_per_s"] / ref["steps_per_s"]
         both = [(a, b) for a, b in zip(ref["losses"], ours["losses"]) if math.isfinite(a) and math.isfinite(b)]
         extra[f"loss_curve_max_rel_diff_{kind}"] = (max(abs(a - b) / max(abs(a), 1e-12) for a, b in both)
                                                     if both else float("nan"))
-    return {"rows": rows, **extra, "input": [batch, 1, slices, size, size], "width": width, "steps": steps,
-            "warmup": warmup, **_device_facts(dev)}
-
-
-def _run(args: argparse.Namespace) -> int:
-    from OrthoDiffusionLib.bench.timing import print_results
-
-    start = time.perf_counter()
-    result = bench_train(tuple(k.strip() for k in args.steps_of.split(",") if k.strip()), args.width, args.size,
-                         args.slices, args.batch, args.steps, args.warmup, args.device, args.compile, args.threads)
-    result["wall_s"] = time.perf_counter() - start
-    rows = result.pop("rows")
-    print_results("Training steps: fp32 eager reference vs ours", rows,
-                  ["step", "config", "median_step_s", "steps_per_s", "peak_cuda_mib", "peak_rss_mib", "nonfinite_steps",
-                   "losses"],
-                  result, args.json)
-    return 0
-
-
-def register_train_bench(sub: argparse._SubParsersAction) -> None:
-    """The ``train`` subject (in :data:`OrthoDiffusionLib.bench.SUBJECT_REGISTRARS`)."""
-    p = sub.add_parser("train", help="training step time: fp32 eager reference vs ours (bf16, channels-last)",
-                       description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps-of", default="pretrain,finetune", help="pretrain, finetune or both (default)")
-    p.add_argument("--width", type=int, default=64)
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--slices", type=int, default=16)
-    p.add_argument("--batch", type=int, default=10, help="batch size (default 10, the paper's)")
-    p.add_argument("--steps", type=int, default=6, help="steps per configuration, warm-up included (default 6)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed first steps (default 2)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
-    p.add_argument("--compile", action="store_true", help="ours with torch.compile")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
-    p.set_defaults(func=_run)
+    return {"rows": rows, **extra, "input": [batch, 1, slices, size, size], "network": network,
+            "network_config": {k: list(v) if isinstance(v, tuple) else v
+                               for k, v in network_config(network, width).items()}, "width": width, "steps": steps,
+            "warmup": warmup, **device_facts(dev)}

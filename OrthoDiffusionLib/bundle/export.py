@@ -1,19 +1,15 @@
-"""``orthodiffusion export``: build a model bundle from training run folders.
-
-    orthodiffusion export --diagnosis RUN [--segmentation RUN ...] --name NAME --out FILE.odbundle [--half]
-                          [--description TEXT]
+"""Build a model bundle from training run folders (``orthodiffusion export``: :mod:`OrthoDiffusionLib.cli.export`).
 
 A diagnosis run (``train-diagnosis``) supplies the per-plane backbones, (timestep, block), the DiagnosisHead (pooling,
 fusion, MPAE, temperatures) and the optional EHR branch; each segmentation run (``train-segmentation``, one plane per
 run) a backbone, (timestep, block) and a segmentation head. Backbones are stored encoder + middle block only and
-deduplicated by the sha256 of those tensors (identical backbones are stored once). ``--half`` stores the backbones and
+deduplicated by the sha256 of those tensors (identical backbones are stored once). ``half`` stores the backbones and
 segmentation heads as float16 (half the size; loading casts back to float32); the small diagnosis and EHR heads stay
 float32. Every weight file is checked while exporting: backbone files
 by their own integrity digest, heads by loading them into the network their run.json describes.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -22,11 +18,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 
 from .. import labels as label_tables
-from .format import BUNDLE_SUFFIX, encoder_state, load_bundle, now_iso, save_bundle
+from .format import encoder_state, load_bundle, now_iso, save_bundle
 from ..model.checkpoints import compare_state_dict, load_backbone_state, tensors_sha256
 from ..errors import BundleError, CorruptFileError, InputError, MissingPathError
 
-__all__ = ["DIAGNOSIS_RUN_FORMAT", "SEGMENTATION_RUN_FORMAT", "export_bundle", "register"]
+__all__ = ["DIAGNOSIS_RUN_FORMAT", "SEGMENTATION_RUN_FORMAT", "export_bundle"]
 
 PathLike = Union[str, os.PathLike]
 DIAGNOSIS_RUN_FORMAT = "orthodiffusion.diagnosis-run"
@@ -230,38 +226,3 @@ def _version() -> str:
     from .. import __version__
 
     return __version__
-
-
-def _cmd_export(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    if out.suffix != BUNDLE_SUFFIX:
-        raise InputError(f"the bundle file must end in {BUNDLE_SUFFIX}", out)
-    path = export_bundle(args.diagnosis, args.segmentation or [], args.name, out, half=args.half,
-                         description=args.description or "")
-    bundle = load_bundle(path)
-    s = bundle.summary()
-    print(f"wrote {path} ({s['size_bytes'] / 2**20:.2f} MiB, sha256 {s['sha256']})")
-    print(f"  diagnosis planes: {', '.join(s['diagnosis_planes']) or 'none'}; segmentation planes: "
-          f"{', '.join(s['segmentation_planes']) or 'none'}; backbones stored: {len(bundle.meta['backbones'])}; "
-          f"synthetic data only: {s['synthetic_data_only']}")
-    bytes_per = {"float16": 2, "float32": 4}
-    for comp, info in bundle.meta["components"].items():
-        n = sum(v.numel() for v in bundle.states[comp].values())
-        print(f"  {comp:<24} {n / 1e6:8.2f} M values  {n * bytes_per.get(info['dtype'], 4) / 2**20:8.2f} MiB "
-              f"({info['dtype']})")
-    return 0
-
-
-def register(subparsers) -> None:
-    """``orthodiffusion export``."""
-    p = subparsers.add_parser("export", help="build a model bundle (.odbundle) from training run folders",
-                              description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--diagnosis", metavar="RUN", default=None, help="train-diagnosis run folder")
-    p.add_argument("--segmentation", metavar="RUN", action="append", default=[],
-                   help="train-segmentation run folder (repeat for several planes)")
-    p.add_argument("--name", required=True, help="model name")
-    p.add_argument("--out", required=True, help="output file NAME.odbundle")
-    p.add_argument("--half", action="store_true", help="store the backbones as float16 (half the size)")
-    p.add_argument("--description", default="", help="free text shown in listings and reports")
-    p.set_defaults(func=_cmd_export)

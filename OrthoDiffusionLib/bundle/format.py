@@ -26,7 +26,7 @@ Bundle JSON (``ModelBundle.meta``)::
      "components": {component: {"tensors_sha256", "dtype", "tensors": n}}}
 
 :func:`load_bundle` checks the format and version, the metadata digest and the sha256 of every component's tensors
-(:func:`OrthoDiffusionLib.checkpoints.tensors_sha256`), and refuses anything else -- a pickle renamed ``.odbundle``, a
+(:func:`OrthoDiffusionLib.model.checkpoints.tensors_sha256`), and refuses anything else -- a pickle renamed ``.odbundle``, a
 file with one changed byte -- with one :class:`~OrthoDiffusionLib.errors.BundleError` naming the file.
 """
 from __future__ import annotations
@@ -162,7 +162,7 @@ class ModelBundle:
 
     # ------------------------------------------------------------------------------------------------- networks
     def backbone(self, key: str):
-        """The :class:`~OrthoDiffusionLib.backbone.DiffusionUNet` ``key`` (eval mode, CPU, float32). A backbone stored
+        """The :class:`~OrthoDiffusionLib.model.backbone.DiffusionUNet` ``key`` (eval mode, CPU, float32). A backbone stored
         encoder-only has its decoder removed (``encode`` works, ``forward`` does not)."""
         from torch import nn
 
@@ -178,7 +178,7 @@ class ModelBundle:
         return model.eval()
 
     def diagnosis_head(self):
-        """The :class:`~OrthoDiffusionLib.heads.DiagnosisHead` (eval mode, CPU)."""
+        """The :class:`~OrthoDiffusionLib.model.heads.DiagnosisHead` (eval mode, CPU)."""
         from ..model.heads import DiagnosisHead
 
         diag = self.diagnosis
@@ -189,7 +189,7 @@ class ModelBundle:
         return head.eval()
 
     def ehr_model(self):
-        """The :class:`~OrthoDiffusionLib.ehr.EHRFusionClassifier` or ``None`` when the model has no EHR branch."""
+        """The :class:`~OrthoDiffusionLib.model.ehr.EHRFusionClassifier` or ``None`` when the model has no EHR branch."""
         from ..model.ehr import EHRFusionClassifier
 
         ehr = (self.diagnosis or {}).get("ehr")

@@ -8,14 +8,11 @@ Registry JSON (both files)::
 ``file`` is relative to the folder of the registry's ``models/`` directory (``Resources/models/`` for the shipped
 registry, ``$ORTHODIFFUSION_HOME/models/`` for the user's) or absolute. The user registry lives in
 ``$ORTHODIFFUSION_HOME`` (default ``~/.local/share/orthodiffusion``); ``orthodiffusion models import FILE`` verifies
-a bundle, copies it there and registers it. A user entry with the name of a shipped one takes precedence.
-
-    orthodiffusion models [list] [--json]
-    orthodiffusion models import FILE [--name NAME] [--default]
+a bundle, copies it there and registers it (:mod:`OrthoDiffusionLib.cli.models`). A user entry with the name of a
+shipped one takes precedence.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -29,7 +26,7 @@ from ..model.checkpoints import file_sha256
 from ..errors import BundleError, CorruptFileError, InputError, MissingPathError
 
 __all__ = ["RegisteredModel", "orthodiffusion_home", "shipped_registry_path", "user_registry_path", "list_models",
-           "default_model", "resolve_model", "model_anatomy", "import_model", "register"]
+           "default_model", "resolve_model", "model_anatomy", "import_model"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -197,51 +194,3 @@ def import_model(file: PathLike, name: Optional[str] = None, make_default: bool 
             m.default = False
     _write_registry(user_registry_path(), users + [entry])
     return entry
-
-
-def _fmt_seconds(v: Optional[float]) -> str:
-    return "-" if v is None else f"{v:.1f}"
-
-
-def _cmd_list(args: argparse.Namespace) -> int:
-    models = list_models()
-    if args.json:
-        print(json.dumps([m.as_dict() for m in models], indent=2))
-        return 0
-    if not models:
-        print(f"no models registered (shipped registry: {shipped_registry_path()}; user registry: "
-              f"{user_registry_path()})")
-        return 0
-    print(f"{'name':<28} {'default':<7} {'origin':<7} {'size MB':>8} {'CPU s':>6} {'GPU s':>6}  sha256 / file")
-    for m in models:
-        size = "-" if m.size_bytes is None else f"{m.size_bytes / 1e6:.1f}"
-        state = "" if m.present else "  [FILE ABSENT]"
-        print(f"{m.name:<28} {'yes' if m.default else '':<7} {m.origin:<7} {size:>8} {_fmt_seconds(m.cpu_seconds):>6} "
-              f"{_fmt_seconds(m.gpu_seconds):>6}  {m.sha256[:16]}  {m.file}{state}")
-        if m.description:
-            print(f"{'':<28} {m.description}")
-    return 0
-
-
-def _cmd_import(args: argparse.Namespace) -> int:
-    entry = import_model(args.file, args.name, args.default)
-    print(f"imported {entry.name!r}: {entry.file} (sha256 {entry.sha256}){' [default]' if entry.default else ''}")
-    return 0
-
-
-def register(subparsers) -> None:
-    """``orthodiffusion models [list | import FILE]``."""
-    p = subparsers.add_parser("models", help="list registered models or import a bundle file",
-                              description="List the model registry (shipped Resources/models.json plus the user's "
-                                          "$ORTHODIFFUSION_HOME/models.json) or import a verified bundle.")
-    p.add_argument("--json", action="store_true", help="print the listing as JSON")
-    sub = p.add_subparsers(dest="models_command", metavar="ACTION")
-    ls = sub.add_parser("list", help="list registered models (default)")
-    ls.add_argument("--json", action="store_true", help="print JSON")
-    ls.set_defaults(func=_cmd_list)
-    im = sub.add_parser("import", help="verify a .odbundle file, copy it to $ORTHODIFFUSION_HOME and register it")
-    im.add_argument("file")
-    im.add_argument("--name", default=None, help="registry name (default: the bundle's name)")
-    im.add_argument("--default", action="store_true", help="make it the default model")
-    im.set_defaults(func=_cmd_import)
-    p.set_defaults(func=_cmd_list)

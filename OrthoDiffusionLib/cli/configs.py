@@ -7,6 +7,9 @@ import json
 from typing import Dict, Sequence
 
 from ..errors import InputError
+from ..training import config_catalog
+from ..training.named_options import PROTOCOL_PRESETS
+from .common import add_command
 
 
 def _print_table(rows: Sequence[Dict[str, str]]) -> None:
@@ -21,9 +24,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.name is None:
         if args.set or args.protocol or args.size or args.slices:
             raise InputError("--set, --protocol, --size and --slices need a configuration NAME")
-        from ..training.config_catalog import catalog_rows
-
-        rows = catalog_rows()
+        rows = config_catalog.catalog_rows()
         if args.json:
             print(json.dumps(rows, indent=2))
         else:
@@ -35,19 +36,14 @@ def _run(args: argparse.Namespace) -> int:
         value = getattr(args, key)
         if value is not None:
             overrides.insert(0, f"preprocessing.{key}={int(value)}")
-    from ..training.config_catalog import resolve_any
-
-    print(json.dumps(resolve_any(args.name, overrides, args.protocol), indent=2))
+    print(json.dumps(config_catalog.resolve_any(args.name, overrides, args.protocol), indent=2))
     return 0
 
 
 def register(subparsers) -> None:
     """Add ``configs`` to the ``orthodiffusion`` command."""
-    from ..training import config_catalog
-    from ..training.named_options import PROTOCOL_PRESETS
-
-    p = subparsers.add_parser("configs", help="list the shipped training configurations, or show one resolved",
-                              description=config_catalog.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(subparsers, "configs", _run, help="list the shipped training configurations, or show one resolved",
+                    description=config_catalog.__doc__, raw=True)
     p.add_argument("name", nargs="?", help="configuration name (or paper name, or JSON file) to show resolved")
     p.add_argument("--protocol", choices=tuple(PROTOCOL_PRESETS), default=None,
                    help="as train-diagnosis --protocol")
@@ -55,4 +51,3 @@ def register(subparsers) -> None:
     p.add_argument("--slices", type=int, default=None, help="as the trainers' --slices")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="as the trainers' --set (repeatable)")
     p.add_argument("--json", action="store_true", help="the list as JSON")
-    p.set_defaults(func=_run)

@@ -1,19 +1,16 @@
-"""``orthodiffusion import-weights``: convert the authors' published ``model.pt`` files to our safetensors backbones.
+"""``orthodiffusion import-weights``: convert the authors' published ``model.pt`` files to our safetensors backbones
+(:func:`OrthoDiffusionLib.model.checkpoints.import_weights`).
 
-Every given file is read safely and checked against the network BEFORE anything is written, so a bad file leaves the
-output folder untouched. Output: ``backbone_{plane}.safetensors`` per plane and ``backbones.json`` (file names, sha256,
-source file and its sha256, training step).
+Output: ``backbone_{plane}.safetensors`` per plane and ``backbones.json`` in ``--out``; a bad file leaves the output
+folder untouched.
 """
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
-from typing import Dict
 
-from ..errors import OrthoDiffusionError
-
-MANIFEST_NAME = "backbones.json"
+from ..labels import PLANES
+from .common import add_command, with_stage_bars
 
 HELP = """Convert the authors' published diffusion checkpoints (train_diffusion_pose_N/model.pt; a pickled dict with
 step/model/ema/opt) into OrthoDiffusion backbone files. Files are read with torch.load(weights_only=True): a file that
@@ -46,48 +43,26 @@ example:
       --backbone-sagittal backbones/backbone_sagittal.safetensors \\
       --backbone-coronal backbones/backbone_coronal.safetensors \\
       --backbone-axial backbones/backbone_axial.safetensors --out runs/diagnosis"""
-AUTHORS_PREPROCESSING = {"slices": 16, "size": 256}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("import-weights", help="convert the authors' model.pt files to safetensors backbones",
-                              description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Add ``orthodiffusion import-weights``."""
+    p = add_command(subparsers, "import-weights", run,
+                    help="convert the authors' model.pt files to safetensors backbones", description=HELP,
+                    raw=True, epilog=EPILOG)
     p.add_argument("--axial", type=Path, help="axial checkpoint (authors' pose 0, inferred)")
     p.add_argument("--sagittal", type=Path, help="sagittal checkpoint (authors' pose 1, inferred)")
     p.add_argument("--coronal", type=Path, help="coronal checkpoint (authors' pose 2, inferred)")
     p.add_argument("--source", choices=("ema", "model"), default="ema",
                    help="checkpoint entry holding the weights (default: ema, the published weights)")
     p.add_argument("--out", type=Path, required=True, help="output folder (BACKBONES_DIR)")
-    p.set_defaults(func=run)
-
-
-def import_weights(files: Dict[str, Path], out_dir: Path, source: str = "ema", progress: bool = True) -> Dict:
-    """Convert {plane: model.pt} into ``out_dir``; returns the manifest written to ``out_dir/backbones.json``."""
-    from tqdm import tqdm
-
-    from ..model.checkpoints import atomic_path, load_authors_denoiser, save_backbone
-
-    if not files:
-        raise OrthoDiffusionError("give at least one of --axial, --sagittal, --coronal")
-    loaded = {}
-    for plane, path in tqdm(files.items(), desc="reading", unit="file", disable=None if progress else True):
-        loaded[plane] = (path, *load_authors_denoiser(path, source=source))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest: Dict[str, Dict] = {"format": "orthodiffusion-backbones", "format_version": 1, "planes": {}}
-    for plane, (path, model, info) in tqdm(loaded.items(), desc="writing", unit="file", disable=None if progress else True):
-        name = f"backbone_{plane}.safetensors"
-        provenance = {"source_file": path.name, "source_sha256": info["file_sha256"], "source_entry": source,
-                      "step": info["step"]}
-        sha = save_backbone(model, out_dir / name, plane, provenance=provenance, preprocessing=AUTHORS_PREPROCESSING)
-        manifest["planes"][plane] = {"file": name, "sha256": sha, **provenance}
-    with atomic_path(out_dir / MANIFEST_NAME) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
 
 
 def run(args: argparse.Namespace) -> int:
-    files = {plane: getattr(args, plane) for plane in ("sagittal", "coronal", "axial") if getattr(args, plane)}
-    manifest = import_weights(files, args.out, source=args.source)
+    from ..model.checkpoints import import_weights
+
+    files = {plane: getattr(args, plane) for plane in PLANES if getattr(args, plane)}
+    manifest = with_stage_bars(import_weights, files, args.out, source=args.source)
     for plane, entry in manifest["planes"].items():
         print(f"{plane}: {args.out / entry['file']} sha256 {entry['sha256']} (step {entry['step']})")
     return 0

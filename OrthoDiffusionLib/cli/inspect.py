@@ -1,4 +1,5 @@
-"""``orthodiffusion inspect PATH [--json]``: list the series found under a path and the plane assignment.
+"""``orthodiffusion inspect PATH [--json] [--series-uid UID ...] [--echo N]``: list the series found under a path and
+the plane assignment.
 
 Prints plane, obliquity, size, spacing, TE/TR, description and weighting guesses per series, then what
 :func:`load_study` would choose per plane and why. Never prints patient identifiers or UIDs.
@@ -7,47 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from typing import Any, Dict, List
+from typing import Any, Dict
 
-from ..errors import MissingPathError
-from ..io.reader import read_series
-from ..io.study import assign_planes, describe_series, find_candidates, load_study
-
-
-def inspect_path(path: str) -> Dict[str, Any]:
-    """JSON-friendly report: ``series`` (one entry per series/echo), ``assignment`` (plane -> chosen source or None),
-    ``choices`` (the reasons) and ``ignored``."""
-    if not os.path.exists(path):
-        raise MissingPathError("no such file or folder", path)
-    series: List[Dict[str, Any]] = []
-    if os.path.isdir(path):
-        candidates, ignored = find_candidates(path)
-        exam = assign_planes(path, candidates, ignored)
-        for c in sorted(candidates, key=lambda c: (c.plane, c.label)):
-            series.append({
-                "label": c.label, "source": c.source, "plane": c.plane, "obliquity_deg": round(c.obliquity, 2),
-                "size": [c.meta.get("columns"), c.meta.get("rows"), c.n_slices],
-                "spacing": [round(float(v), 4) for v in c.spacing],
-                "echo_time": c.meta.get("echo_time"), "repetition_time": c.meta.get("repetition_time"),
-                "series_description": c.meta.get("series_description"), "weighting": c.meta.get("weighting"),
-                "fat_sat": c.meta.get("fat_sat"), "format": c.meta.get("format"),
-            })
-    else:
-        s = read_series(path)
-        summary = s.summary()
-        series.append({"label": describe_series(s.meta, s.shape[0], s.spacing), **{k: summary[k] for k in (
-            "source", "plane", "obliquity_deg", "size", "spacing", "echo_time", "repetition_time",
-            "series_description", "weighting", "fat_sat", "format")}})
-        exam = load_study(path)
-    return {
-        "path": os.fspath(path),
-        "series": series,
-        "assignment": {p: (exam.get(p).source if exam.get(p) is not None else None) for p in ("sagittal", "coronal",
-                                                                                               "axial")},
-        "choices": exam.choices,
-    }
+from ..io.study import inspect_path
+from .common import add_command, positive_int
 
 
 def _print_text(report: Dict[str, Any], out=sys.stdout) -> None:
@@ -65,7 +30,7 @@ def _print_text(report: Dict[str, Any], out=sys.stdout) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    report = inspect_path(args.path)
+    report = inspect_path(args.path, args.series_uid, args.echo)
     if args.json:
         json.dump(report, sys.stdout, indent=2, default=str)
         print()
@@ -75,8 +40,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("inspect", help="list the series in a study folder/file and the plane assignment",
-                              description=__doc__.split("\n\n")[0])
+    """Add ``orthodiffusion inspect``."""
+    p = add_command(subparsers, "inspect", _run, help="list the series in a study folder/file and the plane assignment",
+                    description=__doc__.split("\n\n")[0])
     p.add_argument("path", help="study folder, DICOM folder/file, or NIfTI/NRRD/MetaImage file")
     p.add_argument("--json", action="store_true", help="print a JSON report instead of text")
-    p.set_defaults(func=_run)
+    p.add_argument("--series-uid", action="append", default=None, metavar="UID",
+                   help="only the series with this SeriesInstanceUID (or SeriesNumber); may be repeated")
+    p.add_argument("--echo", type=positive_int, default=None, metavar="N",
+                   help="of a multi-echo series, only echo N (1 = first echo)")

@@ -1,9 +1,11 @@
-"""The ``orthodiffusion`` console command (also ``python -m OrthoDiffusionLib``).
+"""The ``orthodiffusion`` console command (also ``python -m OrthoDiffusionLib``): the parser and the dispatch.
 
-Each subcommand lives in the module that implements its stage; this file only lists them. A subcommand module
-provides ``register(subparsers)`` which adds its parser and sets ``func`` (called with the parsed args, returns the
-exit code). Library errors (:class:`~OrthoDiffusionLib.errors.OrthoDiffusionError`) become one line on stderr and
-exit code 2.
+Each subcommand lives in its own module of this package; this file only lists them. A subcommand module provides
+``register(subparsers)``, which adds its parser and sets ``func`` (called with the parsed arguments, returns the exit
+code). The modules of the training and benchmark commands import ``OrthoDiffusionLib.training`` /
+``OrthoDiffusionLib.bench``; where those packages are not installed (the 3D Slicer extension ships only what
+inference needs) their subcommands are left out. Library errors
+(:class:`~OrthoDiffusionLib.errors.OrthoDiffusionError`) become one line on stderr and exit code 2.
 """
 from __future__ import annotations
 
@@ -18,34 +20,51 @@ from ..errors import OrthoDiffusionError
 SUBCOMMAND_MODULES: List[str] = [
     "OrthoDiffusionLib.cli.inspect",
     "OrthoDiffusionLib.cli.predict",
-    "OrthoDiffusionLib.bundle.export",
-    "OrthoDiffusionLib.bundle.registry",
+    "OrthoDiffusionLib.cli.demo",
+    "OrthoDiffusionLib.cli.export",
+    "OrthoDiffusionLib.cli.models",
     "OrthoDiffusionLib.cli.import_weights",
-    "OrthoDiffusionLib.bench.timing",
+    "OrthoDiffusionLib.cli.bench",
     "OrthoDiffusionLib.cli.manifest",
     "OrthoDiffusionLib.cli.configs",
     "OrthoDiffusionLib.cli.pretrain",
-    "OrthoDiffusionLib.segmentation.measures",
-    "OrthoDiffusionLib.training.evaluation.diagnosis",
+    "OrthoDiffusionLib.cli.measure",
+    "OrthoDiffusionLib.cli.evaluate",
     "OrthoDiffusionLib.cli.diagnosis",
-    "OrthoDiffusionLib.training.segmentation.train",
-    "OrthoDiffusionLib.training.evaluation.segmentation",
+    "OrthoDiffusionLib.cli.segmentation",
+    "OrthoDiffusionLib.cli.evaluate_segmentation",
     "OrthoDiffusionLib.cli.simulate",
     "OrthoDiffusionLib.cli.view",
 ]
+
+#: Packages whose absence only removes the subcommands that need them.
+OPTIONAL_PACKAGES = ("OrthoDiffusionLib.training", "OrthoDiffusionLib.bench")
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` (and its subcommands' parsers) whose errors are one line on stderr, exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="orthodiffusion",
         description="OrthoDiffusion: multi-plane knee MRI segmentation and diagnosis with a diffusion foundation model.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith(OPTIONAL_PACKAGES):
+                continue
+            raise
+        module.register(sub)
     return parser
 
 
@@ -60,10 +79,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except OrthoDiffusionError as e:
         print(f"orthodiffusion {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"orthodiffusion {args.command}: cancelled", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", None)  # output_folder.Terminated: SIGTERM
+        why = f" ({e}); nothing was written" if signum else ""
+        print(f"orthodiffusion {args.command}: cancelled{why}", file=sys.stderr)
+        return 128 + signum if signum else 130

@@ -1,5 +1,5 @@
-"""``orthodiffusion make-manifest``: command line of :mod:`OrthoDiffusionLib.training.manifest_builder` (see its
-docstring for the folder layout, the label CSV and the manifest written)."""
+"""``orthodiffusion make-manifest``: command line of :mod:`OrthoDiffusionLib.training.manifest_builder` (its docstring
+describes the folder layout, the label CSV and the manifest written)."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +7,9 @@ from pathlib import Path
 from typing import Tuple
 
 from ..errors import InputError
+from ..training import manifest_builder
+from ..training.configs import load_config
+from .common import add_command
 
 
 def _fractions(text: str) -> Tuple[float, ...]:
@@ -21,14 +24,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.label_columns:
         label_columns = [k.strip() for k in args.label_columns.split(",") if k.strip()]
     elif args.config:
-        from ..training.configs import load_config
-
         label_columns = load_config(args.config)["labels"]
-    from ..training.manifest_builder import build_manifest
-
-    report = build_manifest(args.images, args.labels, args.out, fractions=_fractions(args.splits),
-                            seed=args.split_seed, label_columns=label_columns, prefer=args.prefer,
-                            tolerance_deg=args.tolerance_deg)
+    report = manifest_builder.build_manifest(args.images, args.labels, args.out, fractions=_fractions(args.splits),
+                                             seed=args.split_seed, label_columns=label_columns, prefer=args.prefer,
+                                             tolerance_deg=args.tolerance_deg)
     for line in report.lines():
         print(line)
     return 0
@@ -36,11 +35,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add ``make-manifest`` to the ``orthodiffusion`` command."""
-    p = subparsers.add_parser("make-manifest", help="build and check a training-data manifest from a folder of exams "
-                                                    "and a label spreadsheet",
-                              description=_description(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=Path, required=True, help="folder with one sub-folder per patient (named by "
-                                                              "patient_id)")
+    p = add_command(subparsers, "make-manifest", _run,
+                    help="build and check a training-data manifest from a folder of exams and a label spreadsheet",
+                    description=manifest_builder.__doc__, raw=True)
+    p.add_argument("--images", type=Path, required=True,
+                   help="folder with one sub-folder per patient (named by patient_id)")
     p.add_argument("--labels", type=Path, required=True, help="label CSV: patient_id and one 0/1 column per label")
     p.add_argument("--out", type=Path, required=True, help="the manifest CSV to write")
     p.add_argument("--splits", default="0.7,0.1,0.2", help="train,val,test fractions of the patients (default "
@@ -58,10 +57,3 @@ def register(subparsers) -> None:
                         "(default); all: keep every image series")
     p.add_argument("--tolerance-deg", type=float, default=30.0,
                    help="obliquity accepted when assigning a plane (default 30)")
-    p.set_defaults(func=_run)
-
-
-def _description() -> str:
-    from ..training import manifest_builder
-
-    return manifest_builder.__doc__ or ""

@@ -1,30 +1,34 @@
-"""``orthodiffusion predict`` and ``orthodiffusion demo`` (CONTRACTS.md section 4).
+"""``orthodiffusion predict``: run a model bundle on one exam and write its result folder.
 
     orthodiffusion predict --sagittal P [--coronal P] [--axial P] | --study DIR  --out DIR
         [--model BUNDLE|NAME] [--device auto|cpu|cuda] [--ehr FILE.json] [--no-segmentation] [--no-diagnosis]
         [--noise-draws K] [--seed S] [--json] [--progress json|bar|none] [--overwrite] [--allow-anatomy-mismatch]
-    orthodiffusion demo [--out DIR] [--abnormality KEY] [--seed N] [--device ...] [--model BUNDLE] [--matrix N]
+        [--allow-mixed-patients] [--series-uid UID ...] [--echo N]
 
-Outputs are written into a temporary folder beside ``--out`` and renamed onto it only on success; an existing
-non-empty ``--out`` is refused unless ``--overwrite``. ``--json`` prints ``diagnosis.json`` to stdout.
+The options shared with ``orthodiffusion demo`` (:mod:`.demo`) are :func:`add_run_arguments`. ``--out`` is claimed
+before any work (:mod:`OrthoDiffusionLib.output_folder`): it may not overlap an input, a second run into it is refused
+while the first runs, and an existing non-empty ``--out`` is refused unless ``--overwrite`` and it is an earlier
+result of this tool. Outputs are written into a temporary folder beside ``--out`` and renamed onto it only on
+success; an error, Ctrl-C or SIGTERM leaves nothing behind. ``--json`` prints ``diagnosis.json`` to stdout.
 ``--progress json`` prints one line per progress event to stderr, e.g.
 ``ORTHODIFFUSION-PROGRESS {"stage": "coronal: backbone t=50", "fraction": 0.42}`` (stages name the plane and the
-step, see :mod:`OrthoDiffusionLib.predictor`; then ``writing outputs`` and ``done`` at 1.0).
+step, see :mod:`OrthoDiffusionLib.inference.predictor`; then ``writing outputs`` and ``done`` at 1.0).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional
 
-from ..errors import InputError, MissingPathError, OrthoDiffusionError
+from ..errors import InputError, MissingPathError
+from ..inference.result_folder import REPORT_FILE
+from ..output_folder import claim_output_folder, sigterm_raises
+from ..progress import ProgressFn, progress_line
+from .common import add_command, add_device_argument, add_precision_argument, positive_int
 
-__all__ = ["PROGRESS_PREFIX", "format_result_table", "progress_printer", "register"]
-
-PROGRESS_PREFIX = "ORTHODIFFUSION-PROGRESS"
+__all__ = ["format_result_table", "progress_printer", "add_run_arguments", "run_and_write", "register"]
 
 
 def format_result_table(data: Mapping[str, Any]) -> str:
@@ -49,12 +53,11 @@ def format_result_table(data: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def progress_printer(mode: str) -> tuple[Callable[[str, float], None], Callable[[], None]]:
+def progress_printer(mode: str) -> tuple[ProgressFn, Callable[[], None]]:
     """(callback, close) for ``--progress``: ``json`` lines on stderr, a tqdm ``bar`` on stderr, or ``none``."""
     if mode == "json":
         def emit(stage: str, fraction: float) -> None:
-            print(f"{PROGRESS_PREFIX} {json.dumps({'stage': stage, 'fraction': round(float(fraction), 4)})}",
-                  file=sys.stderr, flush=True)
+            print(progress_line(stage, fraction), file=sys.stderr, flush=True)
 
         return emit, lambda: None
     if mode == "none":
@@ -70,13 +73,6 @@ def progress_printer(mode: str) -> tuple[Callable[[str, float], None], Callable[
         bar.refresh()
 
     return update, bar.close
-
-
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise InputError("the output path exists and is not a folder", out)
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise InputError("the output folder exists and is not empty (choose another or pass --overwrite)", out)
 
 
 def _read_ehr(path: Optional[str]) -> Optional[Dict[str, Any]]:
@@ -95,13 +91,15 @@ def _read_ehr(path: Optional[str]) -> Optional[Dict[str, Any]]:
     return record
 
 
-def _run_and_write(predictor, exam, args, ehr=None) -> Dict[str, Any]:
+def run_and_write(predictor, exam, args: argparse.Namespace, ehr=None, claim=None) -> Dict[str, Any]:
+    """Predict ``exam`` and write the result folder ``args.out`` (into ``claim`` when the folder was claimed before)
+    with the options of :func:`add_run_arguments`; returns the content of ``diagnosis.json``."""
     from ..inference.predictor import predict_and_write
 
     progress, close = progress_printer(args.progress)
     try:
         result = predict_and_write(predictor, exam, args.out, ehr, progress=progress, overwrite=args.overwrite,
-                                   diagnosis=not getattr(args, "no_diagnosis", False),
+                                   claim=claim, diagnosis=not getattr(args, "no_diagnosis", False),
                                    segmentation=not args.no_segmentation, noise_draws=args.noise_draws,
                                    fuse_segmentations=args.fuse_segmentations)
     finally:
@@ -113,72 +111,38 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from ..inference.predictor import Predictor, load_exam
 
     out = Path(args.out)
-    _check_out(out, args.overwrite)
     if args.study is None and not any((args.sagittal, args.coronal, args.axial)):
         raise InputError("give --study DIR or at least one of --sagittal/--coronal/--axial")
-    ehr = _read_ehr(args.ehr)
-    # the model first: its anatomy decides which series the exam loader accepts
-    predictor = Predictor(args.model, device=args.device, seed=args.seed, precision=args.precision)
-    exam = load_exam(args.sagittal, args.coronal, args.axial, study=args.study, anatomy=predictor.anatomy,
-                     allow_anatomy_mismatch=args.allow_anatomy_mismatch)
-    data = _run_and_write(predictor, exam, args, ehr)
+    inputs = (args.sagittal, args.coronal, args.axial, args.study, args.ehr, args.model)
+    with sigterm_raises(), claim_output_folder(out, overwrite=args.overwrite, inputs=inputs) as claim:
+        ehr = _read_ehr(args.ehr)
+        # the model first: its anatomy decides which series the exam loader accepts
+        predictor = Predictor(args.model, device=args.device, seed=args.seed, precision=args.precision)
+        exam = load_exam(args.sagittal, args.coronal, args.axial, study=args.study, anatomy=predictor.anatomy,
+                         allow_anatomy_mismatch=args.allow_anatomy_mismatch,
+                         allow_mixed_patients=args.allow_mixed_patients, series_uid=args.series_uid,
+                         echo=args.echo)
+        data = run_and_write(predictor, exam, args, ehr, claim)
     if args.json:
         print(json.dumps(data, indent=2))
     else:
         print(format_result_table(data))
-        print(f"outputs in {out} (report: {out / 'report.html'})")
+        print(f"outputs in {out} (report: {out / REPORT_FILE})")
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from ..inference.demo import DEFAULT_ABNORMALITY, exam_from_simulation
-    from ..inference.predictor import Predictor
-    from ..simulate import LABEL_KEYS, simulate_exam
-
-    out = Path(args.out)
-    _check_out(out, args.overwrite or (args.out == _DEMO_OUT and (out / "diagnosis.json").is_file()))
-    abnormality = args.abnormality or DEFAULT_ABNORMALITY
-    if abnormality != "none" and abnormality not in LABEL_KEYS:
-        raise InputError(f"unknown abnormality {abnormality!r}; choose one of none, {', '.join(LABEL_KEYS)}")
-    start = time.perf_counter()
-    try:
-        predictor = Predictor(args.model, device=args.device, seed=args.seed, precision=args.precision)
-    except OrthoDiffusionError as e:
-        if args.model is not None:
-            raise
-        raise type(e)(f"the demo needs the shipped demo model, which is not available here ({e.problem}); "
-                      "pass --model BUNDLE to use another model", e.path) from None
-    print(f"model: {predictor.bundle.name} ({predictor.bundle.sha256[:12]}, loaded in {predictor.load_seconds:.1f} s, "
-          f"device {predictor.device})")
-    t = time.perf_counter()
-    truth = {} if abnormality == "none" else {abnormality: True}
-    sim = simulate_exam(args.seed, truth, anatomy="procedural", matrix=args.matrix)
-    exam = exam_from_simulation(sim)
-    print(f"simulated a procedural knee exam (seed {args.seed}, abnormality: {abnormality}) in "
-          f"{time.perf_counter() - t:.1f} s")
-    args.overwrite = True  # checked above
-    data = _run_and_write(predictor, exam, args)
-    print(format_result_table(data))
-    print(f"total {time.perf_counter() - start:.1f} s; outputs in {out}")
-    print(f"report: {(out / 'report.html').resolve()}")
-    return 0
-
-
-_DEMO_OUT = "orthodiffusion-demo"
-
-
-def _common(p: argparse.ArgumentParser) -> None:
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of a prediction run shared by ``predict`` and ``demo``."""
     p.add_argument("--model", default=None, help="model bundle file or registered name (default: the registry's "
                                                  "default model)")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available) | cpu | cuda | cuda:N")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="fp32 (default) or bf16 autocast (faster on GPUs and CPUs with AVX512-BF16/AMX; "
-                        "probabilities differ by ~1e-2)")
+    add_device_argument(p)
+    add_precision_argument(p, help="fp32 (default) or bf16 autocast (faster on GPUs and CPUs with AVX512-BF16/AMX; "
+                                   "probabilities differ by ~1e-2)")
     p.add_argument("--no-segmentation", action="store_true", help="skip segmentation")
     p.add_argument("--fuse-segmentations", action="store_true",
                    help="also write segmentation_fused.seg.nrrd / labelmap_fused.nii.gz: the segmented planes' class "
                         "probabilities averaged on the sagittal series' grid (needs two segmented planes)")
-    p.add_argument("--noise-draws", type=int, default=1, metavar="K",
+    p.add_argument("--noise-draws", type=positive_int, default=1, metavar="K",
                    help="noise draws averaged; their spread is the uncertainty (default 1)")
     p.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
                    help="progress on stderr: a bar (default), JSON lines for GUIs, or none")
@@ -186,11 +150,11 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> None:
-    """``orthodiffusion predict`` and ``orthodiffusion demo``."""
-    p = subparsers.add_parser("predict", help="segment and diagnose a knee MRI exam",
-                              description="Run a model bundle on an exam (three series, or a study folder) and write "
-                                          "diagnosis.json, segmentation_<plane>.seg.nrrd, labelmap_<plane>.nii.gz, "
-                                          "measures.csv and report.html into --out.")
+    """Add ``orthodiffusion predict``."""
+    p = add_command(subparsers, "predict", _cmd_predict, help="segment and diagnose a knee MRI exam",
+                    description="Run a model bundle on an exam (three series, or a study folder) and write "
+                                "diagnosis.json, segmentation_<plane>.seg.nrrd, labelmap_<plane>.nii.gz, "
+                                "measures.csv and report.html into --out.")
     p.add_argument("--sagittal", default=None, help="sagittal series (DICOM folder, NIfTI, NRRD, ...)")
     p.add_argument("--coronal", default=None, help="coronal series")
     p.add_argument("--axial", default=None, help="axial series")
@@ -203,17 +167,12 @@ def register(subparsers) -> None:
     p.add_argument("--allow-anatomy-mismatch", action="store_true",
                    help="run on series whose DICOM metadata (BodyPartExamined, descriptions) names another body part "
                         "than the model's anatomy (refused by default)")
-    _common(p)
-    p.set_defaults(func=_cmd_predict)
-
-    d = subparsers.add_parser("demo", help="simulate a knee exam and run the built-in demo model on it",
-                              description="Simulate a procedural knee MRI exam with a stated abnormality, run the "
-                                          "default (demo) model, print the results and write the report.")
-    d.add_argument("--out", default=_DEMO_OUT, help=f"output folder (default ./{_DEMO_OUT})")
-    d.add_argument("--abnormality", default=None,
-                   help="abnormality to simulate (default joint_effusion; 'none' for a normal knee)")
-    d.add_argument("--seed", type=int, default=1, help="simulation and noise seed (default 1)")
-    d.add_argument("--matrix", type=int, default=128,
-                   help="in-plane matrix of the simulated series (default 128, as the demo model's training cohort)")
-    _common(d)
-    d.set_defaults(func=_cmd_demo)
+    p.add_argument("--allow-mixed-patients", action="store_true",
+                   help="run on an exam whose series differ in PatientID, StudyInstanceUID, birth date or sex "
+                        "(refused by default; the result then carries a warning)")
+    p.add_argument("--series-uid", action="append", default=None, metavar="UID",
+                   help="in a folder holding several series: read the one with this SeriesInstanceUID (or "
+                        "SeriesNumber); repeat for several folders")
+    p.add_argument("--echo", type=positive_int, default=None, metavar="N",
+                   help="in a multi-echo series: read echo N (1 = first echo)")
+    add_run_arguments(p)

@@ -1,30 +1,34 @@
-"""``orthodiffusion pretrain``: command line of :mod:`OrthoDiffusionLib.training.pretrain` (see its docstring).
+"""``orthodiffusion pretrain``: command line of :mod:`OrthoDiffusionLib.training.pretrain.ddpm` (see its docstring).
 
-Multi-GPU / multi-node: ``torchrun --nproc_per_node=N [--nnodes=M ...] -m OrthoDiffusionLib pretrain ...``.
+Pretrain one plane's diffusion backbone on unlabeled MRI (the authors' recipe by default).
+Multi-GPU / multi-node: torchrun --nproc_per_node=N [--nnodes=M ...] -m OrthoDiffusionLib pretrain ...
 """
 from __future__ import annotations
 
 import argparse
 import os
 from pathlib import Path
-from typing import Tuple
 
 from ..errors import OrthoDiffusionError
 from ..labels import PLANES, SHARED_PLANE
+from ..training.pretrain.data import parse_splits
+from ..training.pretrain.ddpm import PretrainConfig, pretrain
+from .common import add_command, add_device_argument, add_precision_argument, int_list
 
+
+DESCRIPTION = ("Pretrain one plane's diffusion backbone on unlabeled MRI. The defaults are the authors' recipe for a GPU "
+               "(21,500 steps at batch 10 on 16 x 256 x 256 volumes with the paper's network); on a CPU use a "
+               "CPU-sized network and input (docs/pretraining.md, e.g. --width 16 --channel-mult 1,2,4,8 "
+               "--attention-resolutions 8 --patch-size 4 --norm-groups 8 --size 128). Before the first step it prints "
+               "what it trains on (series, patients, splits, planes) and the plan. Ctrl-C stops after the current "
+               "step with a checkpoint and the backbone file, like --time-limit; --resume continues. Multi-GPU / "
+               "multi-node: torchrun --nproc_per_node=N -m OrthoDiffusionLib pretrain ...")
 
 def register(subparsers) -> None:
-    """Add ``orthodiffusion pretrain`` (torch is imported only when it runs)."""
-    p = subparsers.add_parser(
-        "pretrain", help="pretrain one plane's diffusion backbone (DDPM) on unlabeled MRI",
-        description="Pretrain one plane's diffusion backbone on unlabeled MRI. The defaults are the authors' recipe "
-                    "for a GPU (21,500 steps at batch 10 on 16 x 256 x 256 volumes with the paper's network); on a CPU "
-                    "use a CPU-sized network and input (see docs/pretraining.md, e.g. --width 16 --channel-mult "
-                    "1,2,4,8 --attention-resolutions 8 --patch-size 4 --norm-groups 8 --size 128). Before the first "
-                    "step it prints what it trains on (series, patients, splits, planes) and the plan. Ctrl-C stops "
-                    "after the current step with a checkpoint and the backbone file, like --time-limit; --resume "
-                    "continues. Multi-GPU / multi-node: torchrun --nproc_per_node=N -m OrthoDiffusionLib pretrain ...",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """Add ``orthodiffusion pretrain``."""
+    p = add_command(subparsers, "pretrain", _run_cli,
+                    help="pretrain one plane's diffusion backbone (DDPM) on unlabeled MRI", description=DESCRIPTION)
+    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter  # --help shows every default
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--manifest", type=Path, help="manifest CSV: the image rows of --plane in --splits")
     src.add_argument("--data", type=Path, help="folder of series: every image series of --plane under it (label maps "
@@ -53,8 +57,9 @@ def register(subparsers) -> None:
     p.add_argument("--sample-steps", type=int, default=25, help="DDIM steps of those samples")
     p.add_argument("--log-every", type=int, default=10, help="a log.csv row (mean loss) every N steps")
     p.add_argument("--width", type=int, default=64, help="base width (a multiple of --norm-groups)")
-    p.add_argument("--channel-mult", default="1,1,2,2,4", help="width multiplier of each level")
-    p.add_argument("--attention-resolutions", default="16", help="downsample factors with self-attention")
+    p.add_argument("--channel-mult", type=int_list, default="1,1,2,2,4", help="width multiplier of each level")
+    p.add_argument("--attention-resolutions", type=int_list, default="16",
+                   help="downsample factors with self-attention")
     p.add_argument("--patch-size", type=int, default=1,
                    help="in-plane space-to-depth factor of the network (1 = the authors' layout; 4 for CPU scale)")
     p.add_argument("--norm-groups", type=int, default=32, help="GroupNorm groups")
@@ -71,12 +76,12 @@ def register(subparsers) -> None:
                         "like --size (default: none, each series resized as the paper does)")
     p.add_argument("--inplane-mm", type=float, default=None, help="the model grid's pixel size in mm (1.2 for "
                                                                   "knee-cpu-ft / seg-cpu; default: none)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="bf16 autocast: faster on GPUs and CPUs with native bf16; far slower on CPUs without it")
+    add_precision_argument(p, help="bf16 autocast: faster on GPUs and CPUs with native bf16; far slower on CPUs "
+                                   "without it")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, data order and noise")
     p.add_argument("--grad-checkpoint", action="store_true", help="gradient checkpointing (less memory)")
     p.add_argument("--num-workers", type=int, default=0, help="data loading workers per process")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    add_device_argument(p)
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR's newest checkpoint")
     p.add_argument("--init-from", type=Path, default=None, metavar="BACKBONE",
                    help="start a new run folder from a backbone file of an earlier run of the same configuration "
@@ -84,26 +89,15 @@ def register(subparsers) -> None:
     p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
                    help="stop cleanly after this many minutes of training: a checkpoint and the backbone file are "
                         "written from the steps done (--resume continues towards --steps)")
-    p.set_defaults(func=_run_cli)
-
-
-def _ints(text: str) -> Tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise OrthoDiffusionError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _run_cli(args) -> int:
-    from ..training.pretrain.data import parse_splits
-    from ..training.pretrain.ddpm import PretrainConfig, pretrain
-
     cfg = PretrainConfig(
         plane=args.plane, out=str(args.out), steps=args.steps, batch_size=args.batch_size,
         lr_per_sample=args.lr_per_sample, ema_decay=args.ema_decay, ema_every=args.ema_every,
         ema_start=args.ema_start, ckpt_every=args.ckpt_every, keep_checkpoints=args.keep_checkpoints,
         sample_every=args.sample_every, sample_steps=args.sample_steps, log_every=args.log_every, width=args.width,
-        channel_mult=_ints(args.channel_mult), attention_resolutions=_ints(args.attention_resolutions),
+        channel_mult=args.channel_mult, attention_resolutions=args.attention_resolutions,
         size=args.size, slices=args.slices, precision=args.precision, seed=args.seed, patch_size=args.patch_size,
         norm_groups=args.norm_groups,
         grad_checkpoint=args.grad_checkpoint, num_workers=args.num_workers, device=args.device, resume=args.resume,

@@ -13,11 +13,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from ..errors import InputError
+from .common import add_command, fraction_bar
 
 _EPILOG = "Labels: acl_injury pcl_injury medial_meniscus_tear lateral_meniscus_tear mcl_injury lcl_injury " \
           "patellar_dislocation joint_effusion"
@@ -36,7 +36,8 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="simulate_command", metavar="WHAT")
     p.set_defaults(func=lambda a: (p.print_help() or 1))
 
-    e = sub.add_parser("exam", help="one multi-plane exam (DICOM + NIfTI + labelmaps + exam.json)", epilog=_EPILOG)
+    e = add_command(sub, "exam", _exam, help="one multi-plane exam (DICOM + NIfTI + labelmaps + exam.json)",
+                    epilog=_EPILOG)
     e.add_argument("--out", required=True)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--abnormality", action="append", default=[], metavar="KEY")
@@ -46,9 +47,8 @@ def register(subparsers) -> None:
     e.add_argument("--center", default=None)
     e.add_argument("--field-strength", type=float, default=None, choices=[1.5, 3.0])
     e.add_argument("--no-dicom", action="store_true")
-    e.set_defaults(func=_exam)
 
-    c = sub.add_parser("cohort", help="a cohort with manifest.csv (patient-level splits, labels, EHR)")
+    c = add_command(sub, "cohort", _cohort, help="a cohort with manifest.csv (patient-level splits, labels, EHR)")
     c.add_argument("--out", required=True)
     c.add_argument("--n", type=int, default=300)
     c.add_argument("--seed", type=int, default=0)
@@ -64,10 +64,9 @@ def register(subparsers) -> None:
     c.add_argument("--no-dicom", action="store_true")
     c.add_argument("--no-nifti", action="store_true")
     c.add_argument("--workers", type=int, default=1)
-    c.set_defaults(func=_cohort)
 
-    o = sub.add_parser("pool", help="a large pool of exams on the model grid (images + tissue maps) for pretraining "
-                                    "and domain-randomised training")
+    o = add_command(sub, "pool", _pool, help="a large pool of exams on the model grid (images + tissue maps) for "
+                                             "pretraining and domain-randomised training")
     o.add_argument("--out", required=True)
     o.add_argument("--n", type=int, default=2400, help="exams (default 2400)")
     o.add_argument("--seed", type=int, default=2026)
@@ -76,21 +75,27 @@ def register(subparsers) -> None:
                    help="anatomy sources and weights (the atlas sources need the real label maps)")
     o.add_argument("--atlas-path", default=None)
     o.add_argument("--workers", type=int, default=1)
-    o.set_defaults(func=_pool)
 
-    pc = sub.add_parser("pool-cohort", help="write a pool's exams as a training cohort (NIfTI + manifest.csv)")
+    pc = add_command(sub, "pool-cohort", _pool_cohort,
+                     help="write a pool's exams as a training cohort (NIfTI + manifest.csv)")
     pc.add_argument("--pool", required=True, help="the pool folder (or its pool.csv)")
     pc.add_argument("--out", required=True)
     pc.add_argument("--splits", default="2000,200,200", help="train,val,test exam counts (default 2000,200,200)")
-    pc.set_defaults(func=_pool_cohort)
 
-    q = sub.add_parser("pictures", help="PNG check pictures: normal knee and each abnormality")
+    q = add_command(sub, "pictures", _pictures, help="PNG check pictures: normal knee and each abnormality")
     q.add_argument("--out", required=True)
     q.add_argument("--seed", type=int, default=1)
     q.add_argument("--anatomy", default="procedural", choices=["procedural", "atlas", "atlas_spl", "atlas_oai"])
     q.add_argument("--atlas-path", default=None)
     q.add_argument("--matrix", type=_matrix, default=256)
-    q.set_defaults(func=_pictures)
+
+    v = add_command(sub, "atlas-preview", _atlas_preview,
+                    help="mid-slice tissue pictures of the SPL and OAI atlas sources (plain, "
+                         "deformed, deformed + mirrored)")
+    v.add_argument("--out", type=Path, required=True)
+    v.add_argument("--seed", type=int, default=1)
+    v.add_argument("--spl", type=Path, default=None, help="SPL label map (default: shared data)")
+    v.add_argument("--oai", type=Path, default=None, help="OAI label map (default: shared data)")
 
 
 def _kv(items, what: str) -> dict:
@@ -107,8 +112,7 @@ def _kv(items, what: str) -> dict:
 
 
 def _exam(a) -> int:
-    from ..io import write_dicom_series
-    from ..simulate.cohort import LABEL_KEYS, simulate_exam, write_image
+    from ..simulate.cohort import LABEL_KEYS, simulate_exam, write_exam_folder
 
     bad = [k for k in a.abnormality if k not in LABEL_KEYS]
     if bad:
@@ -118,32 +122,13 @@ def _exam(a) -> int:
                          field_strength=a.field_strength, matrix=a.matrix, atlas_path=a.atlas_path)
     t_sim = time.perf_counter() - t0
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    series = []
-    for n, s in enumerate(exam.series, start=1):
-        stem = f"{s.plane}_{s.meta['series_index']}"
-        if not a.no_dicom:
-            write_dicom_series(s.image, out / "dicom" / stem, meta=s.meta, series_number=n,
-                               series_description=str(s.meta["series_description"]),
-                               uid_seed=f"orthodiffusion-sim-exam:{a.seed}:{stem}")
-        (out / "nifti").mkdir(exist_ok=True)
-        (out / "labels").mkdir(exist_ok=True)
-        write_image(s.image, out / "nifti" / f"{stem}.nii.gz")
-        write_image(s.labelmap, out / "labels" / f"{stem}_seg.nii.gz")
-        series.append({**s.meta, "dicom": None if a.no_dicom else f"dicom/{stem}", "nifti": f"nifti/{stem}.nii.gz",
-                       "labelmap": f"labels/{stem}_seg.nii.gz"})
-    info = {"seed": a.seed, "anatomy": exam.anatomy, "side": exam.side, "center": exam.center,
-            "field_strength": exam.field_strength, "labels": {k: int(v) for k, v in exam.labels.items()},
-            "ehr": exam.ehr, "series": series}
-    (out / "exam.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    write_exam_folder(exam, out, a.seed, write_dicom=not a.no_dicom)
     print(f"simulated {len(exam.series)} series in {t_sim:.2f} s ({a.matrix}x{a.matrix}, anatomy {a.anatomy}); "
           f"wrote {out}")
     return 0
 
 
 def _cohort(a) -> int:
-    from tqdm import tqdm
-
     from ..simulate.cohort import LABEL_KEYS, write_cohort
 
     prev = _kv(a.prevalence, "--prevalence")
@@ -160,11 +145,7 @@ def _cohort(a) -> int:
         raise InputError("--n must be at least 1", str(a.n))
     mix = _kv(a.anatomy_mix.split(","), "--anatomy-mix")
     planes = tuple(p.strip() for p in a.planes.split(",") if p.strip())
-    bar = tqdm(total=a.n, unit="patient", desc="simulate cohort")
-
-    def progress(done: int, total: int) -> None:
-        bar.update(done - bar.n)
-
+    progress, close = fraction_bar(a.n, "patient", "simulate cohort")
     t0 = time.perf_counter()
     try:
         manifest = write_cohort(a.out, a.n, a.seed, prevalences=prev, splits=splits, anatomy_mix=mix,
@@ -173,14 +154,12 @@ def _cohort(a) -> int:
                                 n_slices=a.slices, ehr_missing_rate=a.missing_rate, atlas_path=a.atlas_path,
                                 progress=progress, workers=a.workers)
     finally:
-        bar.close()
+        close()
     print(f"wrote {manifest} ({a.n} patients in {time.perf_counter() - t0:.1f} s)")
     return 0
 
 
 def _pool(a) -> int:
-    from tqdm import tqdm
-
     from ..simulate.pool import write_pool
 
     if a.n < 1:
@@ -188,20 +167,18 @@ def _pool(a) -> int:
     if not 0 <= a.prevalence <= 1:
         raise InputError(f"--prevalence must be 0..1, got {a.prevalence}", str(a.prevalence))
     mix = _kv(a.anatomy_mix.split(","), "--anatomy-mix")
-    bar = tqdm(total=a.n, unit="exam", desc="simulate pool")
+    progress, close = fraction_bar(a.n, "exam", "simulate pool")
     t0 = time.perf_counter()
     try:
         manifest = write_pool(a.out, a.n, a.seed, prevalence=a.prevalence, anatomy_mix=mix, atlas_path=a.atlas_path,
-                              workers=a.workers, progress=lambda done, total: bar.update(done - bar.n))
+                              workers=a.workers, progress=progress)
     finally:
-        bar.close()
+        close()
     print(f"wrote {manifest} ({a.n} exams in {time.perf_counter() - t0:.1f} s)")
     return 0
 
 
 def _pool_cohort(a) -> int:
-    from tqdm import tqdm
-
     from ..simulate.pool import write_pool_cohort
 
     try:
@@ -210,28 +187,36 @@ def _pool_cohort(a) -> int:
         raise InputError(f"--splits must be three exam counts, got {a.splits!r}", a.splits) from None
     if len(splits) != 3 or min(splits) < 0:
         raise InputError(f"--splits must be three exam counts, got {a.splits!r}", a.splits)
-    bar = tqdm(total=sum(splits), unit="exam", desc="write cohort")
+    progress, close = fraction_bar(sum(splits), "exam", "write cohort")
     try:
-        manifest = write_pool_cohort(a.pool, a.out, splits, progress=lambda done, total: bar.update(done - bar.n))
+        manifest = write_pool_cohort(a.pool, a.out, splits, progress=progress)
     except ValueError as e:
         raise InputError(str(e), a.pool) from None
     finally:
-        bar.close()
+        close()
     print(f"wrote {manifest}")
     return 0
 
 
 def _pictures(a) -> int:
-    from tqdm import tqdm
-
     from ..simulate.pictures import write_pictures
 
-    bar = tqdm(total=9, unit="exam", desc="simulate pictures")
+    progress, close = fraction_bar(9, "exam", "simulate pictures")
     try:
         paths = write_pictures(a.out, seed=a.seed, anatomy=a.anatomy, matrix=a.matrix, atlas_path=a.atlas_path,
-                               progress=lambda d, t: bar.update(d - bar.n))
+                               progress=progress)
     finally:
-        bar.close()
+        close()
     for p in paths:
         print(p)
+    return 0
+
+
+def _atlas_preview(a) -> int:
+    from ..simulate.anatomy_preview import render_atlas_previews
+
+    for entry in render_atlas_previews(a.out, seed=a.seed, spl=a.spl, oai=a.oai):
+        print(f"{entry['kind']}: loaded in {entry['load_seconds']:.1f} s (atlas side {entry['atlas_side']})")
+        for path in entry["pictures"]:
+            print(path)
     return 0

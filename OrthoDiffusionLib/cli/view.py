@@ -4,42 +4,35 @@
                         [--model BUNDLE] [--device auto|cpu|cuda] [--out DIR] [--noise-draws K] [--demo]
                         [--host 127.0.0.1] [--port 0]
 
-Serves on 127.0.0.1 only unless --host says otherwise (then anyone who can reach that address sees the exams and
-can run the model: the viewer has no login). --port 0 picks a free port; the URL is printed as
-``OrthoDiffusion viewer: http://HOST:PORT/``. With nothing to open, the app starts with a folder picker (folders on
-the server) and a "Simulated sample" button. Run writes each result into a new folder under --out (default
-``$ORTHODIFFUSION_HOME/viewer/results``); reopen it later with --results or the folder picker.
+Serves on 127.0.0.1 only unless --host says otherwise (then anyone who can reach that address and has the printed
+address sees the exams and can run the model). --port 0 picks a free port; the URL is printed as
+``OrthoDiffusion viewer: http://HOST:PORT/?token=SECRET``: the secret is new at each launch and the app is refused
+without it; requests whose Host or Origin is not the served address are refused (other web pages, DNS rebinding).
+The folder picker browses only the folders named on the command line and the --out folder (the current folder when
+nothing is named). With nothing to open, the app starts with a folder picker and a "Simulated sample" button. Run
+writes each result into a new folder under --out (default ``$ORTHODIFFUSION_HOME/viewer/results``); reopen it later
+with --results or the folder picker.
 """
 from __future__ import annotations
 
-import argparse
-import ipaddress
+import os
 import sys
 
 from ..errors import InputError
-
-LOOPBACK_NAMES = ("localhost",)
-
-
-def is_loopback(host: str) -> bool:
-    """True for a loopback address (127.0.0.0/8, ::1) or ``localhost``."""
-    if host.lower() in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
+from ..viewer.security import is_loopback
+from .common import add_command, add_device_argument
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("view", help="browser viewer: exams, segmentations, diagnosis and Sankey (trame-slicer)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Add ``orthodiffusion view``."""
+    p = add_command(subparsers, "view", _view,
+                    help="browser viewer: exams, segmentations, diagnosis and Sankey (trame-slicer)",
+                    description=__doc__, raw=True)
     p.add_argument("exam", nargs="?", help="study folder (DICOM/NIfTI/NRRD) or a finished result folder")
     for plane in ("sagittal", "coronal", "axial"):
         p.add_argument(f"--{plane}", metavar="PATH", help=f"the {plane} series (file or DICOM folder)")
     p.add_argument("--results", metavar="DIR", help="a finished result folder to show (over the exam, if given)")
     p.add_argument("--model", metavar="BUNDLE", help="model bundle for Run (default: the registry's default model)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_device_argument(p)
     p.add_argument("--out", metavar="DIR", help="where Run writes result folders")
     p.add_argument("--noise-draws", type=int, default=3, metavar="K",
                    help="noise draws per Run; the uncertainty shown is their std (default 3; 1 = none)")
@@ -47,7 +40,6 @@ def register(subparsers) -> None:
     p.add_argument("--sample-matrix", type=int, default=256, help="in-plane matrix of the simulated sample")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default loopback only)")
     p.add_argument("--port", type=int, default=0, help="port (0 = a free one)")
-    p.set_defaults(func=_view)
 
 
 def _view(a) -> int:
@@ -68,8 +60,13 @@ def _view(a) -> int:
     if not is_loopback(a.host):
         print(f"orthodiffusion view: WARNING: serving on {a.host}: anyone who can reach this address can see the "
               "exams and run the model (no login). Use the default 127.0.0.1 unless you mean it.", file=sys.stderr)
+    named = [p for p in (a.exam, a.results, *series.values()) if p]
+    roots = [*(named or [os.getcwd()]), *([a.out] if a.out else [])]  # what the folder picker may browse
     app = ViewerApp(model=a.model, device=a.device, out_root=a.out, sample_matrix=a.sample_matrix,
-                    start_folder=a.exam if a.exam else None, noise_draws=a.noise_draws)
+                    start_folder=a.exam if a.exam else None, noise_draws=a.noise_draws, folder_roots=roots)
+    app.guard.add_root(app.out_root)
+    if not a.exam:
+        app.state.picker_path = str(app.guard.roots[0])
 
     def on_ready(url: str) -> None:
         print(f"OrthoDiffusion viewer: {url}", flush=True)

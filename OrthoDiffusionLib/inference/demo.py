@@ -1,6 +1,6 @@
 """The demo exam: a simulated procedural knee exam as an :class:`~OrthoDiffusionLib.io.Exam`.
 
-``orthodiffusion demo`` (in :mod:`OrthoDiffusionLib.predict_cli`) simulates one exam with a stated abnormality
+``orthodiffusion demo`` (in :mod:`OrthoDiffusionLib.cli.predict`) simulates one exam with a stated abnormality
 (:func:`OrthoDiffusionLib.simulate.simulate_exam`, default :data:`DEFAULT_ABNORMALITY`), converts it here and runs the
 registry's default model on it.
 """

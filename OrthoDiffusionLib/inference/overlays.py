@@ -70,7 +70,7 @@ def overlay_rgb(image: np.ndarray, labels: Optional[np.ndarray], colors: Mapping
 def mid_slice_overlay(image: sitk.Image, labelmap: Optional[sitk.Image], plane: str,
                       colors: Mapping[int, Tuple[int, int, int]]) -> Tuple[bytes, float]:
     """PNG bytes of the middle slice of ``image`` (reoriented to ``plane``'s canonical orientation, see
-    :mod:`OrthoDiffusionLib.preprocess`) with ``labelmap`` (same geometry) overlaid, and the displayed
+    :mod:`OrthoDiffusionLib.inference.preprocess`) with ``labelmap`` (same geometry) overlaid, and the displayed
     width / height ratio in millimetres."""
     from .preprocess import reorient
 

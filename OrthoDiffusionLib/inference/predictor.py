@@ -1,10 +1,10 @@
-"""Inference: run a model bundle on knee MRI exams (CONTRACTS.md section 3).
+"""Inference: run a model bundle on knee MRI exams (the Python side of ``orthodiffusion predict``).
 
-``Predictor`` loads a bundle once (:mod:`OrthoDiffusionLib.bundle`) and composes, from its metadata, the per-plane
+``Predictor`` loads a bundle once (:mod:`OrthoDiffusionLib.bundle.format`) and composes, from its metadata, the per-plane
 diffusion backbones, the noise schedule, the diagnosis head (pooling + fusion + MPAE + temperatures), the optional EHR
 branch and the per-plane segmentation heads. For every exam:
 
-1. each present plane is preprocessed once per preprocessing setting the model uses (:mod:`preprocess`);
+1. each present plane is preprocessed once per preprocessing setting the model uses (:mod:`.preprocess`);
 2. each backbone pass runs ONCE per (backbone, plane, timestep, preprocessing) and serves every tap that the diagnosis
    head and the segmentation head of that plane need (``DiffusionUNet.encode``; the decoder never runs);
 3. the diagnosis head gives calibrated probabilities and MPAE plane weights; the segmentation heads give class
@@ -14,7 +14,7 @@ branch and the per-plane segmentation heads. For every exam:
 Noise: ``noise_draws`` = K independent draws (default 1). The noise of draw ``s`` for a plane and timestep comes from
 a CPU generator seeded from (``seed``, s, plane, timestep), per exam, so a result does not depend on the device, on
 the batch an exam is predicted in, or on the other heads of the model. Probabilities are the mean over draws, the
-uncertainty their standard deviation (:mod:`uncertainty`); segmentation probabilities are averaged over draws.
+uncertainty their standard deviation (:mod:`~OrthoDiffusionLib.model.uncertainty`); segmentation probabilities are averaged over draws.
 
 Progress: ``progress(stage, fraction)`` with non-decreasing fractions ending at ``("done", 1.0)``; a stage names the
 plane and the step: ``"<plane>: preprocessing"``, ``"<plane>: backbone t=<timestep>"`` (`` draw d/K`` with several
@@ -33,29 +33,31 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import SimpleITK as sitk
 import torch
 
 from .. import labels as label_tables
 from ..bundle.format import ModelBundle, load_bundle
+from ..device import check_precision, precision_autocast, resolve_device
 from ..errors import CancelledError, InputError, MissingPlaneError
 from ..io import Exam, load_study
+from ..io.coverage import coverage_warnings
 from ..labels import PLANES
-from .preprocess import PreprocessedSeries, preprocess_series
+from ..progress import ProgressFn
+from .preprocess import PreprocessedSeries, model_grid, preprocess_series
+from .result_folder import (DIAGNOSIS_FILE, DISCLAIMER, FUSED, MEASURES_FILE, REPORT_FILE, RESULT_FORMAT,
+                            RESULT_VERSION, labelmap_file_name, segmentation_file_name)
 from ..model.schedule import CosineSchedule
 from ..model.uncertainty import aggregate_noise_draws
 
-__all__ = ["DISCLAIMER", "PredictionResult", "Predictor", "load_exam", "predict_and_write", "resolve_device",
-           "write_outputs", "RESULT_FORMAT"]
+if TYPE_CHECKING:  # pragma: no cover
+    from ..output_folder import OutputFolderClaim
+
+__all__ = ["PredictionResult", "Predictor", "load_exam", "predict_and_write", "write_outputs", "noise_seed"]
 
 PathLike = Union[str, os.PathLike]
-ProgressFn = Callable[[str, float], None]
-RESULT_FORMAT = "orthodiffusion.prediction"
-#: Numeric precisions of :class:`Predictor` (``bf16`` = bfloat16 autocast of the networks).
-PRECISIONS = ("fp32", "bf16")
-DISCLAIMER = "Research use only, not for diagnosis."
 #: Overall progress fraction at which each phase of a batch starts (the last one ends at 1). "networks" is every
 #: backbone pass and the heads (diagnosis fusion, segmentation) that run on its taps, per noise draw.
 _PHASES = (("preprocess", 0.0), ("networks", 0.1), ("resample", 0.75), ("measures", 0.9))
@@ -64,13 +66,17 @@ _PHASES = (("preprocess", 0.0), ("networks", 0.1), ("resample", 0.75), ("measure
 # ----------------------------------------------------------------------------------------------------- exams
 def load_exam(sagittal: Optional[PathLike] = None, coronal: Optional[PathLike] = None,
               axial: Optional[PathLike] = None, study: Optional[PathLike] = None, *, anatomy: Optional[str] = "knee",
-              allow_anatomy_mismatch: bool = False) -> Exam:
+              allow_anatomy_mismatch: bool = False, allow_mixed_patients: bool = False,
+              series_uid: Union[str, Sequence[str], None] = None, echo: Optional[int] = None) -> Exam:
     """An :class:`~OrthoDiffusionLib.io.Exam` from series paths (each checked to be in its plane) or from a study
     folder (one series per plane chosen by :func:`~OrthoDiffusionLib.io.load_study`). Give either.
 
     ``anatomy`` (the model's, :attr:`Predictor.anatomy`) refuses series whose metadata names another body part
-    (:mod:`OrthoDiffusionLib.io.anatomy`) unless ``allow_anatomy_mismatch``."""
-    check = dict(anatomy=anatomy, allow_anatomy_mismatch=allow_anatomy_mismatch)
+    (:mod:`OrthoDiffusionLib.io.anatomy`) unless ``allow_anatomy_mismatch``. Series of different patients or studies
+    are refused unless ``allow_mixed_patients`` (:mod:`OrthoDiffusionLib.io.exam_identity`). ``series_uid`` /
+    ``echo`` choose a series and an echo where a path holds several."""
+    check = dict(anatomy=anatomy, allow_anatomy_mismatch=allow_anatomy_mismatch,
+                 allow_mixed_patients=allow_mixed_patients, series_uid=series_uid, echo=echo)
     if study is not None:
         if any(p is not None for p in (sagittal, coronal, axial)):
             raise InputError("give either a study folder or series per plane, not both", study)
@@ -78,19 +84,6 @@ def load_exam(sagittal: Optional[PathLike] = None, coronal: Optional[PathLike] =
     if all(p is None for p in (sagittal, coronal, axial)):
         raise InputError("no input: give a study folder or at least one series")
     return Exam.from_series(sagittal, coronal, axial, **check)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cpu``/``cuda``/``cuda:N`` as asked (CUDA must exist)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise InputError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} asked for, but no CUDA device is available")
-    return dev
 
 
 def _nan_to_none(v: Any) -> Any:
@@ -120,7 +113,7 @@ class PredictionResult:
         fused_segmentation: with ``fuse_segmentations`` and two or more segmented planes, one uint8 labelmap
             (label-table values) on the grid of the first of ``fused_planes`` (sagittal when present): every plane's
             class probabilities resampled linearly onto it and averaged over the planes that cover a voxel and
-            segment that class (:func:`~OrthoDiffusionLib.seg_io.fuse_plane_segmentations`); otherwise ``None``.
+            segment that class (:func:`~OrthoDiffusionLib.segmentation.io.fuse_plane_segmentations`); otherwise ``None``.
         fused_planes: the planes in ``fused_segmentation`` (empty without it).
     """
 
@@ -143,18 +136,18 @@ class PredictionResult:
         """The content of ``diagnosis.json`` (JSON-serialisable, no NaN)."""
         segs = {}
         for plane, img in self.segmentations.items():
-            segs[plane] = {"file": f"segmentation_{plane}.seg.nrrd", "labelmap": f"labelmap_{plane}.nii.gz",
+            segs[plane] = {"file": segmentation_file_name(plane), "labelmap": labelmap_file_name(plane),
                            "size": list(img.GetSize()), "spacing": list(img.GetSpacing()),
                            "origin": list(img.GetOrigin()), "direction": list(img.GetDirection())}
         fused = None
         if self.fused_segmentation is not None:
             img = self.fused_segmentation
-            fused = {"file": "segmentation_fused.seg.nrrd", "labelmap": "labelmap_fused.nii.gz",
+            fused = {"file": segmentation_file_name(FUSED), "labelmap": labelmap_file_name(FUSED),
                      "planes": list(self.fused_planes), "grid": f"{self.fused_planes[0]} series",
                      "size": list(img.GetSize()), "spacing": list(img.GetSpacing()),
                      "origin": list(img.GetOrigin()), "direction": list(img.GetDirection())}
         return {
-            "format": RESULT_FORMAT, "version": 1, "disclaimer": DISCLAIMER,
+            "format": RESULT_FORMAT, "version": RESULT_VERSION, "disclaimer": DISCLAIMER,
             "labels": [dict(lb) for lb in self.labels], "fused_by": self.fused_by, "ehr_used": self.ehr_used,
             "noise_draws": self.noise_draws, "segmentations": segs, "fused_segmentation": fused,
             "measures": [{k: _nan_to_none(v) for k, v in row.items()} for row in self.measures],
@@ -175,7 +168,9 @@ class _PassKey:
     size: int
 
 
-def _noise_seed(seed: int, draw: int, plane: str, timestep: int) -> int:
+def noise_seed(seed: int, draw: int, plane: str, timestep: int) -> int:
+    """The seed of the noise of one backbone pass: a function of the predictor's seed, the draw, the plane and the
+    timestep only, so a result does not depend on the batch or on which other passes run."""
     return (int(seed) * 1_000_003 + draw * 10_007 + PLANES.index(plane) * 1_009 + int(timestep)) % (2**63 - 1)
 
 
@@ -203,8 +198,7 @@ class Predictor:
 
     def __init__(self, bundle: Union[PathLike, ModelBundle, None] = None, device: str = "auto", seed: int = 0,
                  precision: str = "fp32", channels_last: bool = False):
-        if precision not in PRECISIONS:
-            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        check_precision(precision)
         start = time.perf_counter()
         if isinstance(bundle, ModelBundle):
             self.bundle = bundle
@@ -298,6 +292,11 @@ class Predictor:
                 notes.append("EHR given, but the model has no EHR branch: EHR ignored")
             elif len(diag_planes) < len(self.diag_meta["planes"]):
                 notes.append("EHR given, but EHR late fusion needs all planes: EHR ignored")
+        notes += list(getattr(exam, "warnings", None) or [])  # found while loading (skipped files, mixed patients)
+        needed: Dict[str, int] = {}
+        for key in self._passes(diag_planes, seg_planes):
+            needed[key.plane] = max(needed.get(key.plane, 0), key.slices)
+        notes += [note for plane, k in needed.items() for note in coverage_warnings(exam.get(plane), plane, k)]
         return diag_planes, seg_planes, notes
 
     def _passes(self, diag_planes: Sequence[str], seg_planes: Sequence[str]) -> Dict[_PassKey, List[str]]:
@@ -315,6 +314,8 @@ class Predictor:
         for plane in seg_planes:
             s = self.seg_meta[plane]
             prep = s["preprocessing"]
+            if self._whole_series(plane):
+                continue  # segmented in windows over the whole series (_segment_whole_series)
             add(_PassKey(s["backbone"], plane, int(s["timestep"]), int(prep["slices"]), int(prep["size"])),
                 list(self.seg_heads[plane].required_taps))
         # plane by plane (the progress shows one plane after the other); the noise does not depend on the order
@@ -325,7 +326,7 @@ class Predictor:
                 segmentation: bool = True, noise_draws: int = 1, progress: Optional[ProgressFn] = None,
                 cancel: Optional[threading.Event] = None, measures: bool = True,
                 fuse_segmentations: bool = False) -> PredictionResult:
-        """Predict one exam (see the module docstring). ``ehr``: an EHR record (:mod:`OrthoDiffusionLib.ehr`);
+        """Predict one exam (see the module docstring). ``ehr``: an EHR record (:mod:`OrthoDiffusionLib.model.ehr`);
         ``measures=False`` skips the structure volumes / cartilage thickness (``result.measures`` stays empty);
         ``fuse_segmentations=True`` also gives the fused labelmap of the segmented planes
         (``result.fused_segmentation``)."""
@@ -409,8 +410,16 @@ class Predictor:
         prepped: Dict[Tuple[str, int, int], List[PreprocessedSeries]] = {}
         for g, (plane, slices, size) in enumerate(grids):
             report("preprocess", g / max(1, len(grids)), f"{plane}: preprocessing")
-            prepped[(plane, slices, size)] = [preprocess_series(e.get(plane), slices=slices, size=size)
+            grid = self._grid_of(plane, slices, size)
+            prepped[(plane, slices, size)] = [preprocess_series(e.get(plane), slices=slices, size=size, **grid)
                                              for e in exams]
+        whole = [p for p in seg_planes if self._whole_series(p)]
+        for plane in whole:
+            report("preprocess", 1.0, f"{plane}: preprocessing the whole series")
+            prep = self.seg_meta[plane]["preprocessing"]
+            prepped[(plane, 0, int(prep["size"]))] = [
+                preprocess_series(e.get(plane), slices=None, size=int(prep["size"]), **model_grid(prep))
+                for e in exams]
         timings["preprocess"] = time.perf_counter() - clock
         # 2. backbone passes -> heads, per noise draw
         clock = time.perf_counter()
@@ -420,7 +429,7 @@ class Predictor:
         weights_sum: Optional[torch.Tensor] = None
         fused_by = None
         ehr_used = False
-        seg_sum: Dict[str, torch.Tensor] = {}
+        seg_sum: Dict[str, List[torch.Tensor]] = {}  # per plane, per exam (C, D, H, W) summed over draws
         head_seconds = {"diagnosis": 0.0, "segmentation": 0.0}
         total_steps = draws * (len(passes) + (1 if diag_planes else 0) + len(seg_planes))
         step = 0
@@ -430,8 +439,7 @@ class Predictor:
             report("networks", step / max(1, total_steps), stage)
             step += 1
 
-        autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), precision_autocast(dev, self.precision):
             for draw in range(draws):
                 taps_of: Dict[_PassKey, Dict[str, torch.Tensor]] = {}
                 of_draws = f" draw {draw + 1}/{draws}" if draws > 1 else ""
@@ -439,7 +447,7 @@ class Predictor:
                     network_step(f"{key.plane}: backbone t={key.timestep}{of_draws}")
                     vols = prepped[(key.plane, key.slices, key.size)]
                     x0 = torch.stack([torch.from_numpy(v.volume) for v in vols])[:, None].to(dev)
-                    g_seed = _noise_seed(self.seed, draw, key.plane, key.timestep)
+                    g_seed = noise_seed(self.seed, draw, key.plane, key.timestep)
                     noise = torch.cat([torch.randn((1, *x0.shape[1:]), generator=torch.Generator().manual_seed(g_seed))
                                        for _ in range(n)]).to(dev)
                     t = self.schedule.as_timesteps(key.timestep, n, dev)
@@ -479,11 +487,17 @@ class Predictor:
                 hc = time.perf_counter()
                 for plane in seg_planes:
                     network_step(f"{plane}: segmentation{of_draws}")
-                    s = self.seg_meta[plane]
-                    prep = s["preprocessing"]
-                    key = _PassKey(s["backbone"], plane, int(s["timestep"]), int(prep["slices"]), int(prep["size"]))
-                    probs = self._segmentation_probabilities(plane, taps_of[key])
-                    seg_sum[plane] = probs if plane not in seg_sum else seg_sum[plane] + probs
+                    if plane in whole:
+                        probs_list = self._segment_whole_series(plane, prepped[(plane, 0, self._seg_size(plane))],
+                                                                draw)
+                    else:
+                        s = self.seg_meta[plane]
+                        prep = s["preprocessing"]
+                        key = _PassKey(s["backbone"], plane, int(s["timestep"]), int(prep["slices"]),
+                                       int(prep["size"]))
+                        probs_list = list(self._segmentation_probabilities(plane, taps_of[key]))
+                    seg_sum[plane] = (probs_list if plane not in seg_sum
+                                      else [a + b for a, b in zip(seg_sum[plane], probs_list)])
                 head_seconds["segmentation"] += time.perf_counter() - hc
                 del taps_of
         timings["backbone"] = time.perf_counter() - clock - sum(head_seconds.values())
@@ -493,11 +507,11 @@ class Predictor:
         segs: List[Dict[str, sitk.Image]] = [{} for _ in range(n)]
         for j, plane in enumerate(seg_planes):
             values = torch.tensor(self.seg_meta[plane]["class_values"], dtype=torch.uint8)
-            classes = seg_sum[plane].argmax(dim=1)  # (B, D, H, W)
             series_prep = self._prepped_for_segmentation(prepped, plane)
             for i in range(n):
                 report("resample", (j * n + i) / (len(seg_planes) * n), f"{plane}: resampling segmentation")
-                segs[i][plane] = series_prep[i].to_original(values[classes[i]].numpy(), "nearest")
+                classes = seg_sum[plane][i].argmax(dim=0)  # (D, H, W)
+                segs[i][plane] = series_prep[i].to_original(values[classes].numpy(), "nearest")
         fused: List[Optional[sitk.Image]] = [None] * n
         fused_planes = list(seg_planes) if fuse and len(seg_planes) >= 2 else []
         for i in range(n if fused_planes else 0):
@@ -552,9 +566,51 @@ class Predictor:
 
     def _prepped_for_segmentation(self, prepped: Mapping[Tuple[str, int, int], List[PreprocessedSeries]],
                                   plane: str) -> List[PreprocessedSeries]:
-        """The preprocessed series (one per exam) on the grid of ``plane``'s segmentation head."""
+        """The preprocessed series (one per exam) on the grid of ``plane``'s segmentation head (the whole series,
+        key slices 0, for a head that segments in windows)."""
         prep = self.seg_meta[plane]["preprocessing"]
-        return prepped[(plane, int(prep["slices"]), int(prep["size"]))]
+        return prepped[(plane, 0 if self._whole_series(plane) else int(prep["slices"]), int(prep["size"]))]
+
+    def _whole_series(self, plane: str) -> bool:
+        """Whether ``plane``'s head segments the whole series in windows: heads of models with a physical grid
+        (``slice_mm`` in their preprocessing); older resize-only models segment their 16 central slices."""
+        return bool(model_grid(self.seg_meta[plane]["preprocessing"]))
+
+    def _seg_size(self, plane: str) -> int:
+        return int(self.seg_meta[plane]["preprocessing"]["size"])
+
+    def _grid_of(self, plane: str, slices: int, size: int) -> Dict[str, float]:
+        """The physical grid of the head(s) that read ``plane`` at (slices, size) ({} for resize-only models)."""
+        sections = [self.diag_meta["preprocessing"]] if self.diag_meta and plane in self.diag_meta["planes"] else []
+        if plane in self.seg_meta:
+            sections.append(self.seg_meta[plane]["preprocessing"])
+        for prep in sections:
+            if int(prep["slices"]) == slices and int(prep["size"]) == size:
+                return model_grid(prep)
+        return {}
+
+    def _segment_whole_series(self, plane: str, series: Sequence[PreprocessedSeries], draw: int
+                              ) -> List[torch.Tensor]:
+        """Per exam (C, D, H, W) CPU probabilities over the whole series, from overlapping 16-slice windows."""
+        from .windows import segment_series_in_windows
+
+        s = self.seg_meta[plane]
+        window = int(s["preprocessing"]["slices"])
+        backbone, head = self.backbones[s["backbone"]], self.seg_heads[plane]
+        timestep = int(s["timestep"])
+        gen = torch.Generator().manual_seed(noise_seed(self.seed, draw, plane, timestep))
+        allowed = self._allowed_classes(plane, self.device)
+
+        def probabilities(slabs: torch.Tensor) -> torch.Tensor:
+            x0 = slabs.to(self.device)
+            noise = torch.randn(x0.shape, generator=gen).to(self.device)
+            t = self.schedule.as_timesteps(timestep, x0.shape[0], self.device)
+            logits = head(backbone.encode(self.schedule.q_sample(x0, t, noise), t, head.required_taps),
+                          output_size=tuple(x0.shape[2:]))
+            logits = logits.masked_fill(~allowed[None, :, None, None, None], float("-inf"))
+            return torch.softmax(logits.float(), dim=1).cpu()
+
+        return [segment_series_in_windows(torch.from_numpy(p.volume), probabilities, window=window) for p in series]
 
     def _fused_segmentation(self, probs: Mapping[str, torch.Tensor], prep: Mapping[str, PreprocessedSeries]
                             ) -> sitk.Image:
@@ -640,10 +696,12 @@ _PREDICT_SHARE = 0.95
 
 def predict_and_write(predictor: Predictor, exam: Exam, out_dir: PathLike, ehr: Optional[Mapping[str, Any]] = None,
                       *, progress: Optional[ProgressFn] = None, cancel: Optional[threading.Event] = None,
-                      overwrite: bool = False, **options: Any) -> PredictionResult:
+                      overwrite: bool = False, claim: Optional["OutputFolderClaim"] = None,
+                      **options: Any) -> PredictionResult:
     """Predict one exam (``options``: :meth:`Predictor.predict`'s ``diagnosis``, ``segmentation``, ``noise_draws``)
-    and write its outputs with :func:`write_outputs`. Progress: the prediction's stages on 0..0.95, then
-    ``("writing outputs", 0.95)`` and ``("done", 1.0)`` once the folder is in place."""
+    and write its outputs with :func:`write_outputs` (into ``claim`` when the caller claimed the folder before).
+    Progress: the prediction's stages on 0..0.95, then ``("writing outputs", 0.95)`` and ``("done", 1.0)`` once the
+    folder is in place."""
     def predicting(stage: str, fraction: float) -> None:
         if progress is not None and stage != "done":
             progress(stage, _PREDICT_SHARE * fraction)
@@ -653,7 +711,7 @@ def predict_and_write(predictor: Predictor, exam: Exam, out_dir: PathLike, ehr: 
         raise CancelledError("prediction cancelled")
     if progress is not None:
         progress("writing outputs", _PREDICT_SHARE)
-    write_outputs(result, out_dir, overwrite=overwrite)
+    write_outputs(result, out_dir, overwrite=overwrite, claim=claim)
     if progress is not None:
         progress("done", 1.0)
     return result
@@ -674,47 +732,40 @@ def _write_measures_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
                              "" if thick is None else f"{thick:.4f}"])
 
 
-def write_outputs(result: PredictionResult, out_dir: PathLike, overwrite: bool = False) -> Path:
+def write_outputs(result: PredictionResult, out_dir: PathLike, overwrite: bool = False,
+                  claim: Optional["OutputFolderClaim"] = None) -> Path:
     """Write every output of ``result`` into ``out_dir`` atomically: everything goes into a temporary folder beside
     it, which is renamed onto ``out_dir`` only when all files were written (an error leaves nothing behind).
 
-    Files: ``diagnosis.json``, ``segmentation_<plane>.seg.nrrd`` + ``labelmap_<plane>.nii.gz`` per segmented plane,
-    ``segmentation_fused.seg.nrrd`` + ``labelmap_fused.nii.gz`` when the result has a fused segmentation,
-    ``measures.csv``, ``report.html``. An existing non-empty ``out_dir`` is refused unless ``overwrite``.
+    The files are those of :mod:`~OrthoDiffusionLib.inference.result_folder` (the fused segmentation only when the
+    result has one) and the marker ``.orthodiffusion-output.json``. The folder is claimed with
+    :func:`~OrthoDiffusionLib.output_folder.claim_output_folder` (unless ``claim`` is one the caller made before any
+    work): it may not overlap the exam's inputs, and an existing non-empty ``out_dir`` is refused unless
+    ``overwrite`` and it is an earlier result of this tool holding nothing else.
     """
     import json
-    import shutil
-    import tempfile
 
+    from ..output_folder import claim_output_folder
     from .report import write_report
     from ..segmentation.io import write_labelmap_nifti, write_seg_nrrd
 
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError("the output path exists and is not a folder", out)
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise InputError("the output folder exists and is not empty (choose another or pass --overwrite)", out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial.", dir=out.parent))
+    if claim is None:
+        planes = (result.exam or {}).get("planes") or {}
+        inputs = [(result.exam or {}).get("source")] + [p.get("source") for p in planes.values() if p]
+        claim = claim_output_folder(out_dir, overwrite=overwrite, inputs=inputs)
+    tmp = claim.partial
     try:
         data = result.to_json()
-        (tmp / "diagnosis.json").write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        (tmp / DIAGNOSIS_FILE).write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         for plane, img in result.segmentations.items():
-            write_seg_nrrd(img, tmp / f"segmentation_{plane}.seg.nrrd", plane=plane)
-            write_labelmap_nifti(img, tmp / f"labelmap_{plane}.nii.gz")
+            write_seg_nrrd(img, tmp / segmentation_file_name(plane), plane=plane)
+            write_labelmap_nifti(img, tmp / labelmap_file_name(plane))
         if result.fused_segmentation is not None:  # two or more planes: every structure of the table
-            write_seg_nrrd(result.fused_segmentation, tmp / "segmentation_fused.seg.nrrd")
-            write_labelmap_nifti(result.fused_segmentation, tmp / "labelmap_fused.nii.gz")
-        _write_measures_csv(result.measures, tmp / "measures.csv")
-        write_report(result, tmp / "report.html")
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.replace(out, old / "previous")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+            write_seg_nrrd(result.fused_segmentation, tmp / segmentation_file_name(FUSED))
+            write_labelmap_nifti(result.fused_segmentation, tmp / labelmap_file_name(FUSED))
+        _write_measures_csv(result.measures, tmp / MEASURES_FILE)
+        write_report(result, tmp / REPORT_FILE)
+        return claim.commit()
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        claim.abort()
         raise
-    return out

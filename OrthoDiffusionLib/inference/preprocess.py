@@ -1,4 +1,4 @@
-"""Preprocessing exactly as the paper's method (METHOD.md, "Preprocessing"), with the map back to the original grid.
+"""Preprocessing exactly as the paper's method describes it, with the map back to the original grid.
 
 Per series:
 (a) reorient by axis permutation/flip only (no interpolation) to a canonical orientation per plane with

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Union
 
 from ..labels import PLANES
+from .result_folder import DISCLAIMER
 
 __all__ = ["PLANE_COLORS", "sankey_figure", "report_html", "write_report"]
 
@@ -219,10 +220,8 @@ def _label_values(img) -> List[int]:
 
 
 def report_html(result: Any) -> str:
-    """The report of a :class:`~OrthoDiffusionLib.predictor.PredictionResult` as one self-contained HTML string."""
+    """The report of a :class:`~OrthoDiffusionLib.inference.predictor.PredictionResult` as one self-contained HTML string."""
     from plotly.offline import get_plotlyjs
-
-    from .predictor import DISCLAIMER
 
     data = result.to_json()
     model = data.get("model") or {}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pydicom
@@ -30,7 +30,10 @@ from ..errors import (
     NotMRError,
     NotVolumeError,
 )
+from ..output_folder import carries_marker
 from . import sequence
+from .exam_identity import header_identity, series_identity
+from .limits import check_volume_size
 from .orientation import classify_plane
 from .series import Series
 
@@ -72,6 +75,8 @@ class DicomSeriesGroup:
     header: Dataset
     frames: List[DicomFrame] = field(default_factory=list)
     n_echoes: int = 1
+    identity: Dict[str, str] = field(default_factory=dict)  # in memory only (see .exam_identity)
+    identity_conflict: Optional[str] = None
 
     @property
     def files(self) -> List[str]:
@@ -99,6 +104,7 @@ class DicomScan:
 
     groups: List[DicomSeriesGroup]
     ignored: List[Tuple[str, str]]  # (path, reason)
+    corrupt: List[Tuple[str, str]] = field(default_factory=list)  # (file, problem): the unreadable ones of ignored
 
 
 # ----------------------------------------------------------------------------------------------------------- headers
@@ -270,7 +276,11 @@ def _skip_reason(ds: Dataset) -> Optional[str]:
 
 # ---------------------------------------------------------------------------------------------------------- scanning
 def _iter_files(folder: str) -> Iterable[str]:
+    """Files under ``folder`` (sorted walk), skipping hidden files and this tool's result folders (marker)."""
     for root, dirs, files in os.walk(folder):
+        if carries_marker(root):
+            dirs[:] = []
+            continue
         dirs.sort()
         for name in sorted(files):
             if not name.startswith("."):
@@ -285,28 +295,36 @@ def scan_dicom(paths: Sequence[str], strict: bool = True) -> DicomScan:
     """
     by_uid: Dict[str, List[Tuple[Dataset, List[DicomFrame]]]] = {}
     ignored: List[Tuple[str, str]] = []
+    corrupt: List[Tuple[str, str]] = []
     for path in paths:
         try:
             ds = read_header(path)
             if ds is None:
                 continue
-            reason = _skip_reason(ds)
+            try:
+                reason = _skip_reason(ds)
+                frames = None if reason else _frames_of(ds, path)
+                uid = str(ds.get("SeriesInstanceUID", "") or f"no-uid:{os.path.dirname(path)}")
+            except (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError) as e:
+                # pydicom parses values lazily: a malformed one (e.g. IS '1A') fails only when read
+                raise CorruptFileError(f"malformed DICOM header value ({type(e).__name__}: {str(e)[:120]})",
+                                       path) from None
             if reason:
                 ignored.append((path, reason))
                 continue
-            frames = _frames_of(ds, path)
         except CorruptFileError as e:
             if strict:
                 raise
             ignored.append((path, e.problem))
+            corrupt.append((path, e.problem))
             continue
-        uid = str(ds.get("SeriesInstanceUID", "") or f"no-uid:{os.path.dirname(path)}")
         by_uid.setdefault(uid, []).append((ds, frames))
 
     groups: List[DicomSeriesGroup] = []
     for uid, items in by_uid.items():
         header = items[0][0]
         frames = [f for _, fr in items for f in fr]
+        identity, conflict = series_identity([(fr[0].path, header_identity(ds)) for ds, fr in items if fr])
         numbers = {f.echo_number for f in frames}
         times = {round(f.echo_time, 4) if f.echo_time is not None else None for f in frames}
         if len(numbers) > 1:
@@ -330,10 +348,10 @@ def scan_dicom(paths: Sequence[str], strict: bool = True) -> DicomScan:
                 description=str(header.get("SeriesDescription", "") or ""),
                 modality=str(header.get("Modality", "") or ""),
                 echo_number=echo_number, echo_time=tes[0] if tes else None,
-                header=header, frames=fr, n_echoes=len(split)))
+                header=header, frames=fr, n_echoes=len(split), identity=identity, identity_conflict=conflict))
     groups.sort(key=lambda g: (g.series_number if g.series_number is not None else 1 << 30, g.description,
                                g.echo_number or 0, g.echo_time or 0.0, g.files[0]))
-    return DicomScan(groups, ignored)
+    return DicomScan(groups, ignored, corrupt)
 
 
 def scan_dicom_folder(folder: str, strict: bool = True) -> DicomScan:
@@ -380,6 +398,27 @@ def _check_geometry(frames: List[DicomFrame], where: str) -> None:
                 f"mixed pixel spacing in one series ({ref.pixel_spacing} vs {f.pixel_spacing})", where)
 
 
+def check_not_sheared(frames: List[DicomFrame], normal: np.ndarray, where: str) -> None:
+    """Refuse a slice stack whose positions do not lie along the slice normal (gantry tilt, sheared stacks): its
+    voxels are not on the rectangular grid the geometry describes. Offsets up to half a pixel are tolerated.
+
+    Raises:
+        InconsistentSeriesError: naming the worst offset and the tilt angle.
+    """
+    d = np.stack([f.position for f in frames]) - frames[0].position
+    along = d @ normal
+    inplane = d - along[:, None] * normal[None, :]
+    offset = np.linalg.norm(inplane, axis=1)
+    k = int(np.argmax(offset))
+    tolerance = max(0.5 * min(frames[0].pixel_spacing), 0.01)
+    if offset[k] > tolerance:
+        tilt = float(np.degrees(np.arctan2(offset[k], abs(along[k]) or 1e-9)))
+        raise InconsistentSeriesError(
+            f"the slices do not stack along their normal (gantry tilt or a sheared stack): "
+            f"{os.path.basename(frames[k].path)} is {offset[k]:.1f} mm off the normal through the first slice "
+            f"(tilt about {tilt:.1f} deg); resample the series onto an orthogonal grid first", where)
+
+
 def sort_frames(frames: List[DicomFrame], where: str) -> Tuple[List[DicomFrame], np.ndarray, float]:
     """Sort frames by position along the slice normal and check the spacing.
 
@@ -404,6 +443,7 @@ def sort_frames(frames: List[DicomFrame], where: str) -> Tuple[List[DicomFrame],
         raise InconsistentSeriesError(
             f"several images at the same slice position ({os.path.basename(frames[i].path)} and "
             f"{os.path.basename(frames[i + 1].path)}); repeated acquisitions or phases are not supported", where)
+    check_not_sheared(frames, normal, where)
     spacing = float(np.median(steps))
     if np.max(np.abs(steps - spacing)) > max(0.01 * spacing, 0.01):
         raise InconsistentSeriesError(
@@ -473,6 +513,7 @@ def load_group(group: DicomSeriesGroup, *, where: Optional[str] = None,
         raise NotMRError(f"modality is {group.modality or 'missing'}, not MR ({group.label()})", where)
     frames, normal, slice_spacing = sort_frames(group.frames, where)
     ref = frames[0]
+    check_volume_size((ref.columns, ref.rows, len(frames)), 4, where, "the DICOM headers")
     volume = np.empty((len(frames), ref.rows, ref.columns), dtype=np.float32)
     cache: Dict[str, np.ndarray] = {}
     for k, f in enumerate(frames):
@@ -493,37 +534,46 @@ def load_group(group: DicomSeriesGroup, *, where: Optional[str] = None,
     plane, obliquity = classify_plane(image, 2, tolerance_deg, path=where)
     meta = meta_from_header(group.header, len(frames), slice_spacing, ref.pixel_spacing,
                              group.echo_number, group.echo_time)
-    return Series(image=image, plane=plane, obliquity_deg=obliquity, source=where, meta=meta)
+    return Series(image=image, plane=plane, obliquity_deg=obliquity, source=where, meta=meta,
+                  identity=dict(group.identity), identity_conflict=group.identity_conflict)
 
 
-def select_group(groups: List[DicomSeriesGroup], where: str, series_uid: Optional[str],
+def select_group(groups: List[DicomSeriesGroup], where: str, series_uid: Union[str, Sequence[str], None],
                  echo: Optional[int]) -> DicomSeriesGroup:
-    """Pick one group by SeriesInstanceUID (or SeriesNumber given as text) and echo number (1 = first echo)."""
+    """Pick one group by SeriesInstanceUID (or SeriesNumber given as text) and echo number (1 = first echo).
+
+    ``series_uid`` may list several UIDs (one per folder of an exam): the groups matching any of them are kept, and a
+    path holding a single series that none of them names keeps it."""
     from ..errors import AmbiguousSeriesError
 
     chosen = groups
     if series_uid is not None:
-        chosen = [g for g in groups if g.uid == series_uid]
+        uids = [str(series_uid)] if isinstance(series_uid, (str, int)) else [str(u) for u in series_uid]
+        chosen = [g for g in groups if g.uid in uids]
         if not chosen:
-            chosen = [g for g in groups if g.series_number is not None and str(g.series_number) == str(series_uid)]
+            chosen = [g for g in groups if g.series_number is not None and str(g.series_number) in uids]
+        if not chosen and len(uids) > 1 and len({g.uid for g in groups}) == 1:
+            chosen = groups
         if not chosen:
             raise AmbiguousSeriesError(
                 f"no series matches the requested SeriesInstanceUID/SeriesNumber; found: "
                 f"{'; '.join(g.label() for g in groups)}", where)
-    if echo is not None:
-        picked = [g for g in chosen if (g.echo_number if g.echo_number is not None else 1) == int(echo)]
+    if echo is not None and any(g.n_echoes > 1 for g in chosen):  # the echo of a multi-echo series
+        picked = [g for g in chosen if g.n_echoes == 1 or
+                  (g.echo_number if g.echo_number is not None else 1) == int(echo)]
         if not picked:
             raise AmbiguousSeriesError(
                 f"no echo {echo}; found: {'; '.join(g.label() for g in chosen)}", where)
         chosen = picked
     if len(chosen) > 1:
         raise AmbiguousSeriesError(
-            f"{len(chosen)} series/echoes found, choose one with series_uid= (SeriesInstanceUID or SeriesNumber) "
-            f"and/or echo=: {'; '.join(g.label() for g in chosen)}", where)
+            f"{len(chosen)} series/echoes found, choose one with --series-uid UID (SeriesInstanceUID or SeriesNumber) "
+            f"and/or --echo N (library: series_uid=, echo=): {'; '.join(g.label() for g in chosen)}", where)
     return chosen[0]
 
 
-def read_dicom(path: str, *, series_uid: Optional[str] = None, echo: Optional[int] = None) -> Series:
+def read_dicom(path: str, *, series_uid: Union[str, Sequence[str], None] = None,
+               echo: Optional[int] = None) -> Series:
     """One series from a DICOM folder or a single (multi-frame) DICOM file."""
     if os.path.isdir(path):
         scan = scan_dicom_folder(path)
@@ -561,4 +611,5 @@ def read_all_dicom(folder: str, ignored: Optional[List[Tuple[str, str]]] = None)
 __all__ = [
     "DicomFrame", "DicomSeriesGroup", "DicomScan", "scan_dicom", "scan_dicom_folder", "load_group",
     "select_group", "read_dicom", "read_all_dicom", "read_header", "is_dicom_file", "sort_frames", "meta_from_header",
+    "check_not_sheared",
 ]

@@ -70,6 +70,7 @@ def write_dicom_series(
     study_description: str = "OrthoDiffusion",
     uid_seed: Optional[str] = None,
     file_prefix: str = "IM",
+    study_uid_seed: Optional[str] = None,
 ) -> List[Path]:
     """Write ``image`` as an MR DICOM series, one file per slice along ITK axis 2.
 
@@ -86,8 +87,10 @@ def write_dicom_series(
         modality: Modality tag (``"MR"`` normally; other values only to make test data).
         series_number: SeriesNumber.
         study_description: StudyDescription.
-        uid_seed: seed of the Study/Series/SOP/FrameOfReference UIDs. None = derived from the image and arguments.
+        uid_seed: seed of the Series/SOP/FrameOfReference UIDs. None = derived from the image and arguments.
         file_prefix: file name prefix.
+        study_uid_seed: seed of the StudyInstanceUID; series written with the same one form one study (one exam).
+            None = one study per ``study_description``.
 
     Returns:
         The written paths, in slice order.
@@ -99,7 +102,8 @@ def write_dicom_series(
     if uid_seed is None:
         uid_seed = _default_seed(image, [description, modality, series_number, study_description, sorted(meta.items(), key=str)])
     seed = str(uid_seed)
-    study_uid = generate_uid(entropy_srcs=[seed, "study"])
+    study_uid = generate_uid(entropy_srcs=[str(study_uid_seed) if study_uid_seed is not None
+                                           else f"orthodiffusion-study:{study_description}", "study"])
     series_uid = generate_uid(entropy_srcs=[seed, "series", str(series_number)])
     frame_uid = generate_uid(entropy_srcs=[seed, "frame-of-reference"])
 

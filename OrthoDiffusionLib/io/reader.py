@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
-from ..errors import CorruptFileError, MissingPathError, NoDicomError
+from ..errors import CorruptFileError, InputError, MissingPathError, NoDicomError
+from ..output_folder import carries_marker, is_tool_output
 from .dicom_read import is_dicom_file, read_all_dicom, read_dicom
 from .series import Series
 from .volume_read import is_volume_file, read_volume, volume_suffix
@@ -12,13 +13,15 @@ from .volume_read import is_volume_file, read_volume, volume_suffix
 PathLike = Union[str, os.PathLike]
 
 
-def read_series(path: PathLike, *, series_uid: Optional[str] = None, echo: Optional[int] = None) -> Series:
+def read_series(path: PathLike, *, series_uid: Union[str, Sequence[str], None] = None,
+                echo: Optional[int] = None) -> Series:
     """Read one series.
 
     Args:
         path: a DICOM folder (searched recursively), a single (multi-frame) DICOM file, or a NIfTI (.nii/.nii.gz),
             NRRD (.nrrd/.nhdr) or MetaImage (.mha/.mhd) volume.
-        series_uid: for DICOM folders holding several series: the SeriesInstanceUID (or the SeriesNumber as text).
+        series_uid: for DICOM folders holding several series: the SeriesInstanceUID (or the SeriesNumber as text), or
+            a list of them (a folder holding one series that none names keeps it).
         echo: for multi-echo series: the echo number (1 = first echo; by increasing TE when EchoNumbers is absent).
 
     Returns:
@@ -26,13 +29,17 @@ def read_series(path: PathLike, *, series_uid: Optional[str] = None, echo: Optio
 
     Raises:
         MissingPathError, NoDicomError, NotMRError, CorruptFileError, InconsistentSeriesError, NotVolumeError,
-        InvalidVolumeError, ObliqueSeriesError, AmbiguousSeriesError (several series/echoes and none chosen).
+        InvalidVolumeError, ObliqueSeriesError, AmbiguousSeriesError (several series/echoes and none chosen),
+        InputError (a segmentation or other output of this tool, not an MR series).
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise MissingPathError("no such file or folder", path)
+    if is_tool_output(path) or (os.path.isdir(path) and carries_marker(path)):
+        raise InputError("this is an output of orthodiffusion (a segmentation or result folder), not an MR series",
+                         path)
     if os.path.isdir(path):
-        volumes = _volume_files(path)
+        volumes = volume_files(path)
         if volumes and not any(is_dicom_file(os.path.join(r, n)) for r, _, fs in os.walk(path) for n in fs):
             if len(volumes) == 1:
                 return read_volume(volumes[0])
@@ -51,13 +58,18 @@ def read_series(path: PathLike, *, series_uid: Optional[str] = None, echo: Optio
     raise CorruptFileError("not a DICOM, NIfTI, NRRD or MetaImage file", path)
 
 
-def _volume_files(folder: str) -> List[str]:
-    """NIfTI/NRRD/MetaImage files under ``folder`` (sorted walk), excluding DICOM files and Slicer .seg.nrrd."""
+def volume_files(folder: str) -> List[str]:
+    """NIfTI/NRRD/MetaImage files under ``folder`` (sorted walk), excluding DICOM files, Slicer .seg.nrrd and this
+    tool's outputs (``labelmap_*.nii.gz``, anything in a folder carrying its marker)."""
     out = []
     for root, dirs, files in os.walk(folder):
+        if carries_marker(root):  # a result folder of this tool: its labelmaps are not MR series
+            dirs[:] = []
+            continue
         dirs.sort()
         out += [os.path.join(root, n) for n in sorted(files)
-                if is_volume_file(os.path.join(root, n)) and not is_dicom_file(os.path.join(root, n))]
+                if is_volume_file(os.path.join(root, n)) and not is_tool_output(os.path.join(root, n))
+                and not is_dicom_file(os.path.join(root, n))]
     return out
 
 
@@ -79,7 +91,7 @@ def read_all_series(folder: PathLike, ignored: Optional[List[Tuple[str, str]]] =
         raise MissingPathError("no such folder", folder)
     skipped: List[Tuple[str, str]] = []
     out = read_all_dicom(folder, skipped)
-    out += [read_volume(p) for p in _volume_files(folder)]
+    out += [read_volume(p) for p in volume_files(folder)]
     if ignored is not None:
         ignored.extend(skipped)
     if not out:
@@ -87,4 +99,4 @@ def read_all_series(folder: PathLike, ignored: Optional[List[Tuple[str, str]]] =
     return out
 
 
-__all__ = ["read_series", "read_all_series"]
+__all__ = ["read_series", "read_all_series", "volume_files"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -59,6 +59,10 @@ class Series:
         obliquity_deg: angle in degrees between the slice normal and the nearest patient axis.
         source: the file or folder the series was read from.
         meta: de-identified acquisition metadata (keys from :data:`META_KEYS`; missing values are None).
+        identity: in memory only, for the one-patient check of an exam (:mod:`.exam_identity`): PatientID,
+            StudyInstanceUID, PatientBirthDate, PatientSex where the files have them; never written anywhere.
+        identity_conflict: why the slices of this series belong to different patients/studies (None when they do
+            not).
     """
 
     image: sitk.Image
@@ -66,6 +70,8 @@ class Series:
     obliquity_deg: float
     source: str
     meta: Dict[str, Any] = field(default_factory=dict)
+    identity: Dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    identity_conflict: Optional[str] = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.plane not in PLANES:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -18,6 +18,7 @@ import SimpleITK as sitk
 from ..errors import CorruptFileError, InvalidVolumeError, NotVolumeError
 from . import sequence
 from .anatomy import meta_from_header_fields
+from .limits import check_volume_size, max_volume_bytes
 from .orientation import choose_slice_axis, classify_plane, move_slice_axis_last
 from .series import Series
 
@@ -45,6 +46,24 @@ def _stem(path: str) -> str:
     return name[: len(name) - len(suffix)] if suffix else name
 
 
+#: A volume with at most this many distinct integer values is a label map (segmentation), not an MR image.
+MAX_LABEL_MAP_VALUES = 64
+_PIXEL_BYTES = {sitk.sitkUInt8: 1, sitk.sitkInt8: 1, sitk.sitkUInt16: 2, sitk.sitkInt16: 2, sitk.sitkUInt32: 4,
+                sitk.sitkInt32: 4, sitk.sitkUInt64: 8, sitk.sitkInt64: 8, sitk.sitkFloat32: 4, sitk.sitkFloat64: 8}
+
+
+def label_map_values(values: np.ndarray) -> Optional[int]:
+    """The number of distinct values when ``values`` (integer pixel type) has at most
+    :data:`MAX_LABEL_MAP_VALUES` of them (a label map), else None (float data: None)."""
+    if not np.issubdtype(values.dtype, np.integer) or values.size == 0:
+        return None
+    flat = values.reshape(-1)
+    if len(np.unique(flat[:: max(1, flat.size // 100_000)])) > MAX_LABEL_MAP_VALUES:
+        return None
+    n = len(np.unique(flat))
+    return n if n <= MAX_LABEL_MAP_VALUES else None
+
+
 def nifti_has_nonfinite(path: str) -> bool:
     """True if a float NIfTI-1/2 file stores NaN/Inf voxels.
 
@@ -53,7 +72,7 @@ def nifti_has_nonfinite(path: str) -> bool:
     """
     opener = gzip.open if path.lower().endswith(".gz") else open
     with opener(path, "rb") as fh:
-        data = fh.read()
+        data = fh.read(max_volume_bytes() + 1024)  # never inflate more than a volume may take
     if len(data) < 348:
         return False
     for endian in ("<", ">"):
@@ -106,6 +125,7 @@ def read_volume(path: str, *, tolerance_deg: float = 30.0) -> Series:
         raise NotVolumeError(f"{dim}D image of size {list(size)}; a 3D volume is needed", path)
     if min(size[:3]) < 2:
         raise NotVolumeError(f"image of size {list(size[:3])} is a single slice, not a 3D volume", path)
+    check_volume_size(size, _PIXEL_BYTES.get(reader.GetPixelID(), 8), path, f"the {_FORMAT[suffix]} header")
     header = {k: reader.GetMetaData(k) for k in reader.GetMetaDataKeys()}
     try:
         image = reader.Execute()
@@ -114,6 +134,10 @@ def read_volume(path: str, *, tolerance_deg: float = 30.0) -> Series:
         raise CorruptFileError(f"cannot read the {_FORMAT[suffix]} voxel data (truncated?) ({first[:120]})", path)
     if image.GetDimension() == 4:
         image = image[:, :, :, 0]
+    n_labels = label_map_values(sitk.GetArrayViewFromImage(image))
+    if n_labels is not None:
+        raise InvalidVolumeError(f"this looks like a label map ({n_labels} distinct integer values), not an MR "
+                                 "image; give the MR series", path)
     image = sitk.Cast(image, sitk.sitkFloat32)
     values = sitk.GetArrayViewFromImage(image)
     if not np.all(np.isfinite(values)) or (_FORMAT[suffix] == "NIfTI" and nifti_has_nonfinite(str(path))):

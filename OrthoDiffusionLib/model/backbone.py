@@ -1,8 +1,8 @@
 """The diffusion backbone: a guided-diffusion-style 3D U-Net (one per MRI plane).
 
-Written for OrthoDiffusion from the facts in METHOD.md; the default constructor is the paper's network and its
+Written for OrthoDiffusion from the paper's description of the network; the default constructor is the paper's network and its
 ``state_dict()`` has exactly the keys and shapes of the authors' checkpoints, so their published weights load with no
-remapping (see :mod:`OrthoDiffusionLib.checkpoints`).
+remapping (see :mod:`OrthoDiffusionLib.model.checkpoints`).
 
 Shapes (default network, one 1x16x256x256 volume per sample)::
 
@@ -38,6 +38,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 
 __all__ = [
     "DiffusionUNet",
+    "CPU_SCALE_CONFIG",
     "timestep_embedding",
     "reference_init_",
     "GroupNorm32",
@@ -212,6 +213,12 @@ class EmbedSequential(nn.Sequential):
         return x
 
 
+
+
+#: The CPU-scale member of the family (docs/cpu-scale-model.md): in-plane space-to-depth x4, width 16, channel
+#: multipliers 1,2,4,8, attention at the bottleneck, GroupNorm(8); 16 x 128 x 128 volumes on the model grid.
+CPU_SCALE_CONFIG: Dict[str, object] = {"patch_size": 4, "model_channels": 16, "channel_mult": (1, 2, 4, 8),
+                                       "attention_resolutions": (8,), "norm_groups": 8}
 
 
 class DiffusionUNet(nn.Module):
@@ -495,7 +502,8 @@ class DiffusionUNet(nn.Module):
 
 @torch.no_grad()
 def reference_init_(model: nn.Module) -> nn.Module:
-    """Fill every state-dict tensor by the deterministic rule of METHOD.md "Reference vectors" (in place).
+    """Fill every state-dict tensor by a fixed deterministic rule (in place): the weights under which the authors'
+    network produced the reference vectors in ``Testing/reference``.
 
     Keys are sorted alphabetically (index i); element j (row-major) gets ``base = sin(0.37 j + i)``; 1-D ``*.weight``
     -> ``1 + 0.1 base``; other 1-D -> ``0.1 base``; >= 2-D -> ``base / sqrt(n / shape[0])``. Computed in float64.

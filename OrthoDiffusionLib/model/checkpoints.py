@@ -28,8 +28,10 @@ import torch
 
 from .backbone import DiffusionUNet
 from ..atomic import atomic_path  # noqa: F401  (re-exported: public API)
-from ..errors import BundleError, CorruptFileError, MissingPathError, UnsafeFileError, WeightsMismatchError
+from ..errors import (BundleError, CorruptFileError, InputError, MissingPathError, UnsafeFileError,
+                      WeightsMismatchError)
 from ..labels import SHARED_PLANE
+from ..progress import ProgressFn
 
 __all__ = [
     "AUTHORS_POSE_TO_PLANE",
@@ -37,9 +39,11 @@ __all__ = [
     "BACKBONE_FORMAT_VERSION",
     "StateDictDiff",
     "atomic_path",
+    "BACKBONES_MANIFEST",
     "check_state_dict",
     "compare_state_dict",
     "file_sha256",
+    "import_weights",
     "load_authors_checkpoint",
     "load_authors_denoiser",
     "load_backbone",
@@ -51,6 +55,7 @@ __all__ = [
 
 PathLike = Union[str, os.PathLike]
 AUTHORS_POSE_TO_PLANE = {0: "axial", 1: "sagittal", 2: "coronal"}  # inferred, see module docstring
+AUTHORS_PREPROCESSING = {"slices": 16, "size": 256}  # the input the published backbones were trained on
 DENOISER_PREFIXES = ("denoise_fn.module.", "denoise_fn.")
 BACKBONE_FORMAT = "orthodiffusion-backbone"
 BACKBONE_FORMAT_VERSION = 1
@@ -370,3 +375,39 @@ def load_backbone(
     check_state_dict(model, state, path)
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), meta
+
+
+#: The manifest :func:`import_weights` writes beside the backbone files.
+BACKBONES_MANIFEST = "backbones.json"
+
+
+def import_weights(files: Mapping[str, PathLike], out_dir: PathLike, source: str = "ema",
+                   progress: Optional[ProgressFn] = None) -> Dict:
+    """Convert the authors' ``{plane: model.pt}`` into ``out_dir/backbone_{plane}.safetensors``; returns the manifest
+    written to ``out_dir/backbones.json`` (file names, sha256, source file and its sha256, training step).
+
+    Every file is read safely and checked against the network BEFORE anything is written, so a bad file leaves
+    ``out_dir`` untouched. ``progress("reading" | "writing", fraction)`` after each file."""
+    if not files:
+        raise InputError("give at least one of --axial, --sagittal, --coronal")
+    out_dir = Path(out_dir)
+    loaded = {}
+    for i, (plane, path) in enumerate(files.items()):
+        path = Path(path)
+        loaded[plane] = (path, *load_authors_denoiser(path, source=source))
+        if progress is not None:
+            progress("reading", (i + 1) / len(files))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest: Dict[str, Dict] = {"format": "orthodiffusion-backbones", "format_version": 1, "planes": {}}
+    for i, (plane, (path, model, info)) in enumerate(loaded.items()):
+        name = f"backbone_{plane}.safetensors"
+        provenance = {"source_file": path.name, "source_sha256": info["file_sha256"], "source_entry": source,
+                      "step": info["step"]}
+        sha = save_backbone(model, out_dir / name, plane, provenance=provenance, preprocessing=AUTHORS_PREPROCESSING)
+        manifest["planes"][plane] = {"file": name, "sha256": sha, **provenance}
+        if progress is not None:
+            progress("writing", (i + 1) / len(loaded))
+    with atomic_path(out_dir / BACKBONES_MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+

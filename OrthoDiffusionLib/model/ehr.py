@@ -1,4 +1,4 @@
-"""Structured EHR encoding and MRI-EHR late fusion (METHOD.md, "EHR late fusion"; paper Appendix C.3).
+"""Structured EHR encoding and MRI-EHR late fusion (paper Appendix C.3).
 
 Record format (one ``dict`` per patient; every key optional, missing/``None``/NaN/empty/"unknown" -> missing):
 

@@ -1,4 +1,4 @@
-"""Per-plane classifier heads and the five cross-plane fusions (METHOD.md, "Fusion across planes").
+"""Per-plane classifier heads and the paper's five cross-plane fusions.
 
 Every fusion takes the per-plane pooled features as a mapping ``plane -> (B, F)`` (planes named as in
 :data:`OrthoDiffusionLib.labels.PLANES`: ``sagittal``, ``coronal``, ``axial``; ``F = 512`` for SAP/GLP on

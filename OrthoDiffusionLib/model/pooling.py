@@ -1,4 +1,4 @@
-"""Pooling of a diffusion feature tap into one vector per volume (METHOD.md, "Pooling").
+"""Pooling of a diffusion feature tap into one vector per volume (the paper's GAP, GLP and SAP).
 
 A tap is a feature map ``v`` of shape ``(B, C, D', H', W')`` (``256 x 1 x 16 x 16`` for ``mid_*`` at full size); its
 ``N = D'H'W'`` spatial positions are the tokens ``v_i`` (each ``C``-d). Any spatial size (and any number of spatial

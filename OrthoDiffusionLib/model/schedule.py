@@ -1,6 +1,6 @@
 """Noise schedule of the diffusion backbone: cosine betas, forward noising, the epsilon loss and two samplers.
 
-The network (:class:`~OrthoDiffusionLib.backbone.DiffusionUNet`) and this schedule are separate objects; samplers take
+The network (:class:`~OrthoDiffusionLib.model.backbone.DiffusionUNet`) and this schedule are separate objects; samplers take
 the model as an argument. All schedule arithmetic is done in float64 and cast to the data dtype at the point of use.
 
 Conventions: ``t`` is an integer in ``[0, T)`` indexing ``alphas_cumprod`` (abar); ``x_t = sqrt(abar_t) x0 +
@@ -9,16 +9,15 @@ sqrt(1 - abar_t) eps``.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..progress import ProgressFn
+
 __all__ = ["CosineSchedule"]
-
-ProgressFn = Callable[[int, int], None]
-
 
 def _cosine_betas(T: int, s: float, max_beta: float) -> torch.Tensor:
     """betas_i = min(1 - f((i+1)/T) / f(i/T), max_beta), f(u) = cos((u + s) / (1 + s) * pi / 2)**2. (T,) float64."""
@@ -132,7 +131,7 @@ class CosineSchedule:
             model: the denoiser, ``model(x_t, t)`` -> eps.
             shape: (B, C, D, H, W) of the volumes to draw.
             generator: controls every random draw (a CPU generator gives the same volumes on any device).
-            progress: called as ``progress(done, total)`` after every step.
+            progress: ``progress("sampling", fraction of the steps done)`` after every step.
             device: where the model runs (default: the model's parameters' device).
         Returns:
             (B, C, D, H, W) float32 volumes.
@@ -155,7 +154,7 @@ class CosineSchedule:
             else:
                 x = mean
             if progress is not None:
-                progress(n + 1, self.T)
+                progress("sampling", (n + 1) / self.T)
         return x
 
     @torch.no_grad()
@@ -194,7 +193,7 @@ class CosineSchedule:
             if sigma > 0:
                 x = x + sigma * self._randn(shape, generator, device)
             if progress is not None:
-                progress(n + 1, len(seq))
+                progress("sampling", (n + 1) / len(seq))
         return x
 
     def ddim_timesteps(self, steps: int) -> Tuple[int, ...]:

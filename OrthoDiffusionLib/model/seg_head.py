@@ -19,7 +19,7 @@ in_9                  4w         (1, 16, 16)
 mid_0, mid_1, mid_2   4w         (1, 16, 16)
 ====================  =========  ===================
 
-``BottleneckSegHead`` is the head of METHOD.md (bottleneck only). ``SkipSegHead`` additionally concatenates encoder
+``BottleneckSegHead`` is the paper's head (bottleneck only). ``SkipSegHead`` additionally concatenates encoder
 taps after each upsampling stage (a U-Net style decoder on the frozen/fine-tuned encoder) for sharper boundaries.
 """
 from __future__ import annotations
@@ -97,7 +97,7 @@ def _resize_to(logits: torch.Tensor, output_size: Optional[Sequence[int]]) -> to
 
 
 class BottleneckSegHead(nn.Module):
-    """METHOD.md segmentation head, from the bottleneck tap only.
+    """The paper's segmentation head, from the bottleneck tap only.
 
     Four ConvTranspose3d (kernel 4, stride 2, padding 1, each followed by SiLU) take the bottleneck
     ``in_channels`` -> 128 -> 64 -> 32 -> 16 channels while doubling D, H and W (16x in total: depth 1 -> 16,

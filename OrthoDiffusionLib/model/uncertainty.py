@@ -12,6 +12,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from ..progress import ProgressFn
+
 __all__ = ["NoiseDrawSummary", "aggregate_noise_draws", "predict_with_noise_draws"]
 
 
@@ -39,11 +41,11 @@ def aggregate_noise_draws(probabilities) -> NoiseDrawSummary:
 
 
 def predict_with_noise_draws(predict: Callable[[torch.Generator], torch.Tensor], num_draws: int, seed: int = 0,
-                             progress: Optional[Callable[[int, int], None]] = None,
+                             progress: Optional[ProgressFn] = None,
                              device: torch.device | str = "cpu") -> NoiseDrawSummary:
     """Call ``predict(generator)`` once per draw (a ``device`` generator seeded ``seed + s``; ``predict`` must draw
-    its noise from it and return probabilities ``(B, K)``) and summarise. ``progress(done, total)`` is called after
-    each draw."""
+    its noise from it and return probabilities ``(B, K)``) and summarise. ``progress("noise draws", fraction done)`` is
+    called after each draw."""
     if num_draws < 1:
         raise ValueError("num_draws must be >= 1")
     outs = []
@@ -52,5 +54,5 @@ def predict_with_noise_draws(predict: Callable[[torch.Generator], torch.Tensor],
         with torch.no_grad():
             outs.append(torch.as_tensor(predict(g)).detach().cpu().double())
         if progress is not None:
-            progress(s + 1, num_draws)
+            progress("noise draws", (s + 1) / num_draws)
     return aggregate_noise_draws(torch.stack(outs))

@@ -25,12 +25,10 @@ anisotropic spacing).
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import math
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -254,31 +252,3 @@ def write_measures(rows: Sequence[StructureMeasure], path: Path) -> Path:
             f.write(text)
 
     return atomic_write(path, path.suffix, write)
-
-
-def _cmd_measure(args: argparse.Namespace) -> int:
-    from OrthoDiffusionLib.errors import InputError
-    from OrthoDiffusionLib.segmentation.io import read_labelmap
-
-    if args.out is not None and Path(args.out).suffix.lower() not in (".csv", ".json"):
-        raise InputError("the measures table must end in .csv or .json", args.out)
-    rows = measure_structures(read_labelmap(args.labelmap), plane=args.plane)
-    print(format_measures(rows), file=sys.stdout)
-    if args.out is not None:
-        write_measures(rows, Path(args.out))
-    return 0
-
-
-def register(subparsers) -> None:
-    """``orthodiffusion measure-segmentation LABELMAP [--plane P] [--out FILE.csv|.json]``."""
-    p = subparsers.add_parser(
-        "measure-segmentation",
-        help="structure volumes (mL) and mean cartilage thickness (mm) of a knee labelmap or .seg.nrrd",
-        description="Volumes of the knee structures and mean cartilage thickness (surface-normal rays, sub-voxel) "
-                    "of a labelmap whose values are the OrthoDiffusion label table (or a Slicer .seg.nrrd whose "
-                    "segments are named after the structures).")
-    p.add_argument("labelmap", help="labelmap file: .seg.nrrd, .nrrd, .nii or .nii.gz")
-    p.add_argument("--plane", choices=labels.PLANES, default=None,
-                   help="only the structures segmented on this plane (default: all 11)")
-    p.add_argument("--out", default=None, help="also write the table to this .csv or .json file")
-    p.set_defaults(func=_cmd_measure)

@@ -1,15 +1,14 @@
 """Colour-coded mid-slice pictures of any :class:`~OrthoDiffusionLib.simulate.tissues.AnatomySource`.
 
-``python -m OrthoDiffusionLib.simulate.anatomy_preview --out DIR`` writes, for the SPL and OAI atlas sources (plain,
-deformed, deformed + mirrored), one PNG each with the mid-sagittal, mid-coronal and mid-axial tissue slices through
+:func:`render_atlas_previews` (``orthodiffusion simulate atlas-preview --out DIR``) writes, for the SPL and OAI atlas
+sources (plain, deformed, deformed + mirrored), one PNG each with the mid-sagittal, mid-coronal and mid-axial tissue slices through
 the knee centre along the knee's own axes, with landmarks marked. matplotlib is imported lazily.
 """
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -97,30 +96,27 @@ def render_mid_slices(source, path: Path, title: str = "", extent_mm: float = 15
     return path
 
 
-def main(argv=None) -> int:
-    """Render SPL/OAI atlas sources (plain, deformed, deformed+mirrored) into ``--out``."""
+def render_atlas_previews(out: Union[str, Path], seed: int = 1, spl: Optional[Union[str, Path]] = None,
+                          oai: Optional[Union[str, Path]] = None) -> List[Dict[str, Any]]:
+    """Render the SPL and OAI atlas sources (plain, deformed, deformed + mirrored) into ``out/<kind>_<tag>.png``.
+
+    ``spl``/``oai``: the label maps (default: the shared data). Returns one entry per atlas: ``kind``,
+    ``load_seconds``, ``atlas_side`` and ``pictures`` (the PNG paths)."""
     from .atlas import AtlasAnatomy
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--spl", type=Path, default=None, help="SPL label map (default: shared data)")
-    ap.add_argument("--oai", type=Path, default=None, help="OAI label map (default: shared data)")
-    args = ap.parse_args(argv)
-    for kind, factory, path in (("spl", AtlasAnatomy.from_spl, args.spl), ("oai", AtlasAnatomy.from_oai, args.oai)):
+    out = Path(out)
+    done = []
+    for kind, factory, path in (("spl", AtlasAnatomy.from_spl, spl), ("oai", AtlasAnatomy.from_oai, oai)):
         t0 = time.perf_counter()
-        plain = factory(path, seed=args.seed, deformation=0.0, scale_range=(1.0, 1.0), rotation_deg=0.0,
-                        anisotropy=0.0)
-        plain = factory(path, seed=args.seed, side=plain.atlas_side, deformation=0.0, scale_range=(1.0, 1.0),
+        plain = factory(path, seed=seed, deformation=0.0, scale_range=(1.0, 1.0), rotation_deg=0.0, anisotropy=0.0)
+        plain = factory(path, seed=seed, side=plain.atlas_side, deformation=0.0, scale_range=(1.0, 1.0),
                         rotation_deg=0.0, anisotropy=0.0)
-        print(f"{kind}: loaded in {time.perf_counter() - t0:.1f} s (atlas side {plain.atlas_side})")
+        entry: Dict[str, Any] = {"kind": kind, "load_seconds": time.perf_counter() - t0,
+                                 "atlas_side": plain.atlas_side, "pictures": []}
         other = "left" if plain.atlas_side == "right" else "right"
-        for tag, src in (("plain", plain), ("deformed", factory(path, seed=args.seed, side=plain.atlas_side)),
-                         ("deformed_mirrored", factory(path, seed=args.seed, side=other))):
-            out = render_mid_slices(src, args.out / f"{kind}_{tag}.png", title=f"{kind} {tag} ({src.side})")
-            print(out)
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+        for tag, src in (("plain", plain), ("deformed", factory(path, seed=seed, side=plain.atlas_side)),
+                         ("deformed_mirrored", factory(path, seed=seed, side=other))):
+            entry["pictures"].append(render_mid_slices(src, out / f"{kind}_{tag}.png",
+                                                       title=f"{kind} {tag} ({src.side})"))
+        done.append(entry)
+    return done

@@ -20,13 +20,14 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
 
 from .. import labels as label_tables
 from ..errors import InputError
+from ..progress import ProgressFn
 from . import contrast as C
 from .acquisition import SERIES_DESCRIPTIONS, RenderedSeries, SeriesSpec, render_series
 from .ehr import EHR_FIELDS, sample_ehr
@@ -257,7 +258,8 @@ def _write_patient(args) -> List[Dict[str, object]]:
 
             write_dicom_series(s.image, pdir / stem, meta=s.meta, series_description=str(s.meta["series_description"]),
                                series_number=number, study_description="OrthoDiffusion simulated knee",
-                               uid_seed=f"orthodiffusion-sim:{pseed}:{pid}:{stem}")
+                               uid_seed=f"orthodiffusion-sim:{pseed}:{pid}:{stem}",
+                               study_uid_seed=f"orthodiffusion-sim:{pseed}:{pid}")
             series_path = f"{pid}/{stem}"
         if settings["write_nifti"]:
             write_image(s.image, pdir / f"{pid}_{stem}.nii.gz")
@@ -301,7 +303,7 @@ def write_cohort(out_dir: Union[str, os.PathLike], n_patients: int, seed: int = 
                  write_dicom: bool = True, write_nifti: bool = True, multi_series_fraction: float = 0.1,
                  matrix: Union[int, Tuple[int, int]] = (256, 256), planes: Sequence[str] = PLANES,
                  n_slices: Optional[int] = None, ehr_missing_rate: float = 0.05, atlas_path: Optional[str] = None,
-                 progress: Optional[Callable[[int, int], None]] = None, workers: int = 1) -> Path:
+                 progress: Optional[ProgressFn] = None, workers: int = 1) -> Path:
     """Simulate and write a cohort; returns the manifest path.
 
     Args:
@@ -313,7 +315,7 @@ def write_cohort(out_dir: Union[str, os.PathLike], n_patients: int, seed: int = 
         anatomy_mix: {anatomy: weight}, default all procedural.
         centers: {center: weight}; default :data:`.contrast.DEFAULT_CENTER_WEIGHTS`.
         multi_series_fraction: fraction of patients with a second series of one plane.
-        progress: called with (done, total) after each patient.
+        progress: ``progress("patients", fraction written)`` after each patient.
         workers: processes (results do not depend on it).
     """
     if not (write_dicom or write_nifti):
@@ -336,12 +338,12 @@ def write_cohort(out_dir: Union[str, os.PathLike], n_patients: int, seed: int = 
             for i, r in enumerate(pool.imap(_write_patient, jobs)):
                 rows.extend(r)
                 if progress:
-                    progress(i + 1, n_patients)
+                    progress("patients", (i + 1) / n_patients)
     else:
         for i, job in enumerate(jobs):
             rows.extend(_write_patient(job))
             if progress:
-                progress(i + 1, n_patients)
+                progress("patients", (i + 1) / n_patients)
     manifest = out / "manifest.csv"
     with open(manifest, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(MANIFEST_COLUMNS), lineterminator="\n")
@@ -371,3 +373,35 @@ def write_cohort(out_dir: Union[str, os.PathLike], n_patients: int, seed: int = 
             "Settings:", "", "```json", json.dumps(info, indent=2, sort_keys=True), "```", ""]
     (out / "README.md").write_text("\n".join(text), encoding="utf-8")
     return manifest
+
+
+def write_exam_folder(exam: SimulatedExam, out_dir: Union[str, os.PathLike], seed: int,
+                      write_dicom: bool = True) -> Dict[str, object]:
+    """Write one simulated exam (``orthodiffusion simulate exam``) into ``out_dir``: ``dicom/<plane>_<n>/`` (DICOM
+    series, unless ``write_dicom`` is False), ``nifti/<plane>_<n>.nii.gz``, ``labels/<plane>_<n>_seg.nii.gz``
+    (11-structure labelmaps on the same grids) and ``exam.json`` (labels, EHR, per-series metadata and file names),
+    whose content is returned. ``seed`` is the exam's seed (recorded, and the seed of the DICOM UIDs)."""
+    from ..io import write_dicom_series
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    series = []
+    for n, s in enumerate(exam.series, start=1):
+        stem = f"{s.plane}_{s.meta['series_index']}"
+        if write_dicom:
+            write_dicom_series(s.image, out / "dicom" / stem, meta=s.meta, series_number=n,
+                               series_description=str(s.meta["series_description"]),
+                               uid_seed=f"orthodiffusion-sim-exam:{seed}:{stem}",
+                               study_uid_seed=f"orthodiffusion-sim-exam:{seed}")
+        (out / "nifti").mkdir(exist_ok=True)
+        (out / "labels").mkdir(exist_ok=True)
+        write_image(s.image, out / "nifti" / f"{stem}.nii.gz")
+        write_image(s.labelmap, out / "labels" / f"{stem}_seg.nii.gz")
+        series.append({**s.meta, "dicom": f"dicom/{stem}" if write_dicom else None, "nifti": f"nifti/{stem}.nii.gz",
+                       "labelmap": f"labels/{stem}_seg.nii.gz"})
+    info: Dict[str, object] = {"seed": seed, "anatomy": exam.anatomy, "side": exam.side, "center": exam.center,
+                               "field_strength": exam.field_strength,
+                               "labels": {k: int(v) for k, v in exam.labels.items()}, "ehr": exam.ehr,
+                               "series": series}
+    (out / "exam.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    return info

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
 
 from .. import labels as label_tables
+from ..progress import ProgressFn
 from .cohort import LABEL_KEYS, PLANES, SimulatedExam, simulate_exam
 
 
@@ -61,19 +62,20 @@ def save_exam_picture(exam: SimulatedExam, path: Union[str, os.PathLike], title:
 
 def write_pictures(out_dir: Union[str, os.PathLike], seed: int = 1, anatomy: str = "procedural",
                    abnormalities: Sequence[str] = LABEL_KEYS, matrix: int = 256, atlas_path: Optional[str] = None,
-                   progress: Optional[Callable[[int, int], None]] = None) -> List[Path]:
-    """Write ``normal.png`` and ``<label key>.png`` for each abnormality into ``out_dir``; returns the paths."""
+                   progress: Optional[ProgressFn] = None) -> List[Path]:
+    """Write ``normal.png`` and ``<label key>.png`` for each abnormality into ``out_dir``; returns the paths.
+    ``progress("pictures", fraction written)`` after each picture."""
     out = Path(out_dir)
     kw = dict(anatomy=anatomy, matrix=matrix, atlas_path=atlas_path, center="center_a", field_strength=3.0)
     total = 1 + len(abnormalities)
     normal = simulate_exam(seed, {}, **kw)
     paths = [save_exam_picture(normal, out / "normal.png", f"normal knee ({normal.side}, seed {seed}, {anatomy})")]
     if progress:
-        progress(1, total)
+        progress("pictures", 1 / total)
     for i, key in enumerate(abnormalities):
         exam = simulate_exam(seed, {key: True}, **kw)
         paths.append(save_exam_picture(exam, out / f"{key}.png", f"{key} ({exam.side}, seed {seed}, {anatomy})",
                                        reference=normal))
         if progress:
-            progress(i + 2, total)
+            progress("pictures", (i + 2) / total)
     return paths

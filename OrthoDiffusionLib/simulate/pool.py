@@ -2,7 +2,7 @@
 
 Each exam is simulated with :func:`.cohort.simulate_exam` (anatomy from the procedural knee or deformed real label
 maps, lesions, 2D acquisition), then every series is reoriented to its plane's canonical orientation and resampled
-onto the model grid (:func:`OrthoDiffusionLib.preprocess.resample_to_model_grid`: ``slice_mm`` between slices over
+onto the model grid (:func:`OrthoDiffusionLib.inference.preprocess.resample_to_model_grid`: ``slice_mm`` between slices over
 the whole series, ``size x size`` pixels of ``inplane_mm``). Stored per exam, one ``.npz`` (no pickles)::
 
     {plane}_image   float16 (D, size, size)  the simulated PD image, divided by its 99.5th percentile
@@ -16,14 +16,16 @@ written are skipped).
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..atomic import atomic_path
+from ..progress import ProgressFn
 from ..inference.preprocess import reorient, resample_to_model_grid
 from .cohort import LABEL_KEYS, PLANES, simulate_exam
 
@@ -82,7 +84,7 @@ def _write_one(args) -> Dict[str, object]:
 def write_pool(out_dir: Union[str, os.PathLike], n_exams: int, seed: int = 0, prevalence: float = 0.35,
                anatomy_mix: Optional[Mapping[str, float]] = None, grid: Mapping[str, float] = DEFAULT_POOL_GRID,
                atlas_path: Optional[str] = None, workers: int = 1,
-               progress: Optional[Callable[[int, int], None]] = None) -> Path:
+               progress: Optional[ProgressFn] = None) -> Path:
     """Simulate ``n_exams`` exams into ``out_dir`` (skipping exams already there); returns ``pool.csv``.
 
     Args:
@@ -90,11 +92,15 @@ def write_pool(out_dir: Union[str, os.PathLike], n_exams: int, seed: int = 0, pr
         anatomy_mix: {anatomy name: weight} (see :func:`.cohort.make_anatomy`); default all procedural.
         grid: ``slice_mm``, ``inplane_mm``, ``size`` of the model grid.
         workers: processes.
-        progress: called with (done, total) after each exam.
+        progress: ``progress("exams", fraction written)`` after each exam.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plan = _exam_plan(int(n_exams), seed, prevalence, anatomy_mix or {"procedural": 1.0})
+    settings = {"n_exams": int(n_exams), "seed": int(seed), "prevalence": float(prevalence),
+                "anatomy_mix": dict(anatomy_mix or {"procedural": 1.0}), "grid": dict(grid)}
+    with atomic_path(out / "pool.json") as tmp:
+        tmp.write_text(json.dumps(settings, indent=2) + "\n")
+    plan = _exam_plan(int(n_exams), seed, prevalence, settings["anatomy_mix"])
     jobs = [(os.fspath(out), item, dict(grid), atlas_path) for item in plan]
     rows: List[Dict[str, object]] = []
     if workers > 1:
@@ -104,12 +110,12 @@ def write_pool(out_dir: Union[str, os.PathLike], n_exams: int, seed: int = 0, pr
             for row in ex.map(_write_one, jobs, chunksize=4):
                 rows.append(row)
                 if progress:
-                    progress(len(rows), len(jobs))
+                    progress("exams", len(rows) / len(jobs))
     else:
         for job in jobs:
             rows.append(_write_one(job))
             if progress:
-                progress(len(rows), len(jobs))
+                progress("exams", len(rows) / len(jobs))
     manifest = out / "pool.csv"
     with atomic_path(manifest) as tmp:
         with open(tmp, "w", newline="") as f:
@@ -120,14 +126,35 @@ def write_pool(out_dir: Union[str, os.PathLike], n_exams: int, seed: int = 0, pr
 
 
 def read_pool(manifest: Union[str, os.PathLike]) -> List[Dict[str, object]]:
-    """Rows of a ``pool.csv`` with ``path`` (absolute file path) and integer labels."""
+    """Rows of a ``pool.csv`` with ``path`` (absolute file path) and integer labels. Given a pool folder without
+    ``pool.csv`` (a pool still being written), the rows of the exam files already there, from its ``pool.json``."""
     manifest = Path(manifest)
+    if manifest.is_dir() and not (manifest / "pool.csv").is_file():
+        return _rows_of_partial_pool(manifest)
+    if manifest.is_dir():
+        manifest = manifest / "pool.csv"
     with open(manifest, newline="") as f:
         rows = list(csv.DictReader(f))
     for r in rows:
         r["path"] = os.fspath(manifest.parent / str(r["file"]))
+        r["seed"] = int(r["seed"])
         for k in LABEL_KEYS:
             r[k] = int(r[k])
+    return rows
+
+
+def _rows_of_partial_pool(folder: Path) -> List[Dict[str, object]]:
+    settings = json.loads((folder / "pool.json").read_text())
+    plan = _exam_plan(int(settings["n_exams"]), int(settings["seed"]), float(settings["prevalence"]),
+                      settings["anatomy_mix"])
+    rows = []
+    for item in plan:
+        path = folder / str(item["file"])
+        if path.is_file():
+            row: Dict[str, object] = {"file": item["file"], "seed": item["seed"], "anatomy": item["anatomy"],
+                                      "side": "", "path": os.fspath(path)}
+            row.update({k: int(item["labels"][k]) for k in LABEL_KEYS})
+            rows.append(row)
     return rows
 
 
@@ -162,7 +189,7 @@ def _grid_image(array: np.ndarray, plane: str, grid: Mapping[str, float]) -> sit
 
 def write_pool_cohort(pool: Union[str, os.PathLike], out_dir: Union[str, os.PathLike],
                       splits: Sequence[int] = (2000, 200, 200), grid: Mapping[str, float] = DEFAULT_POOL_GRID,
-                      progress: Optional[Callable[[int, int], None]] = None) -> Path:
+                      progress: Optional[ProgressFn] = None) -> Path:
     """Write a pool's exams as a training cohort (a manifest CSV any trainer reads); returns the manifest path.
 
     The first ``splits[0]`` exams (in ``pool.csv`` order) are ``train``, the next ``splits[1]`` ``val`` and the next
@@ -174,7 +201,7 @@ def write_pool_cohort(pool: Union[str, os.PathLike], out_dir: Union[str, os.Path
     from .cohort import MANIFEST_COLUMNS
     from .tissues import segmentation_from_tissue
 
-    rows = read_pool(Path(pool) / "pool.csv" if Path(pool).is_dir() else pool)
+    rows = read_pool(pool)
     names = ["train"] * int(splits[0]) + ["val"] * int(splits[1]) + ["test"] * int(splits[2])
     if len(rows) < len(names):
         raise ValueError(f"the pool holds {len(rows)} exams, the splits ask for {len(names)}")
@@ -204,7 +231,7 @@ def write_pool_cohort(pool: Union[str, os.PathLike], out_dir: Union[str, os.Path
             entry.update({k: int(row[k]) for k in LABEL_KEYS})
             manifest_rows.append(entry)
         if progress:
-            progress(n + 1, len(names))
+            progress("exams", (n + 1) / len(names))
     manifest = out / "manifest.csv"
     with atomic_path(manifest) as tmp:
         with open(tmp, "w", newline="") as f:

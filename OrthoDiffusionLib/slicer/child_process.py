@@ -23,7 +23,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from OrthoDiffusionLib.errors import CorruptFileError
 from OrthoDiffusionLib.labels import PLANES
-from OrthoDiffusionLib.cli.predict import PROGRESS_PREFIX
+from OrthoDiffusionLib.progress import parse_progress_line
 
 PathLike = Union[str, os.PathLike]
 
@@ -72,19 +72,6 @@ def sample_exam_series(folder: PathLike) -> Dict[str, Path]:
         if s.get("plane") in PLANES and s.get("nifti") and s["plane"] not in out:
             out[s["plane"]] = folder / s["nifti"]
     return {p: out[p] for p in PLANES if p in out}
-
-
-def parse_progress_line(line: str) -> Optional[Tuple[str, float]]:
-    """``(stage, fraction)`` of an ``ORTHODIFFUSION-PROGRESS {"stage": ..., "fraction": ...}`` line, else None
-    (fraction clipped to 0..1)."""
-    text = line.strip()
-    if not text.startswith(PROGRESS_PREFIX):
-        return None
-    try:
-        event = json.loads(text[len(PROGRESS_PREFIX):])
-        return str(event["stage"]), min(1.0, max(0.0, float(event["fraction"])))
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 def error_line(lines: Sequence[str]) -> str:

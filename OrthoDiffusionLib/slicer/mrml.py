@@ -4,7 +4,7 @@ and prediction results -> segmentation and table nodes.
 Works with the MRML classes of the ``slicer`` namespace, both inside the Slicer application and with the pip package
 ``slicer-core`` (which exposes ``slicer.vtkMRMLScene``, ``slicer.vtkMRMLScalarVolumeNode``,
 ``slicer.vtkMRMLSegmentationNode`` ... without Qt), so everything here is tested outside Slicer. ``slicer`` and
-``vtk`` are imported inside the functions: ``import OrthoDiffusionLib.mrml`` works without them.
+``vtk`` are imported inside the functions: ``import OrthoDiffusionLib.slicer.mrml`` works without them.
 
 Coordinates: MRML is RAS (+x Right, +y Anterior, +z Superior), SimpleITK/the library LPS. A node's IJK->RAS matrix
 ``M`` (4x4) maps voxel index (i, j, k) to RAS; the LPS image has ``direction = F @ M[:3,:3] / spacing`` and
@@ -14,7 +14,6 @@ same order as ``sitk.GetArrayFromImage``. A volume under a linear transform is c
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -30,6 +29,8 @@ from OrthoDiffusionLib.errors import (CorruptFileError, InputError, MissingPathE
                                       ObliqueSeriesError)
 from OrthoDiffusionLib.io.orientation import choose_slice_axis, classify_plane
 from OrthoDiffusionLib.io.series import PLANES
+from OrthoDiffusionLib.inference.result_folder import (DIAGNOSIS_FILE, FUSED, REPORT_FILE, read_diagnosis_json,
+                                                      segmentation_file, segmentation_file_name)
 
 PathLike = Union[str, os.PathLike]
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -501,24 +502,10 @@ def remove_node(scene, node) -> None:
     scene.RemoveNode(node)
 
 
-def read_result_json(folder: PathLike) -> Dict[str, Any]:
-    """``folder/diagnosis.json`` as a dict; MissingPathError / CorruptFileError naming the file."""
-    path = Path(folder) / "diagnosis.json"
-    if not path.is_file():
-        raise MissingPathError("prediction result has no diagnosis.json", path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise CorruptFileError(f"not a readable JSON file ({e})", path) from None
-    if not isinstance(data, dict):
-        raise CorruptFileError("diagnosis.json must hold a JSON object", path)
-    return data
-
-
 def import_result_folder(scene, folder: PathLike, volumes: Mapping[str, Any], prefix: str = "OrthoDiffusion",
                          diagnosis: bool = True, show_3d: bool = True,
                          planes: Sequence[str] = PLANES, fused: bool = True) -> ImportedResult:
-    """Import the outputs of ``orthodiffusion predict`` (:func:`OrthoDiffusionLib.predictor.write_outputs`) from
+    """Import the outputs of ``orthodiffusion predict`` (:func:`OrthoDiffusionLib.inference.predictor.write_outputs`) from
     ``folder`` into ``scene``.
 
     Args:
@@ -536,16 +523,16 @@ def import_result_folder(scene, folder: PathLike, volumes: Mapping[str, Any], pr
     from OrthoDiffusionLib.segmentation.io import read_labelmap
 
     folder = Path(folder)
-    result = read_result_json(folder)
+    result = read_diagnosis_json(folder)
     if diagnosis and result.get("labels"):
         try:
             diagnosis_rows(result)                             # validate before any node is made
         except (KeyError, ValueError, TypeError) as e:
-            raise CorruptFileError(str(e).strip("'\""), folder / "diagnosis.json") from None
+            raise CorruptFileError(str(e).strip("'\""), folder / DIAGNOSIS_FILE) from None
     out = ImportedResult(folder=folder, result=result)
     try:
         for plane in (p for p in PLANES if p in planes):
-            path = folder / f"segmentation_{plane}.seg.nrrd"
+            path = segmentation_file(folder, plane)
             if not path.exists():
                 continue
             try:
@@ -557,7 +544,7 @@ def import_result_folder(scene, folder: PathLike, volumes: Mapping[str, Any], pr
                 raise CorruptFileError(str(e), path) from None
         entry = result.get("fused_segmentation") or {}
         if fused and entry:
-            path = folder / str(entry.get("file") or "segmentation_fused.seg.nrrd")
+            path = folder / str(entry.get("file") or segmentation_file_name(FUSED))
             if not path.is_file():
                 raise MissingPathError("diagnosis.json records a fused segmentation but its file is missing", path)
             grid_plane = (entry.get("planes") or [None])[0]
@@ -575,6 +562,6 @@ def import_result_folder(scene, folder: PathLike, volumes: Mapping[str, Any], pr
         for node in out.nodes():
             remove_node(scene, node)
         raise
-    report = folder / "report.html"
+    report = folder / REPORT_FILE
     out.report = report if report.is_file() else None
     return out

@@ -2,6 +2,6 @@
 
 Modules: :mod:`.app` (the trame app), :mod:`.scene` (MRML scene: series, segmentations, per-structure display),
 :mod:`.results` (finished result folders), :mod:`.background` (worker thread with progress and cancel),
-:mod:`.folders` (server-side folder picker), :mod:`.cli` (the subcommand). Only :mod:`.cli` is imported by the
-``orthodiffusion`` command; the trame/Slicer packages load when the viewer starts.
+:mod:`.folders` (server-side folder picker). The subcommand is :mod:`OrthoDiffusionLib.cli.view`; the trame/Slicer
+packages load when the viewer starts.
 """

@@ -2,10 +2,10 @@
 
 It opens an exam (:func:`OrthoDiffusionLib.io.load_study` / :meth:`Exam.from_series`), a finished result folder
 (:mod:`.results`), or a simulated sample (:func:`OrthoDiffusionLib.simulate.simulate_exam`); "Run" runs the
-:class:`OrthoDiffusionLib.predictor.Predictor` in a background worker (progress bar, Cancel), writes the outputs with
+:class:`OrthoDiffusionLib.inference.predictor.Predictor` in a background worker (progress bar, Cancel), writes the outputs with
 ``write_outputs`` into a new result folder and shows them: the segmentations over the series in the sagittal, coronal
 and axial slice views and as surfaces in 3D (toggle and opacity per structure), the 8 diagnosis labels with
-probability bars and uncertainty, and the plane -> label Sankey from :func:`OrthoDiffusionLib.report.sankey_figure`.
+probability bars and uncertainty, and the plane -> label Sankey from :func:`OrthoDiffusionLib.inference.report.sankey_figure`.
 Bad input shows the library's one-line error in a banner and the app keeps working.
 """
 from __future__ import annotations
@@ -21,12 +21,14 @@ from .. import labels as label_tables
 from ..errors import InputError, OrthoDiffusionError
 from ..atomic import atomic_path
 from ..inference.demo import DEFAULT_ABNORMALITY
+from ..inference.result_folder import is_result_folder
 from ..io import PLANES, Exam, load_study
 from ..bundle.registry import model_anatomy, orthodiffusion_home
 from .background import BackgroundTask, TaskOutcome
 from .folders import list_folder
-from .results import ResultFolder, is_result_folder, open_result_folder
+from .results import ResultFolder, open_result_folder
 from .scene import VIEW_TAGS, VIEW_TITLES, ExamScene, viewer_layout
+from .security import ViewerGuard
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +108,15 @@ class ViewerApp:
         sample_matrix: in-plane matrix of the simulated sample.
         start_folder: where the folder picker starts.
         noise_draws: noise draws per Run (the uncertainty is their standard deviation; 1 = no uncertainty).
+        folder_roots: the folders the picker may browse (default: ``start_folder`` or the current folder, and
+            ``out_root``); see :class:`~OrthoDiffusionLib.viewer.security.ViewerGuard`, which also holds the
+            per-launch access token checked when the app is served.
     """
 
     def __init__(self, server=None, model: Optional[str] = None, device: str = "auto",
                  out_root: Optional[os.PathLike] = None, sample_matrix: int = 256,
-                 start_folder: Optional[os.PathLike] = None, noise_draws: int = 3):
+                 start_folder: Optional[os.PathLike] = None, noise_draws: int = 3,
+                 folder_roots: Optional[List[os.PathLike]] = None):
         use_offscreen_rendering()
         from trame.app import get_server
         from trame_slicer import module as trame_slicer_module
@@ -123,6 +129,8 @@ class ViewerApp:
         self.model = model
         self.device = device
         self.out_root = Path(out_root) if out_root else orthodiffusion_home() / "viewer" / "results"
+        self.guard = ViewerGuard(folder_roots if folder_roots is not None
+                                 else [start_folder or os.getcwd(), self.out_root])
         self.sample_matrix = int(sample_matrix)
         self.noise_draws = max(1, int(noise_draws))
         self.exam: Optional[Exam] = None
@@ -235,7 +243,7 @@ class ViewerApp:
         def work(progress, cancel):
             anatomy = self._model_anatomy()
             if folder is not None:
-                return load_study(folder, progress=lambda f, msg: progress(msg, f), anatomy=anatomy)
+                return load_study(folder, progress=progress, anatomy=anatomy)
             progress("reading series", 0.0)
             return Exam.from_series(**series, anatomy=anatomy)
 
@@ -417,8 +425,20 @@ class ViewerApp:
         self.scene.set_segmentations_visible(bool(visible))
 
     # ---- folder picker -------------------------------------------------------------------------------------------
+    def _outside_roots(self, path: str) -> str:
+        """The picker's message for a folder outside the roots ("" when it is inside)."""
+        if self.guard.allows_folder(path):
+            return ""
+        roots = ", ".join(str(r) for r in self.guard.roots) or "none"
+        return (f"{path}: outside the folders this viewer was started with ({roots}); start `orthodiffusion view "
+                "FOLDER` to browse another")
+
     def picker_show(self, path: Optional[str] = None) -> None:
         path = str(Path(path or self.state.picker_path).expanduser())
+        refused = self._outside_roots(path)
+        if refused:
+            self.state.picker_error = refused
+            return
         try:
             entries = list_folder(path)
         except InputError as e:
@@ -428,9 +448,15 @@ class ViewerApp:
                            "picker_open": True})
 
     def picker_up(self) -> None:
-        self.picker_show(str(Path(self.state.picker_path).parent))
+        parent = str(Path(self.state.picker_path).parent)
+        if self.guard.allows_folder(parent):  # never above the roots
+            self.picker_show(parent)
 
     def picker_open_current(self) -> None:
+        refused = self._outside_roots(str(Path(str(self.state.picker_path)).expanduser()))
+        if refused:
+            self.state.picker_error = refused
+            return
         self.state.picker_open = False
         self.open_path(self.state.picker_path)
 
@@ -576,11 +602,14 @@ class ViewerApp:
 
     # ---- serving -------------------------------------------------------------------------------------------------
     def start(self, host: str = "127.0.0.1", port: int = 0, on_ready: Optional[Callable[[str], None]] = None) -> None:
-        """Serve until interrupted (blocking). ``on_ready(url)`` is called once the port is bound."""
+        """Serve until interrupted (blocking). ``on_ready(url)`` is called once the port is bound, with the address
+        that carries the access token (:class:`~OrthoDiffusionLib.viewer.security.ViewerGuard`)."""
+        self.guard.install(self.server, host)
         if on_ready is not None:
             def ready(**_) -> None:
+                self.guard.port = self.server.port
                 with self.state:  # flush what on_ready changes, so clients that connect later see it in sync
-                    on_ready(f"http://{host}:{self.server.port}/")
+                    on_ready(self.guard.url(self.server.port))
 
             self.ctrl.on_server_ready.add(ready)
         try:

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from ..errors import CancelledError, OrthoDiffusionError
+from ..progress import ProgressFn
 
-Progress = Callable[[str, float], None]
-Work = Callable[[Progress, threading.Event], Any]
+Work = Callable[[ProgressFn, threading.Event], Any]
 Post = Callable[..., Any]
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Dict, List, Union
 
 from ..errors import MissingPathError
-from .results import is_result_folder
+from ..inference.result_folder import is_result_folder
 
 
 def list_folder(folder: Union[str, os.PathLike], show_hidden: bool = False) -> List[Dict[str, object]]:

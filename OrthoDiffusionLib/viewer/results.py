@@ -1,27 +1,15 @@
-"""Finished result folders (written by ``orthodiffusion predict`` / :func:`OrthoDiffusionLib.predictor.write_outputs`)
-as the viewer reopens them: ``diagnosis.json`` plus ``segmentation_<plane>.seg.nrrd`` per segmented plane."""
+"""Finished result folders (:mod:`OrthoDiffusionLib.inference.result_folder`) as the viewer reopens them: the parsed
+``diagnosis.json`` plus the ``segmentation_<plane>.seg.nrrd`` of each segmented plane."""
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from ..errors import CorruptFileError, InputError, MissingPathError
+from ..errors import CorruptFileError, MissingPathError
+from ..inference.result_folder import DIAGNOSIS_FILE, read_diagnosis_json, segmentation_file
 from ..io import PLANES
-
-DIAGNOSIS_FILE = "diagnosis.json"
-
-
-def segmentation_file(folder: Union[str, os.PathLike], plane: str) -> Path:
-    """Where a result folder keeps the segmentation of ``plane``."""
-    return Path(folder) / f"segmentation_{plane}.seg.nrrd"
-
-
-def is_result_folder(folder: Union[str, os.PathLike]) -> bool:
-    """True when ``folder`` holds a ``diagnosis.json`` (it may still be invalid: see :func:`open_result_folder`)."""
-    return (Path(folder) / DIAGNOSIS_FILE).is_file()
 
 
 @dataclass
@@ -60,21 +48,16 @@ def open_result_folder(folder: Union[str, os.PathLike]) -> ResultFolder:
     """Read a result folder.
 
     Raises:
-        MissingPathError: the folder does not exist. InputError: it holds no ``diagnosis.json``.
+        MissingPathError: the folder does not exist, or it holds no ``diagnosis.json``.
         CorruptFileError: ``diagnosis.json`` is not JSON, or has no ``labels`` list whose entries carry ``name`` and
             ``probability``.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise MissingPathError("no such result folder", folder)
+    diagnosis = read_diagnosis_json(folder)
     path = folder / DIAGNOSIS_FILE
-    if not path.is_file():
-        raise InputError(f"not a result folder: it holds no {DIAGNOSIS_FILE}", folder)
-    try:
-        diagnosis = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CorruptFileError(f"not valid JSON ({e})", path) from None
-    labels = diagnosis.get("labels") if isinstance(diagnosis, dict) else None
+    labels = diagnosis.get("labels")
     if not isinstance(labels, list) or not labels:
         raise CorruptFileError("holds no 'labels' list", path)
     for i, entry in enumerate(labels):

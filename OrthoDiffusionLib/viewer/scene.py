@@ -2,7 +2,7 @@
 
 Four views (:data:`VIEW_TAGS`): one slice view per plane showing that plane's series (sliced in its own acquisition
 plane) with that plane's segmentation overlaid, and a 3D view with the structures of one segmentation as surfaces.
-Segments are named by the structure keys of the label table (that is how :func:`OrthoDiffusionLib.seg_io.
+Segments are named by the structure keys of the label table (that is how :func:`OrthoDiffusionLib.segmentation.io.
 write_seg_nrrd` writes them), so a structure's visibility and opacity are set by key on every plane at once.
 
 Everything here runs on the UI thread (VTK/MRML are not thread-safe); series arrive as SimpleITK images already read

@@ -21,7 +21,8 @@ from typing import Any, Dict, List, Mapping, Tuple
 from OrthoDiffusionLib.errors import CorruptFileError, InputError, MissingPathError
 from OrthoDiffusionLib.labels import PLANES, anatomies, diagnosis_labels
 
-__all__ = ["list_configs", "load_config", "resolve_config", "config_path", "apply_label_set", "PAPER_NAMES"]
+__all__ = ["list_configs", "load_config", "resolve_config", "validate_config", "config_path", "apply_label_set",
+           "PAPER_NAMES"]
 
 BLOCK_NAMES = ("mid_0", "mid_1", "mid_2")
 PAPER_NAMES = {"lp-opt": "knee-lp-opt", "ft-opt": "knee-ft-opt", "ft-a-opt": "ankle-ft-opt",
@@ -84,7 +85,8 @@ def _resolve(node, shown: str, depth: int = 0) -> Dict[str, Any]:
     return _merge(_resolve(base_node, str(parent), depth + 1), data)
 
 
-def _validate(cfg: Dict[str, Any], shown: str) -> None:
+def validate_config(cfg: Dict[str, Any], shown: str) -> None:
+    """Check a resolved diagnosis configuration; :class:`InputError` naming ``shown`` (its file or name)."""
     anatomy = cfg.get("anatomy")
     if anatomy not in anatomies():
         raise InputError(f"anatomy must be one of {', '.join(anatomies())}, got {anatomy!r}", shown)
@@ -127,7 +129,7 @@ def load_config(name_or_path: str | os.PathLike) -> Dict[str, Any]:
     invalid configuration.
     """
     cfg, shown = resolve_config(name_or_path)
-    _validate(cfg, shown)
+    validate_config(cfg, shown)
     return apply_label_set(cfg, shown)
 
 

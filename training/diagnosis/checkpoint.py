@@ -27,6 +27,7 @@ from torch import nn
 from OrthoDiffusionLib.atomic import atomic_path
 from OrthoDiffusionLib.model.checkpoints import tensors_sha256
 from OrthoDiffusionLib.errors import CancelledError, CorruptFileError, InputError
+from OrthoDiffusionLib.progress import ProgressFn
 
 from ..run_checkpoints import optimizer_state, optimizer_tensors, rng_restore, rng_snapshot
 
@@ -144,7 +145,7 @@ class EpochLoop:
 
     state: RunState
     log: Callable[[Dict[str, Any]], None]
-    progress: Optional[Callable[[str, float], None]] = None
+    progress: Optional[ProgressFn] = None
     cancel: Optional[threading.Event] = None
     step_log: Optional[Callable[[str, int, float], None]] = None  # (stage, epoch 1-based, running mean loss)
 

@@ -1,13 +1,13 @@
 """Diagnosis training data: the manifest, its preprocessed volumes and the backbone taps of its series.
 
-The training-data manifest (docs/train-your-own.md) is a CSV with one row per series: ``patient_id``, ``plane``, ``series_path``
-(relative paths are relative to the CSV), ``split`` (``train``/``val``/``test``), one 0/1 column per label key of the
+The training-data manifest (docs/train-your-own.md) is a CSV with one row per series: ``patient_id``, ``plane``,
+``series_path`` (relative paths are relative to the CSV), ``split`` (``train``/``val``/``test``), one 0/1 column per label key of the
 anatomy, and optionally the EHR columns (``age, sex, height, weight, patient_type, injury_event``), ``center`` and
 ``field_strength``. :func:`read_diagnosis_manifest` checks all of it up front and raises ONE
 :class:`~OrthoDiffusionLib.errors.InputError` naming the CSV, the line and the problem.
 
 Taps: a series' clean volume ``x0`` ``(1, slices, size, size)`` is noised at the plane's timestep with the one noise
-draw fixed by ``(noise_seed, series_id)`` (:func:`training.feature_cache.series_noise`) and the backbone's encoder
+draw fixed by ``(noise_seed, series_id)`` (:func:`.feature_cache.series_noise`) and the backbone's encoder
 runs to the tap block (:func:`fixed_noise_taps`). Linear probing caches these taps on disk; fine-tuning draws fresh
 noise every step instead, and uses the fixed draw again for evaluation, so predictions are reproducible.
 """
@@ -28,7 +28,7 @@ from OrthoDiffusionLib.errors import InputError
 from OrthoDiffusionLib.labels import PLANES
 from OrthoDiffusionLib.model.schedule import CosineSchedule
 
-from ..evaluation.diagnosis import _float, _read_csv, _require
+from ..tables import parse_float, read_csv, require_columns
 from .feature_cache import series_noise
 from .multiscan import CombinationSet, enumerate_combinations, nested_patient_subsets
 
@@ -87,7 +87,7 @@ class DiagnosisManifest:
         return [r for r in self.rows if (split is None or r.split == split) and (plane is None or r.plane == plane)]
 
     def combinations(self, split: str, require_all_planes: bool) -> CombinationSet:
-        """Cross-plane combinations of ``split`` (see :func:`training.multiscan.enumerate_combinations`); each
+        """Cross-plane combinations of ``split`` (see :func:`.multiscan.enumerate_combinations`); each
         combination's ``series`` maps plane -> ``SeriesRow.as_mapping()`` (with the row ``index``)."""
         return enumerate_combinations([r.as_mapping() for r in self.series(split)], PLANES, require_all_planes)
 
@@ -121,8 +121,8 @@ def read_diagnosis_manifest(path: str | os.PathLike, label_keys: Sequence[str], 
     """Read and check a training-data manifest (module doc). Needs at least one training and one validation
     patient. Raises :class:`InputError` (or ``MissingPathError``/``CorruptFileError``) naming the CSV."""
     path = Path(path)
-    header, records = _read_csv(path)
-    _require(header, ["patient_id", "plane", "series_path", "split", *label_keys], path)
+    header, records = read_csv(path)
+    require_columns(header, ["patient_id", "plane", "series_path", "split", *label_keys], path)
     rows: List[SeriesRow] = []
     split_of: Dict[str, str] = {}
     labels_of: Dict[str, tuple] = {}
@@ -140,7 +140,7 @@ def read_diagnosis_manifest(path: str | os.PathLike, label_keys: Sequence[str], 
             raise InputError(f"line {line}: split {rec['split']!r} is not one of {', '.join(SPLITS)}", path)
         if not series:
             raise InputError(f"line {line}: empty series_path", path)
-        y = tuple(_float(rec[k], path, line, k) for k in label_keys)
+        y = tuple(parse_float(rec[k], path, line, k) for k in label_keys)
         if any(v not in (0.0, 1.0) for v in y):
             raise InputError(f"line {line}: label values must be 0 or 1", path)
         if labels_of.setdefault(pid, y) != y:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from OrthoDiffusionLib.model.fusion import MPAEFusion
+from OrthoDiffusionLib.progress import ProgressFn
 
 from .losses import weighted_bce
 from .multiscan import patient_folds
@@ -26,10 +27,11 @@ __all__ = ["out_of_fold_predictions", "train_mpae_gate", "mean_plane_weights"]
 
 def out_of_fold_predictions(patient_ids: Sequence, fit_predict: Callable[[np.ndarray, np.ndarray], np.ndarray],
                             n_folds: int = 5, seed: int = 0,
-                            progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
+                            progress: Optional[ProgressFn] = None) -> np.ndarray:
     """``(N, K)`` outputs where row ``i`` comes from the fold that held ``i``'s patient out.
 
     ``fit_predict(train_rows, held_out_rows)`` trains on ``train_rows`` and returns ``(len(held_out_rows), K)``.
+    ``progress("folds", fraction done)`` after each fold.
     """
     folds = patient_folds(patient_ids, n_folds, seed)
     out: Optional[np.ndarray] = None
@@ -41,7 +43,7 @@ def out_of_fold_predictions(patient_ids: Sequence, fit_predict: Callable[[np.nda
             out = np.full((len(patient_ids), pred.shape[1]), np.nan)
         out[held] = pred
         if progress is not None:
-            progress(f + 1, n_folds)
+            progress("folds", (f + 1) / n_folds)
     assert out is not None
     return out
 
@@ -49,9 +51,10 @@ def out_of_fold_predictions(patient_ids: Sequence, fit_predict: Callable[[np.nda
 def train_mpae_gate(mpae: MPAEFusion, plane_logits: Mapping[str, torch.Tensor], labels: torch.Tensor,
                     sample_weight: Optional[torch.Tensor] = None, epochs: int = 10, lr: float = 1e-3,
                     weight_decay: float = 1e-4, batch_size: int = 64, seed: int = 0,
-                    progress: Optional[Callable[[int, int], None]] = None) -> List[float]:
+                    progress: Optional[ProgressFn] = None) -> List[float]:
     """Train the gate of ``mpae`` on fixed per-plane logits (``plane -> (N, K)``, e.g. out-of-fold) with weighted
-    BCE on the fused logits; the per-plane heads are not touched. Returns the mean training loss per epoch."""
+    BCE on the fused logits; the per-plane heads are not touched. Returns the mean training loss per epoch;
+    ``progress("gate epochs", fraction done)`` after each epoch."""
     planes = [p for p in mpae.planes if plane_logits.get(p) is not None]
     z = {p: torch.as_tensor(plane_logits[p], dtype=torch.float32).detach() for p in planes}
     y = torch.as_tensor(labels, dtype=torch.float32)
@@ -76,7 +79,7 @@ def train_mpae_gate(mpae: MPAEFusion, plane_logits: Mapping[str, torch.Tensor], 
             seen += float(w[idx].sum())
         history.append(total / max(seen, 1e-12))
         if progress is not None:
-            progress(epoch + 1, epochs)
+            progress("gate epochs", (epoch + 1) / epochs)
     mpae.train(was_training)
     return history
 

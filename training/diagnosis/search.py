@@ -1,4 +1,4 @@
-"""Timestep-block search (METHOD.md, "Feature taps"; paper Appendix D and Extended Data Fig. 1).
+"""Timestep-block search (paper Appendix D and Extended Data Fig. 1).
 
 1. Per plane, score every (timestep, block) in ``TIMESTEPS x BLOCKS`` on validation (e.g. validation macro AUROC of
    a per-plane linear probe), given either as a table ``plane -> {(t, block): score}`` or a callback
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from OrthoDiffusionLib.labels import PLANES
+from OrthoDiffusionLib.progress import ProgressFn
 
 from ..evaluation.metrics import markdown_table, write_csv
 
@@ -57,8 +58,9 @@ def _key(score: float) -> float:
 
 def score_per_plane(score_plane: Callable[[str, int, str], float], planes: Sequence[str] = PLANES,
                     timesteps: Sequence[int] = TIMESTEPS, blocks: Sequence[str] = BLOCKS,
-                    progress: Optional[Callable[[int, int], None]] = None) -> Dict[str, Dict[Candidate, float]]:
-    """Evaluate ``score_plane(plane, t, block)`` on the whole grid of every plane."""
+                    progress: Optional[ProgressFn] = None) -> Dict[str, Dict[Candidate, float]]:
+    """Evaluate ``score_plane(plane, t, block)`` on the whole grid of every plane
+    (``progress("per-plane probes", fraction done)`` after each)."""
     grid = candidate_grid(timesteps, blocks)
     total, done = len(planes) * len(grid), 0
     out: Dict[str, Dict[Candidate, float]] = {}
@@ -68,7 +70,7 @@ def score_per_plane(score_plane: Callable[[str, int, str], float], planes: Seque
             out[p][(t, b)] = float(score_plane(p, t, b))
             done += 1
             if progress is not None:
-                progress(done, total)
+                progress("per-plane probes", done / total)
     return out
 
 
@@ -85,16 +87,17 @@ def top_candidates(plane_scores: PlaneScores, k: int = 4) -> Dict[str, List[Cand
 
 def search_combinations(top: Mapping[str, Sequence[Candidate]],
                         score_combination: Callable[[Dict[str, Candidate]], float],
-                        progress: Optional[Callable[[int, int], None]] = None
+                        progress: Optional[ProgressFn] = None
                         ) -> List[Tuple[Dict[str, Candidate], float]]:
-    """Score every cross-plane combination of the per-plane candidates; returns ``[(config, score)]`` best first."""
+    """Score every cross-plane combination of the per-plane candidates; returns ``[(config, score)]`` best first
+    (``progress("cross-plane combinations", fraction done)`` after each)."""
     planes = list(top)
     combos = [dict(zip(planes, choice)) for choice in itertools.product(*[top[p] for p in planes])]
     scored = []
     for i, config in enumerate(combos):
         scored.append((i, config, float(score_combination(dict(config)))))
         if progress is not None:
-            progress(i + 1, len(combos))
+            progress("cross-plane combinations", (i + 1) / len(combos))
     scored.sort(key=lambda item: (-_key(item[2]), item[0]))
     return [(config, s) for _, config, s in scored]
 
@@ -127,7 +130,7 @@ def timestep_block_search(plane_scores: Union[PlaneScores, Callable[[str, int, s
                           score_combination: Callable[[Dict[str, Candidate]], float], top_k: int = 4,
                           planes: Sequence[str] = PLANES, timesteps: Sequence[int] = TIMESTEPS,
                           blocks: Sequence[str] = BLOCKS, metric: str = "validation macro AUROC",
-                          progress: Optional[Callable[[int, int], None]] = None) -> SearchResult:
+                          progress: Optional[ProgressFn] = None) -> SearchResult:
     """The whole search (see module doc). ``plane_scores`` is a finished table or a per-plane scoring callback."""
     if callable(plane_scores):
         table = score_per_plane(plane_scores, planes, timesteps, blocks)

@@ -6,25 +6,26 @@ Stage I linear-probing settings on frozen, cached taps (one fixed noise draw per
 and timestep gives all three blocks) -- is scored by its validation macro AUROC (patient level). The top ``k`` per
 plane are kept and all ``k^3`` cross-plane combinations are scored by the validation macro AUROC of a concat fusion
 trained on the probes' pooled features with the Stage II settings (starting from the mean of the probes, as in
-``train-diagnosis``). :mod:`training.search` ranks and writes ``per_plane.csv/.md/.png`` (like Extended Data Fig. 1),
+``train-diagnosis``). :mod:`.search` ranks and writes ``per_plane.csv/.md/.png`` (like Extended Data Fig. 1),
 ``combinations.csv/.md`` and ``chosen.json``; ``config.json`` is the configuration with the chosen planes, ready for
 ``train-diagnosis --config``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from OrthoDiffusionLib.model.checkpoints import file_sha256, load_backbone
+from OrthoDiffusionLib.device import resolve_device
 from OrthoDiffusionLib.errors import InputError
 from OrthoDiffusionLib.model.fusion import PlaneClassifier, SimpleConcatFusion
 from OrthoDiffusionLib.labels import PLANES
+from OrthoDiffusionLib.progress import ProgressFn
 from OrthoDiffusionLib.model.pooling import build_pooling
 from OrthoDiffusionLib.model.schedule import CosineSchedule
 
@@ -34,12 +35,11 @@ from .feature_cache import FeatureCache
 from OrthoDiffusionLib.inference.preprocess import model_grid
 
 from ..pretrain.ddpm import SeriesVolumes
-from ..run_files import resolve_device, write_text
+from ..run_files import write_text
 from .search import BLOCKS, TIMESTEPS, timestep_block_search, write_search_outputs
-from .train import (_init_concat_from_stage1, _plane_backbones, _tqdm_progress, fit_module,
-                              patient_metrics, resolve_config)
+from .train import fit_module, init_concat_from_stage1, patient_metrics, plane_backbone_files
 
-__all__ = ["search_timesteps", "register"]
+__all__ = ["search_timesteps"]
 
 Candidate = Tuple[int, str]
 
@@ -55,13 +55,13 @@ def search_timesteps(manifest: str | os.PathLike, config: Mapping[str, Any], out
                      plane_backbones: Optional[Mapping[str, Optional[str | os.PathLike]]] = None,
                      timesteps: Sequence[int] = TIMESTEPS, blocks: Sequence[str] = BLOCKS, top_k: int = 4,
                      device: str = "cpu", seed: int = 0, cache_dir: Optional[str | os.PathLike] = None,
-                     progress: Optional[Callable[[str, float], None]] = None, figure: bool = True) -> Dict[str, Any]:
+                     progress: Optional[ProgressFn] = None, figure: bool = True) -> Dict[str, Any]:
     """Run the search (module doc) and write its outputs into ``out``; returns the chosen configuration dict."""
     cfg = json.loads(json.dumps(dict(config)))
     bad = [b for b in blocks if b not in BLOCKS]
     if bad:
         raise InputError(f"unknown block(s) {bad}; choose from {', '.join(BLOCKS)}")
-    paths = _plane_backbones(backbone, plane_backbones or {})
+    paths = plane_backbone_files(backbone, plane_backbones or {})
     data = read_diagnosis_manifest(manifest, cfg["labels"])
     dev = resolve_device(device)
     outdir = Path(out)
@@ -119,7 +119,7 @@ def search_timesteps(manifest: str | os.PathLike, config: Mapping[str, Any], out
 
     def score_combination(choice: Dict[str, Candidate]) -> float:
         fusion = SimpleConcatFusion(next(iter(probes.values()))[0].pool.out_features, cfg["num_labels"], PLANES)
-        _init_concat_from_stage1(fusion, {p: probes[(p, *choice[p])][0].classifier for p in PLANES})
+        init_concat_from_stage1(fusion, {p: probes[(p, *choice[p])][0].classifier for p in PLANES})
         fusion = fusion.to(dev)
         x_tr, x_val = features(train, choice), features(val, choice)
         fit_module(fusion, lambda idx: fusion({p: v[idx] for p, v in x_tr.items()}).logits, y_tr, w_tr,
@@ -129,12 +129,8 @@ def search_timesteps(manifest: str | os.PathLike, config: Mapping[str, Any], out
         m = patient_metrics(val.patient_ids(), p_val, data)["macro_auroc"]
         return float("nan") if m is None else m
 
-    def combo_progress(i: int, n: int) -> None:
-        if progress is not None:
-            progress("cross-plane combinations", i / n)
-
     result = timestep_block_search(table, score_combination, top_k=min(top_k, len(timesteps) * len(blocks)),
-                                   planes=PLANES, timesteps=timesteps, blocks=blocks, progress=combo_progress)
+                                   planes=PLANES, timesteps=timesteps, blocks=blocks, progress=progress)
     write_search_outputs(result, outdir, figure=figure)
     chosen = dict(cfg)
     chosen["planes"] = result.chosen_config()["planes"]
@@ -164,50 +160,3 @@ def _taps(model, schedule: CosineSchedule, volumes: SeriesVolumes, cache: Featur
         for b in blocks:
             out[b].append(got[b])
     return {b: torch.stack(v) for b, v in out.items()}
-
-
-def _csv_ints(text: str):
-    try:
-        return [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _run(args: argparse.Namespace) -> int:
-    cfg = resolve_config(args.config, args.set or ())
-    progress, close = _tqdm_progress()
-    try:
-        chosen = search_timesteps(args.manifest, cfg, args.out, backbone=args.backbone,
-                                  plane_backbones={p: getattr(args, f"backbone_{p}") for p in PLANES},
-                                  timesteps=args.timesteps or TIMESTEPS,
-                                  blocks=args.blocks.split(",") if args.blocks else BLOCKS, top_k=args.top_k,
-                                  device=args.device, seed=args.seed, cache_dir=args.cache_dir, progress=progress,
-                                  figure=not args.no_figures)
-    finally:
-        close()
-    planes = ", ".join(f"{p} t={v['timestep']} {v['block']}" for p, v in chosen["planes"].items())
-    print(f"chosen: {planes} (validation macro AUROC {chosen['score']:.4f}); tables and config.json in {args.out}")
-    return 0
-
-
-def register(subparsers) -> None:
-    """Add ``search-timesteps`` to the ``orthodiffusion`` command."""
-    p = subparsers.add_parser("search-timesteps", help="timestep-block search with linear-probing features, scored "
-                                                       "by validation macro AUROC",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--manifest", required=True, help="training-data manifest CSV")
-    p.add_argument("--backbone", help="backbone file for every plane")
-    for plane in PLANES:
-        p.add_argument(f"--backbone-{plane}", help=f"backbone for the {plane} plane (overrides --backbone)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--config", default="knee-lp-opt", help="configuration giving pooling, preprocessing and the "
-                                                           "probe/fusion settings (default knee-lp-opt)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a configuration value (repeatable)")
-    p.add_argument("--timesteps", type=_csv_ints, help="comma-separated grid timesteps (default the paper's 8)")
-    p.add_argument("--blocks", help="comma-separated blocks (default mid_0,mid_1,mid_2)")
-    p.add_argument("--top-k", type=int, default=4, help="candidates kept per plane (default 4)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache-dir", help="folder for preprocessed volumes and cached taps (default OUT/cache)")
-    p.add_argument("--no-figures", action="store_true", help="skip per_plane.png")
-    p.set_defaults(func=_run)

@@ -5,7 +5,7 @@ plane's tap (timestep, block from the config), weighted BCE (optional positive-c
 cosine schedule.
 
 * ``linear_probe``: the backbone is frozen; each series' tap (one fixed noise draw, keyed by ``(noise_seed,
-  series)``) is computed once and cached on disk by :class:`training.feature_cache.FeatureCache` (backbone sha256 +
+  series)``) is computed once and cached on disk by :class:`.feature_cache.FeatureCache` (backbone sha256 +
   timestep + block + noise seed), then every epoch reads the cache.
 * ``finetune``: the encoder + middle block train at ``backbone_lr_scale`` x the head learning rate (the decoder is
   never run); the noise is redrawn every step (seeded by stage, epoch and step).
@@ -13,16 +13,16 @@ cosine schedule.
 Stage II (``stage2``): pooling and (fine-tuned) backbones frozen; every series' pooled feature is computed once (fixed
 noise draw). The configured fusion (concat by default; its weights start as the mean of the Stage I classifiers, so
 training starts from the average of the per-plane logits) trains on all cross-plane combinations of the training
-patients with weight 1/n per combination (:mod:`training.multiscan`); patients lacking a plane are skipped (counted
+patients with weight 1/n per combination (:mod:`.multiscan`); patients lacking a plane are skipped (counted
 in ``run.json``). Alongside, MPAE (``mpae``): per-plane heads give out-of-fold logits by patient-level K-fold CV, the
-gate trains on them (:mod:`training.mpae`), and the final per-plane heads train on all training series. With
-``ehr.enabled`` and EHR columns in the manifest, an :class:`~OrthoDiffusionLib.ehr.EHRFusionClassifier` trains on the
+gate trains on them (:mod:`.mpae`), and the final per-plane heads train on all training series. With
+``ehr.enabled`` and EHR columns in the manifest, an :class:`~OrthoDiffusionLib.model.ehr.EHRFusionClassifier` trains on the
 concatenated pooled features (``ehr``). Finally per-label temperatures are fitted on the validation predictions.
 
-The result is ONE :class:`~OrthoDiffusionLib.heads.DiagnosisHead` state dict plus one backbone per plane. At
+The result is ONE :class:`~OrthoDiffusionLib.model.heads.DiagnosisHead` state dict plus one backbone per plane. At
 evaluation a patient's combinations are averaged; a patient with a missing plane is predicted by MPAE.
 
-Run folder: ``run.json`` (written last), ``backbone_<plane>.safetensors``,
+Run folder (read by ``orthodiffusion export``): ``run.json`` (written last), ``backbone_<plane>.safetensors``,
 ``diagnosis_head.safetensors``, ``ehr_fusion.safetensors`` (with EHR), ``predictions_{val,test}.csv`` (format of
 ``orthodiffusion evaluate``; extra columns ``<label>__<plane>`` = MPAE plane weights and ``fused_by``), ``log.csv``,
 ``cache/`` (preprocessed volumes, cached taps; ``--cache-dir`` moves it) and, while training,
@@ -31,7 +31,6 @@ and ends with the same weights and metrics as an uninterrupted run.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -50,16 +49,18 @@ from OrthoDiffusionLib.atomic import atomic_path
 from OrthoDiffusionLib.model.backbone import DiffusionUNet
 from OrthoDiffusionLib.model.checkpoints import file_sha256, load_backbone, save_backbone
 from OrthoDiffusionLib.model.ehr import EHRFusionClassifier
+from OrthoDiffusionLib.device import resolve_device
 from OrthoDiffusionLib.errors import InputError, MissingPathError
 from OrthoDiffusionLib.model.features import extract_taps
 from OrthoDiffusionLib.model.fusion import MPAEFusion, PlaneClassifier, SimpleConcatFusion, build_fusion
 from OrthoDiffusionLib.model.heads import DiagnosisHead
 from OrthoDiffusionLib.labels import PLANES
+from OrthoDiffusionLib.progress import ProgressFn
 from OrthoDiffusionLib.model.pooling import build_pooling
 from OrthoDiffusionLib.model.schedule import CosineSchedule
 
 from ..evaluation import metrics as M
-from ..configs import _validate, apply_label_set, load_config
+from ..configs import apply_label_set, load_config, validate_config
 from .checkpoint import CHECKPOINT_NAME, EpochLoop, RunState, cosine_lambda, derived_seed
 from .data import (DiagnosisManifest, SeriesRow, fixed_noise_taps, is_simulated_cohort,
                              read_diagnosis_manifest, series_weights)
@@ -70,16 +71,15 @@ from .multiscan import CombinationSet, aggregate_by_patient
 from OrthoDiffusionLib.inference.preprocess import model_grid
 
 from ..pretrain.ddpm import SeriesVolumes
-from ..run_files import print_run_summary, resolve_device, save_tensors, utc_now, write_log_csv, write_text
+from ..run_files import save_tensors, utc_now, write_log_csv, write_text
 from ..curves import plot_run_curves
-from ..named_options import add_label_arguments, add_protocol_argument, add_size_arguments
 from ..split_checks import warn_if_small
 
-__all__ = ["RUN_FORMAT", "resolve_config", "train_diagnosis", "patient_metrics", "fit_module", "register"]
+__all__ = ["RUN_FORMAT", "resolve_config", "train_diagnosis", "patient_metrics", "fit_module",
+           "init_concat_from_stage1", "plane_backbone_files"]
 
 RUN_FORMAT = "orthodiffusion.diagnosis-run"
 DEFAULT_PREPROCESSING = {"slices": 16, "size": 256}
-ProgressFn = Callable[[str, float], None]
 
 
 # ------------------------------------------------------------------------------------------------ configuration
@@ -91,7 +91,7 @@ def _parse_value(text: str) -> Any:
 
 
 def resolve_config(name_or_path: str, overrides: Sequence[str] = ()) -> Dict[str, Any]:
-    """:func:`training.configs.load_config` plus ``key.sub=value`` overrides (values parsed as JSON, else text),
+    """:func:`OrthoDiffusionLib.training.configs.load_config` plus ``key.sub=value`` overrides (values parsed as JSON, else text),
     re-validated, with ``preprocessing`` defaulting to 16 slices of 256 x 256."""
     cfg = load_config(name_or_path)
     for item in overrides:
@@ -105,7 +105,7 @@ def resolve_config(name_or_path: str, overrides: Sequence[str] = ()) -> Dict[str
             if not isinstance(node, dict):
                 raise InputError(f"--set {key}: {part!r} is not a section of the configuration")
         node[parts[-1]] = _parse_value(value)
-    _validate(cfg, str(name_or_path))
+    validate_config(cfg, str(name_or_path))
     apply_label_set(cfg, str(name_or_path))
     cfg["preprocessing"] = {**DEFAULT_PREPROCESSING, **cfg.get("preprocessing", {})}
     return cfg
@@ -300,7 +300,7 @@ def _pool_all(ctx: _Context, pools: Mapping[str, nn.Module]) -> _Pooled:
     return _Pooled(feats, position)
 
 
-def _init_concat_from_stage1(fusion: SimpleConcatFusion, classifiers: Mapping[str, PlaneClassifier]) -> None:
+def init_concat_from_stage1(fusion: SimpleConcatFusion, classifiers: Mapping[str, PlaneClassifier]) -> None:
     """Concat head = mean of the Stage I classifiers: its logits start as the average of the per-plane logits."""
     with torch.no_grad():
         n = len(fusion.planes)
@@ -318,7 +318,7 @@ def _stage2(ctx: _Context, pooled: _Pooled, classifiers: Mapping[str, PlaneClass
     cfg, s2 = ctx.cfg, ctx.cfg["stage2"]
     def init(module: nn.Module) -> None:
         if isinstance(module, SimpleConcatFusion):
-            _init_concat_from_stage1(module, classifiers)
+            init_concat_from_stage1(module, classifiers)
 
     fusion = _seeded(ctx, "stage2.fusion", lambda: build_fusion(cfg["fusion"], width, cfg["num_labels"], PLANES,
                                                                 **cfg.get("fusion_options", {})), init)
@@ -518,8 +518,10 @@ def _predictions_csv(pred: _SplitPredictions, keys: Sequence[str], probabilities
 
 
 # ------------------------------------------------------------------------------------------------ run folder
-def _plane_backbones(backbone: Optional[str | os.PathLike], per_plane: Mapping[str, Optional[str | os.PathLike]]
-                     ) -> Dict[str, Path]:
+def plane_backbone_files(backbone: Optional[str | os.PathLike], per_plane: Mapping[str, Optional[str | os.PathLike]]
+                         ) -> Dict[str, Path]:
+    """``{plane: backbone file}``: ``per_plane[plane]`` or else ``backbone``; InputError / MissingPathError when a
+    plane has none or its file is missing."""
     out = {}
     for plane in PLANES:
         chosen = per_plane.get(plane) or backbone
@@ -549,7 +551,7 @@ def train_diagnosis(manifest: str | os.PathLike, config: Mapping[str, Any], out:
     """
     cfg = json.loads(json.dumps(dict(config)))
     run = Path(out)
-    paths = _plane_backbones(backbone, plane_backbones or {})
+    paths = plane_backbone_files(backbone, plane_backbones or {})
     data = read_diagnosis_manifest(manifest, cfg["labels"])
     data = data.restrict_train(train_patients, train_fraction, seed=seed)
     lacking = [p for p in PLANES if not data.series("train", p)]
@@ -667,88 +669,3 @@ def train_diagnosis(manifest: str | os.PathLike, config: Mapping[str, Any], out:
     ckpt_path.unlink(missing_ok=True)
     plot_run_curves(run / "log.csv", title=f"train-diagnosis {run.name}")
     return info
-
-
-# ------------------------------------------------------------------------------------------------ CLI
-def _tqdm_progress() -> Tuple[ProgressFn, Callable[[], None]]:
-    from tqdm import tqdm
-
-    bars: Dict[str, Any] = {}
-
-    def progress(stage: str, fraction: float) -> None:
-        bar = bars.get(stage)
-        if bar is None:
-            for other in bars.values():
-                other.close()
-            bars.clear()
-            bar = bars[stage] = tqdm(total=1000, desc=stage, unit="‰", leave=True)
-        bar.update(int(round(fraction * 1000)) - bar.n)
-
-    def close() -> None:
-        for bar in bars.values():
-            bar.close()
-
-    return progress, close
-
-
-def named_overrides(args: argparse.Namespace) -> Tuple[List[str], List[str]]:
-    """(``--set`` strings from ``--protocol``, ``--labels``/``--labels-from-manifest``, ``--size``/``--slices``
-    (else the backbones' recorded size), then ``--set``; notes to print)."""
-    from ..named_options import label_overrides, protocol_overrides, size_overrides
-
-    user = list(args.set or ())
-    base = load_config(args.config)
-    overrides = protocol_overrides(getattr(args, "protocol", None), base["protocol"])
-    overrides += label_overrides(args)
-    backbones = [b for b in [getattr(args, "backbone", None), *[getattr(args, f"backbone_{p}", None)
-                                                                  for p in PLANES]] if b]
-    sizes, note = size_overrides(getattr(args, "size", None), getattr(args, "slices", None), user, backbones)
-    return overrides + sizes + user, [note] if note else []
-
-
-def _run(args: argparse.Namespace) -> int:
-    import sys
-
-    from ..named_options import resolved_size
-    from ..progress_bars import run_with_bars
-
-    overrides, notes = named_overrides(args)
-    cfg = resolve_config(args.config, overrides)
-    for note in notes:
-        print(f"train-diagnosis: {note}")
-    print(f"train-diagnosis: {cfg.get('name', args.config)}, protocol {cfg['protocol']}, input {resolved_size(cfg)}, "
-          f"{cfg['num_labels']} label(s): {', '.join(cfg['labels'])}")
-    info = run_with_bars(
-        train_diagnosis, args.manifest, cfg, args.out, backbone=args.backbone,
-        plane_backbones={p: getattr(args, f"backbone_{p}") for p in PLANES}, resume=args.resume,
-        device=args.device, seed=args.seed, train_patients=args.train_patients,
-        train_fraction=args.train_fraction, cache_dir=args.cache_dir,
-        command="orthodiffusion " + " ".join(sys.argv[1:]))
-    print_run_summary(info["metrics"], args.out)
-    return 0
-
-
-def register(subparsers) -> None:
-    """Add ``train-diagnosis`` to the ``orthodiffusion`` command."""
-    p = subparsers.add_parser("train-diagnosis", help="two-stage diagnosis training (linear probing or fine-tuning) "
-                                                      "on a manifest, with exact resume",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--manifest", required=True, help="training-data manifest CSV")
-    p.add_argument("--config", required=True, help="configuration name (e.g. knee-ft-opt, FT-Opt) or JSON file")
-    p.add_argument("--backbone", help="backbone file (save_backbone format) for every plane")
-    for plane in PLANES:
-        p.add_argument(f"--backbone-{plane}", help=f"backbone for the {plane} plane (overrides --backbone)")
-    p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a configuration value, e.g. stage1.epochs=2 (value parsed as JSON; repeatable)")
-    add_protocol_argument(p)
-    add_size_arguments(p)
-    add_label_arguments(p)
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    subset = p.add_mutually_exclusive_group()
-    subset.add_argument("--train-patients", type=int, help="train on a seeded subset of N training patients")
-    subset.add_argument("--train-fraction", type=float, help="train on a seeded fraction of the training patients")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache-dir", help="folder for preprocessed volumes and cached taps (default RUN/cache)")
-    p.set_defaults(func=_run)

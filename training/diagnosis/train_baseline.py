@@ -1,8 +1,8 @@
 """``orthodiffusion train-baseline``: the paper's from-scratch classification baselines on the same manifest.
 
 ``unet3d`` (MONAI U-Net encoder, bottleneck GAP + linear) or ``resnet18`` (MONAI 3D ResNet-18), one encoder per plane,
-features concatenated into one linear head (:mod:`training.baselines`), trained on every cross-plane combination of
-the training patients with weight 1/n (:mod:`training.multiscan`); Adam at the configuration's ``baselines.lr``
+features concatenated into one linear head (:mod:`.baselines`), trained on every cross-plane combination of
+the training patients with weight 1/n (:mod:`.multiscan`); Adam at the configuration's ``baselines.lr``
 (1e-4) for the paper's epochs of the anatomy (``baselines.epochs``), constant learning rate, batch
 ``baselines.batch_size``. Preprocessing as the compared diagnosis run (``--size``/``--slices``). Training patients
 lacking a plane are skipped; at evaluation a missing plane is fed as a zero volume (the baselines have no fallback),
@@ -14,21 +14,21 @@ permutation tests), ``log.csv``; ``checkpoint.safetensors`` while training (``--
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import os
-import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 
+from OrthoDiffusionLib.device import resolve_device
 from OrthoDiffusionLib.errors import InputError
 from OrthoDiffusionLib.labels import PLANES
+from OrthoDiffusionLib.progress import ProgressFn
 
 from .baselines import BASELINES, build_classification_baseline
 from .checkpoint import CHECKPOINT_NAME, EpochLoop, RunState, derived_seed
@@ -38,13 +38,11 @@ from .multiscan import CombinationSet
 from OrthoDiffusionLib.inference.preprocess import model_grid
 
 from ..curves import plot_run_curves
-from ..named_options import add_label_arguments, label_overrides
 from ..pretrain.ddpm import SeriesVolumes
-from ..progress_bars import run_with_bars
-from ..run_files import print_run_summary, resolve_device, save_tensors, utc_now, write_log_csv, write_text
-from .train import patient_metrics, resolve_config
+from ..run_files import save_tensors, utc_now, write_log_csv, write_text
+from .train import patient_metrics
 
-__all__ = ["BASELINE_RUN_FORMAT", "train_baseline", "register"]
+__all__ = ["BASELINE_RUN_FORMAT", "train_baseline"]
 
 BASELINE_RUN_FORMAT = "orthodiffusion.baseline-run"
 
@@ -62,7 +60,7 @@ def train_baseline(manifest: str | os.PathLike, model_name: str, config: Mapping
                    *, encoder_kwargs: Optional[Mapping[str, Any]] = None, resume: bool = False, device: str = "cpu",
                    seed: int = 0, train_patients: Optional[int] = None, train_fraction: Optional[float] = None,
                    cache_dir: Optional[str | os.PathLike] = None, command: str = "",
-                   progress: Optional[Callable[[str, float], None]] = None,
+                   progress: Optional[ProgressFn] = None,
                    cancel: Optional[threading.Event] = None,
                    step_log: Optional[Callable[[str, int, float], None]] = None,
                    epoch_log: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
@@ -167,58 +165,3 @@ def train_baseline(manifest: str | os.PathLike, model_name: str, config: Mapping
     ckpt.unlink(missing_ok=True)
     plot_run_curves(run / "log.csv", title=f"train-baseline {name} {run.name}")
     return info
-
-
-def _ints(text: str) -> List[int]:
-    try:
-        return [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _run(args: argparse.Namespace) -> int:
-    overrides = label_overrides(args) + list(args.set or [])
-    if args.size is not None:
-        overrides.append(f"preprocessing.size={args.size}")
-    if args.slices is not None:
-        overrides.append(f"preprocessing.slices={args.slices}")
-    cfg = resolve_config(args.config, overrides)
-    kwargs: Dict[str, Any] = {}
-    if args.unet_channels:
-        kwargs["channels"] = args.unet_channels
-    if args.resnet_widen is not None:
-        kwargs["widen_factor"] = args.resnet_widen
-    info = run_with_bars(train_baseline, args.manifest, args.model, cfg, args.out, encoder_kwargs=kwargs,
-                         resume=args.resume, device=args.device, seed=args.seed,
-                         train_patients=args.train_patients, train_fraction=args.train_fraction,
-                         cache_dir=args.cache_dir, command="orthodiffusion " + " ".join(sys.argv[1:]))
-    print_run_summary(info["metrics"], args.out)
-    return 0
-
-
-def register(subparsers) -> None:
-    """Add ``train-baseline`` to the ``orthodiffusion`` command."""
-    p = subparsers.add_parser("train-baseline", help="train a from-scratch baseline (3D U-Net encoder or 3D "
-                                                     "ResNet-18) on a manifest, writing predictions CSVs",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--manifest", required=True, help="training-data manifest CSV")
-    p.add_argument("--model", required=True, choices=BASELINES)
-    p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--config", default="knee-ft-opt",
-                   help="diagnosis configuration giving the anatomy and the baselines' epochs/lr (default knee-ft-opt)")
-    p.add_argument("--size", type=int, help="in-plane size (use the compared diagnosis run's)")
-    p.add_argument("--slices", type=int, help="slices (use the compared diagnosis run's)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a configuration value, e.g. "
-                                                                        "baselines.epochs.unet3d=2 (repeatable)")
-    p.add_argument("--unet-channels", type=_ints, help="U-Net encoder channels, e.g. 16,16,32,32,64 "
-                                                       "(default: the paper's 64,64,128,128,256)")
-    p.add_argument("--resnet-widen", type=float, help="ResNet-18 widen factor (default 1)")
-    add_label_arguments(p)
-    subset = p.add_mutually_exclusive_group()
-    subset.add_argument("--train-patients", type=int, help="train on a seeded subset of N training patients")
-    subset.add_argument("--train-fraction", type=float, help="train on a seeded fraction of the training patients")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--cache-dir", help="folder for preprocessed volumes (default RUN/cache)")
-    p.set_defaults(func=_run)

@@ -5,9 +5,9 @@ Inputs (CSV):
 * predictions: one row per prediction, ``patient_id`` and one probability column per label key of the anatomy
   (e.g. ``acl_injury``); several rows of a patient (multi-scan combinations) are averaged. Extra columns (such as
   MPAE ``<label>__<plane>`` weights) are ignored.
-* the training-data manifest (docs/train-your-own.md): one row per series with ``patient_id``, ``split``, one 0/1 column per
-  label and optionally ``center`` and ``field_strength`` (used for subgroup tables). A patient's label values must
-  agree across its rows.
+* the training-data manifest (docs/train-your-own.md): one row per series with ``patient_id``, ``split``, one 0/1
+  column per label and optionally ``center`` and ``field_strength`` (used for subgroup tables). A patient's label
+  values must agree across its rows.
 
 Outputs in ``--out``: ``per_label.csv/.md`` (AUROC, AP with patient-level bootstrap 95% CIs), ``multilabel.csv/.md``
 (CP/CR/CF1/OP/OR/OF1 at 0.5 and, with validation predictions, at per-label thresholds chosen on validation),
@@ -16,10 +16,7 @@ against each ``--baseline``), ``roc.png``, ``summary.json``.
 """
 from __future__ import annotations
 
-import argparse
-import csv
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +24,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from OrthoDiffusionLib.errors import CorruptFileError, InputError, MissingPathError
-from OrthoDiffusionLib.labels import anatomies, diagnosis_labels
+from OrthoDiffusionLib.errors import InputError
+from OrthoDiffusionLib.labels import diagnosis_labels
 
+from ..tables import parse_float, read_csv, require_columns
 from . import metrics as M
 
-__all__ = ["PatientTable", "read_manifest_labels", "read_predictions", "evaluate_predictions", "register"]
+__all__ = ["PatientTable", "read_manifest_labels", "read_predictions", "evaluate_predictions"]
 
 
 @dataclass
@@ -49,50 +47,19 @@ class PatientTable:
         return PatientTable(list(ids), self.values[idx], {k: [v[i] for i in idx] for k, v in self.attributes.items()})
 
 
-def _read_csv(path: Path) -> Tuple[List[str], List[Dict[str, str]]]:
-    if not path.is_file():
-        raise MissingPathError("file not found", path)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
-            header = list(reader.fieldnames or [])
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise CorruptFileError(f"not a readable CSV file ({e})", path) from None
-    if not header:
-        raise CorruptFileError("empty CSV file (no header)", path)
-    return header, rows
-
-
-def _require(header: Sequence[str], columns: Sequence[str], path: Path) -> None:
-    missing = [c for c in columns if c not in header]
-    if missing:
-        raise InputError(f"missing column(s): {', '.join(missing)}", path)
-
-
-def _float(text: str, path: Path, line: int, column: str) -> float:
-    try:
-        v = float(text)
-    except (TypeError, ValueError):
-        raise InputError(f"line {line}: {column}={text!r} is not a number", path) from None
-    if not math.isfinite(v):
-        raise InputError(f"line {line}: {column}={text!r} is not finite", path)
-    return v
-
-
 def read_manifest_labels(path: str | os.PathLike, label_keys: Sequence[str], split: Optional[str] = None
                          ) -> PatientTable:
     """Per-patient 0/1 labels (and ``center``/``field_strength`` if present) from a manifest, optionally one split."""
     path = Path(path)
-    header, rows = _read_csv(path)
-    _require(header, ["patient_id", *label_keys] + (["split"] if split else []), path)
+    header, rows = read_csv(path)
+    require_columns(header, ["patient_id", *label_keys] + (["split"] if split else []), path)
     attrs = [a for a in ("center", "field_strength") if a in header]
     labels: Dict[str, Tuple[Tuple[float, ...], Dict[str, str]]] = {}
     for line, r in enumerate(rows, start=2):
         if split and r["split"].strip() != split:
             continue
         pid = r["patient_id"].strip()
-        y = tuple(_float(r[k], path, line, k) for k in label_keys)
+        y = tuple(parse_float(r[k], path, line, k) for k in label_keys)
         if any(v not in (0.0, 1.0) for v in y):
             raise InputError(f"line {line}: label values must be 0 or 1", path)
         if pid in labels and labels[pid][0] != y:
@@ -109,14 +76,14 @@ def read_predictions(path: str | os.PathLike, label_keys: Sequence[str]) -> Pati
     from ..diagnosis.multiscan import aggregate_by_patient
 
     path = Path(path)
-    header, rows = _read_csv(path)
-    _require(header, ["patient_id", *label_keys], path)
+    header, rows = read_csv(path)
+    require_columns(header, ["patient_id", *label_keys], path)
     if not rows:
         raise InputError("no predictions", path)
     probs = np.empty((len(rows), len(label_keys)))
     for i, r in enumerate(rows):
         for k, key in enumerate(label_keys):
-            v = _float(r[key], path, i + 2, key)
+            v = parse_float(r[key], path, i + 2, key)
             if not 0.0 <= v <= 1.0:
                 raise InputError(f"line {i + 2}: {key}={v} is not a probability in [0, 1]", path)
             probs[i, k] = v
@@ -206,44 +173,3 @@ def evaluate_predictions(predictions: str | os.PathLike, manifest: str | os.Path
         summary["thresholds"] = dict(zip(keys, map(float, thresholds[f"{threshold_method} (val)"])))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8")
     return summary
-
-
-def _run(args: argparse.Namespace) -> int:
-    summary = evaluate_predictions(args.predictions, args.manifest, args.out, anatomy=args.anatomy,
-                                   split=args.split or None, val_predictions=args.val_predictions,
-                                   val_split=args.val_split, baselines=args.baseline or (),
-                                   threshold_method=args.threshold_method, n_boot=args.bootstrap,
-                                   n_perm=args.permutations, seed=args.seed, figures=not args.no_figures,
-                                   labels=[k.strip() for k in args.labels.split(",") if k.strip()] if args.labels
-                                   else None)
-    lo, hi = summary["macro_auroc_ci"]
-    print(f"{summary['patients']} patients, macro AUROC {summary['macro_auroc']:.4f} (95% CI {lo:.4f}-{hi:.4f})")
-    for c in summary["comparisons"]:
-        print(f"vs {c['baseline']}: {c['macro_auroc_baseline']:.4f}, difference {c['difference']:+.4f}, "
-              f"p = {c['p_value']:.4g}")
-    print(f"tables and figures in {args.out}")
-    return 0
-
-
-def register(subparsers) -> None:
-    """Add ``evaluate`` to the ``orthodiffusion`` command."""
-    p = subparsers.add_parser("evaluate", help="diagnosis metrics (AUROC/AP with CIs, CP/CR/CF1/OP/OR/OF1, "
-                                               "subgroups, permutation tests) from prediction CSVs",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--predictions", required=True, help="predictions CSV of the evaluated split")
-    p.add_argument("--manifest", required=True, help="training-data manifest CSV (labels, split, center, ...)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--anatomy", default="knee", choices=anatomies())
-    p.add_argument("--labels", metavar="KEY[,KEY...]", default=None,
-                   help="label columns to evaluate, for a model trained on its own label set (default: the "
-                        "anatomy's labels)")
-    p.add_argument("--split", default="test", help="manifest split to evaluate ('' = all rows)")
-    p.add_argument("--val-predictions", help="validation predictions CSV (for per-label thresholds)")
-    p.add_argument("--val-split", default="val")
-    p.add_argument("--baseline", action="append", help="baseline predictions CSV (repeatable)")
-    p.add_argument("--threshold-method", default="youden", choices=("youden", "f1"))
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates (default 1000)")
-    p.add_argument("--permutations", type=int, default=1000, help="permutations per test (default 1000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-figures", action="store_true", help="skip roc.png (no matplotlib needed)")
-    p.set_defaults(func=_run)

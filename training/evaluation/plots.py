@@ -71,7 +71,7 @@ def plot_roc_curves(y_true, y_prob, label_names: Sequence[str], path: str | os.P
 
 def plot_reliability(diagrams: Mapping[str, Mapping[str, np.ndarray]], path: str | os.PathLike,
                      title: str = "Reliability") -> Path:
-    """Reliability curves from :func:`OrthoDiffusionLib.calibration.reliability_diagram` outputs, one per name
+    """Reliability curves from :func:`OrthoDiffusionLib.model.calibration.reliability_diagram` outputs, one per name
     (e.g. ``{"uncalibrated": d0, "temperature-scaled": d1}``)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4, 4))
@@ -141,7 +141,7 @@ def plot_timestep_block_grid(plane_scores: Mapping[str, Mapping[tuple, float]], 
 def write_plane_weight_sankey(rows: Sequence[Mapping[str, float]], path: str | os.PathLike,
                               planes: Sequence[str] = ("sagittal", "coronal", "axial"),
                               title: str = "MPAE plane weights per label") -> Path:
-    """Sankey (plane -> label, flow thickness = weight) from :func:`training.mpae.mean_plane_weights` rows, written
+    """Sankey (plane -> label, flow thickness = weight) from :func:`~OrthoDiffusionLib.training.diagnosis.mpae.mean_plane_weights` rows, written
     as a self-contained HTML file (plotly.js embedded)."""
     import plotly.graph_objects as go
 

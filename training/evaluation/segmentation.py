@@ -5,11 +5,11 @@ Inputs: finished run folders of ``train-segmentation`` and ``train-seg-baseline`
 
 * ``table.csv``: plane, method, run, metric (dice | hd95), structure (key | mean), mean, sd, n;
 * ``table.md``: per plane a Dice (%) and an HD95 (mm) table, one column per run, mean ± sd (like the paper's
-  Table 2), computed from the per-case CSVs (cases where a structure is absent are left out, see seg_metrics);
+  Table 2), computed from the per-case CSVs (cases where a structure is absent are left out, see :mod:`OrthoDiffusionLib.segmentation.metrics`);
 * with one sagittal and one coronal run of the same manifest (or ``--fuse SAG_RUN COR_RUN``): ``fusion.csv`` /
   ``fusion.md`` and ``fusion_example_<patient>.nii.gz``. For every test patient with a labelled sagittal and a
   labelled coronal series, both runs predict class probabilities on their preprocessed grids; the fused labelmap
-  (:func:`OrthoDiffusionLib.seg_io.fuse_plane_segmentations`: probabilities resampled linearly and averaged over
+  (:func:`OrthoDiffusionLib.segmentation.io.fuse_plane_segmentations`: probabilities resampled linearly and averaged over
   the planes that cover a voxel and segment the class) is compared with each plane alone, on each plane's own
   preprocessed grid against that plane's ground truth, inside the region that both series cover (outside it the
   fused map is the single covering plane's prediction, so only the overlap can differ). The example file is the
@@ -28,10 +28,11 @@ import numpy as np
 
 from OrthoDiffusionLib import labels
 from OrthoDiffusionLib.atomic import atomic_path
+from OrthoDiffusionLib.device import resolve_device
 from OrthoDiffusionLib.errors import CancelledError, InputError, MissingPathError
+from OrthoDiffusionLib.progress import ProgressFn
 from OrthoDiffusionLib.segmentation.metrics import Summary, evaluate_case, format_table, summarize_cases
 
-from ..segmentation.trainer import ProgressFn
 
 PathLike = Union[str, os.PathLike]
 METHOD_NAMES = {"bottleneck": "OrthoDiffusion FT", "skip": "OrthoDiffusion FT (skip head)", "unet3d": "3D U-Net",
@@ -142,7 +143,7 @@ def fusion_comparison(sag_dir: Path, cor_dir: Path, out_dir: Path, split: str = 
 
     from OrthoDiffusionLib.segmentation.io import common_reference_grid, fuse_plane_segmentations, write_labelmap_nifti
 
-    from ..segmentation.train import load_segmentation_run, resolve_device
+    from ..segmentation.train import load_segmentation_run
 
     dev = resolve_device(device)
     models = {}
@@ -257,26 +258,3 @@ def _fusion_pair(folders: Sequence[Path], runs: Sequence[Mapping[str, Any]], fus
             sag[0][1]["provenance"]["manifest"] == cor[0][1]["provenance"]["manifest"]:
         return sag[0][0], cor[0][0]
     return None
-
-
-def register(subparsers) -> None:
-    """Add ``orthodiffusion evaluate-segmentation``."""
-    p = subparsers.add_parser("evaluate-segmentation", help="Dice/HD95 table of segmentation runs (+ plane fusion)",
-                              description=__doc__.split("\n\n")[0])
-    p.add_argument("--runs", nargs="+", type=Path, required=True, help="run folders (train-segmentation / baseline)")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--names", nargs="+", default=None, help="column names, one per run (default: from run.json)")
-    p.add_argument("--split", choices=("val", "test"), default="test")
-    p.add_argument("--fuse", nargs=2, type=Path, default=None, metavar=("SAGITTAL_RUN", "CORONAL_RUN"),
-                   help="runs to fuse (default: the one sagittal and one coronal run given, if any)")
-    p.add_argument("--device", default="cpu", help="auto | cpu | cuda (fusion inference)")
-    p.set_defaults(func=_run_cli)
-
-
-def _run_cli(args) -> int:
-    result = evaluate_segmentation(args.runs, args.out, names=args.names, split=args.split, fuse=args.fuse,
-                                   device=args.device)
-    print((args.out / "table.md").read_text(), end="")
-    if result["fusion"] is not None:
-        print((args.out / "fusion.md").read_text(), end="")
-    return 0

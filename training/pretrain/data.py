@@ -26,9 +26,8 @@ import numpy as np
 from OrthoDiffusionLib.errors import InputError, MissingPathError
 from OrthoDiffusionLib.labels import PLANES, SHARED_PLANE
 
-from .ddpm import SeriesVolumes
 
-__all__ = ["MAX_LABEL_VALUES", "ImageSeriesVolumes", "is_labelmap_name", "looks_like_labelmap", "parse_splits", "ManifestSelection",
+__all__ = ["MAX_LABEL_VALUES", "is_labelmap_name", "looks_like_labelmap", "parse_splits", "ManifestSelection",
            "select_manifest_rows", "FolderSelection", "select_folder_series"]
 
 PathLike = Union[str, os.PathLike]
@@ -187,27 +186,44 @@ def _scan_units(folder: Path) -> List[Tuple[str, Path]]:
             if p.is_dir() or is_volume_file(os.fspath(p))]
 
 
+def _read_unit(path: Path) -> Tuple[list, List[str]]:
+    """(image series, label map files) of one patient folder or volume file: DICOM series and volume files, label
+    maps (by name, or refused by the reader as one) set aside."""
+    from OrthoDiffusionLib.errors import InvalidVolumeError
+    from OrthoDiffusionLib.io.dicom_read import read_all_dicom
+    from OrthoDiffusionLib.io.reader import volume_files
+    from OrthoDiffusionLib.io.volume_read import read_volume
+
+    series = [] if path.is_file() else read_all_dicom(os.fspath(path))
+    labelmaps: List[str] = []
+    for f in [os.fspath(path)] if path.is_file() else volume_files(os.fspath(path)):
+        if is_labelmap_name(f):
+            labelmaps.append(f)
+            continue
+        try:
+            series.append(read_volume(f))
+        except InvalidVolumeError as e:
+            if "label map" not in e.problem:
+                raise
+            labelmaps.append(f)
+    return series, labelmaps
+
+
 def select_folder_series(folder: PathLike, plane: str) -> FolderSelection:
     """Every image series of ``plane`` under ``folder`` (module doc: label maps and duplicates left out); each
     top-level sub-folder (or file) counts as one patient.
 
     Raises MissingPathError (no folder), InputError (no image series of the plane)."""
-    from OrthoDiffusionLib.errors import NoDicomError
-    from OrthoDiffusionLib.io import read_all_series
-
     folder = Path(folder)
     if not folder.is_dir():
         raise MissingPathError("data folder not found", folder)
     sel = FolderSelection(os.fspath(folder), [], [])
     seen: Dict[tuple, List[np.ndarray]] = {}
     for patient, path in _scan_units(folder):
-        try:
-            found = read_all_series(path)
-        except NoDicomError:
-            continue
+        found, labelmaps = _read_unit(path)
+        sel.skipped_labelmaps += labelmaps
         for s in found:
-            by_name = s.meta.get("format") != "DICOM" and is_labelmap_name(s.source)
-            if by_name or looks_like_labelmap(s.array):
+            if looks_like_labelmap(s.array):
                 sel.skipped_labelmaps.append(s.source)
                 continue
             geometry, q = _same_image_key(s)
@@ -223,17 +239,3 @@ def select_folder_series(folder: PathLike, plane: str) -> FolderSelection:
     if not sel.series:
         raise InputError(f"no {plane} image series under this folder", folder)
     return sel
-
-
-class ImageSeriesVolumes(SeriesVolumes):
-    """``SeriesVolumes`` of pretraining: a series whose content is a label map is refused (InputError naming it)."""
-
-    def load(self, i: int) -> np.ndarray:
-        from OrthoDiffusionLib.io import read_series
-        from OrthoDiffusionLib.inference.preprocess import preprocess_series
-
-        series = read_series(self.paths[i])
-        if looks_like_labelmap(series.array):
-            raise InputError("this is a label map (whole numbers, few distinct values), not an image: it cannot be "
-                             "a pretraining series; list images in the manifest's series_path", self.paths[i])
-        return preprocess_series(series, slices=self.slices, size=self.size, **self.grid).volume

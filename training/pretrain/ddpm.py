@@ -1,6 +1,6 @@
 """Pretraining of one plane's diffusion backbone (``orthodiffusion pretrain``), on one process, many GPUs or many nodes.
 
-Recipe (the paper's, as in the authors' code): unconditional epsilon-prediction DDPM on 1 x 16 x 256 x 256 volumes of ONE
+Recipe (the paper and the authors' code): unconditional epsilon-prediction DDPM on 1 x 16 x 256 x 256 volumes of ONE
 plane, cosine schedule (T = 1000), MSE loss, Adam with lr = lr_per_sample x batch x world size (1e-5 per sample),
 EMA of the weights (decay 0.995) updated every 10 steps from step 2000 -- before that step the EMA is reset to the
 model at each update, as in the authors' trainer (see :class:`EMA`) -- checkpoints every 500 steps, fp32 (bf16 autocast on request).
@@ -26,7 +26,7 @@ Run folder::
     RUN_DIR/checkpoints/step_NNNNNNN/         weights.safetensors (model., ema., opt., rng. tensors) + state.json
     RUN_DIR/checkpoints/latest.json           the newest complete checkpoint (written last, atomically)
     RUN_DIR/samples/step_NNNNNNN.nii.gz       DDIM samples from the EMA weights
-    RUN_DIR/backbone_{plane}.safetensors      the final EMA backbone (OrthoDiffusionLib.checkpoints format)
+    RUN_DIR/backbone_{plane}.safetensors      the final EMA backbone (OrthoDiffusionLib.model.checkpoints format)
     RUN_DIR/summary.json                      final step, loss, weight digests of every rank (must agree)
 
 Every checkpoint is written into a temporary folder that is renamed into place (os.replace) only when complete, so a
@@ -51,18 +51,20 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from OrthoDiffusionLib.device import check_precision, precision_autocast, resolve_device
 from OrthoDiffusionLib.model.backbone import DiffusionUNet
 from OrthoDiffusionLib.model.checkpoints import atomic_path, save_backbone, tensors_sha256
 from OrthoDiffusionLib.errors import InputError, MissingPathError, OrthoDiffusionError
 from OrthoDiffusionLib.labels import PLANES, SHARED_PLANE
 from OrthoDiffusionLib.model.schedule import CosineSchedule
-from .watch import InterruptRequest, log_validation, print_plan, validation_loss, validation_set
+from OrthoDiffusionLib.progress import ProgressFn
+from .watch import InterruptRequest, log_validation, print_plan, validation_loss
 from ..run_checkpoints import (epoch_permutation, latest_checkpoint, optimizer_state, optimizer_tensors,
                               read_checkpoint, remove_partial_checkpoints, rng_restore, rng_snapshot, truncate_log,
                               write_checkpoint)
@@ -133,8 +135,7 @@ class PretrainConfig:
             raise OrthoDiffusionError("give both --slice-mm and --inplane-mm, or neither")
         if self.plane not in PLANES + (SHARED_PLANE,):
             raise OrthoDiffusionError(f"plane must be one of {', '.join(PLANES + (SHARED_PLANE,))}, got {self.plane!r}")
-        if self.precision not in ("fp32", "bf16"):
-            raise OrthoDiffusionError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        check_precision(self.precision)
         for name in ("steps", "batch_size", "ema_every", "ckpt_every", "log_every", "sample_steps", "timesteps"):
             if int(getattr(self, name)) < 1:
                 raise OrthoDiffusionError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -188,7 +189,7 @@ class InMemoryVolumes(VolumeDataset):
 
 class SeriesVolumes(VolumeDataset):
     """Series files/folders read with ``OrthoDiffusionLib.io.read_series`` and preprocessed with
-    ``OrthoDiffusionLib.preprocess.preprocess_series(slices, size)`` (16 central slices, resize, [-1, 1]).
+    ``OrthoDiffusionLib.inference.preprocess.preprocess_series(slices, size)`` (16 central slices, resize, [-1, 1]).
 
     Preprocessed volumes are cached as ``.npy`` in ``cache_dir`` (keyed by path, slices and size) so each series is
     read once per run; without ``cache_dir`` they are kept in memory.
@@ -239,6 +240,21 @@ class SeriesVolumes(VolumeDataset):
         return t
 
 
+class ImageSeriesVolumes(SeriesVolumes):
+    """``SeriesVolumes`` of pretraining: a series whose content is a label map is refused (InputError naming it)."""
+
+    def load(self, i: int) -> np.ndarray:
+        from OrthoDiffusionLib.io import read_series
+        from OrthoDiffusionLib.inference.preprocess import preprocess_series
+
+        from .data import looks_like_labelmap
+
+        series = read_series(self.paths[i])
+        if looks_like_labelmap(series.array):
+            raise InputError("this is a label map (whole numbers, few distinct values), not an image: it cannot be "
+                             "a pretraining series; list images in the manifest's series_path", self.paths[i])
+        return preprocess_series(series, slices=self.slices, size=self.size, **self.grid).volume
+
 def _plane_selected(series_plane: str, plane: str) -> bool:
     """Whether a series of ``series_plane`` belongs to a run of ``plane`` (``shared``: every plane)."""
     return series_plane == plane or (plane == SHARED_PLANE and series_plane in PLANES)
@@ -252,7 +268,7 @@ def load_training_set(plane: str, manifest: Optional[Union[str, os.PathLike]] = 
     ``series_path`` are relative to the CSV; read lazily, cached in ``cache_dir``) or from a folder (every image
     series of that plane found under it, label maps and duplicate copies left out, read and preprocessed up front).
     The dataset's ``summary`` says what was selected (:mod:`training.pretrain.data`)."""
-    from .data import ImageSeriesVolumes, select_folder_series, select_manifest_rows
+    from .data import select_folder_series, select_manifest_rows
 
     if (manifest is None) == (data is None):
         raise OrthoDiffusionError("give exactly one of --manifest or --data")
@@ -273,6 +289,26 @@ def load_training_set(plane: str, manifest: Optional[Union[str, os.PathLike]] = 
                                    for s in sel.series])
     dataset.summary = sel.summary()  # type: ignore[attr-defined]
     return dataset
+
+
+def validation_set(cfg, manifest):
+    """Up to ``cfg.val_series`` readable val series of the manifest's plane(s), in memory; None without a manifest,
+    with ``val_every`` 0, when val is trained on, or when the manifest has no readable val series."""
+    if manifest is None or not cfg.val_every or "val" in cfg.splits:
+        return None
+    from .data import select_manifest_rows
+
+    try:
+        sel = select_manifest_rows(manifest, cfg.plane, ("val",))
+    except InputError:
+        return None
+    volumes = []
+    for path in sel.paths[: cfg.val_series]:
+        try:
+            volumes.append(ImageSeriesVolumes([path], cfg.slices, cfg.size, grid=cfg.grid())[0])
+        except OrthoDiffusionError as e:
+            warnings.warn(f"validation series left out: {e}")
+    return InMemoryVolumes(volumes) if volumes else None
 
 
 # ------------------------------------------------------------------------------------------------- data order
@@ -358,9 +394,7 @@ def _setup_distributed(device: str) -> _Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    if use_cuda and not torch.cuda.is_available():
-        raise OrthoDiffusionError("--device cuda asked for, but no CUDA device is available")
+    use_cuda = resolve_device(device).type == "cuda"
     dev = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
@@ -415,9 +449,6 @@ def _write_sample(path: Path, volume: np.ndarray) -> None:
 
 
 # -------------------------------------------------------------------------------------------------------- loop
-ProgressFn = Callable[[int, int, float], None]
-
-
 def pretrain(cfg: PretrainConfig, dataset: Optional[VolumeDataset] = None, *,
              manifest: Optional[Union[str, os.PathLike]] = None, data: Optional[Union[str, os.PathLike]] = None,
              progress: Optional[ProgressFn] = None, stop_at: Optional[int] = None,
@@ -428,7 +459,7 @@ def pretrain(cfg: PretrainConfig, dataset: Optional[VolumeDataset] = None, *,
     Args:
         cfg: the run's settings (``cfg.out`` = RUN_DIR, ``cfg.resume`` continues from its newest checkpoint).
         dataset: volumes (1, slices, size, size); else read from ``manifest`` or ``data`` via the io API.
-        progress: ``progress(step, total_steps, loss)`` after every step (rank 0); may raise to cancel.
+        progress: ``progress("step S/N, loss L", S / N)`` after every step (rank 0); may raise to cancel.
         stop_at: return after writing a checkpoint at this step (e.g. jobs of bounded length on a cluster;
             continue later with ``resume``).
         show_progress: tqdm bar on rank 0.
@@ -537,7 +568,7 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, d: _Dist, dataset: Optional[Vo
 
             bar = tqdm(total=cfg.steps, initial=start, desc=f"pretrain {cfg.plane}", unit="step", dynamic_ncols=True)
 
-    autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    autocast = precision_autocast(d.device, cfg.precision)
     step = start
     last_loss = float("nan")
     window: List[float] = []
@@ -570,7 +601,7 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, d: _Dist, dataset: Optional[Vo
                     bar.update(1)
                     bar.set_postfix(loss=f"{last_loss:.4f}")
                 if progress is not None:
-                    progress(step, cfg.steps, last_loss)
+                    progress(f"step {step}/{cfg.steps}, loss {last_loss:.4f}", step / cfg.steps)
                 if step % cfg.log_every == 0 or step == cfg.steps:
                     now = time.perf_counter()
                     sps = (step - step_last) / max(now - t_last, 1e-9)
@@ -664,7 +695,7 @@ def _sample(cfg: PretrainConfig, model: torch.nn.Module, schedule: CosineSchedul
             device: torch.device) -> None:
     """One DDIM volume from the EMA weights (own generator: does not disturb the training RNG)."""
     gen = torch.Generator().manual_seed(cfg.seed * 104729 + step)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+    with precision_autocast(device, cfg.precision):
         vol = schedule.ddim_sample(model, (1, 1, cfg.slices, cfg.size, cfg.size), steps=cfg.sample_steps,
                                    generator=gen, device=device)
     _write_sample(run_dir / "samples" / f"step_{step:07d}.nii.gz", vol[0, 0].float().cpu().numpy())
@@ -726,3 +757,24 @@ def normalize_window(vol: np.ndarray, slices: int) -> np.ndarray:
         vol = pad
     lo, hi = float(vol.min()), float(vol.max())
     return ((vol - lo) / max(hi - lo, 1e-6) * 2.0 - 1.0).astype(np.float32)
+
+
+def backbone_from_checkpoint(run_dir: Union[str, os.PathLike], out: Union[str, os.PathLike],
+                             half: bool = True) -> Path:
+    """Write the EMA weights of a run's newest checkpoint as a backbone file (float16 with ``half``), e.g. to keep
+    a run that is still going: the file continues it in another run folder with ``pretrain(..., init_from=...)``.
+    Returns ``out``."""
+    run_dir = Path(run_dir)
+    latest = latest_checkpoint(run_dir, STEP_PREFIX)
+    if latest is None:
+        raise MissingPathError("no complete checkpoint in this run folder", run_dir)
+    tensors, state = read_checkpoint(latest, CHECKPOINT_FORMAT_VERSION)
+    cfg_json = dict(state["config"])
+    cfg = PretrainConfig(**{k: v for k, v in cfg_json.items() if k in {f.name for f in dataclasses.fields(PretrainConfig)}})
+    model = cfg.model()
+    model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    step = int(state["step"])
+    save_backbone(model, out, cfg.plane, half=half,
+                  provenance={"trained_steps": step, "planned_steps": cfg.steps, "run": run_dir.name,
+                              "recipe": "orthodiffusion pretrain", "from_checkpoint": latest.name})
+    return Path(out)

@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import sys
 import threading
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from OrthoDiffusionLib.errors import InputError, OrthoDiffusionError
 from OrthoDiffusionLib.model.schedule import CosineSchedule
 
-__all__ = ["VALIDATION_TIMESTEPS", "InterruptRequest", "print_plan", "validation_set", "validation_loss",
-           "log_validation"]
+__all__ = ["VALIDATION_TIMESTEPS", "InterruptRequest", "print_plan", "validation_loss", "log_validation"]
 
 VALIDATION_TIMESTEPS = (50, 200, 500, 800)
 
@@ -76,27 +73,6 @@ def print_plan(cfg, dataset, val_set, model: torch.nn.Module, world: int, device
           f"multipliers {','.join(map(str, cfg.channel_mult))}, patch {cfg.patch_size}); input {cfg.slices} x "
           f"{cfg.size} x {cfg.size}{grid}; {cfg.precision} on {device}; {val}; checkpoint every {cfg.ckpt_every} steps",
           flush=True)
-
-
-def validation_set(cfg, manifest):
-    """Up to ``cfg.val_series`` readable val series of the manifest's plane(s), in memory; None without a manifest,
-    with ``val_every`` 0, when val is trained on, or when the manifest has no readable val series."""
-    if manifest is None or not cfg.val_every or "val" in cfg.splits:
-        return None
-    from .data import ImageSeriesVolumes, select_manifest_rows
-    from .ddpm import InMemoryVolumes
-
-    try:
-        sel = select_manifest_rows(manifest, cfg.plane, ("val",))
-    except InputError:
-        return None
-    volumes = []
-    for path in sel.paths[: cfg.val_series]:
-        try:
-            volumes.append(ImageSeriesVolumes([path], cfg.slices, cfg.size, grid=cfg.grid())[0])
-        except OrthoDiffusionError as e:
-            warnings.warn(f"validation series left out: {e}")
-    return InMemoryVolumes(volumes) if volumes else None
 
 
 @torch.no_grad()

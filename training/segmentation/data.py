@@ -4,7 +4,7 @@ A case is one manifest row of the requested plane with a non-empty ``seg_path`` 
 on the series' grid, e.g. the ``*_seg.nii.gz`` the simulator writes, or a Slicer ``.seg.nrrd``). Relative paths are
 relative to the manifest's folder.
 
-Preprocessing of a case: the image through :func:`OrthoDiffusionLib.preprocess.preprocess_series` (16 central
+Preprocessing of a case: the image through :func:`OrthoDiffusionLib.inference.preprocess.preprocess_series` (16 central
 slices, bilinear resize to size x size, [-1, 1]); the labelmap resampled with nearest-neighbour interpolation onto
 the preprocessed grid (``PreprocessedSeries.reference``: the same slices and the same physical in-plane sampling;
 slices padded beyond a short series are background). Shapes: image (1, D, H, W) float32, labels (D, H, W) int64,

@@ -1,4 +1,4 @@
-"""Segmentation loss of METHOD.md: 0.2 x cross-entropy + soft Dice over the foreground classes.
+"""Segmentation loss of the paper: 0.2 x cross-entropy + soft Dice over the foreground classes.
 
 * Unlabeled voxels carry ``ignore_index`` in the target; they contribute to neither term (no gradient).
 * A class mask restricts the classes a plane can have: classes absent from a plane's label table

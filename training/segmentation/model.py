@@ -65,7 +65,7 @@ class DiffusionSegmenter(nn.Module):
 
 
 class BaselineSegmenter(nn.Module):
-    """A from-scratch network (``seg_baselines.build_seg_baseline``): logits = net(x0); no noise."""
+    """A from-scratch network (``baselines.build_seg_baseline``): logits = net(x0); no noise."""
 
     def __init__(self, net: nn.Module):
         super().__init__()

@@ -3,14 +3,14 @@
 ``train-segmentation`` fine-tunes a diffusion backbone (encoder + middle block at ``backbone_lr_scale`` x lr) with a
 segmentation head (``bottleneck`` = the paper's, or ``skip``) on the tap ``block`` at ``timestep`` of the config's
 plane entry (paper: t = 50, ``mid_2``). ``train-seg-baseline`` trains a MONAI 3D U-Net or UNETR from scratch on the
-same cases and splits. Loop, checkpoints and metrics: :mod:`.seg_trainer`; data: :mod:`.seg_data`.
+same cases and splits. Loop, checkpoints and metrics: :mod:`.trainer`; data: :mod:`.data`.
 
 Configuration: a shipped name (``seg-ft`` = the paper's recipe, ``seg-demo`` = a small CPU demo) or a JSON path,
 ``extends`` resolved as for the diagnosis configs, then ``--set key.sub=value`` overrides (value parsed as JSON,
 else taken as a string). The command-line options ``--head`` and ``--train-patients`` are stored in the config too,
 so a resumed run must use the same ones.
 
-Run folder::
+Run folder (read by ``orthodiffusion export``)::
 
     RUN/run.json                    written last: format, plane, timestep, block, preprocessing, head, weights,
                                     num_classes, structures, config, metrics {val, test}, provenance
@@ -41,15 +41,16 @@ import torch
 
 from OrthoDiffusionLib import labels
 from OrthoDiffusionLib.atomic import atomic_path
-from OrthoDiffusionLib.errors import CorruptFileError, InputError, MissingPathError, OrthoDiffusionError
+from OrthoDiffusionLib.device import resolve_device
+from OrthoDiffusionLib.errors import CorruptFileError, InputError, MissingPathError
 from OrthoDiffusionLib.inference.preprocess import model_grid
+from OrthoDiffusionLib.progress import ProgressFn
 
 from ..configs import resolve_config
 from ..curves import plot_run_curves
-from ..named_options import add_size_arguments
 from .data import SegVolumes, read_seg_cases, split_cases, training_cases
 from .losses import num_seg_classes
-from .trainer import ProgressFn, TrainSettings, evaluate, train
+from .trainer import TrainSettings, evaluate, train
 
 PathLike = Union[str, os.PathLike]
 RUN_FORMAT = "orthodiffusion.segmentation-run"
@@ -129,15 +130,6 @@ def _settings(cfg: Mapping[str, Any], plane: str, section: Optional[str] = None)
 
 
 # ------------------------------------------------------------------------------------------------------ models
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> cuda if available else cpu; an explicit ``cuda`` without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise OrthoDiffusionError("--device cuda asked for, but no CUDA device is available")
-    return torch.device(device)
-
-
 def head_config(name: str, backbone, block: str, cfg_head: Mapping[str, Any]) -> Dict[str, Any]:
     """``build_seg_head`` keyword arguments (incl. ``name``) for a head on ``backbone``'s tap ``block``."""
     from OrthoDiffusionLib.model.seg_head import DEFAULT_SKIP_TAPS
@@ -432,73 +424,3 @@ def train_seg_baseline(manifest: PathLike, plane: str, model_name: str, out: Pat
     record = {"format": BASELINE_RUN_FORMAT, "version": RUN_VERSION, **job.base_record(command),
               "model": {"name": name, **spec}, "weights": "model.safetensors", "metrics": metrics}
     return job.write_run(record)
-
-
-# --------------------------------------------------------------------------------------------------------- CLI
-def _common_arguments(p) -> None:
-    p.add_argument("--manifest", type=Path, required=True, help="manifest CSV with seg_path (rows of --plane)")
-    p.add_argument("--plane", choices=labels.PLANES, required=True)
-    p.add_argument("--out", type=Path, required=True, help="run folder")
-    p.add_argument("--config", default="seg-ft", help="seg-ft (paper), seg-demo (small CPU demo) or a JSON path")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config entry (dotted key, JSON value), e.g. --set epochs=5")
-    p.add_argument("--train-patients", type=int, default=None,
-                   help="train on a nested seeded subset of N training patients (label efficiency)")
-    p.add_argument("--resume", action="store_true", help="continue the run folder from its newest checkpoint")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--cache-dir", type=Path, default=None,
-                   help="folder for preprocessed cases (default RUN/cache; runs on the same data can share one)")
-
-
-def register(subparsers) -> None:
-    """Add ``train-segmentation`` and ``train-seg-baseline``."""
-    p = subparsers.add_parser("train-segmentation", help="fine-tune a backbone + segmentation head on one plane",
-                              description=__doc__.split("\n\n")[1])
-    _common_arguments(p)
-    p.add_argument("--backbone", type=Path, required=True, help="backbone .safetensors (save_backbone format)")
-    p.add_argument("--head", choices=("bottleneck", "skip"), default=None, help="override the config's head")
-    add_size_arguments(p)
-    p.set_defaults(func=_run_train)
-    b = subparsers.add_parser("train-seg-baseline", help="train a MONAI 3D U-Net / UNETR segmentation baseline",
-                              description="Train a from-scratch segmentation baseline on the same cases and "
-                                          "splits as train-segmentation (sizes/epochs from the config's 'baseline').")
-    _common_arguments(b)
-    b.add_argument("--model", choices=sorted(BASELINE_ALIASES), required=True)
-    b.add_argument("--size", type=int, default=None, help="in-plane size (default: the configuration's; use the "
-                                                           "compared train-segmentation run's)")
-    b.add_argument("--slices", type=int, default=None, help="slices (default: the configuration's)")
-    b.set_defaults(func=_run_baseline)
-
-
-def _report(record: Dict[str, Any], out: Path) -> None:
-    test = (record["metrics"] or {}).get("test") or (record["metrics"] or {}).get("val")
-    if test:
-        d = test["dice"]["mean"]
-        print(f"mean Dice {d['mean']:.3f} ± {d['sd']:.3f} over {test['n_cases']} cases -> {out}")
-    else:
-        print(f"trained -> {out}")
-
-
-def _run_train(args) -> int:
-    from ..named_options import size_overrides
-
-    sizes, note = size_overrides(args.size, args.slices, args.overrides, [args.backbone])
-    if note:
-        print(f"train-segmentation: {note}")
-    record = train_segmentation(args.manifest, args.plane, args.backbone, args.out, config=args.config,
-                                overrides=sizes + list(args.overrides), head=args.head, train_patients=args.train_patients,
-                                resume=args.resume, device=args.device, show_progress=True,
-                                cache_dir=args.cache_dir)
-    _report(record, args.out)
-    return 0
-
-
-def _run_baseline(args) -> int:
-    from ..named_options import size_overrides
-
-    sizes, _ = size_overrides(args.size, args.slices, args.overrides)
-    record = train_seg_baseline(args.manifest, args.plane, args.model, args.out, config=args.config,
-                                overrides=sizes + list(args.overrides), train_patients=args.train_patients, resume=args.resume,
-                                device=args.device, show_progress=True, cache_dir=args.cache_dir)
-    _report(record, args.out)
-    return 0

@@ -1,11 +1,11 @@
 """The segmentation training loop with exact resume, and per-structure evaluation (Dice, HD95).
 
 Shared by ``train-segmentation`` (diffusion backbone + head) and ``train-seg-baseline`` (from-scratch networks):
-the network is a :mod:`.seg_model` module, ``forward(x0, generator) -> logits``.
+the network is a :mod:`.model` module, ``forward(x0, generator) -> logits``.
 
 Loop: epochs over the training cases in a seeded permutation per epoch (a pure function of seed and epoch),
-mini-batches of ``batch_size``; augmentation (:class:`.seg_augment.SegAugment`), diffusion noise and nothing else
-draw from ONE ``torch.Generator``; loss :class:`.seg_losses.SegmentationLoss` with the plane's class mask; Adam with
+mini-batches of ``batch_size``; augmentation (:class:`.augment.SegAugment`), diffusion noise and nothing else
+draw from ONE ``torch.Generator``; loss :class:`.losses.SegmentationLoss` with the plane's class mask; Adam with
 a cosine learning-rate decay per optimizer step (a pure function of the step: no scheduler state).
 
 Checkpoints: at the end of every epoch ``RUN/checkpoints/epoch_NNN/`` (``weights.safetensors`` with the network
@@ -22,13 +22,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 
 from OrthoDiffusionLib.model.checkpoints import tensors_sha256
 from OrthoDiffusionLib.errors import CancelledError, OrthoDiffusionError
+from OrthoDiffusionLib.progress import ProgressFn
 from OrthoDiffusionLib.segmentation.metrics import evaluate_case, summarize_cases
 
 from .. import run_checkpoints
@@ -42,7 +43,6 @@ from .model import predict_probabilities
 CHECKPOINT_FORMAT = "orthodiffusion-segmentation-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
 EPOCH_PREFIX = "epoch_"  # checkpoint folders RUN/checkpoints/epoch_NNN
-ProgressFn = Callable[[str, float], None]
 LOG_HEADER = "epoch,loss,ce,dice_loss,lr,seconds,val_mean_dice\n"
 
 

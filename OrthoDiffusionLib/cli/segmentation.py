@@ -1,0 +1,76 @@
+"""``orthodiffusion train-segmentation`` and ``train-seg-baseline``: train one plane's segmentation model from a
+manifest (:mod:`OrthoDiffusionLib.training.segmentation.train`)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict
+
+from ..labels import PLANES
+from ..training.named_options import size_overrides
+from ..training.segmentation import train as segmentation_training
+from .common import add_command, add_device_argument
+from .training_options import add_size_arguments
+
+
+def _common_arguments(p) -> None:
+    p.add_argument("--manifest", type=Path, required=True, help="manifest CSV with seg_path (rows of --plane)")
+    p.add_argument("--plane", choices=PLANES, required=True)
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--config", default="seg-ft", help="seg-ft (paper), seg-demo (small CPU demo) or a JSON path")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config entry (dotted key, JSON value), e.g. --set epochs=5")
+    p.add_argument("--train-patients", type=int, default=None,
+                   help="train on a nested seeded subset of N training patients (label efficiency)")
+    p.add_argument("--resume", action="store_true", help="continue the run folder from its newest checkpoint")
+    add_device_argument(p)
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="folder for preprocessed cases (default RUN/cache; runs on the same data can share one)")
+
+
+def register(subparsers) -> None:
+    """Add ``train-segmentation`` and ``train-seg-baseline``."""
+    p = add_command(subparsers, "train-segmentation", _run_train,
+                    help="fine-tune a backbone + segmentation head on one plane",
+                    description=segmentation_training.__doc__.split("\n\n")[1])
+    _common_arguments(p)
+    p.add_argument("--backbone", type=Path, required=True, help="backbone .safetensors (save_backbone format)")
+    p.add_argument("--head", choices=("bottleneck", "skip"), default=None, help="override the config's head")
+    add_size_arguments(p)
+    b = add_command(subparsers, "train-seg-baseline", _run_baseline,
+                    help="train a MONAI 3D U-Net / UNETR segmentation baseline",
+                    description="Train a from-scratch segmentation baseline on the same cases and "
+                                "splits as train-segmentation (sizes/epochs from the config's 'baseline').")
+    _common_arguments(b)
+    b.add_argument("--model", choices=sorted(segmentation_training.BASELINE_ALIASES), required=True)
+    add_size_arguments(b, from_backbone=False)
+
+
+def _report(record: Dict[str, Any], out: Path) -> None:
+    test = (record["metrics"] or {}).get("test") or (record["metrics"] or {}).get("val")
+    if test:
+        d = test["dice"]["mean"]
+        print(f"mean Dice {d['mean']:.3f} ± {d['sd']:.3f} over {test['n_cases']} cases -> {out}")
+    else:
+        print(f"trained -> {out}")
+
+
+def _run_train(args) -> int:
+    sizes, note = size_overrides(args.size, args.slices, args.overrides, [args.backbone])
+    if note:
+        print(f"train-segmentation: {note}")
+    record = segmentation_training.train_segmentation(
+        args.manifest, args.plane, args.backbone, args.out, config=args.config, overrides=sizes + args.overrides,
+        head=args.head, train_patients=args.train_patients, resume=args.resume, device=args.device,
+        show_progress=True, cache_dir=args.cache_dir)
+    _report(record, args.out)
+    return 0
+
+
+def _run_baseline(args) -> int:
+    sizes, _ = size_overrides(args.size, args.slices, args.overrides)
+    record = segmentation_training.train_seg_baseline(
+        args.manifest, args.plane, args.model, args.out, config=args.config, overrides=sizes + args.overrides,
+        train_patients=args.train_patients, resume=args.resume, device=args.device, show_progress=True,
+        cache_dir=args.cache_dir)
+    _report(record, args.out)
+    return 0
