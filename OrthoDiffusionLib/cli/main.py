@@ -2,9 +2,9 @@
 
 Each subcommand lives in its own module of this package; this file only lists them. A subcommand module provides
 ``register(subparsers)``, which adds its parser and sets ``func`` (called with the parsed arguments, returns the exit
-code). The modules of the training and benchmark commands import ``OrthoDiffusionLib.training`` /
-``OrthoDiffusionLib.bench``; where those packages are not installed (the 3D Slicer extension ships only what
-inference needs) their subcommands are left out. Library errors
+code). Where ``OrthoDiffusionLib.training``, ``OrthoDiffusionLib.bench`` or ``OrthoDiffusionLib.viewer`` is not
+installed (the 3D Slicer extension ships only what inference needs), the subcommands whose modules import it are
+left out. Library errors
 (:class:`~OrthoDiffusionLib.errors.OrthoDiffusionError`) become one line on stderr and exit code 2.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ SUBCOMMAND_MODULES: List[str] = [
 ]
 
 #: Packages whose absence only removes the subcommands that need them.
-OPTIONAL_PACKAGES = ("OrthoDiffusionLib.training", "OrthoDiffusionLib.bench")
+OPTIONAL_PACKAGES = ("OrthoDiffusionLib.training", "OrthoDiffusionLib.bench", "OrthoDiffusionLib.viewer")
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
