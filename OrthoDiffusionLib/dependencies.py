@@ -41,6 +41,7 @@ CORE_REQUIREMENTS: Tuple[Requirement, ...] = (
     Requirement("safetensors>=0.4", "safetensors"),
     Requirement("tqdm>=4.60", "tqdm"),
     Requirement("plotly>=5.18", "plotly"),
+    Requirement("monai>=1.3", "monai"),
 )
 
 
