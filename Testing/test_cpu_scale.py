@@ -138,6 +138,22 @@ def test_pool_windows_are_deterministic_normalised_and_never_read_labels(tmp_pat
     assert torch.equal(x, y)
     assert float(x.min()) == pytest.approx(-1.0) and float(x.max()) == pytest.approx(1.0)
     assert not torch.equal(ds[7], ds[7 + 6])  # the same series, another draw
+    cropped = PoolWindows(manifest, slices=16, seed=1, virtual_epochs=3, crop=64)
+    c = cropped[7]
+    assert c.shape == (1, 16, 64, 64) and torch.equal(c, cropped[7])
+    assert float(c.min()) == pytest.approx(-1.0) and float(c.max()) == pytest.approx(1.0)
+    # a crop keeps the pool's pixels: the window is a 64 x 64 block of the stored image, not a resized image
+    from OrthoDiffusionLib.training.pretrain.ddpm import normalize_window
+
+    plain = PoolWindows(manifest, slices=16, seed=1, virtual_epochs=3, crop=64, p_randomized=0.0)
+    path, plane = plain.series[1]
+    with np.load(path) as z:
+        image = z[f"{plane}_image"].astype(np.float32)
+    got = plain[1][0].numpy()
+    rng = np.random.default_rng(np.random.SeedSequence([1, 5501, 1]))  # the draw of item 1 (see PoolWindows)
+    start = int(rng.integers(0, image.shape[0] - 16 + 1))
+    y, x = (int(rng.integers(0, 128 - 64 + 1)) for _ in range(2))
+    np.testing.assert_allclose(got, normalize_window(image[start:start + 16, y:y + 64, x:x + 64], 16), atol=1e-6)
 
     from OrthoDiffusionLib.io import read_series
     from OrthoDiffusionLib.simulate.pool import write_pool_cohort

@@ -31,6 +31,7 @@ SUBCOMMAND_MODULES: List[str] = [
     "OrthoDiffusionLib.cli.diagnosis",
     "OrthoDiffusionLib.cli.segmentation",
     "OrthoDiffusionLib.cli.evaluate_segmentation",
+    "OrthoDiffusionLib.cli.check_model",
     "OrthoDiffusionLib.cli.simulate",
     "OrthoDiffusionLib.cli.view",
 ]

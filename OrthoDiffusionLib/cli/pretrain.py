@@ -50,6 +50,9 @@ def register(subparsers) -> None:
     p.add_argument("--p-randomized", type=float, default=0.5,
                    help="with --pool: fraction of windows drawn with a randomised contrast (default 0.5)")
     p.add_argument("--size", type=int, default=256)
+    p.add_argument("--crop", type=int, default=0,
+                   help="with --pool: train on random CROP x CROP in-plane crops at the pool's pixel size "
+                        "(e.g. 64: a quarter of the cost of 128 x 128 windows; 0, the default: whole windows)")
     p.add_argument("--slices", type=int, default=16)
     add_precision_argument(p)
     p.add_argument("--seed", type=int, default=0)
@@ -73,7 +76,7 @@ def _run_cli(args) -> int:
         sample_every=args.sample_every, sample_steps=args.sample_steps, log_every=args.log_every, width=args.width,
         channel_mult=args.channel_mult, attention_resolutions=args.attention_resolutions,
         size=args.size, slices=args.slices, precision=args.precision, seed=args.seed, patch_size=args.patch_size,
-        norm_groups=args.norm_groups,
+        norm_groups=args.norm_groups, crop=args.crop,
         grad_checkpoint=args.grad_checkpoint, num_workers=args.num_workers, device=args.device, resume=args.resume)
     if args.time_limit is not None and args.time_limit <= 0:
         raise OrthoDiffusionError(f"--time-limit must be > 0 minutes, got {args.time_limit}")
@@ -99,4 +102,4 @@ def _pool_dataset(args, cfg):
         exams = range(start, stop)
     planes = PLANES if cfg.plane == SHARED_PLANE else (cfg.plane,)
     return PoolWindows(args.pool, slices=cfg.slices, exams=exams, planes=planes, p_randomized=args.p_randomized,
-                       seed=cfg.seed)
+                       seed=cfg.seed, crop=cfg.crop)

@@ -77,7 +77,7 @@ STEP_PREFIX = "step_"  # checkpoint folders RUN/checkpoints/step_NNNNNNN
 # config keys that define the network, data and optimisation; a resumed run must agree on them
 _STRUCTURAL = ("plane", "batch_size", "lr_per_sample", "ema_decay", "ema_every", "ema_start", "width", "channel_mult",
                "attention_resolutions", "num_heads", "size", "slices", "precision", "seed", "timesteps", "patch_size",
-               "norm_groups")
+               "norm_groups", "crop")
 
 
 @dataclass
@@ -104,6 +104,7 @@ class PretrainConfig:
     patch_size: int = 1  # in-plane space-to-depth factor (CPU-scale configurations)
     norm_groups: int = 32
     size: int = 256
+    crop: int = 0  # with a pool: random in-plane crops of this many pixels at the pool's resolution (0: whole)
     slices: int = 16
     precision: str = "fp32"  # fp32 | bf16 (autocast)
     seed: int = 0
@@ -123,6 +124,8 @@ class PretrainConfig:
             if int(getattr(self, name)) < 1:
                 raise OrthoDiffusionError(f"{name} must be >= 1, got {getattr(self, name)}")
         factor = 2 ** (len(self.channel_mult) - 1)
+        if self.crop and self.crop % (factor * self.patch_size):
+            raise OrthoDiffusionError(f"--crop must be a multiple of {factor * self.patch_size} for this network")
         if self.size % (factor * self.patch_size) or self.slices % factor:
             raise OrthoDiffusionError(f"--size must be a multiple of {factor * self.patch_size} and --slices of "
                                       f"{factor} for this network")
@@ -455,7 +458,9 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, d: _Dist, dataset: Optional[Vo
     tensors, state = read_checkpoint(latest, CHECKPOINT_FORMAT_VERSION) if (latest is not None and cfg.resume) else (None, None)
     if state is not None:
         saved = state["config"]
-        changed = [k for k in _STRUCTURAL if json.dumps(saved.get(k)) != json.dumps(cfg.to_json().get(k))]
+        defaults = PretrainConfig().to_json()  # settings added later read as their default in older runs
+        changed = [k for k in _STRUCTURAL
+                   if json.dumps(saved.get(k, defaults.get(k))) != json.dumps(cfg.to_json().get(k))]
         if changed:
             raise OrthoDiffusionError(
                 "cannot resume with different settings: " + ", ".join(f"{k} {saved.get(k)} -> {cfg.to_json()[k]}"
@@ -646,12 +651,15 @@ class PoolWindows(VolumeDataset):
     from the tissue map instead of the simulated PD image), so the data order and every draw stay a pure function of
     the step and an interrupted run resumes exactly. No label is read.
 
-    ``dataset[v]`` -> float32 (1, slices, size, size) in [-1, 1].
+    With ``crop`` > 0 each window is a random ``crop`` x ``crop`` in-plane crop at the pool's pixel size (the
+    network is convolutional: pretraining on crops costs (crop / size)^2 of whole windows and keeps every detail).
+
+    ``dataset[v]`` -> float32 (1, slices, size, size) in [-1, 1], size = ``crop`` or the pool's size.
     """
 
     def __init__(self, pool: Union[str, os.PathLike], slices: int = 16, exams: Optional[Sequence[int]] = None,
                  planes: Sequence[str] = PLANES, p_randomized: float = 0.5, seed: int = 0,
-                 virtual_epochs: int = 200):
+                 virtual_epochs: int = 200, crop: int = 0):
         from ...simulate.pool import pool_files
 
         files = pool_files(pool)
@@ -661,7 +669,7 @@ class PoolWindows(VolumeDataset):
             raise InputError("the pool holds no exams", pool)
         self.series = [(f, p) for f in files for p in planes]
         self.slices, self.p_randomized, self.seed = int(slices), float(p_randomized), int(seed)
-        self.virtual_epochs = int(virtual_epochs)
+        self.virtual_epochs, self.crop = int(virtual_epochs), int(crop)
 
     def __len__(self) -> int:
         return len(self.series) * self.virtual_epochs
@@ -676,10 +684,14 @@ class PoolWindows(VolumeDataset):
         depth = image.shape[0]
         start = int(rng.integers(0, depth - self.slices + 1)) if depth >= self.slices else 0
         sl = slice(start, start + self.slices)
+        image, tissue = image[sl], tissue[sl]
+        if 0 < self.crop < min(image.shape[1:]):
+            y, x = (int(rng.integers(0, n - self.crop + 1)) for n in image.shape[1:])
+            image, tissue = image[:, y:y + self.crop, x:x + self.crop], tissue[:, y:y + self.crop, x:x + self.crop]
         if rng.random() < self.p_randomized:
-            vol = randomize_contrast(tissue[sl], rng)
+            vol = randomize_contrast(tissue, rng)
         else:
-            vol = image[sl].astype(np.float32)
+            vol = image.astype(np.float32)
         return torch.from_numpy(normalize_window(vol, self.slices))[None]
 
 
