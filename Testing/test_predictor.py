@@ -356,3 +356,26 @@ def test_two_plane_diagnosis_model_and_plain_weights(tmp_path):
     assert result.fused_by == "linear_add" and result.warnings == []
     for lb in result.labels:
         assert lb["plane_weights"] == {"sagittal": 0.5, "coronal": 0.5, "axial": 0.0}
+
+
+def test_terminal_and_report_show_the_uncertainty_only_when_measured(bundles, tmp_path, capsys):
+    """Default runs average several noise draws (a real spread); one draw shows a dash, never '+/- 0.0 %'; a model
+    trained on simulated data only says so in the terminal as in the report."""
+    from OrthoDiffusionLib.model.uncertainty import DEFAULT_NOISE_DRAWS
+
+    assert DEFAULT_NOISE_DRAWS >= 4
+    base = ["demo", "--model", str(bundles["mpae"]), "--matrix", "64", "--progress", "none", "--device", "cpu",
+            "--no-segmentation"]
+    assert main([*base, "--out", str(tmp_path / "default")]) == 0, capsys.readouterr().err
+    text = capsys.readouterr().out
+    data = json.loads((tmp_path / "default" / "diagnosis.json").read_text())
+    assert data["noise_draws"] == DEFAULT_NOISE_DRAWS
+    assert data["model"]["synthetic_data_only"] and "trained on SIMULATED (synthetic) data only" in text
+    rows = [line for line in text.splitlines() if line.startswith(tuple(lb["name"] for lb in data["labels"]))]
+    assert len(rows) == len(data["labels"]) and any(" 0.0%" not in r.split("%")[1] for r in rows)
+    assert main([*base, "--out", str(tmp_path / "one"), "--noise-draws", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "+/- 0.0" not in text and " 0.0%   " not in text and "one noise draw: no uncertainty measured" in text
+    report = (tmp_path / "one" / "report.html").read_text()
+    assert "&plusmn; 0.00%" not in report and "no uncertainty measured" in report
+    assert "&plusmn;" in (tmp_path / "default" / "report.html").read_text()

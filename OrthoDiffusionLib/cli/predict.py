@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional
 
 from ..errors import InputError, MissingPathError
+from ..model.uncertainty import DEFAULT_NOISE_DRAWS
 from ..inference.result_folder import REPORT_FILE
 from ..output_folder import claim_output_folder, sigterm_raises
 from ..progress import ProgressFn, progress_line
@@ -34,13 +35,19 @@ __all__ = ["format_result_table", "progress_printer", "add_run_arguments", "run_
 def format_result_table(data: Mapping[str, Any]) -> str:
     """Plain-text table of a ``diagnosis.json``: label, calibrated probability, uncertainty, plane weights."""
     lines = []
+    if (data.get("model") or {}).get("synthetic_data_only"):
+        lines.append("WARNING: this model was trained on SIMULATED (synthetic) data only; its outputs on real "
+                     "patient images are not meaningful.")
     if data.get("labels"):
+        spread = int(data.get("noise_draws") or 1) > 1  # one draw measures no spread: show none rather than 0
         lines.append(f"{'Abnormality':<26} {'Prob.':>6} {'+/-':>6}   {'sag':>5} {'cor':>5} {'ax':>5}")
         for lb in data["labels"]:
             w = lb["plane_weights"]
+            sd = f"{100 * lb['uncertainty']:>5.1f}%" if spread else f"{'-':>6}"
             lines.append(f"{lb['name']:<26} {100 * lb['calibrated_probability']:>5.1f}% "
-                         f"{100 * lb['uncertainty']:>5.1f}%   {w['sagittal']:>5.2f} {w['coronal']:>5.2f} "
-                         f"{w['axial']:>5.2f}")
+                         f"{sd}   {w['sagittal']:>5.2f} {w['coronal']:>5.2f} {w['axial']:>5.2f}")
+        if not spread:
+            lines.append("(one noise draw: no uncertainty measured; --noise-draws K > 1 gives one)")
     segs = data.get("segmentations") or {}
     if segs:
         lines.append(f"segmentations: {', '.join(segs)}")
@@ -142,8 +149,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fuse-segmentations", action="store_true",
                    help="also write segmentation_fused.seg.nrrd / labelmap_fused.nii.gz: the segmented planes' class "
                         "probabilities averaged on the sagittal series' grid (needs two segmented planes)")
-    p.add_argument("--noise-draws", type=positive_int, default=1, metavar="K",
-                   help="noise draws averaged; their spread is the uncertainty (default 1)")
+    p.add_argument("--noise-draws", type=positive_int, default=DEFAULT_NOISE_DRAWS, metavar="K",
+                   help="noise draws averaged; their standard deviation is the uncertainty "
+                        f"(default {DEFAULT_NOISE_DRAWS}; 1 is fastest and gives no uncertainty)")
     p.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
                    help="progress on stderr: a bar (default), JSON lines for GUIs, or none")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")

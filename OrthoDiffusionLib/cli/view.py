@@ -19,6 +19,7 @@ import os
 import sys
 
 from ..errors import InputError
+from ..model.uncertainty import DEFAULT_NOISE_DRAWS
 from ..viewer.security import is_loopback
 from .common import add_command, add_device_argument
 
@@ -34,8 +35,9 @@ def register(subparsers) -> None:
     p.add_argument("--model", metavar="BUNDLE", help="model bundle for Run (default: the registry's default model)")
     add_device_argument(p)
     p.add_argument("--out", metavar="DIR", help="where Run writes result folders")
-    p.add_argument("--noise-draws", type=int, default=3, metavar="K",
-                   help="noise draws per Run; the uncertainty shown is their std (default 3; 1 = none)")
+    p.add_argument("--noise-draws", type=int, default=DEFAULT_NOISE_DRAWS, metavar="K",
+                   help=f"noise draws per Run; the uncertainty shown is their std (default {DEFAULT_NOISE_DRAWS}; "
+                        "1 = none)")
     p.add_argument("--demo", action="store_true", help="open the simulated sample exam at start")
     p.add_argument("--sample-matrix", type=int, default=256, help="in-plane matrix of the simulated sample")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default loopback only)")

@@ -50,12 +50,13 @@ from .preprocess import PreprocessedSeries, model_grid, preprocess_series
 from .result_folder import (DIAGNOSIS_FILE, DISCLAIMER, FUSED, MEASURES_FILE, REPORT_FILE, RESULT_FORMAT,
                             RESULT_VERSION, labelmap_file_name, segmentation_file_name)
 from ..model.schedule import CosineSchedule
-from ..model.uncertainty import aggregate_noise_draws
+from ..model.uncertainty import DEFAULT_NOISE_DRAWS, aggregate_noise_draws
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..output_folder import OutputFolderClaim
 
-__all__ = ["PredictionResult", "Predictor", "load_exam", "predict_and_write", "write_outputs", "noise_seed"]
+__all__ = ["PredictionResult", "Predictor", "load_exam", "predict_and_write", "write_outputs", "noise_seed",
+           "DEFAULT_NOISE_DRAWS"]
 
 PathLike = Union[str, os.PathLike]
 #: Overall progress fraction at which each phase of a batch starts (the last one ends at 1). "networks" is every

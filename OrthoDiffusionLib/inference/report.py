@@ -121,7 +121,14 @@ def _fmt(v: Any, digits: int = 2) -> str:
     return f"{float(v):.{digits}f}"
 
 
-def _labels_table(labels: List[Mapping[str, Any]]) -> str:
+def _spread(label: Mapping[str, Any], noise_draws: int) -> str:
+    """The uncertainty cell: the sd over noise draws, or a dash with one draw (which measures no spread)."""
+    if noise_draws < 2:
+        return "<span title='one noise draw: no uncertainty measured'>&ndash;</span>"
+    return f"&plusmn; {100 * float(label['uncertainty']):.2f}%"
+
+
+def _labels_table(labels: List[Mapping[str, Any]], noise_draws: int = 1) -> str:
     if not labels:
         return "<p class='muted'>No diagnosis (the model has no diagnosis head, or diagnosis was switched off).</p>"
     rows = []
@@ -132,7 +139,7 @@ def _labels_table(labels: List[Mapping[str, Any]]) -> str:
                          for p in PLANES)
         rows.append(f"<tr><td>{_e(lb['name'])}</td><td><div class='pbar'><div class='bar'><span style='width:"
                     f"{100 * cal:.1f}%'></span></div><b>{_pct(cal)}</b></div></td>"
-                    f"<td class='num'>&plusmn; {100 * float(lb['uncertainty']):.2f}%</td><td class='num'>{_pct(lb['probability'])}"
+                    f"<td class='num'>{_spread(lb, noise_draws)}</td><td class='num'>{_pct(lb['probability'])}"
                     f"</td><td>{shares}</td></tr>")
     return ("<table><tr><th>Abnormality</th><th>Calibrated probability</th><th>Uncertainty (sd)</th>"
             "<th>Uncalibrated</th><th>Plane weights (sag / cor / ax)</th></tr>" + "".join(rows) + "</table>")
@@ -237,7 +244,7 @@ def report_html(result: Any) -> str:
     how = f" Probabilities fused by <b>{_e(fused)}</b>{' with EHR late fusion' if data.get('ehr_used') else ''}; " \
           f"{data.get('noise_draws', 1)} noise draw(s)." if fused else ""
     parts.append(f"<h2>Diagnosis</h2><p class='muted'>Calibrated probability (temperature scaling), its spread over "
-                 f"noise draws, and the uncalibrated model output.{how}</p>" + _labels_table(data["labels"]))
+                 f"noise draws, and the uncalibrated model output.{how}</p>" + _labels_table(data["labels"], int(data.get("noise_draws") or 1)))
     if data["labels"]:
         fig = sankey_figure(data)
         div = fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False, "responsive": True},

@@ -22,6 +22,7 @@ from ..errors import InputError, OrthoDiffusionError
 from ..atomic import atomic_path
 from ..inference.demo import DEFAULT_ABNORMALITY
 from ..inference.result_folder import is_result_folder
+from ..model.uncertainty import DEFAULT_NOISE_DRAWS
 from ..io import PLANES, Exam, load_study
 from ..bundle.registry import model_anatomy, orthodiffusion_home
 from .background import BackgroundTask, TaskOutcome
@@ -115,7 +116,7 @@ class ViewerApp:
 
     def __init__(self, server=None, model: Optional[str] = None, device: str = "auto",
                  out_root: Optional[os.PathLike] = None, sample_matrix: int = 256,
-                 start_folder: Optional[os.PathLike] = None, noise_draws: int = 3,
+                 start_folder: Optional[os.PathLike] = None, noise_draws: int = DEFAULT_NOISE_DRAWS,
                  folder_roots: Optional[List[os.PathLike]] = None):
         use_offscreen_rendering()
         from trame.app import get_server

@@ -110,3 +110,22 @@ class SegAugment:
         if single:
             return image[0], target[0]
         return image, target
+
+
+def random_inplane_crop(image: torch.Tensor, target: torch.Tensor, size: int,
+                        generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A random ``size`` x ``size`` in-plane crop of each sample (every slice kept, pixels not resampled).
+
+    image (B, 1, D, H, W), target (B, D, H, W) -> (B, 1, D, size, size), (B, D, size, size). Volumes no larger
+    than ``size`` are returned as they are. The network is convolutional, so it trains on crops at a fraction of
+    the cost and still segments whole series at inference.
+    """
+    h, w = image.shape[-2:]
+    if size >= h and size >= w:
+        return image, target
+    size_h, size_w = min(size, h), min(size, w)
+    ys = torch.randint(0, h - size_h + 1, (image.shape[0],), generator=generator).tolist()
+    xs = torch.randint(0, w - size_w + 1, (image.shape[0],), generator=generator).tolist()
+    images = [image[i, :, :, y:y + size_h, x:x + size_w] for i, (y, x) in enumerate(zip(ys, xs))]
+    targets = [target[i, :, y:y + size_h, x:x + size_w] for i, (y, x) in enumerate(zip(ys, xs))]
+    return torch.stack(images), torch.stack(targets)

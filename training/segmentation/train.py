@@ -121,7 +121,7 @@ def _settings(cfg: Mapping[str, Any], plane: str, section: Optional[str] = None)
                          weight_decay=float(src.get("weight_decay", 0.0)), seed=int(cfg.get("seed", 0)),
                          ce_weight=float(cfg["loss"]["ce_weight"]), excluded_as=str(cfg["loss"]["excluded_as"]),
                          ce_class_balance=bool(cfg["loss"].get("ce_class_balance", False)),
-                         augment=aug if enabled else None, val_every=int(cfg["eval"].get("val_every", 0)),
+                         augment=aug if enabled else None, crop=int(cfg.get("crop", 0)), val_every=int(cfg["eval"].get("val_every", 0)),
                          eval_noise_draws=int(cfg["eval"].get("noise_draws", 1)),
                          eval_seed=int(cfg["eval"].get("seed", 1234)),
                          keep_checkpoints=int(cfg.get("keep_checkpoints", 2)))

@@ -35,7 +35,7 @@ from OrthoDiffusionLib.segmentation.metrics import evaluate_case, summarize_case
 from .. import run_checkpoints
 from ..run_checkpoints import (epoch_permutation, optimizer_state, optimizer_tensors, read_checkpoint,
                               remove_partial_checkpoints, rng_restore, rng_snapshot, truncate_log, write_checkpoint)
-from .augment import SegAugment
+from .augment import SegAugment, random_inplane_crop
 from .data import SegVolumes
 from .losses import DEFAULT_IGNORE_INDEX, SegmentationLoss
 from .model import predict_probabilities
@@ -61,6 +61,7 @@ class TrainSettings:
     ce_class_balance: bool = False
     excluded_as: str = "background"
     augment: Optional[Mapping[str, Any]] = None  # SegAugment keyword arguments; None = no augmentation
+    crop: int = 0  # train on random in-plane crops of this size (0: whole volumes)
     val_every: int = 0
     eval_noise_draws: int = 1
     eval_seed: int = 1234
@@ -203,6 +204,8 @@ def train(model: torch.nn.Module, train_set: SegVolumes, settings: TrainSettings
                 y = torch.stack([lab for _, lab in items])
                 if augment is not None:
                     x, y = augment(x, y)
+                if settings.crop:
+                    x, y = random_inplane_crop(x, y, settings.crop, generator)
                 x, y = x.to(device), y.to(device)
                 terms = loss_fn.terms(model(x, generator=generator), y)
                 opt.zero_grad(set_to_none=True)
