@@ -307,3 +307,26 @@ def test_bench_train_times_the_cpu_scale_network_and_names_the_cpu():
     assert r["network_config"]["patch_size"] == 4 and r["device"]
     ref, ours = r["rows"]
     assert ref["losses"] == pytest.approx(ours["losses"], rel=1e-4)  # fp32 both: channels-last changes no number
+
+
+def test_learning_speed_curve_trains_each_network_kind(tmp_path):
+    """The recipe-choosing experiment runs for the pretrained backbone, the same network from scratch and the CNN
+    reference, and reports one finite training loss and a test AUROC per epoch."""
+    import math
+
+    from OrthoDiffusionLib.model.backbone import CPU_SCALE_CONFIG, DiffusionUNet
+    from OrthoDiffusionLib.model.checkpoints import save_backbone
+    from OrthoDiffusionLib.simulate.pool import read_pool, write_pool
+    from training.evaluation.learning_speed import learning_curve
+
+    manifest = write_pool(tmp_path / "pool", 6, seed=11, prevalence=0.5)
+    rows = read_pool(manifest)
+    label = next(k for k in ("joint_effusion", "acl_injury", "medial_meniscus_tear", "pcl_injury")
+                 if len({rows[i][k] for i in (3, 4, 5)}) == 2)
+    backbone = tmp_path / "b.safetensors"
+    save_backbone(DiffusionUNet(**CPU_SCALE_CONFIG), backbone, "shared")
+    for network in ("pretrained", "random", "cnn"):
+        curve = learning_curve(manifest, label, [0, 1, 2], [3, 4, 5], network=network, backbone=str(backbone),
+                               epochs=2)
+        assert [r[0] for r in curve] == [1, 2]
+        assert all(math.isfinite(r[1]) and 0.0 <= r[2] <= 1.0 for r in curve)
