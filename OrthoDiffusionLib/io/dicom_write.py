@@ -146,6 +146,16 @@ def _set_pixel_attributes(ds: Dataset, rows: int, cols: int, spacing: Sequence[f
     ds.RescaleType = "US"
 
 
+def _series_uids(seed: str, study_uid_seed: Optional[str], study_description: str, series_number: int
+                 ) -> Tuple[str, str, str]:
+    """(StudyInstanceUID, SeriesInstanceUID, FrameOfReferenceUID), each a function of its seeds only."""
+    study_uid = generate_uid(entropy_srcs=[str(study_uid_seed) if study_uid_seed is not None
+                                           else f"orthodiffusion-study:{study_description}", "study"])
+    series_uid = generate_uid(entropy_srcs=[seed, "series", str(series_number)])
+    frame_uid = generate_uid(entropy_srcs=[seed, "frame-of-reference"])
+    return study_uid, series_uid, frame_uid
+
+
 def write_dicom_series(
     image: sitk.Image,
     folder: Union[str, os.PathLike],
@@ -189,10 +199,7 @@ def write_dicom_series(
     if uid_seed is None:
         uid_seed = _default_seed(image, [description, modality, series_number, study_description, sorted(meta.items(), key=str)])
     seed = str(uid_seed)
-    study_uid = generate_uid(entropy_srcs=[str(study_uid_seed) if study_uid_seed is not None
-                                           else f"orthodiffusion-study:{study_description}", "study"])
-    series_uid = generate_uid(entropy_srcs=[seed, "series", str(series_number)])
-    frame_uid = generate_uid(entropy_srcs=[seed, "frame-of-reference"])
+    study_uid, series_uid, frame_uid = _series_uids(seed, study_uid_seed, study_description, series_number)
 
     array = sitk.GetArrayFromImage(image)  # (D, H, W)
     if not np.all(np.isfinite(array)):
