@@ -37,6 +37,16 @@ from slicer.util import VTKObservationMixin
 MODULE_DIR = Path(__file__).resolve().parent
 PLANES = ("sagittal", "coronal", "axial")
 DEVICES = {"Auto": "auto", "CPU": "cpu", "GPU": "cuda"}
+PRECISIONS = {"Full (fp32)": "fp32", "Fast (bf16)": "bf16"}
+#: The parameter node's references to the input volumes, per plane.
+VOLUME_REFERENCES = {"sagittal": "SagittalVolume", "coronal": "CoronalVolume", "axial": "AxialVolume"}
+#: The parameter node's per-plane segmentation choice ("true": segment that plane).
+SEGMENT_PARAMETERS = {"sagittal": "SegmentSagittal", "coronal": "SegmentCoronal", "axial": "SegmentAxial"}
+#: The panel's choices in the parameter node (besides the volumes), with their defaults ("Model" empty: the
+#: registry's default model).
+DEFAULT_PARAMETERS = {"Model": "", "Device": "auto", "Precision": "fp32", "SegmentSagittal": "true",
+                      "SegmentCoronal": "true", "SegmentAxial": "true", "FuseSegmentations": "false",
+                      "Diagnosis": "true", "NoiseDraws": "1"}
 SAMPLE_ABNORMALITY = "joint_effusion"
 TORCH_REQUIREMENT = "torch>=2.2"
 # Progress stages of `orthodiffusion predict` (and the module's own) as shown in the progress bar. The predictor's
@@ -105,11 +115,19 @@ def pythonLauncher() -> str:
 # OrthoDiffusionWidget
 #
 class OrthoDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel. Every choice on it (input volumes, model, device, precision, planes to segment, diagnosis, fusion,
+    noise draws) lives in the module's parameter node (saved with the scene): :meth:`updateParameterNodeFromGUI`
+    writes a change of the GUI into the node, :meth:`updateGUIFromParameterNode` shows the node's values, and Apply
+    runs :meth:`OrthoDiffusionLogic.runOptions` of the node."""
+
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
         self.webWidget = None
+        self._parameterNode = None
+        self._updatingGUIFromParameterNode = False
+        self._models = {}
         self._startTime = None
         self._elapsedTimer = qt.QTimer()
         self._elapsedTimer.setInterval(1000)
@@ -132,15 +150,7 @@ class OrthoDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.segmentationCheckBoxes = {"sagittal": self.ui.segmentSagittalCheckBox,
                                        "coronal": self.ui.segmentCoronalCheckBox,
                                        "axial": self.ui.segmentAxialCheckBox}
-        for selector in self.selectors.values():
-            selector.currentNodeChanged.connect(self.updateButtons)
-        self.ui.autoAssignButton.clicked.connect(lambda: self.onAutoAssign(onlyEmpty=False))
-        self.ui.loadSampleButton.clicked.connect(self.onLoadSample)
-        self.ui.importModelButton.clicked.connect(self.onImportModel)
-        self.ui.modelComboBox.currentIndexChanged.connect(self.updateModelInfo)
-        self.ui.applyButton.clicked.connect(self.onApply)
-        self.ui.cancelButton.clicked.connect(self.onCancel)
-        self.ui.openReportButton.clicked.connect(self.onOpenReport)
+        self.connectGUI()
 
         self.webWidget = slicer.qSlicerWebWidget()
         self.ui.sankeyFrame.layout().addWidget(self.webWidget)
@@ -148,15 +158,100 @@ class OrthoDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.sankeyFrame.visible = False
 
         self.addObserver(slicer.mrmlScene, slicer.vtkMRMLScene.NodeAddedEvent, self.onNodeAdded)
-        self.addObserver(slicer.mrmlScene, slicer.vtkMRMLScene.EndCloseEvent, self.onSceneClosed)
+        self.addObserver(slicer.mrmlScene, slicer.vtkMRMLScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.vtkMRMLScene.EndCloseEvent, self.onSceneEndClose)
         self.refreshModels()
+        self.initializeParameterNode()
         self.onAutoAssign(onlyEmpty=True)
         self.updateButtons()
+
+    def connectGUI(self):
+        """Every choice writes the parameter node; the buttons run their actions."""
+        for selector in self.selectors.values():
+            selector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateParameterNodeFromGUI)
+            selector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateButtons)
+        for checkBox in (*self.segmentationCheckBoxes.values(), self.ui.fuseSegmentationsCheckBox,
+                         self.ui.diagnosisCheckBox):
+            checkBox.connect("toggled(bool)", self.updateParameterNodeFromGUI)
+        for comboBox in (self.ui.modelComboBox, self.ui.deviceComboBox, self.ui.precisionComboBox):
+            comboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.updateModelInfo)
+        self.ui.noiseDrawsSpinBox.connect("valueChanged(int)", self.updateParameterNodeFromGUI)
+        self.ui.autoAssignButton.connect("clicked(bool)", lambda: self.onAutoAssign(onlyEmpty=False))
+        self.ui.loadSampleButton.connect("clicked(bool)", self.onLoadSample)
+        self.ui.importModelButton.connect("clicked(bool)", self.onImportModel)
+        self.ui.applyButton.connect("clicked(bool)", self.onApply)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.openReportButton.connect("clicked(bool)", self.onOpenReport)
 
     def cleanup(self):
         self.removeObservers()
         if self.logic is not None:
             self.logic.cancel()
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        if self._parameterNode is not None:
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+
+    # ----------------------------------------------------------------------------------------- parameter node
+    def initializeParameterNode(self):
+        """Use (and observe) the scene's parameter node of the module, with defaults for missing values."""
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, parameterNode):
+        if parameterNode is not None:
+            self.logic.setDefaultParameters(parameterNode)
+        if self._parameterNode is not None:
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+        self._parameterNode = parameterNode
+        if parameterNode is not None:
+            self.addObserver(parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+        self.updateGUIFromParameterNode()
+
+    def updateGUIFromParameterNode(self, caller=None, event=None):
+        """Show the parameter node's choices (without writing them back)."""
+        node = self._parameterNode
+        if node is None or self._updatingGUIFromParameterNode:
+            return
+        self._updatingGUIFromParameterNode = True
+        try:
+            for plane, selector in self.selectors.items():
+                selector.setCurrentNode(node.GetNodeReference(VOLUME_REFERENCES[plane]))
+            for plane, checkBox in self.segmentationCheckBoxes.items():
+                checkBox.checked = node.GetParameter(SEGMENT_PARAMETERS[plane]) == "true"
+            self.ui.fuseSegmentationsCheckBox.checked = node.GetParameter("FuseSegmentations") == "true"
+            self.ui.diagnosisCheckBox.checked = node.GetParameter("Diagnosis") == "true"
+            self.ui.noiseDrawsSpinBox.value = int(node.GetParameter("NoiseDraws") or 1)
+            _selectValue(self.ui.deviceComboBox, DEVICES, node.GetParameter("Device"))
+            _selectValue(self.ui.precisionComboBox, PRECISIONS, node.GetParameter("Precision"))
+            model = self.ui.modelComboBox.findData(node.GetParameter("Model"))
+            if node.GetParameter("Model") and model >= 0:
+                self.ui.modelComboBox.setCurrentIndex(model)
+        finally:
+            self._updatingGUIFromParameterNode = False
+        self.updateModelInfo()
+        self.updateButtons()
+
+    def updateParameterNodeFromGUI(self, *args):
+        """Write the GUI's choices into the parameter node (one Modified event)."""
+        node = self._parameterNode
+        if node is None or self._updatingGUIFromParameterNode:
+            return
+        wasModified = node.StartModify()
+        for plane, selector in self.selectors.items():
+            node.SetNodeReferenceID(VOLUME_REFERENCES[plane], selector.currentNodeID)
+        for plane, checkBox in self.segmentationCheckBoxes.items():
+            node.SetParameter(SEGMENT_PARAMETERS[plane], _flag(checkBox.checked))
+        node.SetParameter("FuseSegmentations", _flag(self.ui.fuseSegmentationsCheckBox.checked))
+        node.SetParameter("Diagnosis", _flag(self.ui.diagnosisCheckBox.checked))
+        node.SetParameter("NoiseDraws", str(self.ui.noiseDrawsSpinBox.value))
+        node.SetParameter("Device", DEVICES[self.ui.deviceComboBox.currentText])
+        node.SetParameter("Precision", PRECISIONS[self.ui.precisionComboBox.currentText])
+        node.SetParameter("Model", self.ui.modelComboBox.currentData or "")
+        node.EndModify(wasModified)
 
     # ----------------------------------------------------------------------------------------- inputs
     @vtk.calldata_type(vtk.VTK_OBJECT)
@@ -164,25 +259,36 @@ class OrthoDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if node.IsA("vtkMRMLScalarVolumeNode") and not node.IsA("vtkMRMLLabelMapVolumeNode"):
             self._autoAssignTimer.start()      # image data arrives after the node: assign a moment later
 
-    def onSceneClosed(self, caller, event):
+    def onSceneStartClose(self, caller, event):
+        self.setParameterNode(None)            # the scene's parameter node goes with it
+
+    def onSceneEndClose(self, caller, event):
         self.ui.diagnosisTableView.setMRMLTableNode(None)
         self.ui.reportPathLineEdit.text = ""
         self.ui.openReportButton.enabled = False
         self.ui.sankeyLabel.visible = False
         self.ui.sankeyFrame.visible = False
+        if self.parent.isEntered:
+            self.initializeParameterNode()
 
     def onAutoAssign(self, onlyEmpty: bool = True):
-        assigned = self.logic.assignPlanes()
-        for plane, selector in self.selectors.items():
-            if plane in assigned and (not onlyEmpty or selector.currentNode() is None):
-                selector.setCurrentNode(assigned[plane])
-        self.updateButtons()
+        with slicer.util.tryWithErrorDisplay("The planes could not be assigned.", show=not onlyEmpty):
+            assigned = self.logic.assignPlanes()
+            for plane, selector in self.selectors.items():
+                if plane in assigned and (not onlyEmpty or selector.currentNode() is None):
+                    selector.setCurrentNode(assigned[plane])
+            self.updateButtons()
 
     def onLoadSample(self):
-        if not self.ensureDependencies():
-            return
-        self.setBusy(True, "Simulating a sample knee exam...")
-        self.logic.loadSample(onLine=self.appendLog, onFinished=self._sampleLoaded)
+        with slicer.util.tryWithErrorDisplay("The sample could not be made.", waitCursor=True):
+            if not self.ensureDependencies():
+                return
+            self.setBusy(True, "Simulating a sample knee exam...")
+            try:
+                self.logic.loadSample(onLine=self.appendLog, onFinished=self._sampleLoaded)
+            except Exception:
+                self.setBusy(False)
+                raise
 
     def _sampleLoaded(self, volumes, error):
         self.setBusy(False)
@@ -205,21 +311,22 @@ class OrthoDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for m in models:
             label = f"{m['name']} (default)" if m.get("default") else m["name"]
             combo.addItem(label, m["name"])
-        combo.blockSignals(False)
         names = [combo.itemData(i) for i in range(combo.count)]
         defaults = [m["name"] for m in models if m.get("default")]
-        want = select or (defaults[0] if defaults else None)
+        chosen = self._parameterNode.GetParameter("Model") if self._parameterNode is not None else ""
+        want = select or (chosen if chosen in names else None) or (defaults[0] if defaults else None)
         if want in names:
             combo.setCurrentIndex(names.index(want))
+        combo.blockSignals(False)
         self._models = {m["name"]: m for m in models}
         self.updateModelInfo()
+        self.updateParameterNodeFromGUI()
 
     def updateModelInfo(self, *args):
-        name = self.ui.modelComboBox.currentData
-        m = getattr(self, "_models", {}).get(name)
+        m = self._models.get(self.ui.modelComboBox.currentData)
         if not m:
             self.ui.modelInfoLabel.text = ("Model list appears once the OrthoDiffusion packages are installed "
-                                           "(first Apply)." if not getattr(self, "_models", None) else "")
+                                           "(first Apply)." if not self._models else "")
             return
         parts = [m.get("description") or ""]
         if m.get("cpu_seconds"):
@@ -235,21 +342,26 @@ class OrthoDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                               "OrthoDiffusion model (*.odbundle);;All files (*)")
         if not path:
             return
-        if not self.ensureDependencies():
-            return
-        self.setBusy(True, f"Verifying {Path(path).name} ...")
-        before = {(m["name"], m.get("sha256")) for m in self.logic.listModels()}
-
-        def finished(ok, error):
-            self.setBusy(False)
-            if not ok:
-                self.showFailure(f"Model not imported: {error}")
+        with slicer.util.tryWithErrorDisplay("The model could not be imported.", waitCursor=True):
+            if not self.ensureDependencies():
                 return
-            new = [m["name"] for m in self.logic.listModels() if (m["name"], m.get("sha256")) not in before]
-            self.refreshModels(select=new[0] if new else None)
-            self.ui.statusLabel.text = f"Model {Path(path).name} verified and imported."
+            self.setBusy(True, f"Verifying {Path(path).name} ...")
+            before = {(m["name"], m.get("sha256")) for m in self.logic.listModels()}
 
-        self.logic.importModel(path, onLine=self.appendLog, onFinished=finished)
+            def finished(ok, error):
+                self.setBusy(False)
+                if not ok:
+                    self.showFailure(f"Model not imported: {error}")
+                    return
+                new = [m["name"] for m in self.logic.listModels() if (m["name"], m.get("sha256")) not in before]
+                self.refreshModels(select=new[0] if new else None)
+                self.ui.statusLabel.text = f"Model {Path(path).name} verified and imported."
+
+            try:
+                self.logic.importModel(path, onLine=self.appendLog, onFinished=finished)
+            except Exception:
+                self.setBusy(False)
+                raise
 
     # ----------------------------------------------------------------------------------------- run
     def updateButtons(self, *args):
@@ -297,12 +409,9 @@ class OrthoDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.logCollapsibleButton.collapsed = False
 
     def ensureDependencies(self) -> bool:
-        """Install what is missing after the user confirms; True when everything is present."""
-        try:
-            needed = self.logic.missingPackages()
-        except RuntimeError as e:
-            self.showFailure(str(e))
-            return False
+        """Install what is missing after the user confirms; True when everything is present. Raises when the
+        installation fails (the caller's ``tryWithErrorDisplay`` shows why)."""
+        needed = self.logic.missingPackages()
         if not needed:
             return True
         text = ("OrthoDiffusion needs these Python packages, which are not installed in Slicer yet:\n\n  "
@@ -319,40 +428,38 @@ class OrthoDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.setBusy(False)
             self.showFailure(f"Installing packages failed: {e}")
             logging.exception("OrthoDiffusion: package installation failed")
-            return False
+            raise
         self.setBusy(False, "Packages installed.")
         self.refreshModels()
         return True
 
     def onApply(self):
-        if not self.ensureDependencies():
-            return
-        volumes = {plane: s.currentNode() for plane, s in self.selectors.items()}
-        self.ui.logTextEdit.clear()
-        self.setBusy(True, "Starting...")
-        try:
-            self.logic.start(volumes.get("sagittal"), volumes.get("coronal"), volumes.get("axial"),
-                             model=self.ui.modelComboBox.currentData or None,
-                             device=DEVICES[self.ui.deviceComboBox.currentText],
-                             segmentationPlanes=[p for p, c in self.segmentationCheckBoxes.items() if c.checked],
-                             diagnosis=self.ui.diagnosisCheckBox.checked,
-                             noiseDraws=self.ui.noiseDrawsSpinBox.value,
-                             fuseSegmentations=self.ui.fuseSegmentationsCheckBox.checked,
-                             onProgress=self.onProgress, onLine=self.appendLog, onFinished=self.onFinished)
-        except Exception as e:
-            self.setBusy(False)
-            self.showFailure(str(e))
+        with slicer.util.tryWithErrorDisplay("OrthoDiffusion could not start.", waitCursor=True):
+            if not self.ensureDependencies():
+                return
+            self.updateParameterNodeFromGUI()
+            self.ui.logTextEdit.clear()
+            self.setBusy(True, "Starting...")
+            try:
+                self.logic.start(**self.logic.runOptions(self._parameterNode), onProgress=self.onProgress,
+                                 onLine=self.appendLog, onFinished=self.onFinished)
+            except Exception as e:
+                self.setBusy(False)
+                self.showFailure(str(e))
+                raise
 
     def onCancel(self):
-        self.logic.cancel()
-        self.ui.statusLabel.text = "Cancelling..."
+        with slicer.util.tryWithErrorDisplay("OrthoDiffusion could not be cancelled."):
+            self.logic.cancel()
+            self.ui.statusLabel.text = "Cancelling..."
 
     def onFinished(self, result, error):
         self.setBusy(False)
         if error:
             self.showFailure(error)
             return
-        self.showResult(result)
+        with slicer.util.tryWithErrorDisplay("The results could not be shown."):
+            self.showResult(result)
 
     def showResult(self, result):
         if result.diagnosis_table is not None:
@@ -371,9 +478,22 @@ class OrthoDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = "Done." + (" " + " ".join(warnings) if warnings else "")
 
     def onOpenReport(self):
-        path = self.ui.reportPathLineEdit.text
-        if path:
-            qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(path))
+        with slicer.util.tryWithErrorDisplay("The report could not be opened."):
+            path = self.ui.reportPathLineEdit.text
+            if path:
+                qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(path))
+
+
+def _flag(value: bool) -> str:
+    """A check box's state as a parameter node value."""
+    return "true" if value else "false"
+
+
+def _selectValue(comboBox, items: Dict[str, str], value: str) -> None:
+    """Select the item of ``comboBox`` whose text ``items`` maps to ``value`` (left as it is for another value)."""
+    texts = [text for text, v in items.items() if v == value]
+    if texts:
+        comboBox.setCurrentIndex(comboBox.findText(texts[0]))
 
 
 #
@@ -390,6 +510,25 @@ class OrthoDiffusionLogic(ScriptedLoadableModuleLogic):
         self._callbacks = {}
         self.lastLog: List[str] = []
         self.lastResult = None
+
+    # ----------------------------------------------------------------------------------------- parameters
+    def setDefaultParameters(self, parameterNode) -> None:
+        """Give ``parameterNode`` the default of every choice it does not hold yet."""
+        for name, value in DEFAULT_PARAMETERS.items():
+            if not parameterNode.GetParameter(name):
+                parameterNode.SetParameter(name, value)
+
+    @staticmethod
+    def runOptions(parameterNode) -> dict:
+        """The keyword arguments of :meth:`start` chosen in ``parameterNode``: the input volumes, model, device,
+        precision, the planes to segment, diagnosis, fusion and noise draws."""
+        get = parameterNode.GetParameter
+        volumes = {f"{plane}Node": parameterNode.GetNodeReference(name) for plane, name in VOLUME_REFERENCES.items()}
+        return dict(volumes, model=get("Model") or None, device=get("Device") or "auto",
+                    precision=get("Precision") or "fp32",
+                    segmentationPlanes=[p for p in PLANES if get(SEGMENT_PARAMETERS[p]) == "true"],
+                    diagnosis=get("Diagnosis") == "true", fuseSegmentations=get("FuseSegmentations") == "true",
+                    noiseDraws=int(get("NoiseDraws") or 1))
 
     # ----------------------------------------------------------------------------------------- packages
     def missingPackages(self) -> List[str]:
@@ -599,9 +738,12 @@ class OrthoDiffusionLogic(ScriptedLoadableModuleLogic):
     def start(self, sagittalNode=None, coronalNode=None, axialNode=None, model: Optional[str] = None,
               device: str = "auto", segmentationPlanes: Sequence[str] = PLANES, diagnosis: bool = True,
               noiseDraws: int = 1, outputFolder: Optional[str] = None, onProgress=None, onLine=None,
-              onFinished=None, fuseSegmentations: bool = False) -> Path:
+              onFinished=None, fuseSegmentations: bool = False, precision: str = "fp32") -> Path:
         """Write the volumes, start ``orthodiffusion predict`` in a child process and return the output folder;
-        ``onFinished(ImportedResult, None)`` or ``onFinished(None, one-line reason)`` is called when it ends."""
+        ``onFinished(ImportedResult, None)`` or ``onFinished(None, one-line reason)`` is called when it ends.
+
+        The child segments only ``segmentationPlanes`` (``--segmentation-planes``) and runs the networks in
+        ``precision`` (``fp32`` or ``bf16``)."""
         from OrthoDiffusionLib.slicer import mrml
         from OrthoDiffusionLib.slicer.child_process import predict_arguments
 
@@ -618,9 +760,9 @@ class OrthoDiffusionLogic(ScriptedLoadableModuleLogic):
         for plane, node in volumes.items():
             inputs[plane] = mrml.write_volume_node(node, work / "inputs" / f"{plane}.nrrd",
                                                    dicom_fields=self.dicomAnatomyFields(node))
-        args = predict_arguments(inputs, out, model=model, device=device, segmentation=bool(segmentationPlanes),
-                                 diagnosis=diagnosis, noise_draws=noiseDraws,
-                                 fuse_segmentations=fuseSegmentations)
+        args = predict_arguments(inputs, out, model=model, device=device, segmentation_planes=list(segmentationPlanes),
+                                 diagnosis=diagnosis, noise_draws=noiseDraws, fuse_segmentations=fuseSegmentations,
+                                 precision=precision)
 
         def done(error):
             if error is not None:
@@ -697,6 +839,11 @@ class OrthoDiffusionTest(ScriptedLoadableModuleTest):
         volumes = logic.loadSample(wait=True)
         self.assertEqual(sorted(volumes), sorted(PLANES))
         self.assertEqual(logic.assignPlanes(), volumes)
+
+        parameters = logic.getParameterNode()
+        logic.setDefaultParameters(parameters)
+        options = logic.runOptions(parameters)
+        self.assertEqual((options["segmentationPlanes"], options["precision"]), (list(PLANES), "fp32"))
 
         self.delayDisplay("Running the default model on the CPU")
         stages = []

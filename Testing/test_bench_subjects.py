@@ -1,4 +1,4 @@
-"""``orthodiffusion bench`` subjects of issue 10 at small size (width 32, 16 x 32 x 32): output structure, and that
+"""``orthodiffusion bench`` subjects at small size (width 32, 16 x 32 x 32): output structure, and that
 the reference and ours compute the same thing (equal probabilities / label maps, matching loss curves). No timing
 assertions: speed is what the subjects print, not what the tests check."""
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The package layout holds: few modules at the library root, no import circles, argparse only in the command-line
-layer, no private names imported across modules, and no code line citing documents the project does not contain.
+layer, no private names imported across modules, few long functions, and no code line citing documents the project
+does not contain.
 
 Read from the source files with ``ast`` (nothing is imported), so these checks are fast and need no optional
 package.
@@ -17,6 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = ROOT / "OrthoDiffusionLib"
 TRAINING = ROOT / "training"
+SLICER_MODULE = ROOT / "OrthoDiffusion"
 #: source folder -> the package name it installs as (setup.py's mapping)
 PACKAGES = {LIBRARY: "OrthoDiffusionLib", TRAINING: "OrthoDiffusionLib.training"}
 
@@ -164,6 +166,41 @@ def test_no_private_name_imported_from_another_module():
                  for module, rows in IMPORTS.items() for target, names, line in rows
                  for name in names if name.startswith("_") and not name.startswith("__")]
     assert offenders == []
+
+
+#: A function (or method) longer than this many lines, docstring included, counts as long.
+LONG_FUNCTION_LINES = 80
+#: How many long functions the project may hold (library, training code and the 3D Slicer module together).
+MOST_LONG_FUNCTIONS = 3
+
+
+def _long_functions(folders=(LIBRARY, TRAINING, SLICER_MODULE), limit: int = LONG_FUNCTION_LINES) -> List[str]:
+    """``"folder/path:line name (N lines)"`` of every function and method over ``limit`` lines in ``folders``."""
+    found = []
+    for folder in folders:
+        for path in sorted(folder.rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    lines = node.end_lineno - node.lineno + 1
+                    if lines > limit:
+                        where = path.relative_to(folder.parent)
+                        found.append(f"{where}:{node.lineno} {node.name} ({lines} lines)")
+    return found
+
+
+def test_few_long_functions():
+    long_ones = _long_functions()
+    assert len(long_ones) <= MOST_LONG_FUNCTIONS, "\n".join(long_ones)
+
+
+def test_the_long_function_finder_counts_docstrings_and_methods(tmp_path):
+    body = "".join(f"x{i} = {i}\n" for i in range(79))
+    indented = "".join(f"        {line}\n" for line in body.splitlines())
+    source = f'class C:\n    def f(self):\n        """doc"""\n{indented}\n\ndef g():\n'
+    source += "".join(f"    {line}\n" for line in body.splitlines())
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "m.py").write_text(source, encoding="utf-8")
+    assert _long_functions([tmp_path / "pkg"]) == ["pkg/m.py:2 f (81 lines)"]  # g: 80 lines, not long
 
 
 def _tracked_files() -> List[Path]:

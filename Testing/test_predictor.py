@@ -175,6 +175,37 @@ def test_missing_plane_runs_mpae_and_says_so(bundles):
     assert any("no sagittal series" in w for w in only_axial.warnings)
 
 
+def test_segmentation_planes_choose_which_planes_are_segmented(bundles, tmp_path, capsys):
+    predictor = Predictor(bundles["mpae"], device="cpu")            # segments sagittal and coronal
+    exam = tiny_exam(2)
+    every = predictor.predict(exam)
+    coronal = predictor.predict(exam, segmentation_planes=["coronal"])
+    assert list(coronal.segmentations) == ["coronal"] and coronal.exam["segmentation_planes"] == ["coronal"]
+    assert {row["plane"] for row in coronal.measures} == {"coronal"}
+    assert sitk.GetArrayFromImage(coronal.segmentations["coronal"]).tobytes() == \
+        sitk.GetArrayFromImage(every.segmentations["coronal"]).tobytes()
+    assert coronal.labels == every.labels                           # the diagnosis does not depend on the choice
+    axial = predictor.predict(exam, segmentation_planes=("axial",))
+    assert axial.segmentations == {} and axial.labels == every.labels
+    assert any("does not segment the axial plane" in w for w in axial.warnings)
+    assert predictor.predict(exam, segmentation_planes=[]).segmentations == {}
+    with pytest.raises(ValueError, match="unknown segmentation plane"):
+        predictor.predict(exam, segmentation_planes=["oblique"])
+    with pytest.raises(ValueError, match="nothing to do"):
+        predictor.predict(exam, diagnosis=False, segmentation_planes=[])
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    args = ["predict", "--model", str(bundles["mpae"]), "--out", str(tmp_path / "out"), "--progress", "none",
+            "--device", "cpu", "--segmentation-planes", "coronal"]
+    for plane in PLANES:
+        sitk.WriteImage(getattr(exam, plane).image, str(inputs / f"{plane}.nii.gz"))
+        args += [f"--{plane}", str(inputs / f"{plane}.nii.gz")]
+    assert main(args) == 0
+    written = json.loads((tmp_path / "out" / "diagnosis.json").read_text())
+    assert list(written["segmentations"]) == ["coronal"]
+    assert not (tmp_path / "out" / "segmentation_sagittal.seg.nrrd").exists()
+
+
 def test_corrupt_and_non_mr_inputs_fail_with_one_line(study, bundles, tmp_path, capsys):
     good = tmp_path / "good.nii.gz"
     sitk.WriteImage(sitk.ReadImage(str(next((study / "coronal").iterdir()))), str(good))

@@ -133,3 +133,99 @@ def test_cmake_files():
     tests = (MODULE_DIR / "Testing" / "Python" / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "slicer_add_python_unittest(" in tests and "OrthoDiffusion.py" in tests
     assert "add_subdirectory(Python)" in (MODULE_DIR / "Testing" / "CMakeLists.txt").read_text(encoding="utf-8")
+
+
+def _class(tree: ast.AST, name: str) -> ast.ClassDef:
+    return next(c for c in tree.body if isinstance(c, ast.ClassDef) and c.name == name)
+
+
+def _method(cls: ast.ClassDef, name: str) -> ast.FunctionDef:
+    return next(f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == name)
+
+
+def _constant(tree: ast.AST, name: str):
+    """The value of the module-level literal ``name = {...}``."""
+    node = next(n for n in tree.body if isinstance(n, ast.Assign)
+                and any(isinstance(t, ast.Name) and t.id == name for t in n.targets))
+    return ast.literal_eval(node.value)
+
+
+def _parameters_used(function: ast.FunctionDef, tree: ast.AST) -> set:
+    """Parameter names a function uses: its string literals, plus the names of the tables it looks them up in."""
+    names = {n.value for n in ast.walk(function) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    for table in ("VOLUME_REFERENCES", "SEGMENT_PARAMETERS"):
+        if any(isinstance(n, ast.Name) and n.id == table for n in ast.walk(function)):
+            names |= set(_constant(tree, table).values())
+    return names
+
+
+def _widgets_used(function: ast.FunctionDef, widget: ast.ClassDef) -> set:
+    """``self.ui.X`` names a widget method uses, with ``self.selectors`` / ``self.segmentationCheckBoxes`` (built
+    in ``setup`` from ``self.ui`` widgets) expanded."""
+    tables = {}
+    for node in ast.walk(_method(widget, "setup")):
+        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict)
+                and isinstance(node.targets[0], ast.Attribute)):
+            tables[node.targets[0].attr] = _ui_attributes(node.value)
+    used = _ui_attributes(function)
+    for node in ast.walk(function):
+        if isinstance(node, ast.Attribute) and node.attr in tables:
+            used |= tables[node.attr]
+    return used
+
+
+def test_every_choice_of_the_panel_is_in_the_parameter_node(ui_tree, module_tree):
+    """Each choice widget of the .ui is written into the parameter node and shown from it, each parameter has a
+    default, and Apply runs with the node's values (SlicerTotalSegmentator's parameter node pattern)."""
+    widget, logic = _class(module_tree, "OrthoDiffusionWidget"), _class(module_tree, "OrthoDiffusionLogic")
+    choices = {w.get("name") for w in ui_tree.iter("widget")
+               if w.get("class") in {"QCheckBox", "QComboBox", "QSpinBox", "qMRMLNodeComboBox"}}
+    assert {"precisionComboBox", "segmentAxialCheckBox", "modelComboBox", "sagittalSelector"} <= choices
+    to_node, from_node = (_method(widget, "updateParameterNodeFromGUI"), _method(widget, "updateGUIFromParameterNode"))
+    assert choices - _widgets_used(to_node, widget) == set()
+    assert choices - _widgets_used(from_node, widget) == set()
+    parameters = set(_constant(module_tree, "DEFAULT_PARAMETERS")) | set(_constant(module_tree, "VOLUME_REFERENCES")
+                                                                        .values())
+    assert set(_constant(module_tree, "SEGMENT_PARAMETERS").values()) <= parameters
+    for function in (to_node, from_node, _method(logic, "runOptions")):
+        assert parameters - _parameters_used(function, module_tree) == set(), function.name
+    # every choice widget's change signal reaches updateParameterNodeFromGUI
+    connect = _method(widget, "connectGUI")
+    assert any(isinstance(n, ast.Attribute) and n.attr == "updateParameterNodeFromGUI" for n in ast.walk(connect))
+    assert choices - _widgets_used(connect, widget) == set()
+    for name in ("setDefaultParameters", "runOptions"):
+        _method(logic, name)
+    for name in ("initializeParameterNode", "setParameterNode", "enter", "exit", "onSceneStartClose"):
+        _method(widget, name)
+    apply = ast.unparse(_method(widget, "onApply"))
+    assert "self.logic.runOptions(self._parameterNode)" in apply
+    precision_items = [s.text for w in ui_tree.iter("widget") if w.get("name") == "precisionComboBox"
+                       for item in w.findall("item") for s in item.iter("string")]
+    assert precision_items == list(_constant(module_tree, "PRECISIONS"))
+    assert set(_constant(module_tree, "PRECISIONS").values()) == {"fp32", "bf16"}
+
+
+def test_actions_show_their_errors(module_tree):
+    """Every button's action runs inside ``slicer.util.tryWithErrorDisplay``."""
+    widget = _class(module_tree, "OrthoDiffusionWidget")
+    handlers = set()
+    for node in ast.walk(_method(widget, "connectGUI")):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "connect"
+                and node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value == "clicked(bool)"):
+            handlers |= {n.attr for n in ast.walk(node.args[1]) if isinstance(n, ast.Attribute)
+                         and isinstance(n.value, ast.Name) and n.value.id == "self"}
+    assert {"onApply", "onCancel", "onLoadSample", "onImportModel", "onOpenReport", "onAutoAssign"} <= handlers
+    for name in handlers:
+        guarded = [w for w in ast.walk(_method(widget, name)) if isinstance(w, ast.With)
+                   and any("tryWithErrorDisplay" in ast.unparse(item.context_expr) for item in w.items)]
+        assert guarded, f"{name} does not run inside slicer.util.tryWithErrorDisplay"
+
+
+def test_the_child_process_gets_the_plane_choice_and_precision(module_tree):
+    """The module passes the planes to segment and the precision to ``orthodiffusion predict`` (the child segments
+    only those planes)."""
+    start = _method(_class(module_tree, "OrthoDiffusionLogic"), "start")
+    call = next(n for n in ast.walk(start) if isinstance(n, ast.Call) and ast.unparse(n.func) == "predict_arguments")
+    keywords = {k.arg: ast.unparse(k.value) for k in call.keywords}
+    assert keywords["segmentation_planes"] == "list(segmentationPlanes)" and keywords["precision"] == "precision"
+    assert "segmentation" not in keywords

@@ -107,6 +107,7 @@ def test_missing_requirements():
 def test_module_command_lines_parse_with_the_cli():
     from OrthoDiffusionLib.slicer.child_process import predict_arguments, sample_exam_arguments
     from OrthoDiffusionLib.cli import build_parser
+    from OrthoDiffusionLib.labels import PLANES
 
     parser = build_parser()
     args = parser.parse_args(predict_arguments({"sagittal": "s.nrrd", "axial": "a.nrrd"}, "out", model="tiny",
@@ -121,6 +122,20 @@ def test_module_command_lines_parse_with_the_cli():
     assert not args.fuse_segmentations
     assert parser.parse_args(predict_arguments({"coronal": "c.nrrd"}, "out", fuse_segmentations=True)
                              ).fuse_segmentations
+    assert args.precision == "fp32" and args.segmentation_planes is None
+    # the module's per-plane segmentation choice and precision reach the child's command line
+    chosen = parser.parse_args(predict_arguments({"sagittal": "s.nrrd", "coronal": "c.nrrd"}, "out",
+                                                 segmentation_planes=["coronal", "sagittal"], precision="bf16",
+                                                 fuse_segmentations=True))
+    assert chosen.segmentation_planes == ("sagittal", "coronal") and chosen.precision == "bf16"
+    assert not chosen.no_segmentation and chosen.fuse_segmentations
+    every = parser.parse_args(predict_arguments({"coronal": "c.nrrd"}, "out", segmentation_planes=PLANES))
+    assert every.segmentation_planes is None and not every.no_segmentation     # all planes: the default
+    none = parser.parse_args(predict_arguments({"coronal": "c.nrrd"}, "out", segmentation_planes=[],
+                                               fuse_segmentations=True))
+    assert none.no_segmentation and none.segmentation_planes is None and not none.fuse_segmentations
+    with pytest.raises(ValueError, match="unknown plane"):
+        predict_arguments({"coronal": "c.nrrd"}, "out", segmentation_planes=["oblique"])
     sample = parser.parse_args(sample_exam_arguments("dir", seed=3, matrix=128))
     assert (sample.out, sample.seed, sample.abnormality, sample.matrix, sample.no_dicom) == \
         ("dir", 3, ["joint_effusion"], 128, True)

@@ -116,14 +116,93 @@ def _class_values(num_classes: int, structures: Sequence[str], path: Path) -> Li
                      f"{len(structures)} structures + background", path)
 
 
+def _add_diagnosis_run(path: PathLike, meta: Dict[str, Any], components: Dict[str, Dict[str, torch.Tensor]],
+                       backbones: "_Backbones") -> Mapping[str, Any]:
+    """Put a ``train-diagnosis`` run into the bundle being built: its labels, backbones, diagnosis head and EHR
+    branch (checked against their networks) into ``meta``/``components``/``backbones``; returns its run.json."""
+    from ..model.heads import DiagnosisHead
+
+    folder, run = _read_run(path, DIAGNOSIS_RUN_FORMAT,
+                            ("anatomy", "labels", "preprocessing", "planes", "head", "head_weights"))
+    run_json = folder / "run.json"
+    known = {d.key: d.name for d in label_tables.diagnosis_labels(run["anatomy"])}
+    unknown = [k for k in run["labels"] if k not in known]
+    if unknown:
+        raise InputError(f"labels {unknown} are not {run['anatomy']} diagnosis labels", run_json)
+    meta["anatomy"] = run["anatomy"]
+    meta["labels"] = [{"key": k, "name": known[k]} for k in run["labels"]]
+    head = DiagnosisHead(**run["head"])
+    head_state = _weights(folder, run["head_weights"])
+    _check_fits(head, head_state, folder / run["head_weights"])
+    head.load_state_dict(head_state)
+    if head.settings["num_labels"] != len(run["labels"]):
+        raise InputError(f"the head predicts {head.settings['num_labels']} labels, run.json lists "
+                         f"{len(run['labels'])}", run_json)
+    components["diagnosis_head"] = head_state
+    planes = {}
+    for plane, p in run["planes"].items():
+        if plane not in label_tables.PLANES:
+            raise InputError(f"unknown plane {plane!r}", run_json)
+        key = backbones.add(folder / p["backbone"], plane)
+        planes[plane] = {"backbone": key, "timestep": int(p["timestep"]), "block": str(p["block"]),
+                         "pooling": head.settings["pooling"]}
+    ehr = None
+    if run.get("ehr"):
+        from ..model.ehr import EHRFusionClassifier
+
+        e = run["ehr"]
+        ehr_state = _weights(folder, e["weights"])
+        model = EHRFusionClassifier(**e["config"])
+        _check_fits(model, ehr_state, folder / e["weights"])
+        components["ehr"] = ehr_state
+        ehr = {"config": e["config"], "statistics": e.get("statistics")}
+    meta["diagnosis"] = {"preprocessing": dict(run["preprocessing"]), "planes": planes, "head": run["head"],
+                         "calibration": head.calibration.to_dict(), "ehr": ehr,
+                         "metrics": run.get("metrics", {}), "provenance": run.get("provenance", {}),
+                         "source": str(folder.resolve())}
+    return run
+
+
+def _add_segmentation_run(path: PathLike, meta: Dict[str, Any], components: Dict[str, Dict[str, torch.Tensor]],
+                          backbones: "_Backbones") -> Mapping[str, Any]:
+    """Put a ``train-segmentation`` run (one plane) into the bundle being built: its backbone and head (checked
+    against the network) and the plane's settings; returns its run.json."""
+    from ..model.seg_head import build_seg_head
+
+    folder, run = _read_run(path, SEGMENTATION_RUN_FORMAT,
+                            ("plane", "timestep", "block", "preprocessing", "head", "head_weights", "backbone",
+                             "num_classes", "structures"))
+    plane = run["plane"]
+    run_json = folder / "run.json"
+    if plane not in label_tables.PLANES:
+        raise InputError(f"unknown plane {plane!r}", run_json)
+    if plane in meta["segmentation"]:
+        raise InputError(f"a second segmentation run for the {plane} plane", run_json)
+    kwargs = dict(run["head"])
+    kwargs["num_classes"] = int(run["num_classes"])
+    try:
+        head = build_seg_head(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"the head in run.json cannot be built ({e})", run_json) from None
+    state = _weights(folder, run["head_weights"])
+    _check_fits(head, state, folder / run["head_weights"])
+    components[f"segmentation.{plane}"] = state
+    key = backbones.add(folder / run["backbone"], plane)
+    meta["segmentation"][plane] = {
+        "backbone": key, "timestep": int(run["timestep"]), "block": str(run["block"]),
+        "preprocessing": dict(run["preprocessing"]), "head": dict(run["head"]),
+        "num_classes": int(run["num_classes"]), "structures": list(run["structures"]),
+        "class_values": _class_values(int(run["num_classes"]), run["structures"], run_json),
+        "metrics": run.get("metrics", {}), "provenance": run.get("provenance", {}),
+        "source": str(folder.resolve())}
+    return run
+
+
 def export_bundle(diagnosis: Optional[PathLike], segmentation: Sequence[PathLike], name: str, out: PathLike,
                   half: bool = False, description: str = "") -> Path:
     """Build ``out`` (a ``.odbundle``) from one diagnosis run and/or segmentation runs; returns the path.
 
     Raises InputError / MissingPathError / CorruptFileError / BundleError naming the offending file."""
-    from ..model.heads import DiagnosisHead
-    from ..model.seg_head import build_seg_head
-
     if diagnosis is None and not segmentation:
         raise InputError("nothing to export: give --diagnosis RUN and/or --segmentation RUN")
     backbones = _Backbones()
@@ -134,73 +213,9 @@ def export_bundle(diagnosis: Optional[PathLike], segmentation: Sequence[PathLike
                             "anatomy": "knee", "labels": [], "structures": [], "diagnosis": None,
                             "segmentation": {}}
     if diagnosis is not None:
-        folder, run = _read_run(diagnosis, DIAGNOSIS_RUN_FORMAT,
-                                ("anatomy", "labels", "preprocessing", "planes", "head", "head_weights"))
-        runs.append(run)
-        run_json = folder / "run.json"
-        known = {d.key: d.name for d in label_tables.diagnosis_labels(run["anatomy"])}
-        unknown = [k for k in run["labels"] if k not in known]
-        if unknown:
-            raise InputError(f"labels {unknown} are not {run['anatomy']} diagnosis labels", run_json)
-        meta["anatomy"] = run["anatomy"]
-        meta["labels"] = [{"key": k, "name": known[k]} for k in run["labels"]]
-        head = DiagnosisHead(**run["head"])
-        head_state = _weights(folder, run["head_weights"])
-        _check_fits(head, head_state, folder / run["head_weights"])
-        head.load_state_dict(head_state)
-        if head.settings["num_labels"] != len(run["labels"]):
-            raise InputError(f"the head predicts {head.settings['num_labels']} labels, run.json lists "
-                             f"{len(run['labels'])}", run_json)
-        components["diagnosis_head"] = head_state
-        planes = {}
-        for plane, p in run["planes"].items():
-            if plane not in label_tables.PLANES:
-                raise InputError(f"unknown plane {plane!r}", run_json)
-            key = backbones.add(folder / p["backbone"], plane)
-            planes[plane] = {"backbone": key, "timestep": int(p["timestep"]), "block": str(p["block"]),
-                             "pooling": head.settings["pooling"]}
-        ehr = None
-        if run.get("ehr"):
-            from ..model.ehr import EHRFusionClassifier
-
-            e = run["ehr"]
-            ehr_state = _weights(folder, e["weights"])
-            model = EHRFusionClassifier(**e["config"])
-            _check_fits(model, ehr_state, folder / e["weights"])
-            components["ehr"] = ehr_state
-            ehr = {"config": e["config"], "statistics": e.get("statistics")}
-        meta["diagnosis"] = {"preprocessing": dict(run["preprocessing"]), "planes": planes, "head": run["head"],
-                             "calibration": head.calibration.to_dict(), "ehr": ehr,
-                             "metrics": run.get("metrics", {}), "provenance": run.get("provenance", {}),
-                             "source": str(folder.resolve())}
+        runs.append(_add_diagnosis_run(diagnosis, meta, components, backbones))
     for seg_run in segmentation:
-        folder, run = _read_run(seg_run, SEGMENTATION_RUN_FORMAT,
-                                ("plane", "timestep", "block", "preprocessing", "head", "head_weights", "backbone",
-                                 "num_classes", "structures"))
-        runs.append(run)
-        plane = run["plane"]
-        run_json = folder / "run.json"
-        if plane not in label_tables.PLANES:
-            raise InputError(f"unknown plane {plane!r}", run_json)
-        if plane in meta["segmentation"]:
-            raise InputError(f"a second segmentation run for the {plane} plane", run_json)
-        kwargs = dict(run["head"])
-        kwargs["num_classes"] = int(run["num_classes"])
-        try:
-            head = build_seg_head(**kwargs)
-        except (TypeError, ValueError) as e:
-            raise InputError(f"the head in run.json cannot be built ({e})", run_json) from None
-        state = _weights(folder, run["head_weights"])
-        _check_fits(head, state, folder / run["head_weights"])
-        components[f"segmentation.{plane}"] = state
-        key = backbones.add(folder / run["backbone"], plane)
-        meta["segmentation"][plane] = {
-            "backbone": key, "timestep": int(run["timestep"]), "block": str(run["block"]),
-            "preprocessing": dict(run["preprocessing"]), "head": dict(run["head"]),
-            "num_classes": int(run["num_classes"]), "structures": list(run["structures"]),
-            "class_values": _class_values(int(run["num_classes"]), run["structures"], run_json),
-            "metrics": run.get("metrics", {}), "provenance": run.get("provenance", {}),
-            "source": str(folder.resolve())}
+        runs.append(_add_segmentation_run(seg_run, meta, components, backbones))
     used = {v for s in meta["segmentation"].values() for v in s["class_values"] if v}
     meta["structures"] = [{"value": s.value, "key": s.key, "name": s.name, "color": list(s.color),
                            "planes": list(s.planes), "kind": s.kind}

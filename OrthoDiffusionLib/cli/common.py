@@ -1,5 +1,6 @@
-"""Pieces shared by the subcommands: the ``--device`` and ``--precision`` options, list-valued options, and the
-terminal progress bars that turn a :data:`~OrthoDiffusionLib.progress.ProgressFn` into tqdm bars."""
+"""Pieces shared by the subcommands: the ``--device`` and ``--precision`` options, list-valued options (integers,
+planes), and the terminal progress bars that turn a :data:`~OrthoDiffusionLib.progress.ProgressFn` into tqdm
+bars."""
 from __future__ import annotations
 
 import argparse
@@ -7,10 +8,11 @@ import sys
 from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
 
 from ..device import DEVICE_HELP, PRECISIONS
+from ..labels import PLANES
 from ..progress import ProgressFn
 
 __all__ = ["add_command", "add_device_argument", "add_precision_argument", "add_json_argument", "int_list",
-           "stage_bars", "with_stage_bars", "fraction_bar", "command_line"]
+           "plane_list", "stage_bars", "with_stage_bars", "fraction_bar", "command_line"]
 
 T = TypeVar("T")
 
@@ -48,6 +50,15 @@ def int_list(text: str) -> Tuple[int, ...]:
         return tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def plane_list(text: str) -> Tuple[str, ...]:
+    """argparse type of a comma-separated list of planes (``sagittal,coronal``), in ``PLANES`` order."""
+    chosen = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in chosen if v not in PLANES]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"expected comma-separated planes out of {','.join(PLANES)}, got {text!r}")
+    return tuple(p for p in PLANES if p in chosen)
 
 
 def command_line() -> str:

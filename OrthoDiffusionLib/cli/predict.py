@@ -1,7 +1,8 @@
 """``orthodiffusion predict``: run a model bundle on one exam and write its result folder.
 
     orthodiffusion predict --sagittal P [--coronal P] [--axial P] | --study DIR  --out DIR
-        [--model BUNDLE|NAME] [--device auto|cpu|cuda] [--ehr FILE.json] [--no-segmentation] [--no-diagnosis]
+        [--model BUNDLE|NAME] [--device auto|cpu|cuda] [--precision fp32|bf16] [--ehr FILE.json]
+        [--no-segmentation | --segmentation-planes PLANE,...] [--fuse-segmentations] [--no-diagnosis]
         [--noise-draws K] [--seed S] [--json] [--progress json|bar|none] [--overwrite] [--allow-anatomy-mismatch]
         [--allow-mixed-patients] [--series-uid UID ...] [--echo N]
 
@@ -27,7 +28,7 @@ from ..model.uncertainty import DEFAULT_NOISE_DRAWS
 from ..inference.result_folder import REPORT_FILE
 from ..output_folder import claim_output_folder, sigterm_raises
 from ..progress import ProgressFn, progress_line
-from .common import add_command, add_device_argument, add_precision_argument, positive_int
+from .common import add_command, add_device_argument, add_precision_argument, plane_list, positive_int
 
 __all__ = ["format_result_table", "progress_printer", "add_run_arguments", "run_and_write", "register"]
 
@@ -108,7 +109,8 @@ def run_and_write(predictor, exam, args: argparse.Namespace, ehr=None, claim=Non
         result = predict_and_write(predictor, exam, args.out, ehr, progress=progress, overwrite=args.overwrite,
                                    claim=claim, diagnosis=not getattr(args, "no_diagnosis", False),
                                    segmentation=not args.no_segmentation, noise_draws=args.noise_draws,
-                                   fuse_segmentations=args.fuse_segmentations)
+                                   fuse_segmentations=args.fuse_segmentations,
+                                   segmentation_planes=args.segmentation_planes)
     finally:
         close()
     return result.to_json()
@@ -145,7 +147,11 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     add_device_argument(p)
     add_precision_argument(p, help="fp32 (default) or bf16 autocast (faster on GPUs and CPUs with AVX512-BF16/AMX; "
                                    "probabilities differ by ~1e-2)")
-    p.add_argument("--no-segmentation", action="store_true", help="skip segmentation")
+    segmentation = p.add_mutually_exclusive_group()
+    segmentation.add_argument("--no-segmentation", action="store_true", help="skip segmentation")
+    segmentation.add_argument("--segmentation-planes", type=plane_list, default=None, metavar="PLANE,...",
+                              help="segment only these planes, e.g. sagittal,coronal (default: every plane the model "
+                                   "segments)")
     p.add_argument("--fuse-segmentations", action="store_true",
                    help="also write segmentation_fused.seg.nrrd / labelmap_fused.nii.gz: the segmented planes' class "
                         "probabilities averaged on the sagittal series' grid (needs two segmented planes)")

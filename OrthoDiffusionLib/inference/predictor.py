@@ -185,6 +185,38 @@ def _series_summary(exam: Exam, plane: str) -> Optional[Dict[str, Any]]:
     return {k: v for k, v in d.items() if v is not None}
 
 
+@dataclass
+class _NetworkOutputs:
+    """What the networks gave for one batch, over the noise draws."""
+
+    diag_probs: List[torch.Tensor] = field(default_factory=list)  #: per draw (B, K) calibrated probabilities
+    raw_probs: List[torch.Tensor] = field(default_factory=list)  #: per draw (B, K) uncalibrated probabilities
+    weights_sum: Optional[torch.Tensor] = None  #: (B, K, 3) plane weights summed over the draws
+    fused_by: Optional[str] = None
+    ehr_used: bool = False
+    #: per plane, per exam (C, D, H, W) segmentation probabilities summed over the draws
+    seg_sum: Dict[str, List[torch.Tensor]] = field(default_factory=dict)
+    #: seconds spent in the heads (the rest of the network time is the backbones')
+    head_seconds: Dict[str, float] = field(default_factory=lambda: {"diagnosis": 0.0, "segmentation": 0.0})
+
+
+class _BatchProgress:
+    """Reports a stage of one batch at a fraction of its phase (:data:`_PHASES`) on the batch's 0..1 progress, and
+    raises :class:`CancelledError` when ``cancel`` is set."""
+
+    def __init__(self, progress: ProgressFn, cancel: Optional[threading.Event]):
+        self.progress = progress
+        self.cancel = cancel
+
+    def __call__(self, phase: str, within: float, stage: str) -> None:
+        """``stage`` is at ``within`` (0..1) of ``phase``."""
+        if self.cancel is not None and self.cancel.is_set():
+            raise CancelledError("prediction cancelled")
+        i = [name for name, _ in _PHASES].index(phase)
+        start, end = _PHASES[i][1], _PHASES[i + 1][1] if i + 1 < len(_PHASES) else 1.0
+        self.progress(stage, start + min(1.0, within) * (end - start))
+
+
 class Predictor:
     """Runs a model bundle on exams.
 
@@ -252,10 +284,10 @@ class Predictor:
         """Whether the model cannot predict at all with a plane missing (main fusion needs all, no MPAE)."""
         return self._fusion_needs_all_planes() and self.diagnosis_head.weights_module is None
 
-    def _plan(self, exam: Exam, diagnosis: bool, segmentation: bool, has_ehr: bool
+    def _plan(self, exam: Exam, diagnosis: bool, segmentation: Sequence[str], has_ehr: bool
               ) -> Tuple[List[str], List[str], List[str]]:
-        """(diagnosis planes, segmentation planes, warnings) for an exam; raises MissingPlaneError when the model
-        cannot run on it."""
+        """(diagnosis planes, segmentation planes, warnings) for an exam, segmenting the planes of ``segmentation``
+        that the model segments; raises MissingPlaneError when the model cannot run on it."""
         present = exam.planes_present()
         where = exam.source or "exam"
         notes: List[str] = []
@@ -277,14 +309,11 @@ class Predictor:
         elif diagnosis and not self.diag_meta:
             notes.append("the model has no diagnosis head: no probabilities")
         seg_planes: List[str] = []
-        if segmentation:
-            for plane in PLANES:
-                if plane not in self.seg_meta:
-                    continue
-                if plane in present:
-                    seg_planes.append(plane)
-                else:
-                    notes.append(f"no {plane} series: no {plane} segmentation")
+        for plane in (p for p in PLANES if p in segmentation and p in self.seg_meta):
+            if plane in present:
+                seg_planes.append(plane)
+            else:
+                notes.append(f"no {plane} series: no {plane} segmentation")
         if not diag_planes and not seg_planes:
             raise MissingPlaneError("nothing to run: the exam has no plane that the model's heads use "
                                     f"(exam planes: {', '.join(present) or 'none'})", where)
@@ -308,17 +337,11 @@ class Predictor:
             have.extend(t for t in taps if t not in have)
 
         for plane in diag_planes:
-            p = self.diag_meta["planes"][plane]
-            prep = self.diag_meta["preprocessing"]
-            add(_PassKey(p["backbone"], plane, int(p["timestep"]), int(prep["slices"]), int(prep["size"])),
-                [p["block"]])
+            add(self._diag_pass(plane), [self.diag_meta["planes"][plane]["block"]])
         for plane in seg_planes:
-            s = self.seg_meta[plane]
-            prep = s["preprocessing"]
             if self._whole_series(plane):
                 continue  # segmented in windows over the whole series (_segment_whole_series)
-            add(_PassKey(s["backbone"], plane, int(s["timestep"]), int(prep["slices"]), int(prep["size"])),
-                list(self.seg_heads[plane].required_taps))
+            add(self._seg_pass(plane), list(self.seg_heads[plane].required_taps))
         # plane by plane (the progress shows one plane after the other); the noise does not depend on the order
         return dict(sorted(passes.items(), key=lambda kv: (PLANES.index(kv[0].plane), kv[0].timestep)))
 
@@ -326,31 +349,38 @@ class Predictor:
     def predict(self, exam: Exam, ehr: Optional[Mapping[str, Any]] = None, *, diagnosis: bool = True,
                 segmentation: bool = True, noise_draws: int = 1, progress: Optional[ProgressFn] = None,
                 cancel: Optional[threading.Event] = None, measures: bool = True,
-                fuse_segmentations: bool = False) -> PredictionResult:
+                fuse_segmentations: bool = False, segmentation_planes: Optional[Sequence[str]] = None
+                ) -> PredictionResult:
         """Predict one exam (see the module docstring). ``ehr``: an EHR record (:mod:`OrthoDiffusionLib.model.ehr`);
         ``measures=False`` skips the structure volumes / cartilage thickness (``result.measures`` stays empty);
         ``fuse_segmentations=True`` also gives the fused labelmap of the segmented planes
-        (``result.fused_segmentation``)."""
+        (``result.fused_segmentation``); ``segmentation_planes`` segments only these planes (default: every plane
+        the model segments)."""
         return self.predict_many([exam], [ehr], diagnosis=diagnosis, segmentation=segmentation,
                                  noise_draws=noise_draws, progress=progress, cancel=cancel, measures=measures,
-                                 fuse_segmentations=fuse_segmentations)[0]
+                                 fuse_segmentations=fuse_segmentations, segmentation_planes=segmentation_planes)[0]
 
     def predict_many(self, exams: Sequence[Exam], ehr: Optional[Sequence[Optional[Mapping[str, Any]]]] = None, *,
                      diagnosis: bool = True, segmentation: bool = True, noise_draws: int = 1,
                      progress: Optional[ProgressFn] = None, cancel: Optional[threading.Event] = None,
-                     batch_size: int = 8, measures: bool = True, fuse_segmentations: bool = False
-                     ) -> List[PredictionResult]:
+                     batch_size: int = 8, measures: bool = True, fuse_segmentations: bool = False,
+                     segmentation_planes: Optional[Sequence[str]] = None) -> List[PredictionResult]:
         """Predict several exams with the loaded model, ``batch_size`` exams per backbone pass (exams with the same
-        planes are batched together). Returns one result per exam, in order."""
+        planes are batched together). Returns one result per exam, in order. ``segmentation_planes``: segment only
+        these planes (default: every plane the model segments; a chosen plane the model does not segment is named
+        in the warnings)."""
         if noise_draws < 1:
             raise ValueError(f"noise_draws must be >= 1, got {noise_draws}")
-        if not diagnosis and not segmentation:
+        seg_wanted, seg_notes = self._segmentation_choice(segmentation, segmentation_planes)
+        if not diagnosis and not seg_wanted:
             raise ValueError("nothing to do: diagnosis and segmentation are both off")
         exams = list(exams)
         records = list(ehr) if ehr is not None else [None] * len(exams)
         if len(records) != len(exams):
             raise ValueError(f"{len(records)} EHR records for {len(exams)} exams")
-        plans = [self._plan(e, diagnosis, segmentation, r is not None) for e, r in zip(exams, records)]
+        plans = [self._plan(e, diagnosis, seg_wanted, r is not None) for e, r in zip(exams, records)]
+        for _, _, notes in plans:
+            notes[:0] = seg_notes
         groups: Dict[Tuple[Tuple[str, ...], Tuple[str, ...]], List[int]] = {}
         for i, (dp, sp, _) in enumerate(plans):
             groups.setdefault((tuple(dp), tuple(sp)), []).append(i)
@@ -370,6 +400,24 @@ class Predictor:
         if progress is not None:
             progress("done", 1.0)
         return [r for r in results if r is not None]
+
+    def _segmentation_choice(self, segmentation: bool, chosen: Optional[Sequence[str]]
+                             ) -> Tuple[Tuple[str, ...], List[str]]:
+        """(planes to segment, warnings): none without ``segmentation``, else the ``chosen`` planes (every plane
+        when None); the warnings name chosen planes the model does not segment. Raises ValueError on an unknown
+        plane name."""
+        if not segmentation:
+            return (), []
+        if chosen is None:
+            return tuple(PLANES), []
+        unknown = [p for p in chosen if p not in PLANES]
+        if unknown:
+            raise ValueError(f"unknown segmentation plane(s) {', '.join(map(str, unknown))}: "
+                             f"choose from {', '.join(PLANES)}")
+        wanted = tuple(p for p in PLANES if p in chosen)
+        notes = [f"the model does not segment the {p} plane: no {p} segmentation" for p in wanted
+                 if p not in self.seg_meta]
+        return wanted, notes
 
     def _run_with_fallback(self, exams, records, diag_planes, seg_planes, draws, progress, cancel, measures=True,
                            fuse=False) -> List[PredictionResult]:
@@ -391,22 +439,54 @@ class Predictor:
                    diag_planes: Sequence[str], seg_planes: Sequence[str], draws: int,
                    progress: ProgressFn, cancel: Optional[threading.Event], measures: bool = True,
                    fuse: bool = False) -> List[PredictionResult]:
-        names = [name for name, _ in _PHASES]
-
-        def report(phase: str, within: float, stage: str) -> None:
-            """``stage`` is at ``within`` (0..1) of ``phase``; checks ``cancel``."""
-            if cancel is not None and cancel.is_set():
-                raise CancelledError("prediction cancelled")
-            i = names.index(phase)
-            start, end = _PHASES[i][1], _PHASES[i + 1][1] if i + 1 < len(_PHASES) else 1.0
-            progress(stage, start + min(1.0, within) * (end - start))
-
+        """Predict a batch of exams with the same planes: preprocess, run the networks per noise draw, resample the
+        segmentations onto the original series, measure, and assemble one result per exam."""
+        report = _BatchProgress(progress, cancel)
         n = len(exams)
         timings: Dict[str, float] = {"load_model": self.load_seconds}
-        clock = time.perf_counter()
-        t0 = clock
-        # 1. preprocess: each plane once per preprocessing grid
+        clock = t0 = time.perf_counter()
         passes = self._passes(diag_planes, seg_planes)
+        whole = [p for p in seg_planes if self._whole_series(p)]
+        prepped = self._preprocess_batch(exams, passes, whole, report)
+        timings["preprocess"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        nets = self._run_networks(exams, records, passes, prepped, diag_planes, seg_planes, whole, draws, report)
+        timings["backbone"] = time.perf_counter() - clock - sum(nets.head_seconds.values())
+        timings.update(nets.head_seconds)
+        clock = time.perf_counter()
+        segs, fused, fused_planes = self._resample_segmentations(prepped, nets.seg_sum, seg_planes, n, draws, fuse,
+                                                                 report)
+        timings["resample"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        measure_rows: List[List[Dict[str, Any]]] = [[] for _ in range(n)]
+        if seg_planes and measures:
+            measure_rows = self._measure_batch(segs, fused, fused_planes, report)
+        timings["measures"] = time.perf_counter() - clock
+        per_exam = {k: v / n for k, v in timings.items() if k != "load_model"}
+        per_exam["total"] = (time.perf_counter() - t0) / n
+        label_rows = self._label_rows(nets, n, draws)
+        results = []
+        for i, exam in enumerate(exams):
+            results.append(PredictionResult(
+                labels=label_rows[i], segmentations=segs[i], measures=measure_rows[i],
+                exam={"source": exam.source, "planes": {p: _series_summary(exam, p) for p in PLANES},
+                      "choices": list(exam.choices), "diagnosis_planes": list(diag_planes),
+                      "segmentation_planes": list(seg_planes)},
+                model=self.bundle.summary(), timings={"load_model": self.load_seconds, **per_exam},
+                device=str(self.device), warnings=[], fused_by=nets.fused_by if diag_planes else None,
+                ehr_used=bool(nets.ehr_used and records[i] is not None), noise_draws=draws,
+                images={p: exam.get(p).image for p in exam.planes_present()},
+                fused_segmentation=fused[i], fused_planes=fused_planes))
+            if fuse and not fused_planes:
+                results[-1].warnings.append(
+                    f"no fused segmentation: it needs two segmented planes, this exam has "
+                    f"{', '.join(seg_planes) if seg_planes else 'none'}")
+        return results
+
+    def _preprocess_batch(self, exams: Sequence[Exam], passes: Mapping[_PassKey, List[str]], whole: Sequence[str],
+                          report: "_BatchProgress") -> Dict[Tuple[str, int, int], List[PreprocessedSeries]]:
+        """``{(plane, slices, size): one preprocessed series per exam}``: each plane once per preprocessing grid of
+        the backbone passes, and the whole series (key slices 0) of the planes in ``whole`` (segmented in windows)."""
         grids = sorted({(k.plane, k.slices, k.size) for k in passes}, key=lambda g: (PLANES.index(g[0]), g[1:]))
         prepped: Dict[Tuple[str, int, int], List[PreprocessedSeries]] = {}
         for g, (plane, slices, size) in enumerate(grids):
@@ -414,24 +494,23 @@ class Predictor:
             grid = self._grid_of(plane, slices, size)
             prepped[(plane, slices, size)] = [preprocess_series(e.get(plane), slices=slices, size=size, **grid)
                                              for e in exams]
-        whole = [p for p in seg_planes if self._whole_series(p)]
         for plane in whole:
             report("preprocess", 1.0, f"{plane}: preprocessing the whole series")
             prep = self.seg_meta[plane]["preprocessing"]
             prepped[(plane, 0, int(prep["size"]))] = [
                 preprocess_series(e.get(plane), slices=None, size=int(prep["size"]), **model_grid(prep))
                 for e in exams]
-        timings["preprocess"] = time.perf_counter() - clock
-        # 2. backbone passes -> heads, per noise draw
-        clock = time.perf_counter()
-        dev = self.device
-        diag_probs: List[torch.Tensor] = []     # per draw (B, K) calibrated
-        raw_probs: List[torch.Tensor] = []      # per draw (B, K) uncalibrated
-        weights_sum: Optional[torch.Tensor] = None
-        fused_by = None
-        ehr_used = False
-        seg_sum: Dict[str, List[torch.Tensor]] = {}  # per plane, per exam (C, D, H, W) summed over draws
-        head_seconds = {"diagnosis": 0.0, "segmentation": 0.0}
+        return prepped
+
+    def _run_networks(self, exams: Sequence[Exam], records: Sequence[Optional[Mapping[str, Any]]],
+                      passes: Mapping[_PassKey, List[str]],
+                      prepped: Mapping[Tuple[str, int, int], List[PreprocessedSeries]], diag_planes: Sequence[str],
+                      seg_planes: Sequence[str], whole: Sequence[str], draws: int,
+                      report: "_BatchProgress") -> "_NetworkOutputs":
+        """Every noise draw: the backbone passes, then the diagnosis head over their taps and each plane's
+        segmentation head (or its whole-series windows); the heads' time is in ``head_seconds``."""
+        n = len(exams)
+        nets = _NetworkOutputs()
         total_steps = draws * (len(passes) + (1 if diag_planes else 0) + len(seg_planes))
         step = 0
 
@@ -440,51 +519,19 @@ class Predictor:
             report("networks", step / max(1, total_steps), stage)
             step += 1
 
-        with torch.inference_mode(), precision_autocast(dev, self.precision):
+        with torch.inference_mode(), precision_autocast(self.device, self.precision):
             for draw in range(draws):
-                taps_of: Dict[_PassKey, Dict[str, torch.Tensor]] = {}
                 of_draws = f" draw {draw + 1}/{draws}" if draws > 1 else ""
+                taps_of: Dict[_PassKey, Dict[str, torch.Tensor]] = {}
                 for key, tap_names in passes.items():
                     network_step(f"{key.plane}: backbone t={key.timestep}{of_draws}")
-                    vols = prepped[(key.plane, key.slices, key.size)]
-                    x0 = torch.stack([torch.from_numpy(v.volume) for v in vols])[:, None].to(dev)
-                    g_seed = noise_seed(self.seed, draw, key.plane, key.timestep)
-                    noise = torch.cat([torch.randn((1, *x0.shape[1:]), generator=torch.Generator().manual_seed(g_seed))
-                                       for _ in range(n)]).to(dev)
-                    t = self.schedule.as_timesteps(key.timestep, n, dev)
-                    x_t = self.schedule.q_sample(x0, t, noise)
-                    taps_of[key] = self.backbones[key.backbone].encode(x_t, t, tap_names)
+                    taps_of[key] = self._backbone_pass(key, tap_names, prepped[(key.plane, key.slices, key.size)],
+                                                       draw, n)
                 hc = time.perf_counter()
                 if diag_planes:
                     network_step(f"fusion{of_draws}")
-                    taps = {}
-                    for plane in diag_planes:
-                        p = self.diag_meta["planes"][plane]
-                        prep = self.diag_meta["preprocessing"]
-                        key = _PassKey(p["backbone"], plane, int(p["timestep"]), int(prep["slices"]),
-                                       int(prep["size"]))
-                        taps[plane] = taps_of[key][p["block"]]
-                    out = self.diagnosis_head(taps)
-                    fused_by = out.fused_by
-                    temps = self.diagnosis_head.calibration.temperature.to(out.logits.dtype)
-                    raw_logits = out.logits * temps
-                    cal = out.probabilities
-                    raw = torch.sigmoid(raw_logits)
-                    ehr_rows = self._ehr_rows(records, diag_planes)
-                    if ehr_rows is not None:
-                        feats = self.diagnosis_head.pooled(taps)
-                        mri = torch.cat([feats[p] for p in self.diagnosis_head.planes], dim=1)
-                        batch = self.ehr_model.encoder.encode([r or {} for r in records])
-                        z = self.ehr_model(mri, batch)
-                        use = ehr_rows.to(dev)[:, None]
-                        raw = torch.where(use, torch.sigmoid(z), raw)
-                        cal = torch.where(use, torch.sigmoid(z), cal)
-                        ehr_used = True
-                    w = self._weights_in_plane_order(out.plane_weights, diag_planes, n, cal.shape[1])
-                    weights_sum = w if weights_sum is None else weights_sum + w
-                    diag_probs.append(cal.float().cpu())
-                    raw_probs.append(raw.float().cpu())
-                head_seconds["diagnosis"] += time.perf_counter() - hc
+                    self._diagnose(taps_of, diag_planes, records, n, nets)
+                nets.head_seconds["diagnosis"] += time.perf_counter() - hc
                 hc = time.perf_counter()
                 for plane in seg_planes:
                     network_step(f"{plane}: segmentation{of_draws}")
@@ -492,19 +539,73 @@ class Predictor:
                         probs_list = self._segment_whole_series(plane, prepped[(plane, 0, self._seg_size(plane))],
                                                                 draw)
                     else:
-                        s = self.seg_meta[plane]
-                        prep = s["preprocessing"]
-                        key = _PassKey(s["backbone"], plane, int(s["timestep"]), int(prep["slices"]),
-                                       int(prep["size"]))
-                        probs_list = list(self._segmentation_probabilities(plane, taps_of[key]))
-                    seg_sum[plane] = (probs_list if plane not in seg_sum
-                                      else [a + b for a, b in zip(seg_sum[plane], probs_list)])
-                head_seconds["segmentation"] += time.perf_counter() - hc
+                        probs_list = list(self._segmentation_probabilities(plane, taps_of[self._seg_pass(plane)]))
+                    nets.seg_sum[plane] = (probs_list if plane not in nets.seg_sum
+                                           else [a + b for a, b in zip(nets.seg_sum[plane], probs_list)])
+                nets.head_seconds["segmentation"] += time.perf_counter() - hc
                 del taps_of
-        timings["backbone"] = time.perf_counter() - clock - sum(head_seconds.values())
-        timings.update(head_seconds)
-        # 3. per-exam results: labels, segmentations on the original grid, measures
-        clock = time.perf_counter()
+        return nets
+
+    def _backbone_pass(self, key: _PassKey, tap_names: Sequence[str], vols: Sequence[PreprocessedSeries], draw: int,
+                       n: int) -> Dict[str, torch.Tensor]:
+        """The taps ``tap_names`` of one backbone pass over the batch: each exam's volume noised to ``key.timestep``
+        with its own noise of this draw (:func:`noise_seed`)."""
+        dev = self.device
+        x0 = torch.stack([torch.from_numpy(v.volume) for v in vols])[:, None].to(dev)
+        g_seed = noise_seed(self.seed, draw, key.plane, key.timestep)
+        noise = torch.cat([torch.randn((1, *x0.shape[1:]), generator=torch.Generator().manual_seed(g_seed))
+                           for _ in range(n)]).to(dev)
+        t = self.schedule.as_timesteps(key.timestep, n, dev)
+        x_t = self.schedule.q_sample(x0, t, noise)
+        return self.backbones[key.backbone].encode(x_t, t, tap_names)
+
+    def _diag_pass(self, plane: str) -> _PassKey:
+        """The backbone pass whose taps the diagnosis head reads on ``plane``."""
+        p = self.diag_meta["planes"][plane]
+        prep = self.diag_meta["preprocessing"]
+        return _PassKey(p["backbone"], plane, int(p["timestep"]), int(prep["slices"]), int(prep["size"]))
+
+    def _seg_pass(self, plane: str) -> _PassKey:
+        """The backbone pass whose taps ``plane``'s segmentation head reads (heads that do not segment in windows)."""
+        s = self.seg_meta[plane]
+        prep = s["preprocessing"]
+        return _PassKey(s["backbone"], plane, int(s["timestep"]), int(prep["slices"]), int(prep["size"]))
+
+    def _diagnose(self, taps_of: Mapping[_PassKey, Mapping[str, torch.Tensor]], diag_planes: Sequence[str],
+                  records: Sequence[Optional[Mapping[str, Any]]], n: int, nets: "_NetworkOutputs") -> None:
+        """One draw of the diagnosis head (with EHR late fusion for the exams that have a record, when the model
+        can): its calibrated and uncalibrated probabilities and plane weights are added to ``nets``."""
+        dev = self.device
+        taps = {plane: taps_of[self._diag_pass(plane)][self.diag_meta["planes"][plane]["block"]]
+                for plane in diag_planes}
+        out = self.diagnosis_head(taps)
+        nets.fused_by = out.fused_by
+        temps = self.diagnosis_head.calibration.temperature.to(out.logits.dtype)
+        raw_logits = out.logits * temps
+        cal = out.probabilities
+        raw = torch.sigmoid(raw_logits)
+        ehr_rows = self._ehr_rows(records, diag_planes)
+        if ehr_rows is not None:
+            feats = self.diagnosis_head.pooled(taps)
+            mri = torch.cat([feats[p] for p in self.diagnosis_head.planes], dim=1)
+            batch = self.ehr_model.encoder.encode([r or {} for r in records])
+            z = self.ehr_model(mri, batch)
+            use = ehr_rows.to(dev)[:, None]
+            raw = torch.where(use, torch.sigmoid(z), raw)
+            cal = torch.where(use, torch.sigmoid(z), cal)
+            nets.ehr_used = True
+        w = self._weights_in_plane_order(out.plane_weights, diag_planes, n, cal.shape[1])
+        nets.weights_sum = w if nets.weights_sum is None else nets.weights_sum + w
+        nets.diag_probs.append(cal.float().cpu())
+        nets.raw_probs.append(raw.float().cpu())
+
+    def _resample_segmentations(self, prepped: Mapping[Tuple[str, int, int], List[PreprocessedSeries]],
+                                seg_sum: Mapping[str, List[torch.Tensor]], seg_planes: Sequence[str], n: int,
+                                draws: int, fuse: bool, report: "_BatchProgress"
+                                ) -> Tuple[List[Dict[str, sitk.Image]], List[Optional[sitk.Image]], List[str]]:
+        """(per exam ``{plane: labelmap}`` on the original series, per exam fused labelmap or None, fused planes):
+        each plane's most probable class mapped to label-table values and resampled (nearest); with ``fuse`` and two
+        or more planes, the fused labelmap of their mean probabilities."""
         segs: List[Dict[str, sitk.Image]] = [{} for _ in range(n)]
         for j, plane in enumerate(seg_planes):
             values = torch.tensor(self.seg_meta[plane]["class_values"], dtype=torch.uint8)
@@ -520,50 +621,42 @@ class Predictor:
             fused[i] = self._fused_segmentation(
                 {plane: seg_sum[plane][i] / draws for plane in fused_planes},
                 {plane: self._prepped_for_segmentation(prepped, plane)[i] for plane in fused_planes})
-        timings["resample"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-        measure_rows: List[List[Dict[str, Any]]] = [[] for _ in range(n)]
-        if seg_planes and measures:
-            for i in range(n):
-                for j, (plane, img) in enumerate(segs[i].items()):
-                    report("measures", (i * len(seg_planes) + j) / (n * len(seg_planes)), f"{plane}: measures")
-                    measure_rows[i] += self.plane_measures(plane, img)
-                if fused[i] is not None:
-                    report("measures", (i + 1) / n, "fused segmentation: measures")
-                    measure_rows[i] += self.plane_measures("fused", fused[i], planes=fused_planes)
-        timings["measures"] = time.perf_counter() - clock
-        per_exam = {k: v / n for k, v in timings.items() if k != "load_model"}
-        per_exam["total"] = (time.perf_counter() - t0) / n
-        results = []
-        summary = aggregate_noise_draws(torch.stack(diag_probs)) if diag_probs else None
-        raw_mean = torch.stack(raw_probs).double().mean(0).numpy() if raw_probs else None
-        for i, exam in enumerate(exams):
-            label_rows: List[Dict[str, Any]] = []
-            if summary is not None:
-                w = (weights_sum[i] / draws).numpy()
-                for k, lab in enumerate(self.labels):
-                    pw = {p: float(w[k, j]) for j, p in enumerate(PLANES)}
-                    total = sum(pw.values())
-                    pw = {p: v / total for p, v in pw.items()}
-                    label_rows.append({"key": lab["key"], "name": lab["name"],
-                                       "probability": float(raw_mean[i, k]),
-                                       "calibrated_probability": float(summary.mean[i, k]),
-                                       "uncertainty": float(summary.std[i, k]), "plane_weights": pw})
-            results.append(PredictionResult(
-                labels=label_rows, segmentations=segs[i], measures=measure_rows[i],
-                exam={"source": exam.source, "planes": {p: _series_summary(exam, p) for p in PLANES},
-                      "choices": list(exam.choices), "diagnosis_planes": list(diag_planes),
-                      "segmentation_planes": list(seg_planes)},
-                model=self.bundle.summary(), timings={"load_model": self.load_seconds, **per_exam},
-                device=str(self.device), warnings=[], fused_by=fused_by if diag_planes else None,
-                ehr_used=bool(ehr_used and records[i] is not None), noise_draws=draws,
-                images={p: exam.get(p).image for p in exam.planes_present()},
-                fused_segmentation=fused[i], fused_planes=fused_planes))
-            if fuse and not fused_planes:
-                results[-1].warnings.append(
-                    f"no fused segmentation: it needs two segmented planes, this exam has "
-                    f"{', '.join(seg_planes) if seg_planes else 'none'}")
-        return results
+        return segs, fused, fused_planes
+
+    def _measure_batch(self, segs: Sequence[Mapping[str, sitk.Image]], fused: Sequence[Optional[sitk.Image]],
+                       fused_planes: Sequence[str], report: "_BatchProgress") -> List[List[Dict[str, Any]]]:
+        """Per exam, the measure rows of each segmented plane and of the fused labelmap (when there is one)."""
+        n = len(segs)
+        rows: List[List[Dict[str, Any]]] = [[] for _ in range(n)]
+        for i in range(n):
+            for j, (plane, img) in enumerate(segs[i].items()):
+                report("measures", (i * len(segs[i]) + j) / (n * len(segs[i])), f"{plane}: measures")
+                rows[i] += self.plane_measures(plane, img)
+            if fused[i] is not None:
+                report("measures", (i + 1) / n, "fused segmentation: measures")
+                rows[i] += self.plane_measures("fused", fused[i], planes=fused_planes)
+        return rows
+
+    def _label_rows(self, nets: "_NetworkOutputs", n: int, draws: int) -> List[List[Dict[str, Any]]]:
+        """Per exam, one row per diagnosis label (probabilities averaged over the draws, their uncertainty, plane
+        weights normalised to sum 1); empty lists without diagnosis."""
+        if not nets.diag_probs:
+            return [[] for _ in range(n)]
+        summary = aggregate_noise_draws(torch.stack(nets.diag_probs))
+        raw_mean = torch.stack(nets.raw_probs).double().mean(0).numpy()
+        out = []
+        for i in range(n):
+            w = (nets.weights_sum[i] / draws).numpy()
+            rows = []
+            for k, lab in enumerate(self.labels):
+                pw = {p: float(w[k, j]) for j, p in enumerate(PLANES)}
+                total = sum(pw.values())
+                pw = {p: v / total for p, v in pw.items()}
+                rows.append({"key": lab["key"], "name": lab["name"], "probability": float(raw_mean[i, k]),
+                             "calibrated_probability": float(summary.mean[i, k]),
+                             "uncertainty": float(summary.std[i, k]), "plane_weights": pw})
+            out.append(rows)
+        return out
 
     def _prepped_for_segmentation(self, prepped: Mapping[Tuple[str, int, int], List[PreprocessedSeries]],
                                   plane: str) -> List[PreprocessedSeries]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, List, Mapping, Optional, Union
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pydicom
@@ -59,6 +59,103 @@ def _default_seed(image: sitk.Image, parts: List[Any]) -> str:
     return h.hexdigest()
 
 
+def _series_attributes(meta: Mapping[str, Any], description: str, modality: str, study_description: str,
+                       series_number: int, slice_thickness: float, spacing_between: float) -> Dataset:
+    """The attributes every slice of a series shares that describe the acquisition (no identifiers: the patient is
+    anonymous, dates are empty); UIDs, geometry and pixels are the caller's."""
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.SOPClassUID = MRImageStorage
+    ds.StudyDate = ""
+    ds.StudyTime = ""
+    ds.AccessionNumber = ""
+    ds.Modality = modality
+    ds.Manufacturer = str(meta.get("manufacturer") or "OrthoDiffusion")
+    if meta.get("manufacturer_model"):
+        ds.ManufacturerModelName = str(meta["manufacturer_model"])
+    ds.ReferringPhysicianName = ""
+    ds.StudyDescription = study_description
+    ds.SeriesDescription = description
+    if meta.get("protocol_name"):
+        ds.ProtocolName = str(meta["protocol_name"])
+    ds.PatientName = PATIENT_NAME
+    ds.PatientID = PATIENT_ID
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    ds.PatientIdentityRemoved = "YES"
+    ds.BodyPartExamined = "KNEE"
+    for key, tag in (("scanning_sequence", "ScanningSequence"), ("sequence_variant", "SequenceVariant"),
+                     ("scan_options", "ScanOptions")):
+        value = meta.get(key)
+        if value:
+            ds.__setattr__(tag, list(value) if isinstance(value, (list, tuple)) else str(value).split("\\"))
+    if not meta.get("scanning_sequence"):
+        ds.ScanningSequence = "RM"  # research mode: not from a scanner
+    if not meta.get("sequence_variant"):
+        ds.SequenceVariant = "NONE"
+    ds.MRAcquisitionType = str(meta.get("mr_acquisition_type") or "2D")
+    if meta.get("sequence_name"):
+        ds.SequenceName = str(meta["sequence_name"])
+    ds.SliceThickness = _ds_number(slice_thickness)
+    ds.SpacingBetweenSlices = _ds_number(spacing_between)
+    for key, tag in (("repetition_time", "RepetitionTime"), ("echo_time", "EchoTime"),
+                     ("inversion_time", "InversionTime"), ("magnetic_field_strength", "MagneticFieldStrength"),
+                     ("flip_angle", "FlipAngle")):
+        if meta.get(key) is not None:
+            ds.__setattr__(tag, _ds_number(meta[key]))
+    if meta.get("echo_number") is not None:
+        ds.EchoNumbers = int(meta["echo_number"])
+    if meta.get("echo_train_length") is not None:
+        ds.EchoTrainLength = int(meta["echo_train_length"])
+    ds.StudyID = ""
+    ds.SeriesNumber = int(series_number)
+    ds.PositionReferenceIndicator = ""
+    return ds
+
+
+def _file_meta(sop_uid: str) -> FileMetaDataset:
+    """The file meta information of one MR image file (explicit VR little endian)."""
+    fm = FileMetaDataset()
+    fm.MediaStorageSOPClassUID = MRImageStorage
+    fm.MediaStorageSOPInstanceUID = sop_uid
+    fm.TransferSyntaxUID = ExplicitVRLittleEndian
+    fm.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
+    fm.ImplementationVersionName = "ORTHODIFFUSION"
+    return fm
+
+
+def _set_pixel_attributes(ds: Dataset, rows: int, cols: int, spacing: Sequence[float], pixel_rep: int,
+                          window: Tuple[float, float], slope: float, intercept: float) -> None:
+    """The image pixel module of a 16-bit monochrome slice: size, in-plane spacing, stored value range, window
+    (the whole series' intensity range) and the rescale to the original intensities."""
+    lo, hi = window
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = rows
+    ds.Columns = cols
+    ds.PixelSpacing = [_ds_number(spacing[1]), _ds_number(spacing[0])]  # row spacing, column spacing
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = pixel_rep
+    ds.WindowCenter = _ds_number((lo + hi) / 2)
+    ds.WindowWidth = _ds_number(max(hi - lo, 1.0))
+    ds.RescaleIntercept = _ds_number(intercept)
+    ds.RescaleSlope = _ds_number(slope)
+    ds.RescaleType = "US"
+
+
+def _series_uids(seed: str, study_uid_seed: Optional[str], study_description: str, series_number: int
+                 ) -> Tuple[str, str, str]:
+    """(StudyInstanceUID, SeriesInstanceUID, FrameOfReferenceUID), each a function of its seeds only."""
+    study_uid = generate_uid(entropy_srcs=[str(study_uid_seed) if study_uid_seed is not None
+                                           else f"orthodiffusion-study:{study_description}", "study"])
+    series_uid = generate_uid(entropy_srcs=[seed, "series", str(series_number)])
+    frame_uid = generate_uid(entropy_srcs=[seed, "frame-of-reference"])
+    return study_uid, series_uid, frame_uid
+
+
 def write_dicom_series(
     image: sitk.Image,
     folder: Union[str, os.PathLike],
@@ -102,10 +199,7 @@ def write_dicom_series(
     if uid_seed is None:
         uid_seed = _default_seed(image, [description, modality, series_number, study_description, sorted(meta.items(), key=str)])
     seed = str(uid_seed)
-    study_uid = generate_uid(entropy_srcs=[str(study_uid_seed) if study_uid_seed is not None
-                                           else f"orthodiffusion-study:{study_description}", "study"])
-    series_uid = generate_uid(entropy_srcs=[seed, "series", str(series_number)])
-    frame_uid = generate_uid(entropy_srcs=[seed, "frame-of-reference"])
+    study_uid, series_uid, frame_uid = _series_uids(seed, study_uid_seed, study_description, series_number)
 
     array = sitk.GetArrayFromImage(image)  # (D, H, W)
     if not np.all(np.isfinite(array)):
@@ -124,84 +218,19 @@ def write_dicom_series(
     paths: List[Path] = []
     for k in range(n_slices):
         sop_uid = generate_uid(entropy_srcs=[seed, "sop", str(series_number), str(k)])
-        fm = FileMetaDataset()
-        fm.MediaStorageSOPClassUID = MRImageStorage
-        fm.MediaStorageSOPInstanceUID = sop_uid
-        fm.TransferSyntaxUID = ExplicitVRLittleEndian
-        fm.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
-        fm.ImplementationVersionName = "ORTHODIFFUSION"
-        ds = Dataset()
-        ds.file_meta = fm
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.ImageType = ["DERIVED", "SECONDARY"]
-        ds.SOPClassUID = MRImageStorage
+        ds = _series_attributes(meta, description, modality, study_description, series_number, slice_thickness,
+                                spacing[2])
+        ds.file_meta = _file_meta(sop_uid)
         ds.SOPInstanceUID = sop_uid
-        ds.StudyDate = ""
-        ds.StudyTime = ""
-        ds.AccessionNumber = ""
-        ds.Modality = modality
-        ds.Manufacturer = str(meta.get("manufacturer") or "OrthoDiffusion")
-        if meta.get("manufacturer_model"):
-            ds.ManufacturerModelName = str(meta["manufacturer_model"])
-        ds.ReferringPhysicianName = ""
-        ds.StudyDescription = study_description
-        ds.SeriesDescription = description
-        if meta.get("protocol_name"):
-            ds.ProtocolName = str(meta["protocol_name"])
-        ds.PatientName = PATIENT_NAME
-        ds.PatientID = PATIENT_ID
-        ds.PatientBirthDate = ""
-        ds.PatientSex = ""
-        ds.PatientIdentityRemoved = "YES"
-        ds.BodyPartExamined = "KNEE"
-        for key, tag in (("scanning_sequence", "ScanningSequence"), ("sequence_variant", "SequenceVariant"),
-                         ("scan_options", "ScanOptions")):
-            value = meta.get(key)
-            if value:
-                ds.__setattr__(tag, list(value) if isinstance(value, (list, tuple)) else str(value).split("\\"))
-        if not meta.get("scanning_sequence"):
-            ds.ScanningSequence = "RM"  # research mode: not from a scanner
-        if not meta.get("sequence_variant"):
-            ds.SequenceVariant = "NONE"
-        ds.MRAcquisitionType = str(meta.get("mr_acquisition_type") or "2D")
-        if meta.get("sequence_name"):
-            ds.SequenceName = str(meta["sequence_name"])
-        ds.SliceThickness = _ds_number(slice_thickness)
-        ds.SpacingBetweenSlices = _ds_number(spacing[2])
-        for key, tag in (("repetition_time", "RepetitionTime"), ("echo_time", "EchoTime"),
-                         ("inversion_time", "InversionTime"), ("magnetic_field_strength", "MagneticFieldStrength"),
-                         ("flip_angle", "FlipAngle")):
-            if meta.get(key) is not None:
-                ds.__setattr__(tag, _ds_number(meta[key]))
-        if meta.get("echo_number") is not None:
-            ds.EchoNumbers = int(meta["echo_number"])
-        if meta.get("echo_train_length") is not None:
-            ds.EchoTrainLength = int(meta["echo_train_length"])
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series_uid
-        ds.StudyID = ""
-        ds.SeriesNumber = int(series_number)
         ds.InstanceNumber = k + 1
         position = origin + k * spacing[2] * normal
         ds.ImagePositionPatient = [_ds_number(v) for v in position]
         ds.ImageOrientationPatient = [_ds_number(v) for v in (*row_dir, *col_dir)]
         ds.FrameOfReferenceUID = frame_uid
-        ds.PositionReferenceIndicator = ""
         ds.SliceLocation = _ds_number(float(position @ normal))
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows = rows
-        ds.Columns = cols
-        ds.PixelSpacing = [_ds_number(spacing[1]), _ds_number(spacing[0])]  # row spacing, column spacing
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = pixel_rep
-        ds.WindowCenter = _ds_number((window_lo + window_hi) / 2)
-        ds.WindowWidth = _ds_number(max(window_hi - window_lo, 1.0))
-        ds.RescaleIntercept = _ds_number(intercept)
-        ds.RescaleSlope = _ds_number(slope)
-        ds.RescaleType = "US"
+        _set_pixel_attributes(ds, rows, cols, spacing, pixel_rep, (window_lo, window_hi), slope, intercept)
         ds.PixelData = np.ascontiguousarray(stored[k]).astype(stored.dtype.newbyteorder("<"), copy=False).tobytes()
         path = out / f"{file_prefix}{k + 1:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)

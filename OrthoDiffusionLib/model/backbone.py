@@ -279,23 +279,42 @@ class DiffusionUNet(nn.Module):
         emb_dim = model_channels * 4
 
         self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-
+        ch, ds, skip_chans = self._build_encoder(emb_dim)
         g = self.norm_groups
-        p2 = self.patch_size ** 2
+        self.middle_block = EmbedSequential(
+            ResBlock(ch, emb_dim, ch, dropout, g),
+            self._attention(ch),
+            ResBlock(ch, emb_dim, ch, dropout, g),
+        )
+        for j in range(3):
+            self._tap_channels[f"mid_{j}"] = ch
+            self._tap_ds[f"mid_{j}"] = ds
+        ch = self._build_decoder(ch, ds, skip_chans, emb_dim)
+        self.out = nn.Sequential(GroupNorm32(ch, g), nn.SiLU(),
+                                 _zero(nn.Conv3d(ch, out_channels * self.patch_size ** 2, 3, padding=1)))
+        self._channels_last = False
+        self.use_checkpoint = use_checkpoint
 
-        def attn(ch: int) -> AttentionBlock:
-            return AttentionBlock(ch, num_heads=num_heads, num_head_channels=num_head_channels, groups=g)
+    def _attention(self, ch: int) -> AttentionBlock:
+        """A self-attention block over ``ch`` channels with the network's head settings."""
+        return AttentionBlock(ch, num_heads=self.num_heads, num_head_channels=self.num_head_channels,
+                              groups=self.norm_groups)
 
-        ch = model_channels * self.channel_mult[0]
-        self.input_blocks = nn.ModuleList([EmbedSequential(nn.Conv3d(in_channels * p2, ch, 3, padding=1))])
+    def _build_encoder(self, emb_dim: int) -> Tuple[int, int, List[int]]:
+        """The stem convolution and the encoder levels (``input_blocks``, with the ``in_*`` taps' channels and
+        downsample factors); returns (channels, downsample factor, skip channels) at the encoder's end."""
+        g, mc = self.norm_groups, self.model_channels
+        ch = mc * self.channel_mult[0]
+        self.input_blocks = nn.ModuleList([EmbedSequential(nn.Conv3d(self.in_channels * self.patch_size ** 2, ch, 3,
+                                                                     padding=1))])
         skip_chans: List[int] = [ch]
         ds = 1
         for level, mult in enumerate(self.channel_mult):
-            for _ in range(num_res_blocks):
-                layers: List[nn.Module] = [ResBlock(ch, emb_dim, model_channels * mult, dropout, g)]
-                ch = model_channels * mult
+            for _ in range(self.num_res_blocks):
+                layers: List[nn.Module] = [ResBlock(ch, emb_dim, mc * mult, self.dropout, g)]
+                ch = mc * mult
                 if ds in self.attention_resolutions:
-                    layers.append(attn(ch))
+                    layers.append(self._attention(ch))
                 self.input_blocks.append(EmbedSequential(*layers))
                 skip_chans.append(ch)
             if level != len(self.channel_mult) - 1:
@@ -309,32 +328,24 @@ class DiffusionUNet(nn.Module):
             if isinstance(blk[0], Downsample):
                 d *= 2
             self._tap_ds[f"in_{i}"] = d
+        return ch, ds, skip_chans
 
-        self.middle_block = EmbedSequential(
-            ResBlock(ch, emb_dim, ch, dropout, g),
-            attn(ch),
-            ResBlock(ch, emb_dim, ch, dropout, g),
-        )
-        for j in range(3):
-            self._tap_channels[f"mid_{j}"] = ch
-            self._tap_ds[f"mid_{j}"] = ds
-
+    def _build_decoder(self, ch: int, ds: int, skip_chans: List[int], emb_dim: int) -> int:
+        """The decoder levels (``output_blocks``, each block fed the matching encoder skip); returns its channels."""
+        g, mc = self.norm_groups, self.model_channels
         self.output_blocks = nn.ModuleList()
         for level, mult in list(enumerate(self.channel_mult))[::-1]:
-            for i in range(num_res_blocks + 1):
+            for i in range(self.num_res_blocks + 1):
                 skip = skip_chans.pop()
-                layers = [ResBlock(ch + skip, emb_dim, model_channels * mult, dropout, g)]
-                ch = model_channels * mult
+                layers = [ResBlock(ch + skip, emb_dim, mc * mult, self.dropout, g)]
+                ch = mc * mult
                 if ds in self.attention_resolutions:
-                    layers.append(attn(ch))
-                if level and i == num_res_blocks:
+                    layers.append(self._attention(ch))
+                if level and i == self.num_res_blocks:
                     layers.append(Upsample(ch))
                     ds //= 2
                 self.output_blocks.append(EmbedSequential(*layers))
-
-        self.out = nn.Sequential(GroupNorm32(ch, g), nn.SiLU(), _zero(nn.Conv3d(ch, out_channels * p2, 3, padding=1)))
-        self._channels_last = False
-        self.use_checkpoint = use_checkpoint
+        return ch
 
     # ----------------------------------------------------------------------------------------------------- options
     @property

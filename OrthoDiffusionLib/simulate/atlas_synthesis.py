@@ -248,52 +248,43 @@ def _nearest(points: np.ndarray, q: np.ndarray, sel: np.ndarray, key: np.ndarray
     return qs[pick].mean(axis=0)
 
 
-def oai_attachments(vol: LabelVolume, frame: KneeFrame) -> dict:
-    """Ligament and tendon anchor points (knee coordinates, mm) measured from the OAI bones.
-
-    Returns ``{name: (3,) (lateral, anterior, superior)}`` for acl_femoral, acl_tibial, pcl_femoral, pcl_tibial,
-    mcl_femoral, mcl_joint, mcl_tibial, lcl_femoral, lcl_fibular, patellar_tendon_top, patellar_tendon_bottom,
-    quadriceps_tendon_bottom; plus scalars notch_center (lateral), tibia_top.
-    """
-    fq = frame.coordinates(vol.points_of([Tissue.FEMUR], 400_000))
-    tq = frame.coordinates(vol.points_of([Tissue.TIBIA], 400_000))
-    pq = frame.coordinates(vol.points_of([Tissue.PATELLA], 100_000))
-    bq = frame.coordinates(vol.points_of([Tissue.FIBULA], 100_000))
-    jq = frame.coordinates(vol.points_of(_STRUCTURES, 400_000))
-    mm = frame.coordinates(vol.points_of([Tissue.MEDIAL_MENISCUS], 50_000)).mean(axis=0)
-    lm = frame.coordinates(vol.points_of([Tissue.LATERAL_MENISCUS], 50_000)).mean(axis=0)
-    out = {}
-    # Tibial plateau: top height and AP extent near the joint.
-    plate = tq[tq[:, 2] > np.quantile(tq[:, 2], 0.9)]
-    tibia_top = float(np.quantile(tq[:, 2], 0.995))
-    a_min_t, a_max_t = np.quantile(plate[:, 1], [0.01, 0.99])
-    # Intercondylar notch: femur voxels 6..24 mm above the plateau, posterior half of the condyles.
-    slab = fq[(fq[:, 2] > tibia_top + 6) & (fq[:, 2] < tibia_top + 24)]
-    a_min_f, a_max_f = np.quantile(slab[:, 1], [0.01, 0.99])
-    post = slab[slab[:, 1] < 0.5 * (a_min_f + a_max_f)]
-    lo_l, hi_l = sorted((mm[0], lm[0]))
+def _notch_walls(post: np.ndarray, medial_meniscus: float, lateral_meniscus: float) -> Tuple[float, float]:
+    """(medial, lateral) positions (knee lateral coordinate) of the intercondylar notch walls: the low-count run of
+    posterior femur voxels closest to the middle between the menisci (+-9 mm around that middle without one)."""
+    lo_l, hi_l = sorted((medial_meniscus, lateral_meniscus))
     edges = np.arange(lo_l, hi_l + 1.0, 1.0)
     counts, _ = np.histogram(post[:, 0], bins=edges)
     smooth = np.convolve(counts, np.ones(3) / 3, mode="same")
     low = smooth < 0.3 * smooth.max()
     centers = 0.5 * (edges[1:] + edges[:-1])
     mid = 0.5 * (lo_l + hi_l)
-    if low.any():
-        # the low-count run closest to the middle between the menisci
-        runs, start = [], None
-        for n, flag in enumerate(low):
-            if flag and start is None:
-                start = n
-            if (not flag or n == len(low) - 1) and start is not None:
-                end = n if flag else n - 1
-                runs.append((centers[start], centers[end]))
-                start = None
-        wall_med, wall_lat = min(runs, key=lambda r: abs(0.5 * (r[0] + r[1]) - mid))
-    else:
-        wall_med, wall_lat = mid - 9.0, mid + 9.0
+    if not low.any():
+        return mid - 9.0, mid + 9.0
+    runs, start = [], None
+    for n, flag in enumerate(low):
+        if flag and start is None:
+            start = n
+        if (not flag or n == len(low) - 1) and start is not None:
+            end = n if flag else n - 1
+            runs.append((centers[start], centers[end]))
+            start = None
+    return min(runs, key=lambda r: abs(0.5 * (r[0] + r[1]) - mid))
+
+
+def _cruciate_attachments(fq: np.ndarray, tq: np.ndarray, tibia_top: float, mm: np.ndarray,
+                          lm: np.ndarray) -> dict:
+    """ACL and PCL anchors (and ``notch_center``) from the femur (``fq``) and tibia (``tq``) knee coordinates and
+    the meniscus centres ``mm`` / ``lm``."""
+    out = {}
+    plate = tq[tq[:, 2] > np.quantile(tq[:, 2], 0.9)]  # tibial plateau: AP extent near the joint
+    a_min_t, a_max_t = np.quantile(plate[:, 1], [0.01, 0.99])
+    # Intercondylar notch: femur voxels 6..24 mm above the plateau, posterior half of the condyles.
+    slab = fq[(fq[:, 2] > tibia_top + 6) & (fq[:, 2] < tibia_top + 24)]
+    a_min_f, a_max_f = np.quantile(slab[:, 1], [0.01, 0.99])
+    post = slab[slab[:, 1] < 0.5 * (a_min_f + a_max_f)]
+    wall_med, wall_lat = _notch_walls(post, mm[0], lm[0])
     notch = 0.5 * (wall_med + wall_lat)
     out["notch_center"] = notch
-    out["tibia_top"] = tibia_top
     depth_f = a_max_f - a_min_f
 
     def wall(a0: float, h0: float, lateral: bool) -> float:
@@ -321,7 +312,14 @@ def oai_attachments(vol: LabelVolume, frame: KneeFrame) -> dict:
     sel = (np.abs(tq[:, 0] - notch) < 3.0) & (np.abs(tq[:, 2] - h_p) < 2.0)
     a_back = float(np.quantile(tq[sel, 1], 0.02)) if sel.sum() >= 5 else a_min_t
     out["pcl_tibial"] = np.array([notch, a_back - 1.0, h_p])
-    # Collateral ligaments: epicondyles -> tibia / fibular head, lying on the surface.
+    return out
+
+
+def _collateral_attachments(fq: np.ndarray, tq: np.ndarray, bq: np.ndarray, jq: np.ndarray,
+                            tibia_top: float) -> dict:
+    """MCL and LCL anchors: epicondyles -> joint line / tibia and fibular head, lying on the bone surface (femur
+    ``fq``, tibia ``tq``, fibula ``bq``, all structures ``jq`` in knee coordinates)."""
+    out = {}
     med_sign = -1.0  # knee coordinates: +lateral
     sel = (fq[:, 2] > tibia_top + 18) & (fq[:, 2] < tibia_top + 40)
     epi_m = _nearest(fq, fq, sel, fq[:, 0], largest=False)
@@ -340,7 +338,13 @@ def oai_attachments(vol: LabelVolume, frame: KneeFrame) -> dict:
     sel = bq[:, 2] > fib_top - 8.0
     head = _nearest(bq, bq, sel, bq[:, 0], largest=True)
     out["lcl_fibular"] = np.array([head[0] + 1.0, head[1], min(head[2], fib_top - 4.0)])
-    # Patellar tendon: lower pole of the patella -> tibial tuberosity. Quadriceps tendon: upper pole upwards.
+    return out
+
+
+def _tendon_attachments(fq: np.ndarray, tq: np.ndarray, pq: np.ndarray, tibia_top: float) -> dict:
+    """Patellar tendon (lower pole of the patella -> tibial tuberosity) and quadriceps tendon (upper pole upwards)
+    anchors, and the patella's top and front (femur ``fq``, tibia ``tq``, patella ``pq`` in knee coordinates)."""
+    out = {}
     p_low, p_top = np.quantile(pq[:, 2], [0.01, 0.99])
     low = pq[pq[:, 2] < p_low + 4.0]
     out["patellar_tendon_top"] = np.array([low[:, 0].mean(), np.quantile(low[:, 1], 0.8) - 1.0, low[:, 2].mean()])
@@ -357,61 +361,91 @@ def oai_attachments(vol: LabelVolume, frame: KneeFrame) -> dict:
     out["quadriceps_tendon_top"] = np.array([top[:, 0].mean(), a_q, h_q])
     out["patella_top"] = float(p_top)
     out["patella_front"] = float(np.quantile(pq[:, 1], 0.99))
+    return out
+
+
+def oai_attachments(vol: LabelVolume, frame: KneeFrame) -> dict:
+    """Ligament and tendon anchor points (knee coordinates, mm) measured from the OAI bones.
+
+    Returns ``{name: (3,) (lateral, anterior, superior)}`` for acl_femoral, acl_tibial, pcl_femoral, pcl_tibial,
+    mcl_femoral, mcl_joint, mcl_tibial, lcl_femoral, lcl_fibular, patellar_tendon_top, patellar_tendon_bottom,
+    quadriceps_tendon_bottom; plus scalars notch_center (lateral), tibia_top.
+    """
+    fq = frame.coordinates(vol.points_of([Tissue.FEMUR], 400_000))
+    tq = frame.coordinates(vol.points_of([Tissue.TIBIA], 400_000))
+    pq = frame.coordinates(vol.points_of([Tissue.PATELLA], 100_000))
+    bq = frame.coordinates(vol.points_of([Tissue.FIBULA], 100_000))
+    jq = frame.coordinates(vol.points_of(_STRUCTURES, 400_000))
+    mm = frame.coordinates(vol.points_of([Tissue.MEDIAL_MENISCUS], 50_000)).mean(axis=0)
+    lm = frame.coordinates(vol.points_of([Tissue.LATERAL_MENISCUS], 50_000)).mean(axis=0)
+    tibia_top = float(np.quantile(tq[:, 2], 0.995))  # top of the tibial plateau
+    cruciates = _cruciate_attachments(fq, tq, tibia_top, mm, lm)
+    out = {"notch_center": cruciates.pop("notch_center"), "tibia_top": tibia_top, **cruciates}
+    out.update(_collateral_attachments(fq, tq, bq, jq, tibia_top))
+    out.update(_tendon_attachments(fq, tq, pq, tibia_top))
     out["medial_condyle"] = float(mm[0])
     out["lateral_condyle"] = float(lm[0])
     return out
 
 
-def complete_oai(vol: LabelVolume, skin_mm: float = 1.0, fat_mm: float = 5.0) -> LabelVolume:
-    """Synthesise ligaments, tendons and soft tissue around the OAI bones/cartilage/menisci (padded copy returned)."""
-    fill_bone_holes(vol)
-    frame = knee_frame(vol)
-    att = oai_attachments(vol, frame)  # measured before padding (same LPS geometry, fewer voxels to scan)
-    # Room for the soft tissue the DESS field of view cuts off (posterior calf/popliteal fossa, medial/lateral).
-    vol = pad_volume(vol, tuple(_pad_for(vol, frame)))
-    grid = CoarseGrid(vol)
-    q = grid.knee_coordinates(frame)
+class _BodyOutline:
+    """Per-height (2 mm bins of the superior coordinate) bone extents and the margins of the body around them, from
+    which the body's elliptical cross-section is drawn (knee coordinates, mm)."""
+
+    def __init__(self, grid: "CoarseGrid", frame: KneeFrame, h: np.ndarray, att: dict, fat_mm: float,
+                 skin_mm: float):
+        bq = frame.coordinates(grid.volume.points_of(_BONES, 400_000))
+        self.bins = bins = np.arange(np.floor(h.min()) - 2.0, np.ceil(h.max()) + 4.0, 2.0)
+        self.lat_min = _profile(bq[:, 2], bq[:, 0], bins, 0.005)
+        self.lat_max = _profile(bq[:, 2], bq[:, 0], bins, 0.995)
+        self.ant_min = _profile(bq[:, 2], bq[:, 1], bins, 0.005)
+        self.ant_max = _profile(bq[:, 2], bq[:, 1], bins, 0.995, smooth=9)
+        fq = frame.coordinates(grid.volume.points_of([Tissue.FEMUR, Tissue.TIBIA], 400_000))
+        self.shaft_front = _profile(fq[:, 2], fq[:, 1], bins, 0.99, smooth=5)
+        self.h_range = np.quantile(bq[:, 2], [0.0005, 0.9995])
+        hb = np.array([-80.0, -35.0, -14.0, 0.0, 14.0, 35.0, 80.0]) + att["tibia_top"]
+        self.m_lat = np.interp(bins[:-1], hb, [24, 22, 14, 12, 13, 28, 38])
+        m_ant = np.interp(bins[:-1], hb, [5, 5, 20, 22, 8, 9, 30])
+        m_ant = np.where(bins[:-1] > att["patella_top"] + 5.0, np.maximum(m_ant, 26.0), m_ant)
+        self.m_post = np.interp(bins[:-1], hb, [55, 55, 42, 35, 35, 45, 50])
+        front = self.ant_max + m_ant
+        # the tendons lie in front of the bones: keep subcutaneous fat and skin (+1 mm) in front of them
+        hc = 0.5 * (bins[1:] + bins[:-1])
+        for lo_name, hi_name, half in (("patellar_tendon_bottom", "patellar_tendon_top", 2.6),
+                                       ("quadriceps_tendon_bottom", "quadriceps_tendon_top", 3.2)):
+            p_lo, p_hi = att[lo_name], att[hi_name]
+            inside = (hc >= p_lo[2]) & (hc <= p_hi[2])
+            tendon_front = np.interp(hc, [p_lo[2], p_hi[2]], [p_lo[1], p_hi[1]]) + half + fat_mm + skin_mm + 1.0
+            front = np.where(inside, np.maximum(front, tendon_front), front)
+        self.front = np.convolve(np.pad(front, 4, mode="edge"), np.ones(9) / 9, mode="valid")
+
+    def bin_of(self, h: np.ndarray) -> np.ndarray:
+        """The height bin of every voxel (clipped to the profiles)."""
+        return np.clip(np.digitize(h, self.bins) - 1, 0, len(self.bins) - 2)
+
+    def centres(self, which: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """(lateral, anterior) centre of the bones at each voxel's height bin ``which``."""
+        return 0.5 * (self.lat_min + self.lat_max)[which], 0.5 * (self.ant_min + self.ant_max)[which]
+
+    def body(self, q: np.ndarray, which: np.ndarray) -> np.ndarray:
+        """Voxels inside the elliptical body cross-section (bone margins laterally, the front profile in front and
+        the posterior margin behind); ``q`` are the voxels' knee coordinates."""
+        l, a = q[..., 0], q[..., 1]
+        cl, ac = self.centres(which)
+        rl = (0.5 * (self.lat_max - self.lat_min) + self.m_lat)[which]
+        ra = np.where(a > ac, self.front[which] - ac, ac - (self.ant_min - self.m_post)[which])
+        rho = ((l - cl) / rl) ** 2 + ((a - ac) / np.maximum(ra, 1.0)) ** 2
+        return rho <= 1.0
+
+
+def _oai_interior(q: np.ndarray, which: np.ndarray, outline: _BodyOutline, att: dict,
+                  d_bone: np.ndarray) -> np.ndarray:
+    """The tissue of every coarse voxel inside the body: thigh and calf muscle, gastrocnemius heads, popliteal,
+    notch and prefemoral fat, the popliteal vessels and a joint capsule (fat elsewhere)."""
     l, a, h = q[..., 0], q[..., 1], q[..., 2]
-    lab = grid.labels
-    bone = np.isin(lab, np.asarray(_STRUCTURES, dtype=np.uint8))
-    # Per-height bone extents (2 mm bins) drive the body outline.
-    bq = frame.coordinates(grid.volume.points_of(_BONES, 400_000))
-    bins = np.arange(np.floor(h.min()) - 2.0, np.ceil(h.max()) + 4.0, 2.0)
-    lat_min = _profile(bq[:, 2], bq[:, 0], bins, 0.005)
-    lat_max = _profile(bq[:, 2], bq[:, 0], bins, 0.995)
-    ant_min = _profile(bq[:, 2], bq[:, 1], bins, 0.005)
-    ant_max = _profile(bq[:, 2], bq[:, 1], bins, 0.995, smooth=9)
-    fq = frame.coordinates(grid.volume.points_of([Tissue.FEMUR, Tissue.TIBIA], 400_000))
-    shaft_front = _profile(fq[:, 2], fq[:, 1], bins, 0.99, smooth=5)
+    cl, ac = outline.centres(which)
+    ant_min, shaft_front = outline.ant_min, outline.shaft_front
     tt = att["tibia_top"]
-    hb = np.array([-80.0, -35.0, -14.0, 0.0, 14.0, 35.0, 80.0]) + tt
-    m_lat = np.interp(bins[:-1], hb, [24, 22, 14, 12, 13, 28, 38])
-    m_ant = np.interp(bins[:-1], hb, [5, 5, 20, 22, 8, 9, 30])
-    m_ant = np.where(bins[:-1] > att["patella_top"] + 5.0, np.maximum(m_ant, 26.0), m_ant)
-    m_post = np.interp(bins[:-1], hb, [55, 55, 42, 35, 35, 45, 50])
-    front = ant_max + m_ant
-    # the tendons lie in front of the bones: keep subcutaneous fat and skin (+1 mm) in front of them
-    hc = 0.5 * (bins[1:] + bins[:-1])
-    for lo_name, hi_name, half in (("patellar_tendon_bottom", "patellar_tendon_top", 2.6),
-                                   ("quadriceps_tendon_bottom", "quadriceps_tendon_top", 3.2)):
-        p_lo, p_hi = att[lo_name], att[hi_name]
-        inside = (hc >= p_lo[2]) & (hc <= p_hi[2])
-        tendon_front = np.interp(hc, [p_lo[2], p_hi[2]], [p_lo[1], p_hi[1]]) + half + fat_mm + skin_mm + 1.0
-        front = np.where(inside, np.maximum(front, tendon_front), front)
-    front = np.convolve(np.pad(front, 4, mode="edge"), np.ones(9) / 9, mode="valid")
-    which = np.clip(np.digitize(h, bins) - 1, 0, len(bins) - 2)
-    cl = 0.5 * (lat_min + lat_max)[which]
-    rl = (0.5 * (lat_max - lat_min) + m_lat)[which]
-    ac = 0.5 * (ant_min + ant_max)[which]
-    ra = np.where(a > ac, front[which] - ac, ac - (ant_min - m_post)[which])
-    rho = ((l - cl) / rl) ** 2 + ((a - ac) / np.maximum(ra, 1.0)) ** 2
-    h_lo, h_hi = np.quantile(bq[:, 2], [0.0005, 0.9995])
-    body = (rho <= 1.0) | (grid.distance(bone) <= 3.0)
-    d_in = -grid.distance(body)  # > 0 inside the body: depth below the skin surface
-    body &= (h >= h_lo - 1.0) & (h <= h_hi + 1.0)  # the leg is cut where the source's bones end (no skin cap)
-    d_bone = np.maximum(grid.distance(bone), 0.5)
-    d_cart = grid.distance(np.isin(lab, np.asarray(_CARTILAGE, dtype=np.uint8)))
-    out = np.zeros(lab.shape, dtype=np.uint8)
     rel_h = h - tt
     thigh = rel_h > 22.0
     calf = rel_h < -18.0
@@ -442,6 +476,31 @@ def complete_oai(vol: LabelVolume, skin_mm: float = 1.0, fat_mm: float = 5.0) ->
     # Joint capsule: a thin layer around the tibiofemoral joint behind the condyles' front.
     cap = (d_bone > 3.5) & (d_bone <= 4.7) & (np.abs(rel_h) < 18.0) & (a < shaft_front[which] - 4.0)
     interior[cap & ~(interior == Tissue.VESSEL)] = Tissue.CAPSULE
+    return interior
+
+
+def complete_oai(vol: LabelVolume, skin_mm: float = 1.0, fat_mm: float = 5.0) -> LabelVolume:
+    """Synthesise ligaments, tendons and soft tissue around the OAI bones/cartilage/menisci (padded copy returned)."""
+    fill_bone_holes(vol)
+    frame = knee_frame(vol)
+    att = oai_attachments(vol, frame)  # measured before padding (same LPS geometry, fewer voxels to scan)
+    # Room for the soft tissue the DESS field of view cuts off (posterior calf/popliteal fossa, medial/lateral).
+    vol = pad_volume(vol, tuple(_pad_for(vol, frame)))
+    grid = CoarseGrid(vol)
+    q = grid.knee_coordinates(frame)
+    h = q[..., 2]
+    lab = grid.labels
+    bone = np.isin(lab, np.asarray(_STRUCTURES, dtype=np.uint8))
+    outline = _BodyOutline(grid, frame, h, att, fat_mm, skin_mm)
+    which = outline.bin_of(h)
+    h_lo, h_hi = outline.h_range
+    body = outline.body(q, which) | (grid.distance(bone) <= 3.0)
+    d_in = -grid.distance(body)  # > 0 inside the body: depth below the skin surface
+    body &= (h >= h_lo - 1.0) & (h <= h_hi + 1.0)  # the leg is cut where the source's bones end (no skin cap)
+    d_bone = np.maximum(grid.distance(bone), 0.5)
+    d_cart = grid.distance(np.isin(lab, np.asarray(_CARTILAGE, dtype=np.uint8)))
+    out = np.zeros(lab.shape, dtype=np.uint8)
+    interior = _oai_interior(q, which, outline, att, d_bone)
     out[body] = interior[body]
     out[body & (d_in <= fat_mm + skin_mm)] = Tissue.FAT
     out[body & (d_in <= skin_mm)] = Tissue.SKIN

@@ -35,17 +35,30 @@ def library_command(python: str, *args: str) -> List[str]:
 
 def predict_arguments(inputs: Mapping[str, PathLike], out: PathLike, *, model: Optional[str] = None,
                       device: str = "auto", segmentation: bool = True, diagnosis: bool = True,
-                      noise_draws: int = 1, fuse_segmentations: bool = False) -> List[str]:
+                      noise_draws: int = 1, fuse_segmentations: bool = False,
+                      segmentation_planes: Optional[Sequence[str]] = None, precision: str = "fp32") -> List[str]:
     """``orthodiffusion predict`` arguments for ``{plane: series file}``, writing into ``out`` with JSON progress
-    lines (the Slicer module's run)."""
+    lines (the Slicer module's run).
+
+    ``segmentation_planes``: segment only these planes (``--segmentation-planes``; None = every plane the model
+    segments, an empty list = no segmentation); ``precision``: ``fp32`` or ``bf16`` (``--precision``)."""
+    if segmentation and segmentation_planes is not None:
+        unknown = [p for p in segmentation_planes if p not in PLANES]
+        if unknown:
+            raise ValueError(f"unknown plane(s) {', '.join(map(str, unknown))}: choose from {', '.join(PLANES)}")
+        segmentation_planes = [p for p in PLANES if p in segmentation_planes]
+        segmentation = bool(segmentation_planes)
     args = ["predict"]
     for plane, path in inputs.items():
         args += [f"--{plane}", os.fspath(path)]
-    args += ["--out", os.fspath(out), "--device", device, "--noise-draws", str(int(noise_draws)), "--progress", "json"]
+    args += ["--out", os.fspath(out), "--device", device, "--precision", precision,
+             "--noise-draws", str(int(noise_draws)), "--progress", "json"]
     if model:
         args += ["--model", model]
     if not segmentation:
         args.append("--no-segmentation")
+    elif segmentation_planes is not None and list(segmentation_planes) != list(PLANES):
+        args += ["--segmentation-planes", ",".join(segmentation_planes)]
     if not diagnosis:
         args.append("--no-diagnosis")
     if segmentation and fuse_segmentations:
