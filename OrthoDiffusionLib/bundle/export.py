@@ -126,9 +126,11 @@ def _add_diagnosis_run(path: PathLike, meta: Dict[str, Any], components: Dict[st
                             ("anatomy", "labels", "preprocessing", "planes", "head", "head_weights"))
     run_json = folder / "run.json"
     known = {d.key: d.name for d in label_tables.diagnosis_labels(run["anatomy"])}
+    known.update(run.get("label_names") or {})  # a custom label set names its labels in run.json
     unknown = [k for k in run["labels"] if k not in known]
     if unknown:
-        raise InputError(f"labels {unknown} are not {run['anatomy']} diagnosis labels", run_json)
+        raise InputError(f"labels {unknown} are not {run['anatomy']} diagnosis labels and run.json names none "
+                         "of them (label_names)", run_json)
     meta["anatomy"] = run["anatomy"]
     meta["labels"] = [{"key": k, "name": known[k]} for k in run["labels"]]
     head = DiagnosisHead(**run["head"])

@@ -12,8 +12,11 @@ from ..training.diagnosis import search_timesteps as search_module
 from ..training.diagnosis import train as train_module
 from ..training.diagnosis import train_baseline as baseline_module
 from ..training.diagnosis.search import BLOCKS, TIMESTEPS
+from ..training.named_options import diagnosis_overrides, resolved_size
+from ..training.progress_bars import run_with_bars
 from ..training.run_files import print_run_summary
 from .common import add_command, add_device_argument, command_line, int_list, with_stage_bars
+from .training_options import add_label_arguments, add_protocol_argument, add_size_arguments
 
 
 def _backbone_arguments(p: argparse.ArgumentParser, every_plane_help: str) -> None:
@@ -34,17 +37,34 @@ def _subset_arguments(p: argparse.ArgumentParser) -> None:
 
 def _train(train: Callable[..., Dict[str, Any]], args: argparse.Namespace, *positional: Any, **options: Any) -> int:
     """Run ``train(args.manifest, *positional, args.out, ...)`` with the options every diagnosis trainer takes and
-    progress bars, then print the run's validation/test summary."""
-    info = with_stage_bars(train, args.manifest, *positional, args.out, resume=args.resume, device=args.device,
-                           seed=args.seed, train_patients=args.train_patients, train_fraction=args.train_fraction,
-                           cache_dir=args.cache_dir, command=command_line(), **options)
+    progress bars (stage, epoch, running loss, validation metric), then print the run's validation/test summary."""
+    info = run_with_bars(train, args.manifest, *positional, args.out, resume=args.resume, device=args.device,
+                         seed=args.seed, train_patients=args.train_patients, train_fraction=args.train_fraction,
+                         cache_dir=args.cache_dir, command=command_line(), **options)
     print_run_summary(info["metrics"], args.out)
     return 0
 
 
 # ----------------------------------------------------------------------------------------------- train-diagnosis
+def _resolved(command: str, args: argparse.Namespace, backbones=(), size_from_backbone: bool = True):
+    """The configuration with the named options (``--protocol``, ``--labels``..., ``--size``/``--slices``) and
+    ``--set`` applied; prints where the input size came from and what will be trained."""
+    base = train_module.load_config(args.config)
+    overrides, notes = diagnosis_overrides(
+        base["protocol"], list(args.set or ()), protocol=getattr(args, "protocol", None), labels=args.labels,
+        labels_from=args.manifest if args.labels_from_manifest else None, size=args.size, slices=args.slices,
+        backbones=backbones if size_from_backbone else ())
+    cfg = train_module.resolve_config(args.config, overrides)
+    for note in notes:
+        print(f"{command}: {note}")
+    print(f"{command}: {cfg.get('name', args.config)}, protocol {cfg['protocol']}, input {resolved_size(cfg)}, "
+          f"{cfg['num_labels']} label(s): {', '.join(cfg['labels'])}")
+    return cfg
+
+
 def _run_train(args: argparse.Namespace) -> int:
-    cfg = train_module.resolve_config(args.config, args.set or ())
+    backbones = [b for b in [args.backbone, *_plane_backbones(args).values()] if b]
+    cfg = _resolved("train-diagnosis", args, backbones)
     return _train(train_module.train_diagnosis, args, cfg, backbone=args.backbone,
                   plane_backbones=_plane_backbones(args))
 
@@ -59,6 +79,9 @@ def add_train_diagnosis(subparsers) -> None:
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a configuration value, e.g. stage1.epochs=2 (value parsed as JSON; repeatable)")
+    add_protocol_argument(p)
+    add_size_arguments(p)
+    add_label_arguments(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     add_device_argument(p)
     _subset_arguments(p)
@@ -68,12 +91,7 @@ def add_train_diagnosis(subparsers) -> None:
 
 # ------------------------------------------------------------------------------------------------ train-baseline
 def _run_baseline(args: argparse.Namespace) -> int:
-    overrides = list(args.set or [])
-    if args.size is not None:
-        overrides.append(f"preprocessing.size={args.size}")
-    if args.slices is not None:
-        overrides.append(f"preprocessing.slices={args.slices}")
-    cfg = train_module.resolve_config(args.config, overrides)
+    cfg = _resolved("train-baseline", args, size_from_backbone=False)
     kwargs: Dict[str, Any] = {}
     if args.unet_channels:
         kwargs["channels"] = list(args.unet_channels)
@@ -99,6 +117,7 @@ def add_train_baseline(subparsers) -> None:
     p.add_argument("--unet-channels", type=int_list, help="U-Net encoder channels, e.g. 16,16,32,32,64 "
                                                           "(default: the paper's 64,64,128,128,256)")
     p.add_argument("--resnet-widen", type=float, help="ResNet-18 widen factor (default 1)")
+    add_label_arguments(p)
     _subset_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     add_device_argument(p)

@@ -14,7 +14,8 @@ def _run(args: argparse.Namespace) -> int:
         args.predictions, args.manifest, args.out, anatomy=args.anatomy, split=args.split or None,
         val_predictions=args.val_predictions, val_split=args.val_split, baselines=args.baseline or (),
         threshold_method=args.threshold_method, n_boot=args.bootstrap, n_perm=args.permutations, seed=args.seed,
-        figures=not args.no_figures)
+        figures=not args.no_figures,
+        labels=[k.strip() for k in args.labels.split(",") if k.strip()] if args.labels else None)
     lo, hi = summary["macro_auroc_ci"]
     print(f"{summary['patients']} patients, macro AUROC {summary['macro_auroc']:.4f} (95% CI {lo:.4f}-{hi:.4f})")
     for c in summary["comparisons"]:
@@ -33,6 +34,9 @@ def register(subparsers) -> None:
     p.add_argument("--manifest", required=True, help="training-data manifest CSV (labels, split, center, ...)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--anatomy", default="knee", choices=anatomies())
+    p.add_argument("--labels", metavar="KEY[,KEY...]", default=None,
+                   help="label columns to evaluate, for a model trained on its own label set (default: the "
+                        "anatomy's labels)")
     p.add_argument("--split", default="test", help="manifest split to evaluate ('' = all rows)")
     p.add_argument("--val-predictions", help="validation predictions CSV (for per-label thresholds)")
     p.add_argument("--val-split", default="val")

@@ -25,6 +25,8 @@ SUBCOMMAND_MODULES: List[str] = [
     "OrthoDiffusionLib.cli.models",
     "OrthoDiffusionLib.cli.import_weights",
     "OrthoDiffusionLib.cli.bench",
+    "OrthoDiffusionLib.cli.manifest",
+    "OrthoDiffusionLib.cli.configs",
     "OrthoDiffusionLib.cli.pretrain",
     "OrthoDiffusionLib.cli.measure",
     "OrthoDiffusionLib.cli.evaluate",

@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Any, Dict
 
 from ..labels import PLANES
+from ..training.named_options import size_overrides
 from ..training.segmentation import train as segmentation_training
 from .common import add_command, add_device_argument
+from .training_options import add_size_arguments
 
 
 def _common_arguments(p) -> None:
@@ -33,12 +35,14 @@ def register(subparsers) -> None:
     _common_arguments(p)
     p.add_argument("--backbone", type=Path, required=True, help="backbone .safetensors (save_backbone format)")
     p.add_argument("--head", choices=("bottleneck", "skip"), default=None, help="override the config's head")
+    add_size_arguments(p)
     b = add_command(subparsers, "train-seg-baseline", _run_baseline,
                     help="train a MONAI 3D U-Net / UNETR segmentation baseline",
                     description="Train a from-scratch segmentation baseline on the same cases and "
                                 "splits as train-segmentation (sizes/epochs from the config's 'baseline').")
     _common_arguments(b)
     b.add_argument("--model", choices=sorted(segmentation_training.BASELINE_ALIASES), required=True)
+    add_size_arguments(b, from_backbone=False)
 
 
 def _report(record: Dict[str, Any], out: Path) -> None:
@@ -51,8 +55,11 @@ def _report(record: Dict[str, Any], out: Path) -> None:
 
 
 def _run_train(args) -> int:
+    sizes, note = size_overrides(args.size, args.slices, args.overrides, [args.backbone])
+    if note:
+        print(f"train-segmentation: {note}")
     record = segmentation_training.train_segmentation(
-        args.manifest, args.plane, args.backbone, args.out, config=args.config, overrides=args.overrides,
+        args.manifest, args.plane, args.backbone, args.out, config=args.config, overrides=sizes + args.overrides,
         head=args.head, train_patients=args.train_patients, resume=args.resume, device=args.device,
         show_progress=True, cache_dir=args.cache_dir)
     _report(record, args.out)
@@ -60,8 +67,9 @@ def _run_train(args) -> int:
 
 
 def _run_baseline(args) -> int:
+    sizes, _ = size_overrides(args.size, args.slices, args.overrides)
     record = segmentation_training.train_seg_baseline(
-        args.manifest, args.plane, args.model, args.out, config=args.config, overrides=args.overrides,
+        args.manifest, args.plane, args.model, args.out, config=args.config, overrides=sizes + args.overrides,
         train_patients=args.train_patients, resume=args.resume, device=args.device, show_progress=True,
         cache_dir=args.cache_dir)
     _report(record, args.out)

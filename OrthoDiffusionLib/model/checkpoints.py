@@ -55,6 +55,7 @@ __all__ = [
 
 PathLike = Union[str, os.PathLike]
 AUTHORS_POSE_TO_PLANE = {0: "axial", 1: "sagittal", 2: "coronal"}  # inferred, see module docstring
+AUTHORS_PREPROCESSING = {"slices": 16, "size": 256}  # the input the published backbones were trained on
 DENOISER_PREFIXES = ("denoise_fn.module.", "denoise_fn.")
 BACKBONE_FORMAT = "orthodiffusion-backbone"
 BACKBONE_FORMAT_VERSION = 1
@@ -160,22 +161,70 @@ def load_authors_checkpoint(path: PathLike) -> Dict[str, object]:
     path = Path(path)
     if not path.is_file():
         raise MissingPathError("checkpoint file not found", path)
+    foreign = _foreign_file_kind(path)
+    if foreign is not None:
+        raise CorruptFileError(foreign, path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if not zipfile.is_zipfile(path) and not _pickle_builds_objects(path):
+            raise CorruptFileError("not a checkpoint written by torch.save (a plain pickle or another format), "
+                                   "not one of the authors' model.pt checkpoints", path) from None
         detail = _refusal_detail(str(e))
         raise UnsafeFileError(
             f"refused to load: it holds objects that would need arbitrary code to rebuild ({detail}); "
             "only tensors and plain containers are accepted, nothing from the file was run",
             path,
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CorruptFileError(f"not a readable PyTorch checkpoint ({str(e).splitlines()[0][:200]})", path) from None
+    except Exception as e:  # noqa: BLE001 - torch.load raises many types for a file that is not a checkpoint
+        first = (str(e).splitlines() or [type(e).__name__])[0][:160]
+        raise CorruptFileError(f"not a readable PyTorch checkpoint ({type(e).__name__}: {first})", path) from None
     if not isinstance(obj, dict):
         raise CorruptFileError(f"expected a dict with step/model/ema/opt, found {type(obj).__name__}", path)
     return obj
+
+
+def _pickle_builds_objects(path: Path) -> bool:
+    """Whether a (non-zip) pickle file names classes or calls anything (read with ``pickletools``: nothing runs).
+    True also when it cannot be parsed, so such a file keeps the cautious "refused" message."""
+    import pickletools
+
+    building = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BUILD", "EXT1", "EXT2",
+                "EXT4"}
+    try:
+        with open(path, "rb") as f:
+            return any(op.name in building for op, _, _ in pickletools.genops(f))
+    except Exception:  # noqa: BLE001 - not a parsable pickle
+        return True
+
+
+def _foreign_file_kind(path: Path) -> Optional[str]:
+    """Why a file evidently is not an authors' checkpoint (a safetensors file, a text file), else None."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if len(head) >= 8:
+        n = int.from_bytes(head[:8], "little")
+        if 2 <= n <= 100_000_000 and head[8:9] == b"{":
+            try:
+                from safetensors import safe_open
+
+                with safe_open(str(path), framework="pt", device="cpu") as sf:
+                    meta = dict(sf.metadata() or {})
+            except Exception:  # noqa: BLE001 - not a readable safetensors file after all
+                return None
+            if meta.get("format") == BACKBONE_FORMAT:
+                return (f"already an OrthoDiffusion backbone file (plane {meta.get('plane')!r}), not an authors' "
+                        "model.pt: use it directly (e.g. --backbone), no import needed")
+            return "a safetensors file, not one of the authors' model.pt checkpoints"
+    if head and b"\0" not in head:
+        try:
+            head.decode("utf-8")
+            return "a text file, not one of the authors' model.pt checkpoints"
+        except UnicodeDecodeError:
+            return None
+    return None
 
 
 def _refusal_detail(message: str) -> str:
@@ -220,7 +269,10 @@ def load_authors_denoiser(
     """
     ckpt = load_authors_checkpoint(path)
     if source not in ckpt or not isinstance(ckpt[source], Mapping):
-        raise CorruptFileError(f"no {source!r} weights in the checkpoint (entries: {', '.join(map(str, ckpt))})", path)
+        names = [str(k) for k in ckpt]
+        shown = ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
+        raise CorruptFileError(f"no {source!r} weights in the checkpoint (entries: {shown or 'none'}); expected the "
+                               "authors' model.pt with step/model/ema/opt", path)
     raw = ckpt[source]
     if not all(isinstance(v, torch.Tensor) for v in raw.values()):
         raise CorruptFileError(f"the {source!r} entry is not a state dict of tensors", path)
@@ -244,11 +296,14 @@ def save_backbone(
     plane: str,
     provenance: Optional[Mapping[str, object]] = None,
     half: bool = False,
+    preprocessing: Optional[Mapping[str, float]] = None,
 ) -> str:
     """Write ``model``'s weights (float32, or float16 with ``half``) as a safetensors backbone file, atomically.
     Returns the file's sha256.
 
-    Metadata: format, format_version, plane, config (JSON), tensors_sha256, provenance (JSON)."""
+    Metadata: format, format_version, plane, config (JSON), tensors_sha256, provenance (JSON) and, when given,
+    preprocessing (JSON ``{"slices", "size"[, "slice_mm", "inplane_mm"]}``: the input it was trained on, read by the
+    trainers as their default)."""
     from safetensors.torch import save_file
 
     dtype = torch.float16 if half else torch.float32
@@ -261,6 +316,9 @@ def save_backbone(
         "tensors_sha256": tensors_sha256(state),
         "provenance": json.dumps(dict(provenance or {}), sort_keys=True, default=str),
     }
+    if preprocessing is not None:
+        metadata["preprocessing"] = json.dumps({k: int(v) if k in ("slices", "size") else float(v)
+                                                for k, v in preprocessing.items()}, sort_keys=True)
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)
     return file_sha256(path)
@@ -345,7 +403,7 @@ def import_weights(files: Mapping[str, PathLike], out_dir: PathLike, source: str
         name = f"backbone_{plane}.safetensors"
         provenance = {"source_file": path.name, "source_sha256": info["file_sha256"], "source_entry": source,
                       "step": info["step"]}
-        sha = save_backbone(model, out_dir / name, plane, provenance=provenance)
+        sha = save_backbone(model, out_dir / name, plane, provenance=provenance, preprocessing=AUTHORS_PREPROCESSING)
         manifest["planes"][plane] = {"file": name, "sha256": sha, **provenance}
         if progress is not None:
             progress("writing", (i + 1) / len(loaded))

@@ -3,6 +3,7 @@
 Cohort folder layout (all paths in the manifest are relative to the folder holding ``manifest.csv``)::
 
     manifest.csv                      one row per series (columns: MANIFEST_COLUMNS)
+    labels.csv                        one row per patient: labels, EHR, center, field strength (no split)
     README.md                         settings and seed
     P00001/sagittal_1/IM0001.dcm ...  DICOM series (when write_dicom)
     P00001/P00001_sagittal_1.nii.gz   the same image as NIfTI (when write_nifti)
@@ -283,6 +284,19 @@ def _pick_center(pseed: int, centers: Mapping[str, float]) -> str:
     return names[int(rng.choice(len(names), p=w / w.sum()))]
 
 
+def _write_label_sheet(path: Path, rows: Sequence[Mapping[str, object]]) -> None:
+    """``labels.csv``: one row per patient of the manifest rows (labels, EHR, center, field strength)."""
+    columns = ["patient_id", *LABEL_KEYS, *EHR_FIELDS, "center", "field_strength"]
+    seen: Dict[str, Mapping[str, object]] = {}
+    for r in rows:
+        seen.setdefault(str(r["patient_id"]), r)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(columns)
+        for pid, r in seen.items():
+            w.writerow([r.get(c, "") for c in columns])
+
+
 def write_cohort(out_dir: Union[str, os.PathLike], n_patients: int, seed: int = 0,
                  prevalences: Optional[Mapping[str, float]] = None, splits: Sequence[float] = (0.7, 0.1, 0.2),
                  anatomy_mix: Optional[Mapping[str, float]] = None, centers: Optional[Mapping[str, float]] = None,
@@ -335,6 +349,7 @@ def write_cohort(out_dir: Union[str, os.PathLike], n_patients: int, seed: int = 
         w = csv.DictWriter(f, fieldnames=list(MANIFEST_COLUMNS), lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
+    _write_label_sheet(out / "labels.csv", rows)
     prev = dict(DEFAULT_PREVALENCES)
     prev.update(prevalences or {})
     info = {"n_patients": n_patients, "seed": seed, "prevalences": prev, "splits": list(splits),
@@ -352,6 +367,9 @@ def write_cohort(out_dir: Union[str, os.PathLike], n_patients: int, seed: int = 
             "Manifest: `manifest.csv`, one row per series; paths relative to this folder; `series_path` is the "
             "DICOM folder (or the NIfTI when no DICOM is written); `seg_path` is the 11-structure labelmap "
             "(0 background, 1 femur ... 11 PCL) on the series' own grid.", "",
+            "Label sheet: `labels.csv`, one row per patient (patient_id, the 8 labels, EHR, center, field strength; no "
+            "split), the spreadsheet a hospital would have: `orthodiffusion make-manifest --images . --labels "
+            "labels.csv --out my_manifest.csv` rebuilds a manifest from the folders.", "",
             "Settings:", "", "```json", json.dumps(info, indent=2, sort_keys=True), "```", ""]
     (out / "README.md").write_text("\n".join(text), encoding="utf-8")
     return manifest

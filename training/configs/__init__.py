@@ -21,7 +21,8 @@ from typing import Any, Dict, List, Mapping, Tuple
 from OrthoDiffusionLib.errors import CorruptFileError, InputError, MissingPathError
 from OrthoDiffusionLib.labels import PLANES, anatomies, diagnosis_labels
 
-__all__ = ["list_configs", "load_config", "resolve_config", "validate_config", "config_path", "PAPER_NAMES"]
+__all__ = ["list_configs", "load_config", "resolve_config", "validate_config", "config_path", "apply_label_set",
+           "PAPER_NAMES"]
 
 BLOCK_NAMES = ("mid_0", "mid_1", "mid_2")
 PAPER_NAMES = {"lp-opt": "knee-lp-opt", "ft-opt": "knee-ft-opt", "ft-a-opt": "ankle-ft-opt",
@@ -129,6 +130,38 @@ def load_config(name_or_path: str | os.PathLike) -> Dict[str, Any]:
     """
     cfg, shown = resolve_config(name_or_path)
     validate_config(cfg, shown)
-    cfg["labels"] = [d.key for d in diagnosis_labels(cfg["anatomy"])]
-    cfg["num_labels"] = len(cfg["labels"])
+    return apply_label_set(cfg, shown)
+
+
+def apply_label_set(cfg: Dict[str, Any], shown: str = "configuration") -> Dict[str, Any]:
+    """Fill ``labels`` (keys in model output order), ``label_names`` and ``num_labels`` of a diagnosis config.
+
+    The label set is the configuration's ``labels`` when it has one -- a list of keys (a subset of the anatomy's, or
+    new ones: each key is a 0/1 column of the manifest) or of ``{"key", "name"}`` objects -- else every label of its
+    ``anatomy``. Display names come from ``{"key", "name"}`` entries, then ``label_names`` ({key: name}), then the
+    anatomy's table, else the key with spaces for underscores.
+    """
+    table = {d.key: d.name for d in diagnosis_labels(cfg["anatomy"])}
+    given = cfg.get("labels")
+    if given is None:
+        given = list(table)
+    if isinstance(given, str):
+        given = [k for k in given.split(",") if k.strip()]
+    if not isinstance(given, list) or not given:
+        raise InputError("'labels' must be a non-empty list of label keys", shown)
+    names = dict(cfg.get("label_names") or {})
+    keys: List[str] = []
+    for entry in given:
+        if isinstance(entry, Mapping):
+            key, name = str(entry.get("key", "")).strip(), entry.get("name")
+            if name:
+                names[key] = str(name)
+        else:
+            key = str(entry).strip()
+        if not key or any(c in key for c in ",\"\n") or key in keys:
+            raise InputError(f"'labels': bad or repeated label key {key!r}", shown)
+        keys.append(key)
+    cfg["labels"] = keys
+    cfg["label_names"] = {k: str(names.get(k) or table.get(k) or k.replace("_", " ")) for k in keys}
+    cfg["num_labels"] = len(keys)
     return cfg

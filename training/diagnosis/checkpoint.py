@@ -147,6 +147,7 @@ class EpochLoop:
     log: Callable[[Dict[str, Any]], None]
     progress: Optional[ProgressFn] = None
     cancel: Optional[threading.Event] = None
+    step_log: Optional[Callable[[str, int, float], None]] = None  # (stage, epoch 1-based, running mean loss)
 
     def check_cancel(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
@@ -190,6 +191,8 @@ class EpochLoop:
                 count += len(idx)
                 if self.progress is not None:
                     self.progress(stage, (epoch + (b + 1) / steps_per_epoch) / epochs)
+                if self.step_log is not None:
+                    self.step_log(stage, epoch + 1, total / max(count, 1))
                 self.check_cancel()  # a cancel mid-epoch resumes from the previous epoch's checkpoint
             row = {"stage": stage, "epoch": epoch + 1, "train_loss": total / max(count, 1),
                    "lr": opt.param_groups[-1]["lr"], "seconds": time.perf_counter() - t0}

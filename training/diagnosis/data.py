@@ -1,7 +1,7 @@
 """Diagnosis training data: the manifest, its preprocessed volumes and the backbone taps of its series.
 
-The training-data manifest is a CSV with one row per series: ``patient_id``, ``plane``, ``series_path``
-(relative paths are relative to the CSV), ``split`` (``train``/``val``/``test``), one 0/1 column per label key of the
+The training-data manifest (docs/train-your-own.md) is a CSV with one row per series: ``patient_id``, ``plane``,
+``series_path`` (relative paths are relative to the CSV), ``split`` (``train``/``val``/``test``), one 0/1 column per label key of the
 anatomy, and optionally the EHR columns (``age, sex, height, weight, patient_type, injury_event``), ``center`` and
 ``field_strength``. :func:`read_diagnosis_manifest` checks all of it up front and raises ONE
 :class:`~OrthoDiffusionLib.errors.InputError` naming the CSV, the line and the problem.
@@ -122,7 +122,11 @@ def read_diagnosis_manifest(path: str | os.PathLike, label_keys: Sequence[str], 
     patient. Raises :class:`InputError` (or ``MissingPathError``/``CorruptFileError``) naming the CSV."""
     path = Path(path)
     header, records = read_csv(path)
-    require_columns(header, ["patient_id", "plane", "series_path", "split", *label_keys], path)
+    require_columns(header, ["patient_id", "plane", "series_path", "split"], path)
+    absent = [k for k in label_keys if k not in header]
+    if absent:
+        raise InputError(f"missing label column(s): {', '.join(absent)} (to train the labels this manifest has, give "
+                         "--labels KEY,... or --labels-from-manifest, or a configuration with its own 'labels')", path)
     rows: List[SeriesRow] = []
     split_of: Dict[str, str] = {}
     labels_of: Dict[str, tuple] = {}

@@ -60,7 +60,7 @@ from OrthoDiffusionLib.model.pooling import build_pooling
 from OrthoDiffusionLib.model.schedule import CosineSchedule
 
 from ..evaluation import metrics as M
-from ..configs import load_config, validate_config
+from ..configs import apply_label_set, load_config, validate_config
 from .checkpoint import CHECKPOINT_NAME, EpochLoop, RunState, cosine_lambda, derived_seed
 from .data import (DiagnosisManifest, SeriesRow, fixed_noise_taps, is_simulated_cohort,
                              read_diagnosis_manifest, series_weights)
@@ -72,6 +72,8 @@ from OrthoDiffusionLib.inference.preprocess import model_grid
 
 from ..pretrain.ddpm import SeriesVolumes
 from ..run_files import save_tensors, utc_now, write_log_csv, write_text
+from ..curves import plot_run_curves
+from ..split_checks import warn_if_small
 
 __all__ = ["RUN_FORMAT", "resolve_config", "train_diagnosis", "patient_metrics", "fit_module",
            "init_concat_from_stage1", "plane_backbone_files"]
@@ -104,6 +106,7 @@ def resolve_config(name_or_path: str, overrides: Sequence[str] = ()) -> Dict[str
                 raise InputError(f"--set {key}: {part!r} is not a section of the configuration")
         node[parts[-1]] = _parse_value(value)
     validate_config(cfg, str(name_or_path))
+    apply_label_set(cfg, str(name_or_path))
     cfg["preprocessing"] = {**DEFAULT_PREPROCESSING, **cfg.get("preprocessing", {})}
     return cfg
 
@@ -537,12 +540,14 @@ def train_diagnosis(manifest: str | os.PathLike, config: Mapping[str, Any], out:
                     train_fraction: Optional[float] = None, cache_dir: Optional[str | os.PathLike] = None,
                     command: str = "", progress: Optional[ProgressFn] = None,
                     cancel: Optional[threading.Event] = None,
-                    epoch_log: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
+                    epoch_log: Optional[Callable[[Dict[str, Any]], None]] = None,
+                    step_log: Optional[Callable[[str, int, float], None]] = None) -> Dict[str, Any]:
     """Train a diagnosis model (module doc) into ``out``; returns the ``run.json`` dict.
 
     ``config``: a resolved configuration (:func:`resolve_config`). ``backbone``: one backbone file for every plane;
     ``plane_backbones`` overrides per plane. ``progress(stage, fraction)`` reports progress; setting ``cancel``
     stops at the next step with :class:`~OrthoDiffusionLib.errors.CancelledError` (resume with ``resume=True``).
+    ``epoch_log(row)`` gets every epoch's log row, ``step_log(stage, epoch, running loss)`` every step's.
     """
     cfg = json.loads(json.dumps(dict(config)))
     run = Path(out)
@@ -580,7 +585,7 @@ def train_diagnosis(manifest: str | os.PathLike, config: Mapping[str, Any], out:
         if epoch_log is not None:
             epoch_log(row)
 
-    loop = EpochLoop(state, log, progress, cancel)
+    loop = EpochLoop(state, log, progress, cancel, step_log)
     ctx = _Context(cfg, data, models, paths, sha, volumes, cache, dev, int(seed), state, loop)
 
     pools, classifiers = {}, {}
@@ -605,6 +610,9 @@ def train_diagnosis(manifest: str | os.PathLike, config: Mapping[str, Any], out:
         head.mpae.load_state_dict(mpae.state_dict())
     head.eval()
     val_pred = _predict(ctx, head, pooled, "val", None)
+    small_val = warn_if_small(data.labels_of(data.patients("val")), cfg["labels"],
+                              "the per-label temperature calibration fitted on it (and thresholds chosen on it)",
+                              who="train-diagnosis")
     head.calibration.fit(val_pred.logits, data.labels_of(val_pred.patient_ids))
     predictions = {split: _predict(ctx, head, pooled, split, ehr) for split in ("val", "test")}
 
@@ -626,7 +634,8 @@ def train_diagnosis(manifest: str | os.PathLike, config: Mapping[str, Any], out:
     for plane in PLANES:
         target = run / f"backbone_{plane}.safetensors"
         if ctx.finetune:
-            save_backbone(models[plane], target, plane, {"fine_tuned_from": sha[plane], "run": str(run)})
+            save_backbone(models[plane], target, plane, {"fine_tuned_from": sha[plane], "run": str(run)},
+                          preprocessing={"slices": slices, "size": size, **model_grid(cfg["preprocessing"])})
         else:
             with atomic_path(target) as tmp:
                 shutil.copyfile(paths[plane], tmp)
@@ -639,7 +648,8 @@ def train_diagnosis(manifest: str | os.PathLike, config: Mapping[str, Any], out:
                      "statistics": ehr.encoder.statistics()}
     skipped = data.combinations("train", require_all_planes=True).skipped
     info = {"format": RUN_FORMAT, "version": 1, "anatomy": cfg["anatomy"], "labels": keys,
-            "preprocessing": {"slices": slices, "size": size},
+            "label_names": cfg.get("label_names") or {}, "warnings": small_val,
+            "preprocessing": {"slices": slices, "size": size, **model_grid(cfg["preprocessing"])},
             "planes": {p: {"timestep": int(cfg["planes"][p]["timestep"]), "block": cfg["planes"][p]["block"],
                            "backbone": f"backbone_{p}.safetensors"} for p in PLANES},
             "head": head.config(), "head_weights": "diagnosis_head.safetensors", "ehr": ehr_entry,
@@ -657,4 +667,5 @@ def train_diagnosis(manifest: str | os.PathLike, config: Mapping[str, Any], out:
                            "synthetic_data_only": is_simulated_cohort(manifest)}}
     write_text(run / "run.json", json.dumps(info, indent=2, default=float) + "\n")
     ckpt_path.unlink(missing_ok=True)
+    plot_run_curves(run / "log.csv", title=f"train-diagnosis {run.name}")
     return info

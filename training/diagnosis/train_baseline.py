@@ -37,6 +37,7 @@ from .losses import weighted_bce
 from .multiscan import CombinationSet
 from OrthoDiffusionLib.inference.preprocess import model_grid
 
+from ..curves import plot_run_curves
 from ..pretrain.ddpm import SeriesVolumes
 from ..run_files import save_tensors, utc_now, write_log_csv, write_text
 from .train import patient_metrics
@@ -60,7 +61,9 @@ def train_baseline(manifest: str | os.PathLike, model_name: str, config: Mapping
                    seed: int = 0, train_patients: Optional[int] = None, train_fraction: Optional[float] = None,
                    cache_dir: Optional[str | os.PathLike] = None, command: str = "",
                    progress: Optional[ProgressFn] = None,
-                   cancel: Optional[threading.Event] = None) -> Dict[str, Any]:
+                   cancel: Optional[threading.Event] = None,
+                   step_log: Optional[Callable[[str, int, float], None]] = None,
+                   epoch_log: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
     """Train baseline ``model_name`` (``unet3d``/``resnet18``) into ``out`` (module doc); returns ``run.json``.
 
     ``config``: a resolved diagnosis configuration (anatomy, labels, ``preprocessing``, ``baselines``).
@@ -130,8 +133,10 @@ def train_baseline(manifest: str | os.PathLike, model_name: str, config: Mapping
 
     def log(row: Dict[str, Any]) -> None:
         write_log_csv(run / "log.csv", state.extra["log"])
+        if epoch_log is not None:
+            epoch_log(row)
 
-    EpochLoop(state, log, progress, cancel).run(name, [{"params": model.parameters(), "lr": lr}], len(train), batch,
+    EpochLoop(state, log, progress, cancel, step_log).run(name, [{"params": model.parameters(), "lr": lr}], len(train), batch,
                                                 epochs, step, evaluate, schedule="constant")
     metrics: Dict[str, Any] = {}
     zero_filled = 0
@@ -158,4 +163,5 @@ def train_baseline(manifest: str | os.PathLike, model_name: str, config: Mapping
                            "manifest_sha256": data.sha256, "started": state.extra["started"], "finished": utc_now()}}
     write_text(run / "run.json", json.dumps(info, indent=2, default=float) + "\n")
     ckpt.unlink(missing_ok=True)
+    plot_run_curves(run / "log.csv", title=f"train-baseline {name} {run.name}")
     return info

@@ -5,9 +5,9 @@ Inputs (CSV):
 * predictions: one row per prediction, ``patient_id`` and one probability column per label key of the anatomy
   (e.g. ``acl_injury``); several rows of a patient (multi-scan combinations) are averaged. Extra columns (such as
   MPAE ``<label>__<plane>`` weights) are ignored.
-* the training-data manifest: one row per series with ``patient_id``, ``split``, one 0/1 column per
-  label and optionally ``center`` and ``field_strength`` (used for subgroup tables). A patient's label values must
-  agree across its rows.
+* the training-data manifest (docs/train-your-own.md): one row per series with ``patient_id``, ``split``, one 0/1
+  column per label and optionally ``center`` and ``field_strength`` (used for subgroup tables). A patient's label
+  values must agree across its rows.
 
 Outputs in ``--out``: ``per_label.csv/.md`` (AUROC, AP with patient-level bootstrap 95% CIs), ``multilabel.csv/.md``
 (CP/CR/CF1/OP/OR/OF1 at 0.5 and, with validation predictions, at per-label thresholds chosen on validation),
@@ -103,10 +103,14 @@ def evaluate_predictions(predictions: str | os.PathLike, manifest: str | os.Path
                          anatomy: str = "knee", split: Optional[str] = "test",
                          val_predictions: Optional[str | os.PathLike] = None, val_split: str = "val",
                          baselines: Sequence[str | os.PathLike] = (), threshold_method: str = "youden",
-                         n_boot: int = 1000, n_perm: int = 1000, seed: int = 0, figures: bool = True) -> Dict:
-    """Write the evaluation tables/figures (module doc) and return the summary dict (also ``summary.json``)."""
-    keys = [d.key for d in diagnosis_labels(anatomy)]
-    names = [d.name for d in diagnosis_labels(anatomy)]
+                         n_boot: int = 1000, n_perm: int = 1000, seed: int = 0, figures: bool = True,
+                         labels: Optional[Sequence[str]] = None) -> Dict:
+    """Write the evaluation tables/figures (module doc) and return the summary dict (also ``summary.json``).
+
+    ``labels``: the label keys to evaluate (a model trained on its own label set); default: the anatomy's."""
+    table = {d.key: d.name for d in diagnosis_labels(anatomy)}
+    keys = list(labels) if labels else list(table)
+    names = [table.get(k, k.replace("_", " ")) for k in keys]
     truth = read_manifest_labels(manifest, keys, split)
     pred_path = Path(predictions)
     p, truth = _aligned(read_predictions(pred_path, keys), truth, pred_path)
@@ -127,7 +131,12 @@ def evaluate_predictions(predictions: str | os.PathLike, manifest: str | os.Path
                                                             f"95% patient-bootstrap CI)")
 
     thresholds: Dict[str, object] = {"0.5": 0.5}
+    warnings_list: List[str] = []
     if val is not None:
+        from ..split_checks import warn_if_small
+
+        warnings_list = warn_if_small(val[0], keys, f"the per-label thresholds chosen on it ({threshold_method})",
+                                      split=val_split, who="evaluate")
         thresholds[f"{threshold_method} (val)"] = M.choose_thresholds(val[0], val[1], threshold_method)
     ml = M.multilabel_rows(y, p, thresholds)
     M.write_csv(ml, out / "multilabel.csv")
@@ -159,7 +168,7 @@ def evaluate_predictions(predictions: str | os.PathLike, manifest: str | os.Path
                "macro_auroc_ci": [per_label[-1]["auroc_lo"], per_label[-1]["auroc_hi"]],
                "per_label_auroc": {r["label"]: r["auroc"] for r in per_label[:-1]},
                "multilabel": {r["threshold"]: {k: v for k, v in r.items() if k != "threshold"} for r in ml},
-               "comparisons": comparisons}
+               "comparisons": comparisons, "labels": keys, "warnings": warnings_list}
     if val is not None:
         summary["thresholds"] = dict(zip(keys, map(float, thresholds[f"{threshold_method} (val)"])))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8")

@@ -20,6 +20,8 @@ Run folder::
 
     RUN_DIR/config.json                       the run's configuration
     RUN_DIR/log.csv                           step, loss, lr, steps_per_s, samples_per_s (rank 0)
+    RUN_DIR/val_log.csv                       step, val_loss: denoising loss on the validation series (manifest)
+    RUN_DIR/curves.png                        both drawn (written when the run ends or stops)
     RUN_DIR/tb/                               TensorBoard events (if tensorboard is installed)
     RUN_DIR/checkpoints/step_NNNNNNN/         weights.safetensors (model., ema., opt., rng. tensors) + state.json
     RUN_DIR/checkpoints/latest.json           the newest complete checkpoint (written last, atomically)
@@ -28,7 +30,13 @@ Run folder::
     RUN_DIR/summary.json                      final step, loss, weight digests of every rank (must agree)
 
 Every checkpoint is written into a temporary folder that is renamed into place (os.replace) only when complete, so a
-kill at any moment leaves either the previous or the new checkpoint, never a half-written one.
+kill at any moment leaves either the previous or the new checkpoint, never a half-written one. Ctrl-C (SIGINT) stops
+like ``time_limit``: at the end of the current step, with a checkpoint and the backbone file (a second Ctrl-C aborts
+at once).
+
+Data: image series only (label maps are left out by name and content), from the manifest's training split unless
+``splits`` says otherwise (:mod:`training.pretrain.data`); a summary of what will be trained on is printed before the
+first step.
 """
 from __future__ import annotations
 
@@ -56,6 +64,7 @@ from OrthoDiffusionLib.errors import InputError, MissingPathError, OrthoDiffusio
 from OrthoDiffusionLib.labels import PLANES, SHARED_PLANE
 from OrthoDiffusionLib.model.schedule import CosineSchedule
 from OrthoDiffusionLib.progress import ProgressFn
+from .watch import InterruptRequest, log_validation, print_plan, validation_loss
 from ..run_checkpoints import (epoch_permutation, latest_checkpoint, optimizer_state, optimizer_tensors,
                               read_checkpoint, remove_partial_checkpoints, rng_restore, rng_snapshot, truncate_log,
                               write_checkpoint)
@@ -77,7 +86,7 @@ STEP_PREFIX = "step_"  # checkpoint folders RUN/checkpoints/step_NNNNNNN
 # config keys that define the network, data and optimisation; a resumed run must agree on them
 _STRUCTURAL = ("plane", "batch_size", "lr_per_sample", "ema_decay", "ema_every", "ema_start", "width", "channel_mult",
                "attention_resolutions", "num_heads", "size", "slices", "precision", "seed", "timesteps", "patch_size",
-               "norm_groups", "crop")
+               "norm_groups", "crop", "slice_mm", "inplane_mm")
 
 
 @dataclass
@@ -113,10 +122,18 @@ class PretrainConfig:
     num_workers: int = 0
     device: str = "auto"  # auto | cpu | cuda
     resume: bool = False
+    splits: Tuple[str, ...] = ("train",)  # manifest splits to train on
+    slice_mm: Optional[float] = None  # model grid (both or neither): series resampled to it before the 16 slices
+    inplane_mm: Optional[float] = None
+    val_every: int = 500  # validation loss on the manifest's val series every N steps (0: never)
+    val_series: int = 16  # at most this many validation series
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
         self.attention_resolutions = tuple(int(a) for a in self.attention_resolutions)
+        self.splits = tuple(self.splits)
+        if (self.slice_mm is None) != (self.inplane_mm is None):
+            raise OrthoDiffusionError("give both --slice-mm and --inplane-mm, or neither")
         if self.plane not in PLANES + (SHARED_PLANE,):
             raise OrthoDiffusionError(f"plane must be one of {', '.join(PLANES + (SHARED_PLANE,))}, got {self.plane!r}")
         check_precision(self.precision)
@@ -136,10 +153,15 @@ class PretrainConfig:
                              use_checkpoint=self.grad_checkpoint, patch_size=self.patch_size,
                              norm_groups=self.norm_groups)
 
+    def grid(self) -> Dict[str, float]:
+        """The model grid as ``preprocess_series`` keyword arguments ({} when resized only)."""
+        return {} if self.slice_mm is None else {"slice_mm": float(self.slice_mm), "inplane_mm": float(self.inplane_mm)}
+
     def to_json(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
         d["channel_mult"] = list(self.channel_mult)
         d["attention_resolutions"] = list(self.attention_resolutions)
+        d["splits"] = list(self.splits)
         return d
 
 
@@ -221,56 +243,75 @@ class SeriesVolumes(VolumeDataset):
         return t
 
 
+class ImageSeriesVolumes(SeriesVolumes):
+    """``SeriesVolumes`` of pretraining: a series whose content is a label map is refused (InputError naming it)."""
+
+    def load(self, i: int) -> np.ndarray:
+        from OrthoDiffusionLib.io import read_series
+        from OrthoDiffusionLib.inference.preprocess import preprocess_series
+
+        from .data import looks_like_labelmap
+
+        series = read_series(self.paths[i])
+        if looks_like_labelmap(series.array):
+            raise InputError("this is a label map (whole numbers, few distinct values), not an image: it cannot be "
+                             "a pretraining series; list images in the manifest's series_path", self.paths[i])
+        return preprocess_series(series, slices=self.slices, size=self.size, **self.grid).volume
+
 def _plane_selected(series_plane: str, plane: str) -> bool:
     """Whether a series of ``series_plane`` belongs to a run of ``plane`` (``shared``: every plane)."""
     return series_plane == plane or (plane == SHARED_PLANE and series_plane in PLANES)
 
 
-def _manifest_paths(manifest: Path, plane: str) -> List[str]:
-    if not manifest.is_file():
-        raise MissingPathError("manifest not found", manifest)
-    with open(manifest, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"plane", "series_path", "split"} - set(reader.fieldnames or [])
-        if missing:
-            raise InputError(f"manifest lacks column(s) {', '.join(sorted(missing))}", manifest)
-        rows = [r for r in reader if _plane_selected(r["plane"].strip().lower(), plane)
-                and r["split"].strip().lower() == "train"]
-    paths = []
-    for r in rows:
-        p = Path(r["series_path"].strip())
-        paths.append(os.fspath(p if p.is_absolute() else manifest.parent / p))
-    if not paths:
-        raise InputError(f"no rows with plane={plane} and split=train", manifest)
-    return paths
-
-
-def _folder_volumes(folder: Path, plane: str, slices: int, size: int) -> InMemoryVolumes:
-    """Every series of ``plane`` under ``folder`` (DICOM series, each echo of multi-echo series, NIfTI/NRRD/MetaImage
-    files), preprocessed as they are read (a folder may hold several series, so they are not re-read by path)."""
-    from OrthoDiffusionLib.io import read_all_series
-    from OrthoDiffusionLib.inference.preprocess import preprocess_series
-
-    if not folder.is_dir():
-        raise MissingPathError("data folder not found", folder)
-    volumes = [preprocess_series(s, slices=slices, size=size).volume for s in read_all_series(folder)
-               if _plane_selected(s.plane, plane)]
-    if not volumes:
-        raise InputError(f"no {plane} series under this folder", folder)
-    return InMemoryVolumes(volumes)
-
-
 def load_training_set(plane: str, manifest: Optional[Union[str, os.PathLike]] = None,
                       data: Optional[Union[str, os.PathLike]] = None, slices: int = 16, size: int = 256,
-                      cache_dir: Optional[Union[str, os.PathLike]] = None) -> VolumeDataset:
-    """Training volumes of one plane from a manifest CSV (rows of that plane with split ``train``; relative
-    ``series_path`` are relative to the CSV; read lazily, cached in ``cache_dir``) or from a folder (every series of
-    that plane found under it, read and preprocessed up front)."""
+                      cache_dir: Optional[Union[str, os.PathLike]] = None,
+                      splits: Sequence[str] = ("train",), grid: Optional[Dict[str, float]] = None) -> VolumeDataset:
+    """Training volumes of one plane from a manifest CSV (image rows of that plane in ``splits``; relative
+    ``series_path`` are relative to the CSV; read lazily, cached in ``cache_dir``) or from a folder (every image
+    series of that plane found under it, label maps and duplicate copies left out, read and preprocessed up front).
+    The dataset's ``summary`` says what was selected (:mod:`training.pretrain.data`)."""
+    from .data import select_folder_series, select_manifest_rows
+
     if (manifest is None) == (data is None):
         raise OrthoDiffusionError("give exactly one of --manifest or --data")
     if manifest is not None:
-        return SeriesVolumes(_manifest_paths(Path(manifest), plane), slices=slices, size=size, cache_dir=cache_dir)
-    return _folder_volumes(Path(data), plane, slices, size)
+        try:
+            sel = select_manifest_rows(manifest, plane, splits)
+        except InputError as e:
+            if "no image rows" in e.problem:
+                raise InputError(f"no rows with plane={plane} and split={'/'.join(splits)}", manifest) from None
+            raise
+        dataset: VolumeDataset = ImageSeriesVolumes(sel.paths, slices=slices, size=size, cache_dir=cache_dir,
+                                                    grid=grid)
+    else:
+        from OrthoDiffusionLib.inference.preprocess import preprocess_series
+
+        sel = select_folder_series(data, plane)
+        dataset = InMemoryVolumes([preprocess_series(s, slices=slices, size=size, **(grid or {})).volume
+                                   for s in sel.series])
+    dataset.summary = sel.summary()  # type: ignore[attr-defined]
+    return dataset
+
+
+def validation_set(cfg, manifest):
+    """Up to ``cfg.val_series`` readable val series of the manifest's plane(s), in memory; None without a manifest,
+    with ``val_every`` 0, when val is trained on, or when the manifest has no readable val series."""
+    if manifest is None or not cfg.val_every or "val" in cfg.splits:
+        return None
+    from .data import select_manifest_rows
+
+    try:
+        sel = select_manifest_rows(manifest, cfg.plane, ("val",))
+    except InputError:
+        return None
+    volumes = []
+    for path in sel.paths[: cfg.val_series]:
+        try:
+            volumes.append(ImageSeriesVolumes([path], cfg.slices, cfg.size, grid=cfg.grid())[0])
+        except OrthoDiffusionError as e:
+            warnings.warn(f"validation series left out: {e}")
+    return InMemoryVolumes(volumes) if volumes else None
 
 
 # ------------------------------------------------------------------------------------------------- data order
@@ -468,9 +509,10 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, d: _Dist, dataset: Optional[Vo
 
     if dataset is None:
         dataset = load_training_set(cfg.plane, manifest=manifest, data=data, slices=cfg.slices, size=cfg.size,
-                                    cache_dir=run_dir / "cache")
+                                    cache_dir=run_dir / "cache", splits=cfg.splits, grid=cfg.grid())
     if len(dataset) == 0:
         raise OrthoDiffusionError("the training set is empty")
+    val_set = validation_set(cfg, manifest) if d.main else None
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(run_dir / "config.json") as t:
@@ -506,6 +548,9 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, d: _Dist, dataset: Optional[Vo
             noise_gen.manual_seed(cfg.seed * 7919 + 17 + d.rank + 1_000_003 * start)
         del tensors
 
+    if d.main and show_progress:
+        print_plan(cfg, dataset, val_set, model, d.world, d.device, start)
+
     net: torch.nn.Module = model
     if d.world > 1:
         net = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
@@ -518,6 +563,7 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, d: _Dist, dataset: Optional[Vo
         log_file = open(log_path, "a", newline="")
         if new:
             log_file.write("step,loss,lr,steps_per_s,samples_per_s\n")
+        truncate_log(run_dir / "val_log.csv", start)
         with contextlib.suppress(ImportError):
             from torch.utils.tensorboard import SummaryWriter
 
@@ -533,7 +579,8 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, d: _Dist, dataset: Optional[Vo
     window: List[float] = []
     t_last, step_last = time.perf_counter(), start
     t_begin = time.perf_counter()
-    timed_out = False
+    timed_out = interrupted = False
+    interrupt = InterruptRequest()
     try:
         net.train()
         for x0 in loader:
@@ -575,13 +622,23 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, d: _Dist, dataset: Optional[Vo
                     _sample(cfg, ema.model, schedule, run_dir, step, d.device)
             if time_limit is not None and step < cfg.steps:
                 timed_out = _all_ranks_agree(time.perf_counter() - t_begin >= time_limit, d)
-            if step % cfg.ckpt_every == 0 or step == cfg.steps or step == stop_at or timed_out:
+            if interrupt.installed and step < cfg.steps:
+                interrupted = _all_ranks_agree(interrupt.requested, d)
+            if d.main and val_set is not None and (step % cfg.val_every == 0 or step == cfg.steps or timed_out
+                                                  or interrupted):
+                val_loss = validation_loss(cfg, model, schedule, val_set, d.device)
+                log_validation(run_dir, step, val_loss)
+                if writer is not None:
+                    writer.add_scalar("val_loss", val_loss, step)
+                net.train()
+            if step % cfg.ckpt_every == 0 or step == cfg.steps or step == stop_at or timed_out or interrupted:
                 rng_all = _gather(rng_snapshot(noise_gen, d.device), d)
                 if d.main:
                     _save_checkpoint(run_dir, step, model, ema, opt, rng_all, cfg, {"loss": last_loss})
-            if timed_out or (stop_at is not None and step >= stop_at):
+            if timed_out or interrupted or (stop_at is not None and step >= stop_at):
                 break
     finally:
+        interrupt.restore()
         if bar is not None:
             bar.close()
         if log_file is not None:
@@ -591,18 +648,26 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, d: _Dist, dataset: Optional[Vo
 
     digests = _gather(tensors_sha256(model.state_dict()), d)
     summary = {"step": step, "loss": last_loss, "world_size": d.world, "lr": lr, "rank_weight_sha256": digests,
-               "ema_weight_sha256": tensors_sha256(ema.model.state_dict()), "stopped_by_time_limit": timed_out}
+               "ema_weight_sha256": tensors_sha256(ema.model.state_dict()), "stopped_by_time_limit": timed_out,
+               "stopped_by_interrupt": interrupted}
     if len(set(digests)) != 1:
         raise OrthoDiffusionError(f"ranks hold different weights after step {step} (DDP desynchronised)", run_dir)
     if d.main:
-        if step >= cfg.steps or timed_out:
+        if step >= cfg.steps or timed_out or interrupted:
             provenance = {"trained_steps": step, "planned_steps": cfg.steps, "run": run_dir.name,
-                          "recipe": "orthodiffusion pretrain", "stopped_by_time_limit": timed_out}
-            save_backbone(ema.model, run_dir / f"backbone_{cfg.plane}.safetensors", cfg.plane, provenance=provenance)
+                          "recipe": "orthodiffusion pretrain", "stopped_by_time_limit": timed_out,
+                          "stopped_by_interrupt": interrupted}
+            preprocessing = {"slices": cfg.slices, "size": cfg.size, **cfg.grid()}
+            save_backbone(ema.model, run_dir / f"backbone_{cfg.plane}.safetensors", cfg.plane, provenance=provenance,
+                          preprocessing=preprocessing)
             save_backbone(ema.model, run_dir / f"backbone_{cfg.plane}.fp16.safetensors", cfg.plane,
-                          provenance=provenance, half=True)
+                          provenance=provenance, half=True, preprocessing=preprocessing)
         with atomic_path(run_dir / "summary.json") as t:
             t.write_text(json.dumps(summary, indent=2) + "\n")
+        from ..curves import plot_run_curves
+
+        plot_run_curves(run_dir / "log.csv", extra_csv=run_dir / "val_log.csv",
+                        title=f"pretrain {cfg.plane} ({run_dir.name}), step {step}")
     return summary
 
 

@@ -18,6 +18,7 @@ Run folder (read by ``orthodiffusion export``)::
     RUN/seg_head.safetensors        the head's state dict (metadata: its build_seg_head config)
     RUN/metrics_{val,test}.csv      per-case Dice and HD95 (mm) per structure, on the preprocessed grid
     RUN/log.csv                     per epoch: loss, ce, dice_loss, lr, seconds, val_mean_dice
+    RUN/curves.png                  log.csv drawn: training losses and validation mean Dice
     RUN/checkpoints/                per-epoch checkpoints (resume)
     RUN/cache/                      preprocessed cases (.npz)
 
@@ -46,6 +47,7 @@ from OrthoDiffusionLib.inference.preprocess import model_grid
 from OrthoDiffusionLib.progress import ProgressFn
 
 from ..configs import resolve_config
+from ..curves import plot_run_curves
 from .data import SegVolumes, read_seg_cases, split_cases, training_cases
 from .losses import num_seg_classes
 from .trainer import TrainSettings, evaluate, train
@@ -121,7 +123,8 @@ def _settings(cfg: Mapping[str, Any], plane: str, section: Optional[str] = None)
                          weight_decay=float(src.get("weight_decay", 0.0)), seed=int(cfg.get("seed", 0)),
                          ce_weight=float(cfg["loss"]["ce_weight"]), excluded_as=str(cfg["loss"]["excluded_as"]),
                          ce_class_balance=bool(cfg["loss"].get("ce_class_balance", False)),
-                         augment=aug if enabled else None, crop=int(cfg.get("crop", 0)), val_every=int(cfg["eval"].get("val_every", 0)),
+                         augment=aug if enabled else None, crop=int(cfg.get("crop", 0)),
+                         val_every=int(cfg["eval"].get("val_every", 1)),
                          eval_noise_draws=int(cfg["eval"].get("noise_draws", 1)),
                          eval_seed=int(cfg["eval"].get("seed", 1234)),
                          keep_checkpoints=int(cfg.get("keep_checkpoints", 2)))
@@ -141,6 +144,10 @@ def head_config(name: str, backbone, block: str, cfg_head: Mapping[str, Any]) ->
     }
     if "strides" in cfg_head:
         out["strides"] = [[int(v) for v in s] for s in cfg_head["strides"]]
+    missing = [t for t, _ in out["skip_taps"] if t not in out["tap_channels"]] if name == "skip" else []
+    if missing:
+        raise InputError(f"the skip head's taps {', '.join(missing)} do not exist in this backbone (it has "
+                         f"{', '.join(backbone.tap_names())}): use --head bottleneck, or set head.skip_taps (and head.strides)")
     return out
 
 
@@ -276,9 +283,12 @@ class _Job:
     def fit(self, model: torch.nn.Module, settings: TrainSettings, device: torch.device, resume: bool,
             stop_after_epoch: Optional[int], progress: Optional[ProgressFn], cancel: Optional[threading.Event],
             show_progress: bool, desc: str = "train-segmentation") -> Dict[str, Any]:
-        return train(model, self.sets["train"], settings, self.run_dir, self.cfg, device=device, resume=resume,
-                     val_set=self.sets["val"], stop_after_epoch=stop_after_epoch, progress=progress, cancel=cancel,
-                     show_progress=show_progress, desc=desc)
+        try:
+            return train(model, self.sets["train"], settings, self.run_dir, self.cfg, device=device, resume=resume,
+                         val_set=self.sets["val"], stop_after_epoch=stop_after_epoch, progress=progress,
+                         cancel=cancel, show_progress=show_progress, desc=desc)
+        finally:
+            plot_run_curves(self.run_dir / "log.csv", title=f"{desc} {self.plane} {self.run_dir.name}")
 
     def evaluate(self, model: torch.nn.Module, settings: TrainSettings, device: torch.device,
                  progress: Optional[ProgressFn], cancel: Optional[threading.Event]) -> Dict[str, Any]:
@@ -359,7 +369,9 @@ def train_segmentation(manifest: PathLike, plane: str, backbone: PathLike, out: 
     run_dir = job.run_dir
     save_backbone(model.backbone, run_dir / "backbone.safetensors", plane,
                   provenance={"recipe": "orthodiffusion train-segmentation", "base_backbone_sha256":
-                              cfg["backbone_sha256"], "epochs": settings.epochs})
+                              cfg["backbone_sha256"], "epochs": settings.epochs},
+                  preprocessing={**{k: int(cfg["preprocessing"][k]) for k in ("slices", "size")},
+                                 **model_grid(cfg["preprocessing"])})
     _save_head(model.head, hcfg, run_dir / "seg_head.safetensors")
     record = {"format": RUN_FORMAT, "version": RUN_VERSION, "plane": plane, "timestep": int(sel["timestep"]),
               "block": sel["block"], **job.base_record(command), "head": hcfg,

@@ -188,6 +188,7 @@ def train(model: torch.nn.Module, train_set: SegVolumes, settings: TrainSettings
         bar = tqdm(total=total_steps, initial=start * steps_per_epoch, desc=f"{desc} {settings.plane}",
                    unit="step", dynamic_ncols=True)
     epoch, mean_loss = start, float("nan")
+    shown_val: Dict[str, str] = {}
     try:
         for epoch in range(start + 1, settings.epochs + 1):
             model.train()
@@ -215,7 +216,7 @@ def train(model: torch.nn.Module, train_set: SegVolumes, settings: TrainSettings
                     sums[k] += float(terms[k].detach()) * len(idx)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(epoch=epoch, loss=f"{float(terms['loss'].detach()):.4f}")
+                    bar.set_postfix(epoch=epoch, loss=f"{float(terms['loss'].detach()):.4f}", **shown_val)
                 if progress is not None:
                     progress("train", (step + 1) / total_steps)
             mean_loss = sums["loss"] / n
@@ -223,6 +224,8 @@ def train(model: torch.nn.Module, train_set: SegVolumes, settings: TrainSettings
             if val_set is not None and len(val_set) and settings.val_every and epoch % settings.val_every == 0:
                 val = evaluate(model, val_set, settings.plane, device, settings.eval_noise_draws, settings.eval_seed)
                 val_dice = val["summary"]["dice"]["mean"]["mean"]
+                val_dice = float("nan") if val_dice is None else val_dice
+                shown_val = {"val_mean_dice": f"{val_dice:.4f}"}
             with open(log_path, "a") as f:
                 f.write(f"{epoch},{mean_loss:.6g},{sums['ce'] / n:.6g},{sums['dice_loss'] / n:.6g},"
                         f"{opt.param_groups[0]['lr']:.6g},{time.perf_counter() - t0:.1f},{val_dice:.4f}\n")
