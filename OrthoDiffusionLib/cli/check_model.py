@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..model.uncertainty import DEFAULT_NOISE_DRAWS
 from ..training.evaluation import model_check
 from .common import add_command, add_device_argument, add_precision_argument, positive_int
 
@@ -39,7 +40,8 @@ def register(subparsers) -> None:
     p.add_argument("--manifest", type=Path, required=True, help="cohort manifest.csv (orthodiffusion simulate cohort)")
     p.add_argument("--out", type=Path, required=True, help="output folder for the tables")
     p.add_argument("--split", default="", help="only this manifest split (default: every patient)")
-    p.add_argument("--noise-draws", type=positive_int, default=1, help="noise draws per exam (default 1)")
+    p.add_argument("--noise-draws", type=positive_int, default=DEFAULT_NOISE_DRAWS,
+                   help=f"noise draws per exam (default {DEFAULT_NOISE_DRAWS}, as predict)")
     p.add_argument("--no-segmentation", action="store_true", help="diagnosis only")
     p.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
     add_device_argument(p, default="cpu")

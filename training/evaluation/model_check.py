@@ -27,6 +27,7 @@ import SimpleITK as sitk
 from OrthoDiffusionLib.atomic import atomic_path
 from OrthoDiffusionLib.errors import InputError
 from OrthoDiffusionLib.labels import PLANES
+from OrthoDiffusionLib.model.uncertainty import DEFAULT_NOISE_DRAWS
 from OrthoDiffusionLib.progress import ProgressFn
 from OrthoDiffusionLib.segmentation.metrics import dice_per_structure
 
@@ -77,7 +78,7 @@ def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object
             w.writerows(rows)
 
 
-def check_model(model: str, manifest: PathLike, out: PathLike, *, split: str = "", noise_draws: int = 1,
+def check_model(model: str, manifest: PathLike, out: PathLike, *, split: str = "", noise_draws: int = DEFAULT_NOISE_DRAWS,
                 device: str = "cpu", precision: str = "fp32", segmentation: bool = True,
                 progress: Optional[ProgressFn] = None) -> Dict[str, object]:
     """Predict every exam of the cohort with ``model`` (bundle path or registered name) and score it.
