@@ -46,7 +46,7 @@ SEGMENT_PARAMETERS = {"sagittal": "SegmentSagittal", "coronal": "SegmentCoronal"
 #: registry's default model).
 DEFAULT_PARAMETERS = {"Model": "", "Device": "auto", "Precision": "fp32", "SegmentSagittal": "true",
                       "SegmentCoronal": "true", "SegmentAxial": "true", "FuseSegmentations": "false",
-                      "Diagnosis": "true", "NoiseDraws": "1"}
+                      "Diagnosis": "true", "NoiseDraws": "4"}
 SAMPLE_ABNORMALITY = "joint_effusion"
 TORCH_REQUIREMENT = "torch>=2.2"
 # Progress stages of `orthodiffusion predict` (and the module's own) as shown in the progress bar. The predictor's
@@ -224,7 +224,7 @@ class OrthoDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 checkBox.checked = node.GetParameter(SEGMENT_PARAMETERS[plane]) == "true"
             self.ui.fuseSegmentationsCheckBox.checked = node.GetParameter("FuseSegmentations") == "true"
             self.ui.diagnosisCheckBox.checked = node.GetParameter("Diagnosis") == "true"
-            self.ui.noiseDrawsSpinBox.value = int(node.GetParameter("NoiseDraws") or 1)
+            self.ui.noiseDrawsSpinBox.value = int(node.GetParameter("NoiseDraws") or 4)
             _selectValue(self.ui.deviceComboBox, DEVICES, node.GetParameter("Device"))
             _selectValue(self.ui.precisionComboBox, PRECISIONS, node.GetParameter("Precision"))
             model = self.ui.modelComboBox.findData(node.GetParameter("Model"))
@@ -528,7 +528,7 @@ class OrthoDiffusionLogic(ScriptedLoadableModuleLogic):
                     precision=get("Precision") or "fp32",
                     segmentationPlanes=[p for p in PLANES if get(SEGMENT_PARAMETERS[p]) == "true"],
                     diagnosis=get("Diagnosis") == "true", fuseSegmentations=get("FuseSegmentations") == "true",
-                    noiseDraws=int(get("NoiseDraws") or 1))
+                    noiseDraws=int(get("NoiseDraws") or 4))
 
     # ----------------------------------------------------------------------------------------- packages
     def missingPackages(self) -> List[str]:
@@ -737,7 +737,7 @@ class OrthoDiffusionLogic(ScriptedLoadableModuleLogic):
 
     def start(self, sagittalNode=None, coronalNode=None, axialNode=None, model: Optional[str] = None,
               device: str = "auto", segmentationPlanes: Sequence[str] = PLANES, diagnosis: bool = True,
-              noiseDraws: int = 1, outputFolder: Optional[str] = None, onProgress=None, onLine=None,
+              noiseDraws: int = 4, outputFolder: Optional[str] = None, onProgress=None, onLine=None,
               onFinished=None, fuseSegmentations: bool = False, precision: str = "fp32") -> Path:
         """Write the volumes, start ``orthodiffusion predict`` in a child process and return the output folder;
         ``onFinished(ImportedResult, None)`` or ``onFinished(None, one-line reason)`` is called when it ends.

@@ -24,12 +24,16 @@ from typing import Any, Dict, Union
 
 from ..errors import CorruptFileError, MissingPathError
 
-__all__ = ["RESULT_FORMAT", "RESULT_VERSION", "DISCLAIMER", "DIAGNOSIS_FILE", "MEASURES_FILE", "REPORT_FILE", "FUSED",
+__all__ = ["DEFAULT_NOISE_DRAWS", "RESULT_FORMAT", "RESULT_VERSION", "DISCLAIMER", "DIAGNOSIS_FILE", "MEASURES_FILE", "REPORT_FILE", "FUSED",
            "segmentation_file_name", "labelmap_file_name", "segmentation_file", "is_result_folder",
            "read_diagnosis_json"]
 
 PathLike = Union[str, os.PathLike]
 
+#: Noise draws of a prediction run (``noise_draws`` in ``diagnosis.json``) from the command line, the viewer and the
+#: Slicer module: enough for their spread to be a real uncertainty (one draw has none), at a few times the cost of
+#: one diagnosis pass.
+DEFAULT_NOISE_DRAWS = 4
 #: ``format`` and ``version`` of ``diagnosis.json``.
 RESULT_FORMAT = "orthodiffusion.prediction"
 RESULT_VERSION = 1

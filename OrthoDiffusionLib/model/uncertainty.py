@@ -12,13 +12,10 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from ..inference.result_folder import DEFAULT_NOISE_DRAWS
 from ..progress import ProgressFn
 
 __all__ = ["DEFAULT_NOISE_DRAWS", "NoiseDrawSummary", "aggregate_noise_draws", "predict_with_noise_draws"]
-
-#: Noise draws of a prediction run from the command line, the viewer and the Slicer module: enough for the spread
-#: over draws to be a real uncertainty (one draw has none), at a few times the cost of one diagnosis pass.
-DEFAULT_NOISE_DRAWS = 4
 
 
 @dataclass

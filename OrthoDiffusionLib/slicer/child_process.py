@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from OrthoDiffusionLib.errors import CorruptFileError
+from OrthoDiffusionLib.inference.result_folder import DEFAULT_NOISE_DRAWS
 from OrthoDiffusionLib.labels import PLANES
 from OrthoDiffusionLib.progress import parse_progress_line
 
@@ -35,7 +36,7 @@ def library_command(python: str, *args: str) -> List[str]:
 
 def predict_arguments(inputs: Mapping[str, PathLike], out: PathLike, *, model: Optional[str] = None,
                       device: str = "auto", segmentation: bool = True, diagnosis: bool = True,
-                      noise_draws: int = 1, fuse_segmentations: bool = False,
+                      noise_draws: int = DEFAULT_NOISE_DRAWS, fuse_segmentations: bool = False,
                       segmentation_planes: Optional[Sequence[str]] = None, precision: str = "fp32") -> List[str]:
     """``orthodiffusion predict`` arguments for ``{plane: series file}``, writing into ``out`` with JSON progress
     lines (the Slicer module's run).
