@@ -10,7 +10,7 @@
 # (training/runs/pretrain-cpu/), the trainers resume their runs.
 #
 # 1. a pool of 2400 simulated exams on the model grid (4 mm slices, 1.2 mm pixels, 128 x 128), images + tissue maps
-# 2. diffusion pretraining of one CPU-scale backbone shared by the three planes on the pool's first 2000 exams, no
+# 2. diffusion pretraining (on random 64 x 64 crops) of one CPU-scale backbone shared by the three planes on the pool's first 2000 exams, no
 #    labels: in-plane space-to-depth x4, width 16, channel multipliers 1,2,4,8, batch 8, fp32, 12000 steps
 # 3. the pool as a labelled cohort: 2000 train / 200 val / 200 test exams
 # 4. diagnosis fine-tuning (config knee-cpu-ft), 5. sagittal and coronal segmentation fine-tuning (config seg-cpu),
@@ -28,7 +28,7 @@ mkdir -p "$WORK"
 orthodiffusion simulate pool --out "$WORK/pool" --n 2400 --seed 2026 --anatomy-mix "$POOL_MIX" --workers 2
 PRETRAIN=(--pool "$WORK/pool" --pool-exams 0:2000 --plane shared --out "$WORK/pretrain" --steps 12000
           --batch-size 8 --lr-per-sample 2.5e-5 --width 16 --channel-mult 1,2,4,8 --attention-resolutions 8
-          --patch-size 4 --norm-groups 8 --size 128 --slices 16 --ckpt-every 250 --keep-checkpoints 2 --log-every 25
+          --patch-size 4 --norm-groups 8 --size 128 --crop 64 --slices 16 --ckpt-every 250 --keep-checkpoints 2 --log-every 25
           --device cpu)
 if [ -f "$WORK/pretrain/checkpoints/latest.json" ]; then
     orthodiffusion pretrain "${PRETRAIN[@]}" --resume
