@@ -250,7 +250,6 @@ def build_manifest(images_dir: PathLike, labels_csv: PathLike, out: PathLike, *,
                    tolerance_deg: float = 30.0) -> ManifestReport:
     """Scan ``images_dir``, join ``labels_csv``, assign splits, write and check ``out`` (module doc)."""
     from .diagnosis.data import read_diagnosis_manifest
-    from .split_checks import small_split_message
 
     images_dir, labels_csv, out = Path(images_dir), Path(labels_csv), Path(out)
     if not images_dir.is_dir():
@@ -258,11 +257,31 @@ def build_manifest(images_dir: PathLike, labels_csv: PathLike, out: PathLike, *,
     if prefer not in ("dicom", "all"):
         raise InputError(f"--prefer must be dicom or all, got {prefer!r}")
     keys, labels, extras, splits_given = _read_labels(labels_csv, label_columns)
+    report = ManifestReport(out=os.fspath(out), labels=keys)
+    scanned = _scan_patients(images_dir, prefer, tolerance_deg, report.problems)
+    patients = _patients_with_images_and_labels(scanned, labels, images_dir, labels_csv, report.problems)
+    split_of = ({p: labels[p]["split"].lower() for p in patients} if splits_given
+                else assign_splits(patients, fractions, seed))
+    text = _manifest_text(report, scanned, patients, labels, keys, extras, split_of, out.resolve().parent)
+    report.patients = len(patients)
+    report.splits = dict(Counter(split_of[p] for p in patients))
+    report.splits_given = splits_given
+    _check_labels(report, patients, labels, keys, split_of)
+
+    with atomic_path(out, suffix=".csv") as tmp:  # beside ``out``: relative paths resolve the same
+        tmp.write_text(text, encoding="utf-8")
+        # the trainers' own checks (files exist, one split per patient, train and val patients, ...): a manifest
+        # that fails them is not written
+        read_diagnosis_manifest(tmp, keys)
+    return report
+
+
+def _scan_patients(images_dir: Path, prefer: str, tolerance_deg: float,
+                   problems: List[str]) -> Dict[str, List[_Image]]:
+    """patient_id (the folder's name) -> its usable image series; folders without any are reported."""
     folders = sorted(p for p in images_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise InputError("no patient folders: put each patient's exam in a folder named by its patient_id", images_dir)
-    report = ManifestReport(out=os.fspath(out), labels=keys)
-    problems = report.problems
     scanned: Dict[str, List[_Image]] = {}
     for folder in folders:
         try:
@@ -274,6 +293,12 @@ def build_manifest(images_dir: PathLike, labels_csv: PathLike, out: PathLike, *,
             problems.append(f"{folder.name}: no usable image series")
             continue
         scanned[folder.name] = found
+    return scanned
+
+
+def _patients_with_images_and_labels(scanned: Dict[str, List[_Image]], labels: Dict[str, Dict[str, str]],
+                                     images_dir: Path, labels_csv: Path, problems: List[str]) -> List[str]:
+    """The patients with both images and a label row, sorted; the others, and missing planes, are reported."""
     no_labels = sorted(p for p in scanned if p not in labels)
     if no_labels:
         problems.append(f"{len(no_labels)} patient folder(s) have no row in {labels_csv.name} and are left out: "
@@ -291,15 +316,18 @@ def build_manifest(images_dir: PathLike, labels_csv: PathLike, out: PathLike, *,
         if missing:
             problems.append(f"{p}: no {', '.join(missing)} series (a model needs all three planes to train "
                             "fusion; the patient still counts for its other planes)")
-    split_of = ({p: labels[p]["split"].lower() for p in patients} if splits_given
-                else assign_splits(patients, fractions, seed))
+    return patients
 
+
+def _manifest_text(report: ManifestReport, scanned: Dict[str, List[_Image]], patients: List[str],
+                   labels: Dict[str, Dict[str, str]], keys: List[str], extras: List[str], split_of: Dict[str, str],
+                   base: Path) -> str:
+    """The manifest CSV (paths relative to ``base``, the manifest's folder); counts its rows into ``report``."""
     columns = ["patient_id", "plane", "series_path", "split", *keys]
     any_seg = any(i.seg for p in patients for i in scanned[p])
     if any_seg:
         columns.append("seg_path")
     columns += extras
-    base = out.resolve().parent
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(columns)
@@ -314,9 +342,15 @@ def build_manifest(images_dir: PathLike, labels_csv: PathLike, out: PathLike, *,
             report.rows += 1
             report.per_plane[img.plane] = report.per_plane.get(img.plane, 0) + 1
             report.seg_paths += bool(img.seg)
-    report.patients = len(patients)
-    report.splits = dict(Counter(split_of[p] for p in patients))
-    report.splits_given = splits_given
+    return buf.getvalue()
+
+
+def _check_labels(report: ManifestReport, patients: List[str], labels: Dict[str, Dict[str, str]], keys: List[str],
+                  split_of: Dict[str, str]) -> None:
+    """Prevalence per split into ``report``; labels that are never or always positive, and a validation split too
+    small for calibration, reported."""
+    from .split_checks import small_split_message
+
     for k in keys:
         cells = {}
         for s in ("all", *SPLITS):
@@ -324,17 +358,10 @@ def build_manifest(images_dir: PathLike, labels_csv: PathLike, out: PathLike, *,
             cells[s] = (sum(labels[p][k] == "1" for p in group), len(group))
         report.prevalence[k] = cells
         if cells["all"][0] in (0, cells["all"][1]):
-            problems.append(f"label {k} is {'never' if cells['all'][0] == 0 else 'always'} positive: it cannot be "
-                            "learned or evaluated")
+            report.problems.append(f"label {k} is {'never' if cells['all'][0] == 0 else 'always'} positive: it "
+                                   "cannot be learned or evaluated")
     val_patients = [p for p in patients if split_of[p] == "val"]
     message = small_split_message(np.array([[float(labels[p][k]) for k in keys] for p in val_patients])
                                   .reshape(-1, len(keys)), keys, "calibration and threshold choice on it")
     if message:
-        problems.append(message)
-
-    with atomic_path(out, suffix=".csv") as tmp:  # beside ``out``: relative paths resolve the same
-        tmp.write_text(buf.getvalue(), encoding="utf-8")
-        # the trainers' own checks (files exist, one split per patient, train and val patients, ...): a manifest
-        # that fails them is not written
-        read_diagnosis_manifest(tmp, keys)
-    return report
+        report.problems.append(message)

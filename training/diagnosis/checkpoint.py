@@ -30,6 +30,7 @@ from OrthoDiffusionLib.errors import CancelledError, CorruptFileError, InputErro
 from OrthoDiffusionLib.progress import ProgressFn
 
 from ..run_checkpoints import optimizer_state, optimizer_tensors, rng_restore, rng_snapshot
+from ..run_files import utc_now
 
 __all__ = ["CHECKPOINT_NAME", "derived_seed", "cosine_lambda", "RunState", "EpochLoop"]
 
@@ -122,6 +123,26 @@ class RunState:
                                              state["optimizer"])
         out._rng = state["rng"]
         return out
+
+    @classmethod
+    def open(cls, run: Path, settings: Mapping[str, Any], resume: bool, kind: str = "training") -> "RunState":
+        """The state of a run folder: a new run, or (``resume``) the one in its ``checkpoint.safetensors``.
+
+        Refuses a folder holding a finished run (``run.json``), an unfinished one without ``resume``, and
+        ``resume`` without a checkpoint (:class:`InputError`; ``kind`` names the run in the message). Records
+        ``extra["started"]`` (ISO time, kept on resume)."""
+        path = run / CHECKPOINT_NAME
+        if (run / "run.json").is_file():
+            raise InputError(f"already holds a finished {kind} run; choose another --out", run)
+        if path.is_file() and not resume:
+            raise InputError("holds an unfinished run (checkpoint.safetensors): add --resume, or choose another --out",
+                             run)
+        if resume and not path.is_file():
+            raise InputError("--resume given but there is no checkpoint.safetensors to resume from", run)
+        run.mkdir(parents=True, exist_ok=True)
+        state = cls.load(path, settings) if resume else cls(path, dict(settings))
+        state.extra.setdefault("started", utc_now())
+        return state
 
     def restore_rng(self) -> None:
         if self._rng is not None:

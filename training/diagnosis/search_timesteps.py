@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -36,7 +37,7 @@ from OrthoDiffusionLib.inference.preprocess import model_grid
 
 from ..pretrain.ddpm import SeriesVolumes
 from ..run_files import write_text
-from .search import BLOCKS, TIMESTEPS, timestep_block_search, write_search_outputs
+from .search import BLOCKS, TIMESTEPS, SearchResult, timestep_block_search, write_search_outputs
 from .train import fit_module, init_concat_from_stage1, patient_metrics, plane_backbone_files
 
 __all__ = ["search_timesteps"]
@@ -71,7 +72,7 @@ def search_timesteps(manifest: str | os.PathLike, config: Mapping[str, Any], out
                             grid=model_grid(cfg["preprocessing"]))
     noise_seed = int(cfg.get("features", {}).get("noise_seed", 0))
     schedule = CosineSchedule()
-    s1, s2 = cfg["stage1"], cfg["stage2"]
+    s2 = cfg["stage2"]
     probes: Dict[Tuple[str, int, str], Tuple[_Probe, Dict[int, torch.Tensor]]] = {}
     table: Dict[str, Dict[Candidate, float]] = {}
     total, done = len(PLANES) * len(timesteps) * len(blocks), 0
@@ -90,15 +91,7 @@ def search_timesteps(manifest: str | os.PathLike, config: Mapping[str, Any], out
             taps = _taps(model, schedule, volumes, feature_cache, rows, plane, int(t), blocks, noise_seed, slices, size,
                          dev)
             for b in blocks:
-                x = taps[b].to(dev)
-                torch.manual_seed(derived_seed(seed, "search", plane, t, b))
-                pool = build_pooling(cfg["pooling"], x.shape[1], **cfg.get("pooling_options", {}))
-                probe = _Probe(pool, PlaneClassifier(pool.out_features, cfg["num_labels"])).to(dev)
-                fit_module(probe, lambda idx: probe.classifier(probe.pool(x[idx])), y, w, float(s1["lr"]),
-                           int(s1["epochs"]), int(s1["batch_size"]), derived_seed(seed, "search-order", plane, t, b))
-                with torch.no_grad():
-                    pooled = probe.pool(x).cpu()
-                    p_val = torch.sigmoid(probe.classifier(pooled[train_n:].to(dev))).cpu().numpy()
+                probe, pooled, p_val = _fit_probe(cfg, taps[b].to(dev), y, w, train_n, seed, (plane, int(t), b), dev)
                 score = patient_metrics([r.patient_id for r in rows[train_n:]], p_val, data)["macro_auroc"]
                 table[plane][(int(t), b)] = float("nan") if score is None else score
                 probes[(plane, int(t), b)] = (probe, {r.index: pooled[i] for i, r in enumerate(rows)})
@@ -132,14 +125,37 @@ def search_timesteps(manifest: str | os.PathLike, config: Mapping[str, Any], out
     result = timestep_block_search(table, score_combination, top_k=min(top_k, len(timesteps) * len(blocks)),
                                    planes=PLANES, timesteps=timesteps, blocks=blocks, progress=progress)
     write_search_outputs(result, outdir, figure=figure)
+    _write_chosen_config(cfg, result, data.path.name, outdir / "config.json")
+    return result.chosen_config()
+
+
+def _fit_probe(cfg: Mapping[str, Any], x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, train_n: int, seed: int,
+               candidate: Tuple[str, int, str], dev: torch.device) -> Tuple[_Probe, torch.Tensor, np.ndarray]:
+    """A linear probe (the config's pooling + a per-plane classifier, Stage I settings) on the taps ``x`` of one
+    ``(plane, t, block)``, trained on the first ``train_n`` rows; returns it, the pooled features of every row (CPU)
+    and the validation probabilities of the other rows."""
+    plane, t, b = candidate
+    s1 = cfg["stage1"]
+    torch.manual_seed(derived_seed(seed, "search", plane, t, b))
+    pool = build_pooling(cfg["pooling"], x.shape[1], **cfg.get("pooling_options", {}))
+    probe = _Probe(pool, PlaneClassifier(pool.out_features, cfg["num_labels"])).to(dev)
+    fit_module(probe, lambda idx: probe.classifier(probe.pool(x[idx])), y, w, float(s1["lr"]),
+               int(s1["epochs"]), int(s1["batch_size"]), derived_seed(seed, "search-order", plane, t, b))
+    with torch.no_grad():
+        pooled = probe.pool(x).cpu()
+        p_val = torch.sigmoid(probe.classifier(pooled[train_n:].to(dev))).cpu().numpy()
+    return probe, pooled, p_val
+
+
+def _write_chosen_config(cfg: Mapping[str, Any], result: SearchResult, manifest_name: str, path: Path) -> None:
+    """``config.json``: the configuration with the chosen planes, ready for ``train-diagnosis --config``."""
     chosen = dict(cfg)
     chosen["planes"] = result.chosen_config()["planes"]
-    chosen["description"] = (f"{cfg.get('description', '')} Planes chosen by search-timesteps on {data.path.name} "
+    chosen["description"] = (f"{cfg.get('description', '')} Planes chosen by search-timesteps on {manifest_name} "
                              f"(validation macro AUROC {result.best_score:.4f}).").strip()
     for k in ("labels", "num_labels"):
         chosen.pop(k, None)
-    write_text(outdir / "config.json", json.dumps(chosen, indent=2) + "\n")
-    return result.chosen_config()
+    write_text(path, json.dumps(chosen, indent=2) + "\n")
 
 
 def _taps(model, schedule: CosineSchedule, volumes: SeriesVolumes, cache: FeatureCache, rows: Sequence[SeriesRow],

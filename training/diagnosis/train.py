@@ -61,7 +61,7 @@ from OrthoDiffusionLib.model.schedule import CosineSchedule
 
 from ..evaluation import metrics as M
 from ..configs import apply_label_set, load_config, validate_config
-from .checkpoint import CHECKPOINT_NAME, EpochLoop, RunState, cosine_lambda, derived_seed
+from .checkpoint import EpochLoop, RunState, cosine_lambda, derived_seed
 from .data import (DiagnosisManifest, SeriesRow, fixed_noise_taps, is_simulated_cohort,
                              read_diagnosis_manifest, series_weights)
 from .feature_cache import FeatureCache
@@ -518,6 +518,92 @@ def _predictions_csv(pred: _SplitPredictions, keys: Sequence[str], probabilities
 
 
 # ------------------------------------------------------------------------------------------------ run folder
+def _assemble_head(ctx: _Context, pools: Mapping[str, nn.Module], fusion: nn.Module, mpae: MPAEFusion
+                   ) -> DiagnosisHead:
+    """The :class:`DiagnosisHead` of the run (eval mode): the trained poolings, fusion and MPAE gate."""
+    cfg = ctx.cfg
+    head = DiagnosisHead(cfg["num_labels"],
+                         channels=ctx.backbones[PLANES[0]].tap_channels(cfg["planes"][PLANES[0]]["block"]),
+                         pooling=cfg["pooling"], fusion=cfg["fusion"], with_mpae=True, planes=PLANES,
+                         pooling_options=cfg.get("pooling_options", {}), fusion_options=cfg.get("fusion_options", {}),
+                         mpae_options={"gate_hidden": int(cfg["mpae"].get("gate_hidden", 32)),
+                                       "gate_dropout": float(cfg["mpae"].get("gate_dropout", 0.0))}).to(ctx.device)
+    for plane in PLANES:
+        head.pools[plane].load_state_dict(pools[plane].state_dict())
+    head.fusion.load_state_dict(fusion.state_dict())
+    if head.mpae is not None:
+        head.mpae.load_state_dict(mpae.state_dict())
+    return head.eval()
+
+
+def _calibrate(ctx: _Context, head: DiagnosisHead, pooled: _Pooled) -> List[str]:
+    """Fit the head's per-label temperatures on the validation predictions; returns the warning (also printed) when
+    the validation split is too small for it, else []."""
+    data = ctx.manifest
+    val_pred = _predict(ctx, head, pooled, "val", None)
+    small_val = warn_if_small(data.labels_of(data.patients("val")), ctx.cfg["labels"],
+                              "the per-label temperature calibration fitted on it (and thresholds chosen on it)",
+                              who="train-diagnosis")
+    head.calibration.fit(val_pred.logits, data.labels_of(val_pred.patient_ids))
+    return small_val
+
+
+def _training_record(ctx: _Context, head: DiagnosisHead, train: CombinationSet) -> Dict[str, Any]:
+    """The ``training`` entry of ``run.json``: protocol, seeds and noise, what was trained on, the temperatures."""
+    data = ctx.manifest
+    skipped = data.combinations("train", require_all_planes=True).skipped
+    return {"protocol": ctx.cfg["protocol"], "seed": ctx.seed, "noise_seed": ctx.noise_seed,
+            "noise": "series_noise((1, slices, size, size), noise_seed, '<abs series path>|slices|size')",
+            "train_patients": len(data.patients("train")),
+            "train_patients_excluded_by_subset": data.excluded_train_patients,
+            "stage2_train_combinations": len(train),
+            "stage2_skipped_patients_missing_plane": len(skipped),
+            "temperatures": head.calibration.to_dict()["temperature"]}
+
+
+def _test_and_write_predictions(ctx: _Context, run: Path, head: DiagnosisHead, pooled: _Pooled,
+                                ehr: Optional[EHRFusionClassifier]) -> Dict[str, Any]:
+    """Patient-level metrics of the validation and test splits (``None`` for an empty split; ``<split>_ehr`` with
+    EHR fusion), writing ``predictions_<split>.csv``."""
+    metrics: Dict[str, Any] = {}
+    for split in ("val", "test"):
+        pred = _predict(ctx, head, pooled, split, ehr)
+        if pred is None:
+            metrics[split] = None
+            continue
+        metrics[split] = patient_metrics(pred.patient_ids, pred.probabilities, ctx.manifest)
+        metrics[split]["fused_by_mpae_rows"] = sum(f == "mpae" and ctx.cfg["fusion"] != "mpae" for f in pred.fused_by)
+        write_text(run / f"predictions_{split}.csv", _predictions_csv(pred, ctx.cfg["labels"], pred.probabilities))
+        if pred.ehr_probabilities is not None:
+            ok = ~np.isnan(pred.ehr_probabilities).any(axis=1)
+            ids = [p for p, good in zip(pred.patient_ids, ok) if good]
+            if ids:
+                metrics[f"{split}_ehr"] = patient_metrics(ids, pred.ehr_probabilities[ok], ctx.manifest)
+    return metrics
+
+
+def _save_weights(ctx: _Context, run: Path, head: DiagnosisHead, ehr: Optional[EHRFusionClassifier],
+                  width: int, preprocessing: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+    """Write the backbones (fine-tuned ones record ``preprocessing``; frozen ones are copied), the head and the EHR
+    branch into ``run``; returns the ``ehr`` entry of ``run.json`` (None without EHR)."""
+    for plane in PLANES:
+        target = run / f"backbone_{plane}.safetensors"
+        if ctx.finetune:
+            save_backbone(ctx.backbones[plane], target, plane,
+                          {"fine_tuned_from": ctx.backbone_sha[plane], "run": str(run)},
+                          preprocessing=dict(preprocessing))
+        else:
+            with atomic_path(target) as tmp:
+                shutil.copyfile(ctx.backbone_paths[plane], tmp)
+    save_tensors(run / "diagnosis_head.safetensors", head.state_dict())
+    if ehr is None:
+        return None
+    save_tensors(run / "ehr_fusion.safetensors", ehr.state_dict())
+    return {"weights": "ehr_fusion.safetensors",
+            "config": {"num_labels": ctx.cfg["num_labels"], "mri_features": len(PLANES) * width},
+            "statistics": ehr.encoder.statistics()}
+
+
 def plane_backbone_files(backbone: Optional[str | os.PathLike], per_plane: Mapping[str, Optional[str | os.PathLike]]
                          ) -> Dict[str, Path]:
     """``{plane: backbone file}``: ``per_plane[plane]`` or else ``backbone``; InputError / MissingPathError when a
@@ -557,20 +643,10 @@ def train_diagnosis(manifest: str | os.PathLike, config: Mapping[str, Any], out:
     lacking = [p for p in PLANES if not data.series("train", p)]
     if lacking:
         raise InputError(f"no training series of the {', '.join(lacking)} plane(s)", data.path)
-    ckpt_path = run / CHECKPOINT_NAME
-    if (run / "run.json").is_file():
-        raise InputError("already holds a finished training run; choose another --out", run)
-    if ckpt_path.is_file() and not resume:
-        raise InputError("holds an unfinished run (checkpoint.safetensors): add --resume, or choose another --out",
-                         run)
-    if resume and not ckpt_path.is_file():
-        raise InputError("--resume given but there is no checkpoint.safetensors to resume from", run)
-    run.mkdir(parents=True, exist_ok=True)
     sha = {p: file_sha256(paths[p]) for p in PLANES}
     settings = {"config": cfg, "manifest_sha256": data.sha256, "backbone_sha256": sha, "seed": int(seed),
                 "train_patients": data.patients("train")}
-    state = RunState.load(ckpt_path, settings) if resume else RunState(ckpt_path, settings)
-    state.extra.setdefault("started", utc_now())
+    state = RunState.open(run, settings, resume)
     dev = resolve_device(device)
     models = {}
     for plane in PLANES:
@@ -598,74 +674,25 @@ def train_diagnosis(manifest: str | os.PathLike, config: Mapping[str, Any], out:
     fusion = mpae if cfg["fusion"] == "mpae" else _stage2(ctx, pooled, classifiers, width, train)
     ehr = _train_ehr(ctx, pooled, width, train, fusion)
 
-    head = DiagnosisHead(cfg["num_labels"], channels=models[PLANES[0]].tap_channels(cfg["planes"][PLANES[0]]["block"]),
-                         pooling=cfg["pooling"], fusion=cfg["fusion"], with_mpae=True, planes=PLANES,
-                         pooling_options=cfg.get("pooling_options", {}), fusion_options=cfg.get("fusion_options", {}),
-                         mpae_options={"gate_hidden": int(cfg["mpae"].get("gate_hidden", 32)),
-                                       "gate_dropout": float(cfg["mpae"].get("gate_dropout", 0.0))}).to(dev)
-    for plane in PLANES:
-        head.pools[plane].load_state_dict(pools[plane].state_dict())
-    head.fusion.load_state_dict(fusion.state_dict())
-    if head.mpae is not None:
-        head.mpae.load_state_dict(mpae.state_dict())
-    head.eval()
-    val_pred = _predict(ctx, head, pooled, "val", None)
-    small_val = warn_if_small(data.labels_of(data.patients("val")), cfg["labels"],
-                              "the per-label temperature calibration fitted on it (and thresholds chosen on it)",
-                              who="train-diagnosis")
-    head.calibration.fit(val_pred.logits, data.labels_of(val_pred.patient_ids))
-    predictions = {split: _predict(ctx, head, pooled, split, ehr) for split in ("val", "test")}
-
+    head = _assemble_head(ctx, pools, fusion, mpae)
+    small_val = _calibrate(ctx, head, pooled)
+    metrics = _test_and_write_predictions(ctx, run, head, pooled, ehr)
+    preprocessing = {"slices": slices, "size": size, **model_grid(cfg["preprocessing"])}
+    ehr_entry = _save_weights(ctx, run, head, ehr, width, preprocessing)
     keys = cfg["labels"]
-    metrics: Dict[str, Any] = {}
-    for split, pred in predictions.items():
-        if pred is None:
-            metrics[split] = None
-            continue
-        metrics[split] = patient_metrics(pred.patient_ids, pred.probabilities, data)
-        metrics[split]["fused_by_mpae_rows"] = sum(f == "mpae" and cfg["fusion"] != "mpae" for f in pred.fused_by)
-        write_text(run / f"predictions_{split}.csv", _predictions_csv(pred, keys, pred.probabilities))
-        if pred.ehr_probabilities is not None:
-            ok = ~np.isnan(pred.ehr_probabilities).any(axis=1)
-            ids = [p for p, good in zip(pred.patient_ids, ok) if good]
-            if ids:
-                metrics[f"{split}_ehr"] = patient_metrics(ids, pred.ehr_probabilities[ok], data)
-
-    for plane in PLANES:
-        target = run / f"backbone_{plane}.safetensors"
-        if ctx.finetune:
-            save_backbone(models[plane], target, plane, {"fine_tuned_from": sha[plane], "run": str(run)},
-                          preprocessing={"slices": slices, "size": size, **model_grid(cfg["preprocessing"])})
-        else:
-            with atomic_path(target) as tmp:
-                shutil.copyfile(paths[plane], tmp)
-    save_tensors(run / "diagnosis_head.safetensors", head.state_dict())
-    ehr_entry = None
-    if ehr is not None:
-        save_tensors(run / "ehr_fusion.safetensors", ehr.state_dict())
-        ehr_entry = {"weights": "ehr_fusion.safetensors",
-                     "config": {"num_labels": cfg["num_labels"], "mri_features": len(PLANES) * width},
-                     "statistics": ehr.encoder.statistics()}
-    skipped = data.combinations("train", require_all_planes=True).skipped
     info = {"format": RUN_FORMAT, "version": 1, "anatomy": cfg["anatomy"], "labels": keys,
             "label_names": cfg.get("label_names") or {}, "warnings": small_val,
-            "preprocessing": {"slices": slices, "size": size, **model_grid(cfg["preprocessing"])},
+            "preprocessing": preprocessing,
             "planes": {p: {"timestep": int(cfg["planes"][p]["timestep"]), "block": cfg["planes"][p]["block"],
                            "backbone": f"backbone_{p}.safetensors"} for p in PLANES},
             "head": head.config(), "head_weights": "diagnosis_head.safetensors", "ehr": ehr_entry,
             "config": cfg, "metrics": metrics,
-            "training": {"protocol": cfg["protocol"], "seed": int(seed), "noise_seed": ctx.noise_seed,
-                         "noise": "series_noise((1, slices, size, size), noise_seed, '<abs series path>|slices|size')",
-                         "train_patients": len(data.patients("train")),
-                         "train_patients_excluded_by_subset": data.excluded_train_patients,
-                         "stage2_train_combinations": len(train),
-                         "stage2_skipped_patients_missing_plane": len(skipped),
-                         "temperatures": head.calibration.to_dict()["temperature"]},
+            "training": _training_record(ctx, head, train),
             "provenance": {"command": command, "manifest": str(Path(manifest).resolve()),
                            "manifest_sha256": data.sha256, "started": state.extra["started"], "finished": utc_now(),
                            "backbone_sha256": sha,
                            "synthetic_data_only": is_simulated_cohort(manifest)}}
     write_text(run / "run.json", json.dumps(info, indent=2, default=float) + "\n")
-    ckpt_path.unlink(missing_ok=True)
+    state.path.unlink(missing_ok=True)
     plot_run_curves(run / "log.csv", title=f"train-diagnosis {run.name}")
     return info

@@ -20,7 +20,7 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -31,8 +31,8 @@ from OrthoDiffusionLib.labels import PLANES
 from OrthoDiffusionLib.progress import ProgressFn
 
 from .baselines import BASELINES, build_classification_baseline
-from .checkpoint import CHECKPOINT_NAME, EpochLoop, RunState, derived_seed
-from .data import read_diagnosis_manifest
+from .checkpoint import EpochLoop, RunState, derived_seed
+from .data import DiagnosisManifest, read_diagnosis_manifest
 from .losses import weighted_bce
 from .multiscan import CombinationSet
 from OrthoDiffusionLib.inference.preprocess import model_grid
@@ -54,6 +54,52 @@ def _predictions_csv(patient_ids: Sequence[str], keys: Sequence[str], probabilit
     for pid, row in zip(patient_ids, probabilities):
         w.writerow([pid, *[f"{v:.6f}" for v in row]])
     return buf.getvalue()
+
+
+class _Inputs:
+    """The baseline's inputs: one volume per plane of each cross-plane combination, a zero volume for a missing
+    plane (the baselines have no fallback)."""
+
+    def __init__(self, volumes: SeriesVolumes, slices: int, size: int, device: torch.device):
+        self.volumes, self.slices, self.size, self.device = volumes, slices, size, device
+
+    def batch(self, combos: CombinationSet, idx: Sequence[int]) -> Dict[str, torch.Tensor]:
+        """``{plane: (len(idx), 1, slices, size, size)}`` on the device."""
+        out: Dict[str, torch.Tensor] = {}
+        for p in PLANES:
+            vols = [self.volumes[combos.combinations[i].series[p]["index"]] if p in combos.combinations[i].series
+                    else torch.zeros(1, self.slices, self.size, self.size) for i in idx]
+            out[p] = torch.stack(vols).to(self.device)
+        return out
+
+    def predict(self, model: torch.nn.Module, combos: CombinationSet, batch: int, num_labels: int) -> np.ndarray:
+        """``(len(combos), K)`` probabilities (the model is left in training mode)."""
+        model.eval()
+        probs = []
+        with torch.no_grad():
+            for start in range(0, len(combos), batch):
+                idx = list(range(start, min(start + batch, len(combos))))
+                probs.append(torch.sigmoid(model(self.batch(combos, idx))).cpu().numpy())
+        model.train()
+        return np.concatenate(probs) if probs else np.zeros((0, num_labels))
+
+
+def _test_and_write_predictions(run: Path, data: DiagnosisManifest, predict: Callable[[CombinationSet], np.ndarray],
+                                keys: Sequence[str]) -> Tuple[Dict[str, Any], int]:
+    """Patient-level metrics of the validation and test splits (``None`` for an empty split), writing
+    ``predictions_<split>.csv``; and how many of their rows had a missing plane filled with zeros."""
+    metrics: Dict[str, Any] = {}
+    zero_filled = 0
+    for split in ("val", "test"):
+        combos = data.combinations(split, require_all_planes=False)
+        if not len(combos):
+            metrics[split] = None
+            continue
+        zero_filled += sum(len(c.series) < len(PLANES) for c in combos.combinations)
+        probs = predict(combos)
+        metrics[split] = patient_metrics(combos.patient_ids(), probs, data)
+        write_text(run / f"predictions_{split}.csv", _predictions_csv(combos.patient_ids(), keys, probs))
+    return metrics, zero_filled
 
 
 def train_baseline(manifest: str | os.PathLike, model_name: str, config: Mapping[str, Any], out: str | os.PathLike,
@@ -79,18 +125,9 @@ def train_baseline(manifest: str | os.PathLike, model_name: str, config: Mapping
     kwargs = dict(encoder_kwargs or {})
     run = Path(out)
     data = read_diagnosis_manifest(manifest, cfg["labels"]).restrict_train(train_patients, train_fraction, seed=seed)
-    ckpt = run / CHECKPOINT_NAME
-    if (run / "run.json").is_file():
-        raise InputError("already holds a finished baseline run; choose another --out", run)
-    if ckpt.is_file() and not resume:
-        raise InputError("holds an unfinished run (checkpoint.safetensors): add --resume, or choose another --out", run)
-    if resume and not ckpt.is_file():
-        raise InputError("--resume given but there is no checkpoint.safetensors to resume from", run)
-    run.mkdir(parents=True, exist_ok=True)
     settings = {"model": name, "encoder": kwargs, "config": cfg, "manifest_sha256": data.sha256, "seed": int(seed),
                 "train_patients": data.patients("train")}
-    state = RunState.load(ckpt, settings) if resume else RunState(ckpt, settings)
-    state.extra.setdefault("started", utc_now())
+    state = RunState.open(run, settings, resume, kind="baseline")
     dev = resolve_device(device)
     slices, size = int(cfg["preprocessing"]["slices"]), int(cfg["preprocessing"]["size"])
     cache = Path(cache_dir) if cache_dir is not None else run / "cache"
@@ -98,24 +135,10 @@ def train_baseline(manifest: str | os.PathLike, model_name: str, config: Mapping
                             grid=model_grid(cfg["preprocessing"]))
     torch.manual_seed(derived_seed(seed, "init", name))
     model = state.add_part("model", build_classification_baseline(name, cfg["num_labels"], PLANES, **kwargs).to(dev))
-
-    def batch_volumes(combos: CombinationSet, idx: Sequence[int]) -> Dict[str, torch.Tensor]:
-        out: Dict[str, torch.Tensor] = {}
-        for p in PLANES:
-            vols = [volumes[combos.combinations[i].series[p]["index"]] if p in combos.combinations[i].series
-                    else torch.zeros(1, slices, size, size) for i in idx]
-            out[p] = torch.stack(vols).to(dev)
-        return out
+    inputs = _Inputs(volumes, slices, size, dev)
 
     def predict(combos: CombinationSet) -> np.ndarray:
-        model.eval()
-        probs = []
-        with torch.no_grad():
-            for start in range(0, len(combos), batch):
-                idx = list(range(start, min(start + batch, len(combos))))
-                probs.append(torch.sigmoid(model(batch_volumes(combos, idx))).cpu().numpy())
-        model.train()
-        return np.concatenate(probs) if probs else np.zeros((0, cfg["num_labels"]))
+        return inputs.predict(model, combos, batch, cfg["num_labels"])
 
     train = data.combinations("train", require_all_planes=True)
     if not len(train):
@@ -126,7 +149,7 @@ def train_baseline(manifest: str | os.PathLike, model_name: str, config: Mapping
 
     def step(idx: torch.Tensor, epoch: int, b: int) -> torch.Tensor:
         model.train()
-        return weighted_bce(model(batch_volumes(train, idx.tolist())), y[idx], w[idx])
+        return weighted_bce(model(inputs.batch(train, idx.tolist())), y[idx], w[idx])
 
     def evaluate() -> Dict[str, float]:
         return {"val_macro_auroc": patient_metrics(val.patient_ids(), predict(val), data)["macro_auroc"]}
@@ -136,19 +159,10 @@ def train_baseline(manifest: str | os.PathLike, model_name: str, config: Mapping
         if epoch_log is not None:
             epoch_log(row)
 
-    EpochLoop(state, log, progress, cancel, step_log).run(name, [{"params": model.parameters(), "lr": lr}], len(train), batch,
-                                                epochs, step, evaluate, schedule="constant")
-    metrics: Dict[str, Any] = {}
-    zero_filled = 0
-    for split in ("val", "test"):
-        combos = data.combinations(split, require_all_planes=False)
-        if not len(combos):
-            metrics[split] = None
-            continue
-        zero_filled += sum(len(c.series) < len(PLANES) for c in combos.combinations)
-        probs = predict(combos)
-        metrics[split] = patient_metrics(combos.patient_ids(), probs, data)
-        write_text(run / f"predictions_{split}.csv", _predictions_csv(combos.patient_ids(), cfg["labels"], probs))
+    EpochLoop(state, log, progress, cancel, step_log).run(name, [{"params": model.parameters(), "lr": lr}],
+                                                          len(train), batch, epochs, step, evaluate,
+                                                          schedule="constant")
+    metrics, zero_filled = _test_and_write_predictions(run, data, predict, cfg["labels"])
     save_tensors(run / "model.safetensors", model.state_dict())
     info = {"format": BASELINE_RUN_FORMAT, "version": 1, "model": name, "encoder": kwargs, "anatomy": cfg["anatomy"],
             "labels": cfg["labels"], "preprocessing": {"slices": slices, "size": size},
@@ -162,6 +176,6 @@ def train_baseline(manifest: str | os.PathLike, model_name: str, config: Mapping
             "provenance": {"command": command, "manifest": str(Path(manifest).resolve()),
                            "manifest_sha256": data.sha256, "started": state.extra["started"], "finished": utc_now()}}
     write_text(run / "run.json", json.dumps(info, indent=2, default=float) + "\n")
-    ckpt.unlink(missing_ok=True)
+    state.path.unlink(missing_ok=True)
     plot_run_curves(run / "log.csv", title=f"train-baseline {name} {run.name}")
     return info

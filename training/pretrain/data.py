@@ -237,5 +237,5 @@ def select_folder_series(folder: PathLike, plane: str) -> FolderSelection:
             sel.series.append(s)
             sel.patients.append(patient)
     if not sel.series:
-        raise InputError(f"no {plane} image series under this folder", folder)
+        raise InputError(f"no {plane} series under this folder (label maps and duplicate copies left out)", folder)
     return sel

@@ -41,7 +41,6 @@ first step.
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import hashlib
 import json
@@ -257,6 +256,7 @@ class ImageSeriesVolumes(SeriesVolumes):
             raise InputError("this is a label map (whole numbers, few distinct values), not an image: it cannot be "
                              "a pretraining series; list images in the manifest's series_path", self.paths[i])
         return preprocess_series(series, slices=self.slices, size=self.size, **self.grid).volume
+
 
 def _plane_selected(series_plane: str, plane: str) -> bool:
     """Whether a series of ``series_plane`` belongs to a run of ``plane`` (``shared``: every plane)."""
@@ -488,25 +488,72 @@ def pretrain(cfg: PretrainConfig, dataset: Optional[VolumeDataset] = None, *,
 def _pretrain(cfg: PretrainConfig, run_dir: Path, d: _Dist, dataset: Optional[VolumeDataset], manifest, data,
               progress: Optional[ProgressFn], stop_at: Optional[int], show_progress: bool,
               time_limit: Optional[float] = None, init_from=None) -> Dict[str, Any]:
-    from torch.nn.parallel import DistributedDataParallel as DDP
+    tensors, state = _resume_state(cfg, run_dir, d)
+    dataset, val_set = _training_data(cfg, run_dir, d, dataset, manifest, data)
+    tr = _build_training(cfg, d, dataset, tensors, state, init_from)
+    del tensors
+    if d.main and show_progress:
+        print_plan(cfg, dataset, val_set, tr.model, d.world, d.device, tr.start)
+    if d.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
 
+        tr.net = DDP(tr.model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    out = _RunOutputs.open(cfg, run_dir, d, tr.start, show_progress)
+    loop = _LoopState(step=tr.start, step_last=tr.start)
+    interrupt = InterruptRequest()
+    try:
+        tr.net.train()
+        for x0 in tr.loader:
+            loop.step += 1
+            loop.record(_train_step(cfg, tr, d, x0, loop.step))
+            if d.main:
+                _report_step(cfg, tr, out, loop, progress, run_dir, d)
+            _check_stops(cfg, loop, d, time_limit, interrupt)
+            if d.main and val_set is not None and (loop.step % cfg.val_every == 0 or loop.step == cfg.steps
+                                                  or loop.stopping):
+                _validate(cfg, tr, out, val_set, run_dir, loop.step, d)
+            if (loop.step % cfg.ckpt_every == 0 or loop.step == cfg.steps or loop.step == stop_at
+                    or loop.stopping):
+                rng_all = _gather(rng_snapshot(tr.noise_gen, d.device), d)
+                if d.main:
+                    _save_checkpoint(run_dir, loop.step, tr.model, tr.ema, tr.opt, rng_all, cfg,
+                                     {"loss": loop.last_loss})
+            if loop.stopping or (stop_at is not None and loop.step >= stop_at):
+                break
+    finally:
+        interrupt.restore()
+        out.close()
+    return _finish(cfg, run_dir, d, tr, loop)
+
+
+def _resume_state(cfg: PretrainConfig, run_dir: Path, d: _Dist) -> Tuple[Optional[Dict[str, torch.Tensor]],
+                                                                          Optional[Dict[str, Any]]]:
+    """The newest checkpoint's tensors and state when resuming (``(None, None)`` otherwise); refuses a run folder
+    with checkpoints without ``resume``, and a resume with different structural settings."""
     latest = latest_checkpoint(run_dir, STEP_PREFIX)
     if d.main and cfg.resume:
         remove_partial_checkpoints(run_dir, STEP_PREFIX)
     if latest is not None and not cfg.resume:
         raise OrthoDiffusionError("the run folder already holds checkpoints; pass --resume to continue it or "
                                   "choose a new --out", run_dir)
-    tensors, state = read_checkpoint(latest, CHECKPOINT_FORMAT_VERSION) if (latest is not None and cfg.resume) else (None, None)
-    if state is not None:
-        saved = state["config"]
-        defaults = PretrainConfig().to_json()  # settings added later read as their default in older runs
-        changed = [k for k in _STRUCTURAL
-                   if json.dumps(saved.get(k, defaults.get(k))) != json.dumps(cfg.to_json().get(k))]
-        if changed:
-            raise OrthoDiffusionError(
-                "cannot resume with different settings: " + ", ".join(f"{k} {saved.get(k)} -> {cfg.to_json()[k]}"
-                                                                      for k in changed), latest)
+    if latest is None or not cfg.resume:
+        return None, None
+    tensors, state = read_checkpoint(latest, CHECKPOINT_FORMAT_VERSION)
+    saved = state["config"]
+    defaults = PretrainConfig().to_json()  # settings added later read as their default in older runs
+    changed = [k for k in _STRUCTURAL
+               if json.dumps(saved.get(k, defaults.get(k))) != json.dumps(cfg.to_json().get(k))]
+    if changed:
+        raise OrthoDiffusionError(
+            "cannot resume with different settings: " + ", ".join(f"{k} {saved.get(k)} -> {cfg.to_json()[k]}"
+                                                                  for k in changed), latest)
+    return tensors, state
 
+
+def _training_data(cfg: PretrainConfig, run_dir: Path, d: _Dist, dataset: Optional[VolumeDataset], manifest,
+                   data) -> Tuple[VolumeDataset, Optional[InMemoryVolumes]]:
+    """The training set (given, or read from the manifest / folder) and the validation set (rank 0); writes the
+    run's ``config.json``."""
     if dataset is None:
         dataset = load_training_set(cfg.plane, manifest=manifest, data=data, slices=cfg.slices, size=cfg.size,
                                     cache_dir=run_dir / "cache", splits=cfg.splits, grid=cfg.grid())
@@ -517,15 +564,33 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, d: _Dist, dataset: Optional[Vo
         run_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(run_dir / "config.json") as t:
             t.write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
+    return dataset, val_set
 
+
+@dataclass
+class _Training:
+    """What one process trains: the network (``net``: ``model`` or its DDP wrapper), its EMA, the optimizer, the
+    noise generator and schedule, and the data from step ``start`` on."""
+    model: torch.nn.Module
+    net: torch.nn.Module
+    ema: EMA
+    opt: torch.optim.Optimizer
+    lr: float
+    noise_gen: torch.Generator
+    schedule: CosineSchedule
+    start: int
+    loader: Iterator[torch.Tensor]
+
+
+def _build_training(cfg: PretrainConfig, d: _Dist, dataset: VolumeDataset, tensors, state,
+                    init_from) -> _Training:
+    """A fresh network, continued from a checkpoint (``state``) or a backbone file (``init_from``)."""
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = cfg.model().to(d.device)
     ema = EMA(model, cfg.ema_decay, cfg.ema_every, cfg.ema_start)
     lr = cfg.lr_per_sample * cfg.batch_size * d.world
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     noise_gen = torch.Generator().manual_seed(cfg.seed * 7919 + 17 + d.rank)
-    schedule = CosineSchedule(T=cfg.timesteps)
-
     start = int(state["step"]) if state is not None else 0
     if state is None and init_from is not None:
         start = _init_from_backbone(init_from, cfg, model, ema)
@@ -546,128 +611,156 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, d: _Dist, dataset: Optional[Vo
             warnings.warn(f"resuming a {state['world_size']}-process run on {d.world} processes: data order and "
                           "noise continue deterministically but not identically to an uninterrupted run")
             noise_gen.manual_seed(cfg.seed * 7919 + 17 + d.rank + 1_000_003 * start)
-        del tensors
+    return _Training(model=model, net=model, ema=ema, opt=opt, lr=lr, noise_gen=noise_gen,
+                     schedule=CosineSchedule(T=cfg.timesteps), start=start, loader=loader)
 
-    if d.main and show_progress:
-        print_plan(cfg, dataset, val_set, model, d.world, d.device, start)
 
-    net: torch.nn.Module = model
-    if d.world > 1:
-        net = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+@dataclass
+class _RunOutputs:
+    """Rank 0's outputs while training: ``log.csv`` (open for appending), TensorBoard, the tqdm bar."""
+    log_file: Any = None
+    writer: Any = None
+    bar: Any = None
 
-    log_file = writer = bar = None
-    if d.main:
+    @classmethod
+    def open(cls, cfg: PretrainConfig, run_dir: Path, d: _Dist, start: int, show_progress: bool) -> "_RunOutputs":
+        """Logs cut back to ``start`` (a resumed run rewrites what came after its checkpoint); nothing off rank 0."""
+        out = cls()
+        if not d.main:
+            return out
         log_path = run_dir / "log.csv"
         truncate_log(log_path, start)
         new = not log_path.exists()
-        log_file = open(log_path, "a", newline="")
+        out.log_file = open(log_path, "a", newline="")
         if new:
-            log_file.write("step,loss,lr,steps_per_s,samples_per_s\n")
+            out.log_file.write("step,loss,lr,steps_per_s,samples_per_s\n")
         truncate_log(run_dir / "val_log.csv", start)
         with contextlib.suppress(ImportError):
             from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(str(run_dir / "tb"), purge_step=start + 1)
+            out.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start + 1)
         if show_progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=cfg.steps, initial=start, desc=f"pretrain {cfg.plane}", unit="step", dynamic_ncols=True)
+            out.bar = tqdm(total=cfg.steps, initial=start, desc=f"pretrain {cfg.plane}", unit="step",
+                           dynamic_ncols=True)
+        return out
 
-    autocast = precision_autocast(d.device, cfg.precision)
-    step = start
-    last_loss = float("nan")
-    window: List[float] = []
-    t_last, step_last = time.perf_counter(), start
-    t_begin = time.perf_counter()
-    timed_out = interrupted = False
-    interrupt = InterruptRequest()
-    try:
-        net.train()
-        for x0 in loader:
-            x0 = x0.to(d.device, non_blocking=True)
-            t = torch.randint(0, schedule.T, (x0.shape[0],), generator=noise_gen).to(d.device)
-            noise = torch.randn(x0.shape, generator=noise_gen).to(d.device)
-            with autocast:
-                loss = schedule.training_loss(net, x0, t=t, noise=noise)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            ema.update(model, step)
+    def close(self) -> None:
+        for thing in (self.bar, self.log_file, self.writer):
+            if thing is not None:
+                thing.close()
 
-            loss_value = loss.detach()
-            if d.world > 1:
-                dist.all_reduce(loss_value)
-                loss_value = loss_value / d.world
-            last_loss = float(loss_value)
-            window.append(last_loss)
-            if d.main:
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{last_loss:.4f}")
-                if progress is not None:
-                    progress(f"step {step}/{cfg.steps}, loss {last_loss:.4f}", step / cfg.steps)
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    now = time.perf_counter()
-                    sps = (step - step_last) / max(now - t_last, 1e-9)
-                    mean_loss = sum(window) / len(window)
-                    log_file.write(f"{step},{mean_loss:.6g},{lr:.6g},{sps:.4g},{sps * cfg.batch_size * d.world:.4g}\n")
-                    log_file.flush()
-                    if writer is not None:
-                        writer.add_scalar("loss", mean_loss, step)
-                        writer.add_scalar("steps_per_s", sps, step)
-                    window.clear()
-                    t_last, step_last = now, step
-                if cfg.sample_every and step % cfg.sample_every == 0:
-                    _sample(cfg, ema.model, schedule, run_dir, step, d.device)
-            if time_limit is not None and step < cfg.steps:
-                timed_out = _all_ranks_agree(time.perf_counter() - t_begin >= time_limit, d)
-            if interrupt.installed and step < cfg.steps:
-                interrupted = _all_ranks_agree(interrupt.requested, d)
-            if d.main and val_set is not None and (step % cfg.val_every == 0 or step == cfg.steps or timed_out
-                                                  or interrupted):
-                val_loss = validation_loss(cfg, model, schedule, val_set, d.device)
-                log_validation(run_dir, step, val_loss)
-                if writer is not None:
-                    writer.add_scalar("val_loss", val_loss, step)
-                net.train()
-            if step % cfg.ckpt_every == 0 or step == cfg.steps or step == stop_at or timed_out or interrupted:
-                rng_all = _gather(rng_snapshot(noise_gen, d.device), d)
-                if d.main:
-                    _save_checkpoint(run_dir, step, model, ema, opt, rng_all, cfg, {"loss": last_loss})
-            if timed_out or interrupted or (stop_at is not None and step >= stop_at):
-                break
-    finally:
-        interrupt.restore()
-        if bar is not None:
-            bar.close()
-        if log_file is not None:
-            log_file.close()
-        if writer is not None:
-            writer.close()
 
-    digests = _gather(tensors_sha256(model.state_dict()), d)
-    summary = {"step": step, "loss": last_loss, "world_size": d.world, "lr": lr, "rank_weight_sha256": digests,
-               "ema_weight_sha256": tensors_sha256(ema.model.state_dict()), "stopped_by_time_limit": timed_out,
-               "stopped_by_interrupt": interrupted}
+@dataclass
+class _LoopState:
+    """The training loop's running state: the step, the losses since the last log line, why it stops."""
+    step: int
+    last_loss: float = float("nan")
+    window: List[float] = field(default_factory=list)
+    t_last: float = field(default_factory=time.perf_counter)
+    step_last: int = 0
+    t_begin: float = field(default_factory=time.perf_counter)
+    timed_out: bool = False
+    interrupted: bool = False
+
+    @property
+    def stopping(self) -> bool:
+        return self.timed_out or self.interrupted
+
+    def record(self, loss: float) -> None:
+        self.last_loss = loss
+        self.window.append(loss)
+
+
+def _train_step(cfg: PretrainConfig, tr: _Training, d: _Dist, x0: torch.Tensor, step: int) -> float:
+    """One optimizer step (and the EMA update of ``step``); returns the loss, averaged over the ranks."""
+    x0 = x0.to(d.device, non_blocking=True)
+    t = torch.randint(0, tr.schedule.T, (x0.shape[0],), generator=tr.noise_gen).to(d.device)
+    noise = torch.randn(x0.shape, generator=tr.noise_gen).to(d.device)
+    with precision_autocast(d.device, cfg.precision):
+        loss = tr.schedule.training_loss(tr.net, x0, t=t, noise=noise)
+    tr.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    tr.opt.step()
+    tr.ema.update(tr.model, step)
+    loss_value = loss.detach()
+    if d.world > 1:
+        dist.all_reduce(loss_value)
+        loss_value = loss_value / d.world
+    return float(loss_value)
+
+
+def _report_step(cfg: PretrainConfig, tr: _Training, out: _RunOutputs, loop: _LoopState,
+                 progress: Optional[ProgressFn], run_dir: Path, d: _Dist) -> None:
+    """Rank 0 after a step: the bar, the progress callback, a ``log.csv`` line every ``log_every`` steps, samples."""
+    step = loop.step
+    if out.bar is not None:
+        out.bar.update(1)
+        out.bar.set_postfix(loss=f"{loop.last_loss:.4f}")
+    if progress is not None:
+        progress(f"step {step}/{cfg.steps}, loss {loop.last_loss:.4f}", step / cfg.steps)
+    if step % cfg.log_every == 0 or step == cfg.steps:
+        now = time.perf_counter()
+        sps = (step - loop.step_last) / max(now - loop.t_last, 1e-9)
+        mean_loss = sum(loop.window) / len(loop.window)
+        out.log_file.write(f"{step},{mean_loss:.6g},{tr.lr:.6g},{sps:.4g},{sps * cfg.batch_size * d.world:.4g}\n")
+        out.log_file.flush()
+        if out.writer is not None:
+            out.writer.add_scalar("loss", mean_loss, step)
+            out.writer.add_scalar("steps_per_s", sps, step)
+        loop.window.clear()
+        loop.t_last, loop.step_last = now, step
+    if cfg.sample_every and step % cfg.sample_every == 0:
+        _sample(cfg, tr.ema.model, tr.schedule, run_dir, step, d.device)
+
+
+def _check_stops(cfg: PretrainConfig, loop: _LoopState, d: _Dist, time_limit: Optional[float],
+                 interrupt: InterruptRequest) -> None:
+    """Whether the time limit has passed or Ctrl-C was pressed (rank 0 decides for every rank)."""
+    if time_limit is not None and loop.step < cfg.steps:
+        loop.timed_out = _all_ranks_agree(time.perf_counter() - loop.t_begin >= time_limit, d)
+    if interrupt.installed and loop.step < cfg.steps:
+        loop.interrupted = _all_ranks_agree(interrupt.requested, d)
+
+
+def _validate(cfg: PretrainConfig, tr: _Training, out: _RunOutputs, val_set: InMemoryVolumes, run_dir: Path,
+              step: int, d: _Dist) -> None:
+    """The denoising loss on the validation series, to ``val_log.csv`` and TensorBoard."""
+    val_loss = validation_loss(cfg, tr.model, tr.schedule, val_set, d.device)
+    log_validation(run_dir, step, val_loss)
+    if out.writer is not None:
+        out.writer.add_scalar("val_loss", val_loss, step)
+    tr.net.train()
+
+
+def _finish(cfg: PretrainConfig, run_dir: Path, d: _Dist, tr: _Training, loop: _LoopState) -> Dict[str, Any]:
+    """Check the ranks agree; rank 0 writes the backbone files (when the run ended or stopped early), the summary
+    and the curves. Returns the summary."""
+    step, timed_out, interrupted = loop.step, loop.timed_out, loop.interrupted
+    digests = _gather(tensors_sha256(tr.model.state_dict()), d)
+    summary = {"step": step, "loss": loop.last_loss, "world_size": d.world, "lr": tr.lr,
+               "rank_weight_sha256": digests, "ema_weight_sha256": tensors_sha256(tr.ema.model.state_dict()),
+               "stopped_by_time_limit": timed_out, "stopped_by_interrupt": interrupted}
     if len(set(digests)) != 1:
         raise OrthoDiffusionError(f"ranks hold different weights after step {step} (DDP desynchronised)", run_dir)
-    if d.main:
-        if step >= cfg.steps or timed_out or interrupted:
-            provenance = {"trained_steps": step, "planned_steps": cfg.steps, "run": run_dir.name,
-                          "recipe": "orthodiffusion pretrain", "stopped_by_time_limit": timed_out,
-                          "stopped_by_interrupt": interrupted}
-            preprocessing = {"slices": cfg.slices, "size": cfg.size, **cfg.grid()}
-            save_backbone(ema.model, run_dir / f"backbone_{cfg.plane}.safetensors", cfg.plane, provenance=provenance,
-                          preprocessing=preprocessing)
-            save_backbone(ema.model, run_dir / f"backbone_{cfg.plane}.fp16.safetensors", cfg.plane,
-                          provenance=provenance, half=True, preprocessing=preprocessing)
-        with atomic_path(run_dir / "summary.json") as t:
-            t.write_text(json.dumps(summary, indent=2) + "\n")
-        from ..curves import plot_run_curves
+    if not d.main:
+        return summary
+    if step >= cfg.steps or timed_out or interrupted:
+        provenance = {"trained_steps": step, "planned_steps": cfg.steps, "run": run_dir.name,
+                      "recipe": "orthodiffusion pretrain", "stopped_by_time_limit": timed_out,
+                      "stopped_by_interrupt": interrupted}
+        preprocessing = {"slices": cfg.slices, "size": cfg.size, **cfg.grid()}
+        save_backbone(tr.ema.model, run_dir / f"backbone_{cfg.plane}.safetensors", cfg.plane, provenance=provenance,
+                      preprocessing=preprocessing)
+        save_backbone(tr.ema.model, run_dir / f"backbone_{cfg.plane}.fp16.safetensors", cfg.plane,
+                      provenance=provenance, half=True, preprocessing=preprocessing)
+    with atomic_path(run_dir / "summary.json") as t:
+        t.write_text(json.dumps(summary, indent=2) + "\n")
+    from ..curves import plot_run_curves
 
-        plot_run_curves(run_dir / "log.csv", extra_csv=run_dir / "val_log.csv",
-                        title=f"pretrain {cfg.plane} ({run_dir.name}), step {step}")
+    plot_run_curves(run_dir / "log.csv", extra_csv=run_dir / "val_log.csv",
+                    title=f"pretrain {cfg.plane} ({run_dir.name}), step {step}")
     return summary
 
 

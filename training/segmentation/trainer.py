@@ -124,6 +124,63 @@ def _check_cancel(cancel: Optional[threading.Event]) -> None:
         raise CancelledError("training cancelled")
 
 
+def _start_or_resume(run_dir: Path, resume: bool, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                     generator: torch.Generator, config: Mapping[str, Any], device: torch.device) -> int:
+    """The epoch to start after: 0 for a new run, else the newest checkpoint's, whose model, optimizer and random
+    state are loaded. Refuses a folder with checkpoints without ``resume``, and a checkpoint of another config."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    latest = latest_checkpoint(run_dir)
+    if latest is not None and not resume:
+        raise OrthoDiffusionError("the run folder already holds checkpoints; pass --resume to continue it or "
+                                  "choose a new --out", run_dir)
+    if resume:
+        remove_partial_checkpoints(run_dir, EPOCH_PREFIX)
+    if latest is None:
+        return 0
+    tensors, state = load_checkpoint(latest)
+    changes = _config_changes(state["config"], config)
+    if changes:
+        raise OrthoDiffusionError("cannot resume with different settings: " + "; ".join(changes), latest)
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    opt.load_state_dict(optimizer_state(tensors, state["optimizer"]))
+    rng_restore(state["rng"], generator, device)
+    return int(state["epoch"])
+
+
+def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn: SegmentationLoss, augment: Optional[SegAugment],
+          items: Sequence[Any], generator: torch.Generator, device: torch.device, crop: int = 0) -> Dict[str, float]:
+    """One optimisation step on ``items`` (``(image, labels)`` pairs), augmented and, with ``crop``, cut to random
+    ``crop`` x ``crop`` in-plane crops; returns the loss terms."""
+    x = torch.stack([im for im, _ in items])
+    y = torch.stack([lab for _, lab in items])
+    if augment is not None:
+        x, y = augment(x, y)
+    if crop:
+        x, y = random_inplane_crop(x, y, crop, generator)
+    x, y = x.to(device), y.to(device)
+    terms = loss_fn.terms(model(x, generator=generator), y)
+    opt.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    opt.step()
+    return {k: float(v.detach()) for k, v in terms.items()}
+
+
+def _log_epoch(log_path: Path, epoch: int, means: Mapping[str, float], lr: float, seconds: float,
+               model: torch.nn.Module, val_set: Optional[SegVolumes], settings: TrainSettings,
+               device: torch.device) -> Optional[float]:
+    """Append the epoch's row to ``log.csv``, with the mean validation Dice every ``settings.val_every`` epochs;
+    returns that Dice (NaN when no structure could be scored), or None in an epoch without validation."""
+    val_dice = None
+    if val_set is not None and len(val_set) and settings.val_every and epoch % settings.val_every == 0:
+        val = evaluate(model, val_set, settings.plane, device, settings.eval_noise_draws, settings.eval_seed)
+        val_dice = val["summary"]["dice"]["mean"]["mean"]
+        val_dice = float("nan") if val_dice is None else val_dice
+    with open(log_path, "a") as f:
+        f.write(f"{epoch},{means['loss']:.6g},{means['ce']:.6g},{means['dice_loss']:.6g},{lr:.6g},{seconds:.1f},"
+                f"{float('nan') if val_dice is None else val_dice:.4f}\n")
+    return val_dice
+
+
 def train(model: torch.nn.Module, train_set: SegVolumes, settings: TrainSettings, run_dir: Path,
           config: Mapping[str, Any], *, device: torch.device, resume: bool = False,
           val_set: Optional[SegVolumes] = None, stop_after_epoch: Optional[int] = None,
@@ -144,28 +201,11 @@ def train(model: torch.nn.Module, train_set: SegVolumes, settings: TrainSettings
     """
     if len(train_set) == 0:
         raise OrthoDiffusionError("the training set is empty")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    latest = latest_checkpoint(run_dir)
-    if latest is not None and not resume:
-        raise OrthoDiffusionError("the run folder already holds checkpoints; pass --resume to continue it or "
-                                  "choose a new --out", run_dir)
-    if resume:
-        remove_partial_checkpoints(run_dir, EPOCH_PREFIX)
-
     generator = torch.Generator().manual_seed(settings.seed * 7919 + 29)
     opt = torch.optim.Adam(model.param_groups(settings.lr, settings.backbone_lr_scale),  # type: ignore[operator]
                            lr=settings.lr, weight_decay=settings.weight_decay)
     base_lrs = [g["lr"] for g in opt.param_groups]
-    start = 0
-    if latest is not None:
-        tensors, state = load_checkpoint(latest)
-        changes = _config_changes(state["config"], config)
-        if changes:
-            raise OrthoDiffusionError("cannot resume with different settings: " + "; ".join(changes), latest)
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        opt.load_state_dict(optimizer_state(tensors, state["optimizer"]))
-        rng_restore(state["rng"], generator, device)
-        start = int(state["epoch"])
+    start = _start_or_resume(run_dir, resume, model, opt, generator, config, device)
 
     loss_fn = SegmentationLoss.for_plane(settings.plane, ce_weight=settings.ce_weight,
                                          excluded_as=settings.excluded_as,
@@ -200,35 +240,20 @@ def train(model: torch.nn.Module, train_set: SegVolumes, settings: TrainSettings
                 step = (epoch - 1) * steps_per_epoch + b
                 for g, base in zip(opt.param_groups, base_lrs):
                     g["lr"] = cosine_lr(base, step, total_steps)
-                items = [train_set[i] for i in idx]
-                x = torch.stack([im for im, _ in items])
-                y = torch.stack([lab for _, lab in items])
-                if augment is not None:
-                    x, y = augment(x, y)
-                if settings.crop:
-                    x, y = random_inplane_crop(x, y, settings.crop, generator)
-                x, y = x.to(device), y.to(device)
-                terms = loss_fn.terms(model(x, generator=generator), y)
-                opt.zero_grad(set_to_none=True)
-                terms["loss"].backward()
-                opt.step()
+                terms = _step(model, opt, loss_fn, augment, [train_set[i] for i in idx], generator, device,
+                              settings.crop)
                 for k in sums:
-                    sums[k] += float(terms[k].detach()) * len(idx)
+                    sums[k] += terms[k] * len(idx)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(epoch=epoch, loss=f"{float(terms['loss'].detach()):.4f}", **shown_val)
+                    bar.set_postfix(epoch=epoch, loss=f"{terms['loss']:.4f}", **shown_val)
                 if progress is not None:
                     progress("train", (step + 1) / total_steps)
             mean_loss = sums["loss"] / n
-            val_dice = float("nan")
-            if val_set is not None and len(val_set) and settings.val_every and epoch % settings.val_every == 0:
-                val = evaluate(model, val_set, settings.plane, device, settings.eval_noise_draws, settings.eval_seed)
-                val_dice = val["summary"]["dice"]["mean"]["mean"]
-                val_dice = float("nan") if val_dice is None else val_dice
+            val_dice = _log_epoch(log_path, epoch, {k: v / n for k, v in sums.items()}, opt.param_groups[0]["lr"],
+                                  time.perf_counter() - t0, model, val_set, settings, device)
+            if val_dice is not None:
                 shown_val = {"val_mean_dice": f"{val_dice:.4f}"}
-            with open(log_path, "a") as f:
-                f.write(f"{epoch},{mean_loss:.6g},{sums['ce'] / n:.6g},{sums['dice_loss'] / n:.6g},"
-                        f"{opt.param_groups[0]['lr']:.6g},{time.perf_counter() - t0:.1f},{val_dice:.4f}\n")
             save_checkpoint(run_dir, epoch, model, opt, generator, config, settings.keep_checkpoints,
                             {"loss": mean_loss})
             if stop_after_epoch is not None and epoch >= stop_after_epoch:
