@@ -25,6 +25,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..labels import PLANES
 from .timing import device_facts, device_sync, setup_device, time_callable
 
 __all__ = ["bench_inference", "bench_batch", "bench_scaling"]
@@ -78,7 +79,7 @@ def bench_inference(width: int = 64, size: int = 256, slices: int = 16, matrix: 
             return last["result"]
 
         row = {"implementation": f"ours ({precision}{', channels-last' if channels_last else ''})",
-               "backbone_passes": len(predictor._passes(*predictor._plan(exam, True, True, False)[:2])),
+               "backbone_passes": len(predictor._passes(*predictor._plan(exam, True, PLANES, False)[:2])),
                **_measure(ours, repeats, warmup, dev)}
         result = last["result"]
         row["stage_s"] = {k: round(v, 3) for k, v in result.timings.items() if k not in ("load_model", "total")}
