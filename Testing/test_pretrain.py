@@ -198,7 +198,7 @@ def test_pretrain_on_real_dicom_folder(tmp_path, shared_data):
     summary = pretrain(PretrainConfig(out=str(tmp_path / "run"), steps=1, batch_size=1, device="cpu", **TINY),
                        data=shared_data / "dess_sagittal_dicom")
     assert summary["step"] == 1 and np.isfinite(summary["loss"])
-    with pytest.raises(InputError, match="dess_sagittal_dicom: no coronal image series"):
+    with pytest.raises(InputError, match="dess_sagittal_dicom: no coronal series under this folder"):
         pretrain(PretrainConfig(plane="coronal", out=str(tmp_path / "run2"), **TINY),
                  data=shared_data / "dess_sagittal_dicom")
 
