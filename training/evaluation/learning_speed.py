@@ -20,20 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["central_volumes", "plain_cnn", "learning_curve"]
-
-
-def central_volumes(paths: Sequence[str], plane: str, slices: int = 16) -> torch.Tensor:
-    """(N, 1, slices, H, W) float32 in [-1, 1]: the central slices of each pool exam's ``plane`` image."""
-    out = []
-    for path in paths:
-        with np.load(path, allow_pickle=False) as z:
-            image = z[f"{plane}_image"].astype(np.float32)
-        start = max((image.shape[0] - slices) // 2, 0)
-        v = image[start:start + slices]
-        lo, hi = float(v.min()), float(v.max())
-        out.append((v - lo) / max(hi - lo, 1e-6) * 2.0 - 1.0)
-    return torch.from_numpy(np.stack(out))[:, None]
+__all__ = ["plain_cnn", "learning_curve"]
 
 
 def plain_cnn() -> nn.Module:
@@ -76,11 +63,13 @@ def learning_curve(pool: str, label: str, train_exams: Sequence[int], test_exams
 
     from OrthoDiffusionLib.simulate.pool import read_pool
 
+    from .probe_curve import central_windows
+
     torch.manual_seed(seed)
     rows = read_pool(pool)
-    x = central_volumes([rows[i]["path"] for i in train_exams], plane)
+    x = central_windows([rows[i] for i in train_exams], planes=(plane,))[plane]
     y = torch.tensor([float(rows[i][label]) for i in train_exams])
-    xt = central_volumes([rows[i]["path"] for i in test_exams], plane)
+    xt = central_windows([rows[i] for i in test_exams], planes=(plane,))[plane]
     yt = np.array([rows[i][label] for i in test_exams])
     trunk, feats, channels = _features(network, backbone, tap, timestep)
     head = nn.Linear(channels, 1)

@@ -21,7 +21,6 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
-import numpy as np
 import SimpleITK as sitk
 
 from OrthoDiffusionLib.atomic import atomic_path
@@ -29,7 +28,7 @@ from OrthoDiffusionLib.errors import InputError
 from OrthoDiffusionLib.labels import PLANES
 from OrthoDiffusionLib.model.uncertainty import DEFAULT_NOISE_DRAWS
 from OrthoDiffusionLib.progress import ProgressFn
-from OrthoDiffusionLib.segmentation.metrics import dice_per_structure
+from OrthoDiffusionLib.segmentation.metrics import dice_per_structure, summarize
 
 __all__ = ["cohort_exams", "check_model"]
 
@@ -127,15 +126,9 @@ def _dice_summary(dice_rows: Dict[str, List[Dict[str, float]]], out: Path) -> Di
     table, rows = {}, []
     for plane, cases in dice_rows.items():
         structures = [k for k in cases[0] if k != "patient_id"]
-        table[plane] = {s: _mean([c[s] for c in cases]) for s in structures}
+        table[plane] = {s: summarize(c[s] for c in cases).mean for s in structures}
         rows += [[c["patient_id"], plane, *(f"{c[s]:.4f}" for s in structures)] for c in cases]
     if rows:
         first = next(iter(dice_rows.values()))[0]
         _write_csv(out / "dice.csv", ["patient_id", "plane", *[k for k in first if k != "patient_id"]], rows)
-    return {"dice": table, "mean_dice": {p: _mean(list(v.values())) for p, v in table.items()}}
-
-
-def _mean(values: Sequence[float]) -> float:
-    """Mean of the finite values (NaN when there is none: a structure absent from prediction and truth)."""
-    finite = [v for v in values if np.isfinite(v)]
-    return float(np.mean(finite)) if finite else float("nan")
+    return {"dice": table, "mean_dice": {p: summarize(v.values()).mean for p, v in table.items()}}

@@ -27,14 +27,16 @@ __all__ = ["central_windows", "tap_features", "probe_aurocs", "write_probe_curve
 PathLike = Union[str, os.PathLike]
 
 
-def central_windows(pool_rows: Sequence[Dict[str, object]], slices: int = 16) -> Dict[str, torch.Tensor]:
-    """{plane: (N, 1, slices, H, W)} the central slices of every exam's simulated image, each min-max to [-1, 1]."""
+def central_windows(pool_rows: Sequence[Dict[str, object]], slices: int = 16,
+                    planes: Sequence[str] = PLANES) -> Dict[str, torch.Tensor]:
+    """{plane: (N, 1, slices, H, W)} the central slices of every exam's simulated image of each of ``planes``, each
+    min-max to [-1, 1]."""
     from ..pretrain.ddpm import normalize_window
 
-    out: Dict[str, List[np.ndarray]] = {p: [] for p in PLANES}
+    out: Dict[str, List[np.ndarray]] = {p: [] for p in planes}
     for row in pool_rows:
         with np.load(str(row["path"]), allow_pickle=False) as z:
-            for plane in PLANES:
+            for plane in planes:
                 image = z[f"{plane}_image"].astype(np.float32)
                 start = max(0, image.shape[0] // 2 - slices // 2)
                 out[plane].append(normalize_window(image[start:start + slices], slices))
