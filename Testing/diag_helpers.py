@@ -31,10 +31,19 @@ def volume(rng: np.random.Generator, positive: bool, plane: str) -> sitk.Image:
     return img
 
 
+def tissue_map(image: sitk.Image) -> sitk.Image:
+    """A simulator-style tissue-id map of a :func:`volume`: the bright blob is fluid (16), the rest fat (17)."""
+    arr = sitk.GetArrayFromImage(image)
+    out = sitk.GetImageFromArray(np.where(arr > 2.2, 16, 17).astype(np.uint8))
+    out.CopyInformation(image)
+    return out
+
+
 def write_cohort(root: Path, n_patients: int = 24, seed: int = 0, missing_plane: Optional[Dict[str, str]] = None,
-                 extra_series: Optional[Dict[str, str]] = None, ehr: bool = False) -> Path:
+                 extra_series: Optional[Dict[str, str]] = None, ehr: bool = False, tissue: bool = False) -> Path:
     """Write volumes + manifest.csv under ``root``; splits: 60% train, 20% val, 20% test (patient order).
-    ``missing_plane``: patient -> plane left out; ``extra_series``: patient -> plane with a second series."""
+    ``missing_plane``: patient -> plane left out; ``extra_series``: patient -> plane with a second series;
+    ``tissue``: a ``tissue_path`` column with each series' :func:`tissue_map`."""
     rng = np.random.default_rng(seed)
     missing_plane, extra_series = missing_plane or {}, extra_series or {}
     rows: List[List[object]] = []
@@ -49,12 +58,16 @@ def write_cohort(root: Path, n_patients: int = 24, seed: int = 0, missing_plane:
             for s in range(2 if extra_series.get(pid) == plane else 1):
                 rel = f"{pid}/{plane}_{s}.nii.gz"
                 (root / pid).mkdir(parents=True, exist_ok=True)
-                sitk.WriteImage(volume(rng, bool(y[0]), plane), str(root / rel))
+                image = volume(rng, bool(y[0]), plane)
+                sitk.WriteImage(image, str(root / rel))
                 row = [pid, plane, rel, split, *y]
+                if tissue:
+                    sitk.WriteImage(tissue_map(image), str(root / rel.replace(".nii.gz", "_tissue.nii.gz")))
+                    row.append(rel.replace(".nii.gz", "_tissue.nii.gz"))
                 if ehr:
                     row += [40 + i, "female" if i % 3 else "male", 170, 70 + i % 5, "athlete", "sports"]
                 rows.append(row)
-    header = ["patient_id", "plane", "series_path", "split", *KEYS]
+    header = ["patient_id", "plane", "series_path", "split", *KEYS] + (["tissue_path"] if tissue else [])
     if ehr:
         header += ["age", "sex", "height", "weight", "patient_type", "injury_event"]
     manifest = root / "manifest.csv"

@@ -8,6 +8,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from OrthoDiffusionLib.io import Series, read_series
+from OrthoDiffusionLib.io.reformat import reformat_image
 
 CODES = {"sagittal": "PIL", "coronal": "LIP", "axial": "LPS"}
 
@@ -26,17 +27,7 @@ def code_direction(code: str) -> np.ndarray:
 
 def reformat(image: sitk.Image, plane: str, spacing=(1.5, 1.5, 3.0)) -> sitk.Image:
     """Resample ``image`` (linear) onto a grid of ``plane`` covering its bounding box; ITK axis 2 = slice axis."""
-    direction = code_direction(CODES[plane])
-    size = np.asarray(image.GetSize())
-    corners = np.array([[i, j, k] for i in (0, size[0] - 1) for j in (0, size[1] - 1) for k in (0, size[2] - 1)])
-    pts = np.array([image.TransformContinuousIndexToPhysicalPoint(c.astype(float).tolist()) for c in corners])
-    local = pts @ direction  # coordinates along the new axes
-    lo, hi = local.min(axis=0), local.max(axis=0)
-    spacing = np.asarray(spacing, dtype=float)
-    new_size = [int(v) for v in np.floor((hi - lo) / spacing) + 1]
-    origin = direction @ lo
-    return sitk.Resample(image, new_size, sitk.Transform(), sitk.sitkLinear, tuple(origin), tuple(spacing),
-                         tuple(direction.ravel()), 0.0, sitk.sitkFloat32)
+    return reformat_image(image, plane, spacing)
 
 
 def physical_points(image: sitk.Image, zyx: np.ndarray) -> np.ndarray:

@@ -84,7 +84,12 @@ def test_predict_real_study_outputs_on_original_geometry(study, bundles, tmp_pat
          "segmentation_coronal.seg.nrrd", "labelmap_sagittal.nii.gz", "labelmap_coronal.nii.gz",
          ".orthodiffusion-output.json"])
     assert data["exam"]["planes"]["sagittal"]["source"].endswith("sag_dess")
-    assert len(data["labels"]) == 8 and data["warnings"] == []
+    assert len(data["labels"]) == 8
+    # no note about the exam; the tiny random model's labels are no knee, and the anatomical checks say so
+    assert [w for w in data["warnings"] if "fails anatomical checks" not in w] == []
+    assert set(data["segmentation_checks"]) == {"sagittal", "coronal"}
+    assert not all(c["passed"] for c in data["segmentation_checks"]["sagittal"])
+    assert any(w.startswith("the sagittal segmentation fails anatomical checks") for w in data["warnings"])
     for lb in data["labels"]:
         assert 0 <= lb["probability"] <= 1 and 0 <= lb["calibrated_probability"] <= 1
         assert sum(lb["plane_weights"].values()) == pytest.approx(1.0, abs=1e-6)
@@ -410,3 +415,17 @@ def test_terminal_and_report_show_the_uncertainty_only_when_measured(bundles, tm
     report = (tmp_path / "one" / "report.html").read_text()
     assert "&plusmn; 0.00%" not in report and "no uncertainty measured" in report
     assert "&plusmn;" in (tmp_path / "default" / "report.html").read_text()
+
+
+def test_a_tiny_measured_spread_never_reads_as_zero():
+    """A spread that rounds to zero is shown as '< 0.1%' in the terminal and '< 0.01%' in the report."""
+    from OrthoDiffusionLib.cli.predict import format_result_table
+    from OrthoDiffusionLib.inference.report import _spread
+    from OrthoDiffusionLib.model.uncertainty import spread_percent
+
+    assert [spread_percent(v, 1) for v in (0.0, 0.0004, 0.0005, 0.0123)] == ["< 0.1%", "< 0.1%", "0.1%", "1.2%"]
+    label = {"key": "acl_injury", "name": "ACL injury", "calibrated_probability": 0.4, "uncertainty": 0.00002,
+             "plane_weights": {"sagittal": 1.0, "coronal": 0.0, "axial": 0.0}}
+    text = format_result_table({"labels": [label], "noise_draws": 4})
+    assert "< 0.1%" in text and " 0.0%" not in text
+    assert _spread(label, 4) == "&plusmn; &lt; 0.01%"

@@ -157,6 +157,36 @@ def test_resume_gives_the_same_weights_and_metrics(cohort, backbone_file, finish
     assert (out / "log.csv").read_text().splitlines()[1:] != []
 
 
+def test_init_from_starts_at_the_finished_runs_weights(cohort, finished_run, tmp_path, capsys):
+    """--init-from continues a finished run on a new schedule: with a negligible learning rate the weights stay
+    those of the run (so both head and backbone were loaded, not a fresh head); a run of another plane or head is
+    refused with the folder named."""
+    out = tmp_path / "continued"
+    run = train_segmentation(cohort, "sagittal", None, out, config="seg-demo", overrides=TINY + ["lr=1e-12"],
+                             device="cpu", init_from=finished_run)
+    fresh = build_head(run["head"]).state_dict()
+    for name in ("seg_head.safetensors", "backbone.safetensors"):
+        a, _ = _state(out / name)
+        b, _ = _state(finished_run / name)
+        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in b), name
+    a, _ = _state(out / "seg_head.safetensors")
+    assert max(float((a[k] - fresh[k]).abs().max()) for k in fresh) > 1e-3
+    ref = json.loads((finished_run / "run.json").read_text())
+    assert run["metrics"]["test"]["dice"]["mean"] == pytest.approx(ref["metrics"]["test"]["dice"]["mean"], abs=1e-9)
+    assert run["config"]["init_head_sha256"]
+    with pytest.raises(InputError, match="coronal") as e:
+        train_segmentation(cohort, "coronal", None, tmp_path / "c", config="seg-demo", overrides=TINY,
+                           device="cpu", init_from=finished_run)
+    assert str(finished_run) in str(e.value)
+    with pytest.raises(InputError, match="head differs"):
+        train_segmentation(cohort, "sagittal", None, tmp_path / "d", config="seg-demo",
+                           overrides=TINY[:3] + ["head.decoder_channels=[16,16,16,8]"], device="cpu",
+                           init_from=finished_run)
+    assert main(["train-segmentation", "--manifest", str(cohort), "--plane", "sagittal", "--out", str(tmp_path / "e"),
+                 "--init-from", str(tmp_path / "nothing"), "--config", "seg-demo"]) == 2
+    assert "no run.json" in capsys.readouterr().err
+
+
 def _state(path):
     from safetensors.torch import load_file
 

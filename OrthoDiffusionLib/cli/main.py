@@ -34,6 +34,7 @@ SUBCOMMAND_MODULES: List[str] = [
     "OrthoDiffusionLib.cli.segmentation",
     "OrthoDiffusionLib.cli.evaluate_segmentation",
     "OrthoDiffusionLib.cli.check_model",
+    "OrthoDiffusionLib.cli.check_anatomy",
     "OrthoDiffusionLib.cli.simulate",
     "OrthoDiffusionLib.cli.view",
 ]

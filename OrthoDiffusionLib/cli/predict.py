@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional
 
 from ..errors import InputError, MissingPathError
-from ..model.uncertainty import DEFAULT_NOISE_DRAWS
+from ..model.uncertainty import DEFAULT_NOISE_DRAWS, spread_percent
 from ..inference.result_folder import REPORT_FILE
 from ..output_folder import claim_output_folder, sigterm_raises
 from ..progress import ProgressFn, progress_line
@@ -44,7 +44,7 @@ def format_result_table(data: Mapping[str, Any]) -> str:
         lines.append(f"{'Abnormality':<26} {'Prob.':>6} {'+/-':>6}   {'sag':>5} {'cor':>5} {'ax':>5}")
         for lb in data["labels"]:
             w = lb["plane_weights"]
-            sd = f"{100 * lb['uncertainty']:>5.1f}%" if spread else f"{'-':>6}"
+            sd = f"{spread_percent(lb['uncertainty'], 1):>6}" if spread else f"{'-':>6}"
             lines.append(f"{lb['name']:<26} {100 * lb['calibrated_probability']:>5.1f}% "
                          f"{sd}   {w['sagittal']:>5.2f} {w['coronal']:>5.2f} {w['axial']:>5.2f}")
         if not spread:

@@ -33,7 +33,11 @@ def register(subparsers) -> None:
                     help="fine-tune a backbone + segmentation head on one plane",
                     description=segmentation_training.__doc__.split("\n\n")[1])
     _common_arguments(p)
-    p.add_argument("--backbone", type=Path, required=True, help="backbone .safetensors (save_backbone format)")
+    start = p.add_mutually_exclusive_group(required=True)
+    start.add_argument("--backbone", type=Path, help="backbone .safetensors (save_backbone format)")
+    start.add_argument("--init-from", type=Path, default=None, metavar="RUN",
+                       help="start from a finished train-segmentation run's backbone and head (same plane and head; "
+                            "e.g. more epochs on a new schedule)")
     p.add_argument("--head", choices=("bottleneck", "skip"), default=None, help="override the config's head")
     add_size_arguments(p)
     b = add_command(subparsers, "train-seg-baseline", _run_baseline,
@@ -55,13 +59,14 @@ def _report(record: Dict[str, Any], out: Path) -> None:
 
 
 def _run_train(args) -> int:
-    sizes, note = size_overrides(args.size, args.slices, args.overrides, [args.backbone])
+    start = args.backbone if args.backbone is not None else args.init_from / "backbone.safetensors"
+    sizes, note = size_overrides(args.size, args.slices, args.overrides, [start])
     if note:
         print(f"train-segmentation: {note}")
     record = segmentation_training.train_segmentation(
         args.manifest, args.plane, args.backbone, args.out, config=args.config, overrides=sizes + args.overrides,
         head=args.head, train_patients=args.train_patients, resume=args.resume, device=args.device,
-        show_progress=True, cache_dir=args.cache_dir)
+        show_progress=True, cache_dir=args.cache_dir, init_from=args.init_from)
     _report(record, args.out)
     return 0
 

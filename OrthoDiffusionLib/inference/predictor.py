@@ -31,7 +31,7 @@ import os
 import threading
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -46,6 +46,7 @@ from ..io import Exam, load_study
 from ..io.coverage import coverage_warnings
 from ..labels import PLANES
 from ..progress import ProgressFn
+from ..segmentation.plausibility import Check, knee_plausibility
 from .preprocess import PreprocessedSeries, model_grid, preprocess_series
 from .result_folder import (DIAGNOSIS_FILE, DISCLAIMER, FUSED, MEASURES_FILE, REPORT_FILE, RESULT_FORMAT,
                             RESULT_VERSION, labelmap_file_name, segmentation_file_name)
@@ -116,6 +117,8 @@ class PredictionResult:
             class probabilities resampled linearly onto it and averaged over the planes that cover a voxel and
             segment that class (:func:`~OrthoDiffusionLib.segmentation.io.fuse_plane_segmentations`); otherwise ``None``.
         fused_planes: the planes in ``fused_segmentation`` (empty without it).
+        segmentation_checks: ``{plane: [Check]}``, the anatomical plausibility checks of each knee segmentation
+            (:mod:`~OrthoDiffusionLib.segmentation.plausibility`); a failing check also adds a warning.
     """
 
     labels: List[Dict[str, Any]]
@@ -132,6 +135,7 @@ class PredictionResult:
     images: Dict[str, sitk.Image] = field(default_factory=dict, repr=False)
     fused_segmentation: Optional[sitk.Image] = field(default=None, repr=False)
     fused_planes: List[str] = field(default_factory=list)
+    segmentation_checks: Dict[str, List[Check]] = field(default_factory=dict)
 
     def to_json(self) -> Dict[str, Any]:
         """The content of ``diagnosis.json`` (JSON-serialisable, no NaN)."""
@@ -154,6 +158,7 @@ class PredictionResult:
             "measures": [{k: _nan_to_none(v) for k, v in row.items()} for row in self.measures],
             "exam": self.exam, "model": self.model, "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "device": self.device, "warnings": list(self.warnings),
+            "segmentation_checks": {p: [asdict(c) for c in checks] for p, checks in self.segmentation_checks.items()},
         }
 
 
@@ -477,6 +482,8 @@ class Predictor:
                 ehr_used=bool(nets.ehr_used and records[i] is not None), noise_draws=draws,
                 images={p: exam.get(p).image for p in exam.planes_present()},
                 fused_segmentation=fused[i], fused_planes=fused_planes))
+            if measures and self.anatomy == "knee":
+                self._check_anatomy(results[-1])
             if fuse and not fused_planes:
                 results[-1].warnings.append(
                     f"no fused segmentation: it needs two segmented planes, this exam has "
@@ -761,6 +768,17 @@ class Predictor:
         logits = logits.masked_fill(~self._allowed_classes(plane, logits.device)[None, :, None, None, None],
                                     float("-inf"))
         return torch.softmax(logits.float(), dim=1).cpu()
+
+    def _check_anatomy(self, result: PredictionResult) -> None:
+        """Run the plausibility checks on each segmented plane of ``result``; warn about the failing ones."""
+        for plane, labelmap in result.segmentations.items():
+            checks = knee_plausibility(labelmap, self.seg_meta[plane]["structures"])
+            result.segmentation_checks[plane] = checks
+            failed = [c for c in checks if not c.passed]
+            if failed:
+                result.warnings.append(
+                    f"the {plane} segmentation fails anatomical checks ({'; '.join(f'{c.name}: {c.detail}' for c in failed)}): "
+                    "review it before using its volumes")
 
     def plane_measures(self, plane: str, labelmap: sitk.Image, planes: Optional[Sequence[str]] = None
                        ) -> List[Dict[str, Any]]:

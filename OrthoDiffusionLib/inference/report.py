@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Union
 
 from ..labels import PLANES
+from ..model.uncertainty import spread_percent
 from .result_folder import DISCLAIMER
 
 __all__ = ["PLANE_COLORS", "sankey_figure", "report_html", "write_report"]
@@ -125,7 +126,7 @@ def _spread(label: Mapping[str, Any], noise_draws: int) -> str:
     """The uncertainty cell: the sd over noise draws, or a dash with one draw (which measures no spread)."""
     if noise_draws < 2:
         return "<span title='one noise draw: no uncertainty measured'>&ndash;</span>"
-    return f"&plusmn; {100 * float(label['uncertainty']):.2f}%"
+    return f"&plusmn; {_e(spread_percent(label['uncertainty'], 2))}"
 
 
 def _labels_table(labels: List[Mapping[str, Any]], noise_draws: int = 1) -> str:

@@ -15,7 +15,8 @@ import torch
 from ..inference.result_folder import DEFAULT_NOISE_DRAWS
 from ..progress import ProgressFn
 
-__all__ = ["DEFAULT_NOISE_DRAWS", "NoiseDrawSummary", "aggregate_noise_draws", "predict_with_noise_draws"]
+__all__ = ["DEFAULT_NOISE_DRAWS", "NoiseDrawSummary", "aggregate_noise_draws", "predict_with_noise_draws",
+           "spread_percent"]
 
 
 @dataclass
@@ -29,6 +30,16 @@ class NoiseDrawSummary:
     @property
     def num_draws(self) -> int:
         return int(self.draws.shape[0])
+
+
+def spread_percent(sd: float, digits: int) -> str:
+    """A spread (probability sd over noise draws) in percent with ``digits`` decimals; a spread that would round to
+    zero reads ``< 0.1%`` (for one decimal), since a measured spread is never exactly nothing."""
+    value = 100.0 * float(sd)
+    smallest = 10.0 ** -digits
+    if value < smallest / 2:
+        return f"< {smallest:.{digits}f}%"
+    return f"{value:.{digits}f}%"
 
 
 def aggregate_noise_draws(probabilities) -> NoiseDrawSummary:

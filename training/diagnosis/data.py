@@ -50,6 +50,7 @@ class SeriesRow:
     path: str
     split: str
     labels: tuple
+    tissue_path: str = ""  # simulated cohorts: the series' tissue-id map (auxiliary dense supervision)
 
     def series_id(self, slices: int, size: int) -> str:
         """Identity of the preprocessed volume (path + preprocessing): the feature-cache and noise key."""
@@ -154,7 +155,10 @@ def read_diagnosis_manifest(path: str | os.PathLike, label_keys: Sequence[str], 
         full = Path(series) if Path(series).is_absolute() else path.parent / series
         if check_files and not full.exists():
             raise InputError(f"line {line}: series_path {series!r} does not exist", path)
-        rows.append(SeriesRow(i, pid, plane, os.path.abspath(full), split, y))
+        tissue = (rec.get("tissue_path") or "").strip()
+        tissue_full = "" if not tissue else os.path.abspath(Path(tissue) if Path(tissue).is_absolute()
+                                                           else path.parent / tissue)
+        rows.append(SeriesRow(i, pid, plane, os.path.abspath(full), split, y, tissue_full))
     if not rows:
         raise InputError("the manifest has no rows", path)
     for needed in ("train", "val"):

@@ -65,6 +65,7 @@ from .checkpoint import EpochLoop, RunState, cosine_lambda, derived_seed
 from .data import (DiagnosisManifest, SeriesRow, fixed_noise_taps, is_simulated_cohort,
                              read_diagnosis_manifest, series_weights)
 from .feature_cache import FeatureCache
+from .tissue_aux import TissueAuxHeads, TissueMaps, aux_settings, has_tissue_maps
 from .losses import positive_class_weights, weighted_bce
 from .mpae import out_of_fold_predictions, train_mpae_gate
 from .multiscan import CombinationSet, aggregate_by_patient
@@ -126,6 +127,7 @@ class _Context:
     state: RunState
     loop: EpochLoop
     schedule: CosineSchedule = field(default_factory=CosineSchedule)
+    notes: List[str] = field(default_factory=list)  # run.json warnings gathered while training
 
     @property
     def slices(self) -> int:
@@ -206,6 +208,26 @@ def patient_metrics(patient_ids: Sequence[str], probabilities: np.ndarray, manif
 
 
 # ------------------------------------------------------------------------------------------------ Stage I
+def _tissue_aux(ctx: _Context, name: str, model: DiffusionUNet, train: Sequence[SeriesRow]
+                ) -> Tuple[Optional[TissueAuxHeads], Optional[TissueMaps]]:
+    """The auxiliary tissue heads of ``stage1.tissue_aux`` (a checkpoint part) and the training rows' tissue maps,
+    or (None, None) when the config sets none or a training row has no tissue map (real data)."""
+    settings = aux_settings(ctx.cfg["stage1"])
+    if settings is None:
+        return None, None
+    if not has_tissue_maps(train):
+        ctx.notes.append(f"{name}: stage1.tissue_aux skipped (not every training series has a tissue map)")
+        return None, None
+    missing = [b for b in settings[1] if b not in model.tap_names()]
+    if missing:
+        raise InputError(f"stage1.tissue_aux.blocks: {', '.join(missing)} not in this backbone "
+                         f"({', '.join(model.tap_names())})")
+    heads = _seeded(ctx, f"{name}.tissue_aux", lambda: TissueAuxHeads(
+        {b: model.tap_channels(b) for b in settings[1]}))
+    maps = TissueMaps(ctx.slices, ctx.size, ctx.volumes.grid, ctx.cache / "tissue")
+    return heads, maps
+
+
 def _stage1(ctx: _Context, plane: str) -> Tuple[nn.Module, PlaneClassifier]:
     cfg, s1 = ctx.cfg, ctx.cfg["stage1"]
     sel = cfg["planes"][plane]
@@ -244,14 +266,20 @@ def _stage1(ctx: _Context, plane: str) -> Tuple[nn.Module, PlaneClassifier]:
         scale = s1.get("backbone_lr_scale")
         if scale is None:
             raise InputError("protocol finetune needs stage1.backbone_lr_scale")
+        aux, maps = _tissue_aux(ctx, name, model, train)
+        if aux is not None:
+            head_params += list(aux.parameters())
+        blocks = tuple(dict.fromkeys((block, *(aux.blocks if aux is not None else ()))))
+        weight = aux_settings(s1)[0] if aux is not None else 0.0
         groups = [{"params": model.encoder_parameters(), "lr": lr * float(scale)}, {"params": head_params, "lr": lr}]
 
         def step(idx: torch.Tensor, epoch: int, b: int) -> torch.Tensor:
             model.train()
             g = torch.Generator().manual_seed(derived_seed(ctx.seed, name, "noise", epoch, b))
             rows = [train[i] for i in idx.tolist()]
-            tap = extract_taps(model, ctx.schedule, ctx.x0(rows), t, (block,), generator=g, grad=True)[block]
-            return weighted_bce(clf(pool(tap)), y[idx], w[idx], pos_weight)
+            taps = extract_taps(model, ctx.schedule, ctx.x0(rows), t, blocks, generator=g, grad=True)
+            loss = weighted_bce(clf(pool(taps[block])), y[idx], w[idx], pos_weight)
+            return loss + weight * aux.loss(taps, maps, rows) if aux is not None else loss
     else:
         model.requires_grad_(False)
         taps = ctx.fixed_taps(plane, train) if name not in ctx.state.completed else None
@@ -681,7 +709,7 @@ def train_diagnosis(manifest: str | os.PathLike, config: Mapping[str, Any], out:
     ehr_entry = _save_weights(ctx, run, head, ehr, width, preprocessing)
     keys = cfg["labels"]
     info = {"format": RUN_FORMAT, "version": 1, "anatomy": cfg["anatomy"], "labels": keys,
-            "label_names": cfg.get("label_names") or {}, "warnings": small_val,
+            "label_names": cfg.get("label_names") or {}, "warnings": small_val + ctx.notes,
             "preprocessing": preprocessing,
             "planes": {p: {"timestep": int(cfg["planes"][p]["timestep"]), "block": cfg["planes"][p]["block"],
                            "backbone": f"backbone_{p}.safetensors"} for p in PLANES},

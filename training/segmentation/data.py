@@ -148,13 +148,20 @@ def load_case(case: SegCase, slices: int, size: int, num_classes: int = 12, grid
 
 def load_tissue(case: SegCase, slices: int, size: int, grid: Optional[Mapping[str, float]] = None) -> np.ndarray:
     """The tissue map of a case on the same preprocessed grid as :func:`load_case`'s image: (D, H, W) uint8."""
+    return tissue_on_grid(case.series_path, case.tissue_path, slices, size, grid)
+
+
+def tissue_on_grid(series_path: PathLike, tissue_path: PathLike, slices: int, size: int,
+                   grid: Optional[Mapping[str, float]] = None) -> np.ndarray:
+    """A simulated series' tissue-id map (on the series' voxel grid) resampled, nearest neighbour, onto the series'
+    preprocessed model input grid: (D, H, W) uint8, voxel for voxel with ``preprocess_series(...).volume``."""
     import SimpleITK as sitk
 
     from OrthoDiffusionLib.io import read_series
     from OrthoDiffusionLib.inference.preprocess import preprocess_series
 
-    pp = preprocess_series(read_series(case.series_path), slices=slices, size=size, **dict(grid or {}))
-    tissue = sitk.ReadImage(case.tissue_path)
+    pp = preprocess_series(read_series(series_path), slices=slices, size=size, **dict(grid or {}))
+    tissue = sitk.ReadImage(os.fspath(tissue_path))
     on_grid = sitk.Resample(sitk.Cast(tissue, sitk.sitkUInt8), pp.reference, sitk.Transform(),
                             sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     return sitk.GetArrayFromImage(on_grid)

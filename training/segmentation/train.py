@@ -330,15 +330,45 @@ class _Job:
 
 
 # ------------------------------------------------------------------------------------------------- the commands
+def _init_run(run_dir: PathLike, plane: str) -> Dict[str, Any]:
+    """run.json of the finished ``train-segmentation`` run that ``--init-from`` names, checked to be of ``plane``."""
+    run = read_segmentation_run(run_dir)
+    if run["format"] != RUN_FORMAT:
+        raise InputError("--init-from needs a train-segmentation run (this is a baseline run)", run_dir)
+    if run["plane"] != plane:
+        raise InputError(f"--init-from is a {run['plane']} run; this run trains {plane}", run_dir)
+    return run
+
+
+def _load_init_head(head: torch.nn.Module, hcfg: Mapping[str, Any], run: Mapping[str, Any],
+                    run_dir: Path) -> str:
+    """Load the ``--init-from`` run's head weights into ``head``; returns their sha256 (kept in the config so a
+    resumed run must start from the same weights). Raises InputError when the two heads differ."""
+    from OrthoDiffusionLib.model.checkpoints import check_state_dict
+
+    changed = sorted(k for k in set(hcfg) | set(run["head"]) if json.dumps(hcfg.get(k)) != json.dumps(run["head"].get(k)))
+    if changed:
+        raise InputError("--init-from: its segmentation head differs from this configuration's in "
+                         + ", ".join(changed), run_dir)
+    path = run_dir / run["head_weights"]
+    state = _load_weights(path)
+    check_state_dict(head, state, path)
+    head.load_state_dict(state)
+    return _sha256(path)
+
+
 def train_segmentation(manifest: PathLike, plane: str, backbone: PathLike, out: PathLike, *,
                        config: PathLike = "seg-ft", overrides: Sequence[str] = (), head: Optional[str] = None,
                        train_patients: Optional[int] = None, resume: bool = False, device: str = "auto",
                        progress: Optional[ProgressFn] = None, cancel: Optional[threading.Event] = None,
                        stop_after_epoch: Optional[int] = None, show_progress: bool = False,
-                       command: Optional[str] = None, cache_dir: Optional[PathLike] = None
-                       ) -> Optional[Dict[str, Any]]:
+                       command: Optional[str] = None, cache_dir: Optional[PathLike] = None,
+                       init_from: Optional[PathLike] = None) -> Optional[Dict[str, Any]]:
     """Fine-tune ``backbone`` with a segmentation head on ``plane``; returns the run.json record (None when stopped
-    early by ``stop_after_epoch``). See the module docstring for the run folder."""
+    early by ``stop_after_epoch``). See the module docstring for the run folder.
+
+    ``init_from``: a finished ``train-segmentation`` run whose backbone and head start this run (a new schedule on
+    top of a trained model); ``backbone`` is then ignored and may be None. Its head must match this config's."""
     from OrthoDiffusionLib.model.checkpoints import load_backbone, save_backbone
 
     from .model import DiffusionSegmenter
@@ -352,14 +382,18 @@ def train_segmentation(manifest: PathLike, plane: str, backbone: PathLike, out: 
     if plane not in cfg["planes"]:
         raise InputError(f"the configuration has no timestep/block for plane {plane!r}", os.fspath(config))
     dev = resolve_device(device)
-    backbone_path = Path(backbone)
+    init_run = _init_run(init_from, plane) if init_from is not None else None
+    backbone_path = Path(init_from) / init_run["backbone"] if init_run else Path(backbone)
     net, _ = load_backbone(backbone_path, device="cpu")
     sel = cfg["planes"][plane]
     cfg["backbone_sha256"] = _sha256(backbone_path)
     job = _Job(manifest, plane, out, cfg, cache_dir)
     hcfg = head_config(cfg["head"]["name"], net, sel["block"], cfg["head"])
     torch.manual_seed(int(cfg.get("seed", 0)))
-    model = DiffusionSegmenter(net, build_head(hcfg), sel["timestep"],
+    seg_head = build_head(hcfg)
+    if init_run:
+        cfg["init_head_sha256"] = _load_init_head(seg_head, hcfg, init_run, Path(init_from))
+    model = DiffusionSegmenter(net, seg_head, sel["timestep"],
                                frozen_input_blocks=int(cfg.get("frozen_input_blocks", 0))).to(dev)
     settings = _settings(cfg, plane)
     state = job.fit(model, settings, dev, resume, stop_after_epoch, progress, cancel, show_progress)

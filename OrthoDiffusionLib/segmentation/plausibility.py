@@ -1,0 +1,144 @@
+"""Anatomical plausibility of a knee segmentation of a real scan, where no ground truth exists.
+
+The checks a reader makes at a glance, in patient coordinates (LPS: +y posterior, +z superior), so they hold for any
+plane and orientation of the series:
+
+* ``present``: femur, tibia and patella are each labelled (at least ``MIN_BONE_ML``).
+* ``one piece``: each of them is essentially one connected piece (the largest 26-connected component holds at least
+  ``ONE_PIECE`` of its voxels).
+* ``patella anterior``: the patella's centre lies anterior to the femur's; ``tibia inferior``: the tibia's centre
+  lies inferior to the femur's.
+* ``cartilage on bone``: at least ``ON_SURFACE`` of the femoral cartilage lies within ``SURFACE_MM`` of the femur.
+* ``volumes``: structure volumes within adult ranges (``ADULT_ML``; cartilage after Eckstein et al. 2001, bones with
+  a margin for what a series covers). Upper bounds hold whatever the coverage; lower bounds are those of a series
+  covering the joint.
+* ``knee extent``: the bones are labelled along the whole knee that the series covers, not on a few central slices:
+  along the series' slice axis femur, tibia and patella together span at least ``min(BONES_SPAN_MM, SPAN_FRACTION x
+  coverage)`` (the condyles and the plateau are 70-85 mm wide, patella to posterior condyles about 90 mm deep).
+
+Input: a labelmap (SimpleITK, any geometry) with the values of the knee label table.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from OrthoDiffusionLib import labels
+
+MIN_BONE_ML = {"femur": 20.0, "tibia": 10.0, "patella": 3.0}
+ONE_PIECE = 0.9
+ON_SURFACE = 0.8
+SURFACE_MM = 3.0
+BONES_SPAN_MM = 50.0
+SPAN_FRACTION = 0.6
+#: (lower, upper) adult volume in mL; None = no bound. Lower bounds are not applied to the ligaments and menisci
+#: (a thick-slice series may show them on two or three slices).
+ADULT_ML: Dict[str, Tuple[Optional[float], Optional[float]]] = {
+    "patella": (5.0, 40.0),
+    "femoral_cartilage": (2.0, 20.0),
+    "medial_tibial_cartilage": (None, 5.0),
+    "lateral_tibial_cartilage": (None, 5.0),
+    "patellar_cartilage": (None, 8.0),
+    "medial_meniscus": (None, 8.0),
+    "lateral_meniscus": (None, 8.0),
+    "acl": (None, 6.0),
+    "pcl": (None, 8.0),
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One plausibility check: ``name``, whether it ``passed``, and the measured values in words."""
+
+    name: str
+    passed: bool
+    detail: str
+
+
+def _masks(labelmap: sitk.Image) -> Tuple[Dict[str, np.ndarray], float]:
+    """(boolean (z, y, x) mask per structure key, voxel volume in mL)."""
+    arr = sitk.GetArrayViewFromImage(labelmap)
+    voxel_ml = float(np.prod(labelmap.GetSpacing())) / 1000.0
+    return {s.key: arr == s.value for s in labels.knee_structures()}, voxel_ml
+
+
+def _centre(labelmap: sitk.Image, mask: np.ndarray) -> np.ndarray:
+    """Physical (LPS, mm) centre of a non-empty (z, y, x) mask."""
+    zyx = np.argwhere(mask).mean(axis=0)
+    return np.asarray(labelmap.TransformContinuousIndexToPhysicalPoint([float(v) for v in zyx[::-1]]))
+
+
+def _largest_share(mask: np.ndarray) -> float:
+    cc = sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), True)
+    sizes = np.bincount(sitk.GetArrayFromImage(cc).ravel())[1:]
+    return float(sizes.max() / sizes.sum()) if sizes.size else 0.0
+
+
+def _near_femur_share(labelmap: sitk.Image, femur: np.ndarray, cartilage: np.ndarray) -> float:
+    """Share of the cartilage voxels within SURFACE_MM of the femur (distances in mm with the image spacing)."""
+    image = sitk.GetImageFromArray(femur.astype(np.uint8))
+    image.SetSpacing(labelmap.GetSpacing())
+    distance = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(image, insideIsPositive=False,
+                                                                       squaredDistance=False, useImageSpacing=True))
+    return float((distance[cartilage] <= SURFACE_MM).mean())
+
+
+def _cartilage_check(labelmap: sitk.Image, femur: np.ndarray, cartilage: np.ndarray) -> Check:
+    if not cartilage.any():
+        return Check("cartilage on bone", False, "no femoral cartilage labelled")
+    share = _near_femur_share(labelmap, femur, cartilage)
+    return Check("cartilage on bone", share >= ON_SURFACE,
+                 f"{100 * share:.0f} % of the femoral cartilage within {SURFACE_MM:g} mm of the femur")
+
+
+def _span_mm(labelmap: sitk.Image, mask: np.ndarray) -> Tuple[float, float]:
+    """(extent of ``mask`` along the series' slice axis, the series' coverage along it), both in mm."""
+    slices = np.nonzero(mask.any(axis=(1, 2)))[0]
+    dz = float(labelmap.GetSpacing()[2])
+    span = (slices.max() - slices.min() + 1) * dz if slices.size else 0.0
+    return span, labelmap.GetSize()[2] * dz
+
+
+def knee_plausibility(labelmap: sitk.Image, segmented: Optional[Iterable[str]] = None) -> List[Check]:
+    """Every check of the module docstring on one labelmap, in order. ``segmented``: the structure keys the model
+    segments on this plane (default all); checks of structures it does not segment (the patella on a coronal
+    series) are left out."""
+    keys = set(segmented) if segmented is not None else {s.key for s in labels.knee_structures()}
+    masks, voxel_ml = _masks(labelmap)
+    ml = {k: float(m.sum()) * voxel_ml for k, m in masks.items()}
+    bones = [k for k in MIN_BONE_ML if k in keys]
+    checks = [Check("present", all(ml[k] >= MIN_BONE_ML[k] for k in bones),
+                    ", ".join(f"{k} {ml[k]:.1f} mL (>= {MIN_BONE_ML[k]:g})" for k in bones))]
+    if not checks[0].passed or "femur" not in bones:
+        return [Check(c.name, bool(c.passed), c.detail) for c in checks]
+    shares = {k: _largest_share(masks[k]) for k in bones}
+    checks.append(Check("one piece", all(v >= ONE_PIECE for v in shares.values()),
+                        ", ".join(f"{k} {100 * v:.0f} % in its largest piece" for k, v in shares.items())))
+    centre = {k: _centre(labelmap, masks[k]) for k in bones}
+    if "patella" in centre:
+        anterior = float(centre["femur"][1] - centre["patella"][1])  # LPS: +y is posterior
+        checks.append(Check("patella anterior", anterior > 0,
+                            f"patella centre {anterior:.1f} mm anterior to the femur's"))
+    if "tibia" in centre:
+        below = float(centre["femur"][2] - centre["tibia"][2])  # LPS: +z is superior
+        checks.append(Check("tibia inferior", below > 0, f"tibia centre {below:.1f} mm inferior to the femur's"))
+    if "femoral_cartilage" in keys:
+        checks.append(_cartilage_check(labelmap, masks["femur"], masks["femoral_cartilage"]))
+    out_of_range = [f"{k} {ml[k]:.1f} mL (adult {lo if lo is not None else 0:g}-{hi:g})"
+                    for k, (lo, hi) in ADULT_ML.items()
+                    if k in keys and ((lo is not None and ml[k] < lo) or (hi is not None and ml[k] > hi))]
+    checks.append(Check("volumes", not out_of_range, "; ".join(out_of_range) or "all within adult ranges"))
+    span, coverage = _span_mm(labelmap, np.logical_or.reduce([masks[k] for k in bones]))
+    needed = min(BONES_SPAN_MM, SPAN_FRACTION * coverage)
+    checks.append(Check("knee extent", span >= needed,
+                        f"the bones span {span:.0f} mm of the {coverage:.0f} mm the series covers (>= {needed:.0f})"))
+    return [Check(c.name, bool(c.passed), c.detail) for c in checks]  # plain bools (JSON)
+
+
+def summary(checks: List[Check]) -> str:
+    """One line per check: ``PASS``/``FAIL``, its name and detail."""
+    return "\n".join(f"{'PASS' if c.passed else 'FAIL'}  {c.name}: {c.detail}" for c in checks)
+
