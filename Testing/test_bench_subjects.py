@@ -168,3 +168,18 @@ def test_predict_cli_takes_a_precision():
     args = build_parser().parse_args(["predict", "--study", "s", "--out", "o", "--precision", "bf16"])
     assert args.precision == "bf16"
     assert build_parser().parse_args(["predict", "--study", "s", "--out", "o"]).precision == "fp32"
+
+
+def test_bench_whole_series_times_a_3d_series_with_its_reformats(shared_data, tmp_path):
+    """The whole-series subject on the real DESS: the exam is the series + its coronal and axial reformats, the
+    bundle row runs predict's full flow, and the authors' layout is timed on 16 central slices and in windows."""
+    from bundle_helpers import make_tiny_bundle
+    from OrthoDiffusionLib.bench.whole_series import bench_whole_series
+
+    bundle = make_tiny_bundle(tmp_path / "tiny.odbundle")
+    r = bench_whole_series(shared_data / "dess_sagittal_dicom", str(bundle), repeats=1, warmup=0, width=32, size=32)
+    assert r["exam"]["sagittal"] == 80 and r["exam"]["coronal"] > 16 and r["exam"]["axial"] > 16
+    runs = [row["run"] for row in r["rows"]]
+    assert runs[0].startswith("tiny-test: diagnosis + whole-series segmentation + measures")
+    assert runs[1:] == ["authors' layout: 16 central slices", "authors' layout: whole-series windows"]
+    assert "measures" in r["rows"][0]["stage_s"] and r["ratio_whole_over_16"] > 0

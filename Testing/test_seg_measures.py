@@ -6,8 +6,8 @@ import pytest
 import SimpleITK as sitk
 
 from OrthoDiffusionLib import labels
-from OrthoDiffusionLib.segmentation.measures import (array_spacing, local_thickness, mean_thickness, measure_structures,
-                                            structure_volume_ml)
+from OrthoDiffusionLib.segmentation.measures import (MAX_RAYS, array_spacing, local_thickness, mean_thickness,
+                                                     measure_structures, structure_volume_ml)
 
 
 def _grid(shape, spacing):
@@ -59,6 +59,19 @@ def test_local_thickness_returns_surface_voxels_in_array_coordinates():
     assert np.nanmedian(t) == pytest.approx(3.0, abs=1e-6)
     empty = mean_thickness(np.zeros((4, 4, 4), bool), spacing)
     assert math.isnan(empty.mean_mm) and empty.n_rays == 0
+
+
+def test_a_seeded_subset_of_rays_gives_the_mean_of_all_rays():
+    """Mean thickness casts rays from at most MAX_RAYS surface voxels: the same mean as all rays, reproducibly."""
+    spacing = (0.5, 0.3, 0.3)
+    mask = _shell(spacing)
+    vox, t = local_thickness(mask, spacing)
+    assert len(vox) > 2 * MAX_RAYS
+    sub_vox, sub_t = local_thickness(mask, spacing, max_rays=MAX_RAYS)
+    assert len(sub_vox) == MAX_RAYS and mask[tuple(sub_vox.T)].all()
+    assert np.nanmean(sub_t) == pytest.approx(np.nanmean(t), abs=0.02)
+    res = mean_thickness(mask, spacing)
+    assert res.n_surface == MAX_RAYS and res.mean_mm == mean_thickness(mask, spacing).mean_mm
 
 
 def test_volume_of_ellipsoid_with_anisotropic_spacing():

@@ -13,7 +13,7 @@ Shapes: preprocessing gives (slices, size, size) volumes; backbone input (B, 1, 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -36,10 +36,11 @@ def _state(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
 
 def synthetic_bundle(width: int = 64, size: int = 256, slices: int = 16,
                      seg_planes: Sequence[str] = ("sagittal", "coronal"), seed: int = 0,
-                     full_backbones: bool = True) -> ModelBundle:
+                     full_backbones: bool = True, seg_grid: Optional[Mapping[str, float]] = None) -> ModelBundle:
     """A random-weight FT-Opt-shaped bundle in memory (see the module docstring). ``seed`` seeds the weights (the
     same seed gives the same weights whatever ``full_backbones``); ``full_backbones=False`` stores the encoder and
-    middle block only, as exported bundles do."""
+    middle block only, as exported bundles do. ``seg_grid`` (``slice_mm``, ``inplane_mm``) gives the segmentation
+    heads a physical model grid, so they segment the whole series in windows instead of its central slices."""
     from ..model.backbone import DiffusionUNet
     from ..model.heads import DiagnosisHead
     from ..model.seg_head import build_seg_head
@@ -70,7 +71,8 @@ def synthetic_bundle(width: int = 64, size: int = 256, slices: int = 16,
             seg = build_seg_head(num_classes=12, **head_kwargs)
             states[f"segmentation.{plane}"] = _state(seg)
             seg_meta[plane] = {"backbone": plane, "timestep": SEG_TAP[0], "block": SEG_TAP[1],
-                               "preprocessing": {"slices": slices, "size": size}, "head": dict(head_kwargs),
+                               "preprocessing": {"slices": slices, "size": size, **dict(seg_grid or {})},
+                               "head": dict(head_kwargs),
                                "num_classes": 12, "class_values": list(range(12)),
                                "structures": [s.key for s in label_tables.knee_structures(plane)],
                                "metrics": {}, "provenance": {}, "dtype": "float32"}

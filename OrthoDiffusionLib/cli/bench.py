@@ -3,6 +3,8 @@
 Subjects (:data:`SUBJECTS`; the measurements live in :mod:`OrthoDiffusionLib.bench`):
     backbone   full forward of the diffusion U-Net vs ``encode`` up to the middle block (feature extraction).
     predict    per-exam time of batch prediction with a real bundle loaded once (N=1 vs N=8).
+    whole-series  a whole exam from one 3D series and its reformats with whole-series segmentation (a bundle, and
+               the authors' full-size layout: whole series vs 16 central slices).
     simulate   seconds per simulated 3-plane exam on one core; with ``--against DIR`` also the ratio against another
                source tree (e.g. the previous implementation: ``git worktree add /tmp/ref <rev>``).
     inference  full-exam inference, ours vs the authors-style reference in the same process.
@@ -115,6 +117,32 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--matrix", type=int, default=128, help="in-plane matrix of the simulated exams (default 128)")
     p.add_argument("--study", default=None, help="use copies of this study instead of simulated exams")
     p.add_argument("--no-segmentation", action="store_true", help="diagnosis only")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_json_argument(p)
+
+
+# -------------------------------------------------------------------------------------------------- whole-series
+def _run_whole_series(args: argparse.Namespace) -> int:
+    from ..bench.whole_series import bench_whole_series
+
+    start = time.perf_counter()
+    result = bench_whole_series(args.series, args.model, repeats=args.repeats, device=args.device,
+                                threads=args.threads, authors_layout=not args.no_authors_layout)
+    return _table("Whole exam from one 3D series (+ reformats), whole-series segmentation: seconds", result,
+                  ["run", "median_s", "min_s", "max_s", "stage_s"], args, start)
+
+
+def add_whole_series(sub: argparse._SubParsersAction) -> None:
+    from ..bench import whole_series
+
+    p = add_command(sub, "whole-series", _run_whole_series,
+                    help="a whole exam from one 3D series and its reformats, whole-series segmentation",
+                    description=whole_series.__doc__, raw=True)
+    p.add_argument("--series", required=True, help="a thin-slice 3D knee series (DICOM folder, NIfTI, ...)")
+    p.add_argument("--model", default=None, help="model bundle file or registered name (default: the default model)")
+    p.add_argument("--repeats", type=int, default=2, help="timed runs (default 2)")
+    p.add_argument("--no-authors-layout", action="store_true", help="skip the full-size authors' layout rows")
+    add_device_argument(p, default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     add_json_argument(p)
 
@@ -278,7 +306,8 @@ def add_flops(sub: argparse._SubParsersAction) -> None:
 
 #: The subjects, in the order of ``orthodiffusion bench --help``.
 SUBJECTS: List[Callable[[argparse._SubParsersAction], None]] = [
-    add_backbone, add_predict, add_simulate, add_inference, add_batch, add_scaling, add_train, add_flops]
+    add_backbone, add_predict, add_whole_series, add_simulate, add_inference, add_batch, add_scaling, add_train,
+    add_flops]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -14,7 +14,10 @@ import SimpleITK as sitk
 
 from .series import Series
 
-__all__ = ["reformat_image", "reformat_series"]
+__all__ = ["reformat_image", "reformat_series", "CLINICAL_2D_SPACING"]
+
+#: Grid of a reformat read as a clinical 2D series (in-plane, in-plane, slice; mm).
+CLINICAL_2D_SPACING = (0.6, 0.6, 3.0)
 
 _CODES = {"sagittal": "PIL", "coronal": "LIP", "axial": "LPS"}
 

@@ -42,6 +42,10 @@ from OrthoDiffusionLib.segmentation.metrics import surface_voxels
 _RAY_CHUNK = 4096
 NORMAL_SIGMA_VOXELS = 1.0
 RIM_TOLERANCE = 0.25
+#: Rays cast for a mean thickness: from at most this many surface voxels, drawn with a fixed seed. The mean's
+#: sampling error, sd / sqrt(n), is then a few hundredths of a millimetre for cartilage (local sd 1-2 mm), far below
+#: a voxel; a 0.3 mm 3D series has several hundred thousand surface voxels per plate.
+MAX_RAYS = 5000
 
 
 @dataclass(frozen=True)
@@ -116,12 +120,13 @@ def _crossing(m: np.ndarray, j: np.ndarray, step: float) -> np.ndarray:
     return (j - 1 + frac) * step
 
 
-def local_thickness(mask: np.ndarray, spacing: Sequence[float],
-                    step_fraction: float = 0.2) -> Tuple[np.ndarray, np.ndarray]:
+def local_thickness(mask: np.ndarray, spacing: Sequence[float], step_fraction: float = 0.2,
+                    max_rays: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Local thickness (mm) along the inward normal at every surface voxel of a 3-D boolean ``mask`` (D, H, W).
 
     ``spacing`` is (z, y, x) in mm. Returns ``(voxels, thickness)``: int (N, 3) indices of the surface voxels and
     float (N,) thicknesses, NaN where the ray was rejected (see the module docstring). Empty mask -> N = 0.
+    ``max_rays``: cast rays from at most this many surface voxels (a seeded random subset, in index order).
     """
     mask = np.asarray(mask, dtype=bool)
     if mask.ndim != 3:
@@ -153,6 +158,9 @@ def local_thickness(mask: np.ndarray, spacing: Sequence[float],
     norm = np.linalg.norm(g, axis=1)
     ok = norm > 1e-9
     surf, g = surf[ok], g[ok] / norm[ok, None]
+    if max_rays is not None and len(surf) > max_rays:
+        keep = np.sort(np.random.default_rng(0).choice(len(surf), size=int(max_rays), replace=False))
+        surf, g = surf[keep], g[keep]
     h_max = float(spacing_arr.max())
     step = float(step_fraction) * float(spacing_arr.min())
     back = h_max                                                            # the surface is < 1 voxel behind
@@ -190,9 +198,10 @@ def local_thickness(mask: np.ndarray, spacing: Sequence[float],
 def mean_thickness(mask: np.ndarray, spacing: Sequence[float], step_fraction: float = 0.2) -> ThicknessResult:
     """Mean local thickness (mm) of a 3-D boolean ``mask`` (D, H, W) with ``spacing`` (z, y, x) in mm.
 
-    See the module docstring for the method. Returns NaN (and zero counts) for an empty mask.
+    See the module docstring for the method; rays from at most :data:`MAX_RAYS` surface voxels. Returns NaN (and
+    zero counts) for an empty mask.
     """
-    _, t_all = local_thickness(mask, spacing, step_fraction)
+    _, t_all = local_thickness(mask, spacing, step_fraction, MAX_RAYS)
     t = t_all[np.isfinite(t_all)]
     if t.size == 0:
         return ThicknessResult(float("nan"), float("nan"), 0, int(t_all.size))

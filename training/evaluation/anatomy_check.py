@@ -19,15 +19,11 @@ from OrthoDiffusionLib import labels
 from OrthoDiffusionLib.atomic import atomic_path
 from OrthoDiffusionLib.inference.overlays import encode_png, slices_montage
 from OrthoDiffusionLib.io import Exam, Series, read_series
-from OrthoDiffusionLib.io.reformat import reformat_series
+from OrthoDiffusionLib.io.reformat import CLINICAL_2D_SPACING, reformat_series
 from OrthoDiffusionLib.progress import ProgressFn
 from OrthoDiffusionLib.segmentation.plausibility import Check
 
 PathLike = Union[str, os.PathLike]
-
-#: Grid of a reformat (in-plane, in-plane, slice; mm): a clinical 2D series' resolution.
-REFORMAT_SPACING = (0.6, 0.6, 3.0)
-
 
 def series_to_check(paths: Sequence[PathLike], reformat_planes: Sequence[str] = (), echo: Optional[int] = None
                     ) -> List[Tuple[str, Series]]:
@@ -39,7 +35,7 @@ def series_to_check(paths: Sequence[PathLike], reformat_planes: Sequence[str] = 
         series = read_series(path, echo=echo)
         name = Path(path).name.split(".")[0]
         out.append((name, series))
-        out += [(f"{name}_{plane}", reformat_series(series, plane, REFORMAT_SPACING))
+        out += [(f"{name}_{plane}", reformat_series(series, plane, CLINICAL_2D_SPACING))
                 for plane in reformat_planes if plane != series.plane]
     return out
 
