@@ -87,14 +87,18 @@ def mid_slice_overlay(image: sitk.Image, labelmap: Optional[sitk.Image], plane: 
 
 
 def slices_montage(image: sitk.Image, labelmap: Optional[sitk.Image], plane: str,
-                   colors: Mapping[int, Tuple[int, int, int]], count: int = 6) -> np.ndarray:
-    """(H, count x W, 3) uint8: ``count`` slices spread over the middle 70 % of ``image`` (in ``plane``'s canonical
+                   colors: Mapping[int, Tuple[int, int, int]], count: int = 6, max_px: int = 320) -> np.ndarray:
+    """(2H, count x W, 3) uint8: ``count`` slices spread over the middle 70 % of ``image`` (in ``plane``'s canonical
     orientation), each shown twice, above without and below with ``labelmap`` overlaid, so the labels can be
-    compared with the anatomy across the whole series."""
+    compared with the anatomy across the whole series. Slices larger than ``max_px`` are shown at every k-th
+    pixel."""
     from .preprocess import reorient
 
     arr = sitk.GetArrayFromImage(reorient(image, plane))
     lab = sitk.GetArrayFromImage(reorient(labelmap, plane)) if labelmap is not None else None
+    k = max(1, int(np.ceil(max(arr.shape[1:]) / max_px)))
+    arr = arr[:, ::k, ::k]
+    lab = lab[:, ::k, ::k] if lab is not None else None
     picks = np.linspace(0.15 * (arr.shape[0] - 1), 0.85 * (arr.shape[0] - 1), count).round().astype(int)
     tiles = [np.concatenate([overlay_rgb(arr[k], None, colors), overlay_rgb(arr[k], None if lab is None else lab[k],
                                                                              colors)], axis=0) for k in picks]

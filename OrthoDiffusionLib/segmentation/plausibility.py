@@ -21,7 +21,7 @@ Input: a labelmap (SimpleITK, any geometry) with the values of the knee label ta
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -87,8 +87,9 @@ def _near_femur_share(labelmap: sitk.Image, femur: np.ndarray, cartilage: np.nda
 
 
 def _cartilage_check(labelmap: sitk.Image, femur: np.ndarray, cartilage: np.ndarray) -> Check:
-    if not cartilage.any():
-        return Check("cartilage on bone", False, "no femoral cartilage labelled")
+    if not cartilage.any() or not femur.any():
+        return Check("cartilage on bone", False,
+                     f"not measurable: no {'femoral cartilage' if not cartilage.any() else 'femur'} labelled")
     share = _near_femur_share(labelmap, femur, cartilage)
     return Check("cartilage on bone", share >= ON_SURFACE,
                  f"{100 * share:.0f} % of the femoral cartilage within {SURFACE_MM:g} mm of the femur")
@@ -105,26 +106,23 @@ def _span_mm(labelmap: sitk.Image, mask: np.ndarray) -> Tuple[float, float]:
 def knee_plausibility(labelmap: sitk.Image, segmented: Optional[Iterable[str]] = None) -> List[Check]:
     """Every check of the module docstring on one labelmap, in order. ``segmented``: the structure keys the model
     segments on this plane (default all); checks of structures it does not segment (the patella on a coronal
-    series) are left out."""
+    series) are left out. A check that needs a structure the labelmap lacks fails and says so."""
     keys = set(segmented) if segmented is not None else {s.key for s in labels.knee_structures()}
     masks, voxel_ml = _masks(labelmap)
     ml = {k: float(m.sum()) * voxel_ml for k, m in masks.items()}
     bones = [k for k in MIN_BONE_ML if k in keys]
+    found = [k for k in bones if masks[k].any()]
     checks = [Check("present", all(ml[k] >= MIN_BONE_ML[k] for k in bones),
                     ", ".join(f"{k} {ml[k]:.1f} mL (>= {MIN_BONE_ML[k]:g})" for k in bones))]
-    if not checks[0].passed or "femur" not in bones:
-        return [Check(c.name, bool(c.passed), c.detail) for c in checks]
-    shares = {k: _largest_share(masks[k]) for k in bones}
-    checks.append(Check("one piece", all(v >= ONE_PIECE for v in shares.values()),
-                        ", ".join(f"{k} {100 * v:.0f} % in its largest piece" for k, v in shares.items())))
-    centre = {k: _centre(labelmap, masks[k]) for k in bones}
-    if "patella" in centre:
-        anterior = float(centre["femur"][1] - centre["patella"][1])  # LPS: +y is posterior
-        checks.append(Check("patella anterior", anterior > 0,
-                            f"patella centre {anterior:.1f} mm anterior to the femur's"))
-    if "tibia" in centre:
-        below = float(centre["femur"][2] - centre["tibia"][2])  # LPS: +z is superior
-        checks.append(Check("tibia inferior", below > 0, f"tibia centre {below:.1f} mm inferior to the femur's"))
+    shares = {k: _largest_share(masks[k]) for k in found}
+    checks.append(Check("one piece", bool(shares) and all(v >= ONE_PIECE for v in shares.values()),
+                        ", ".join(f"{k} {100 * v:.0f} % in its largest piece" for k, v in shares.items())
+                        or "no bone labelled"))
+    centre = {k: _centre(labelmap, masks[k]) for k in found}
+    if "patella" in bones:
+        checks.append(_relative_check("patella anterior", centre, "patella", 1, "anterior"))
+    if "tibia" in bones:
+        checks.append(_relative_check("tibia inferior", centre, "tibia", 2, "inferior"))
     if "femoral_cartilage" in keys:
         checks.append(_cartilage_check(labelmap, masks["femur"], masks["femoral_cartilage"]))
     out_of_range = [f"{k} {ml[k]:.1f} mL (adult {lo if lo is not None else 0:g}-{hi:g})"
@@ -138,7 +136,16 @@ def knee_plausibility(labelmap: sitk.Image, segmented: Optional[Iterable[str]] =
     return [Check(c.name, bool(c.passed), c.detail) for c in checks]  # plain bools (JSON)
 
 
+def _relative_check(name: str, centre: Mapping[str, np.ndarray], bone: str, axis: int, word: str) -> Check:
+    """``bone``'s centre lies in direction ``word`` of the femur's: anterior = smaller LPS y (axis 1), inferior =
+    smaller LPS z (axis 2)."""
+    missing = [k for k in ("femur", bone) if k not in centre]
+    if missing:
+        return Check(name, False, f"not measurable: no {' or '.join(missing)} labelled")
+    offset = float(centre["femur"][axis] - centre[bone][axis])
+    return Check(name, offset > 0, f"{bone} centre {offset:.1f} mm {word} to the femur's")
+
+
 def summary(checks: List[Check]) -> str:
     """One line per check: ``PASS``/``FAIL``, its name and detail."""
     return "\n".join(f"{'PASS' if c.passed else 'FAIL'}  {c.name}: {c.detail}" for c in checks)
-
