@@ -20,6 +20,7 @@ from OrthoDiffusionLib.training.segmentation.data import SegVolumes, nested_pati
 from OrthoDiffusionLib.training.segmentation.losses import class_mask_for_plane
 from OrthoDiffusionLib.training.segmentation.model import DiffusionSegmenter, predict_probabilities
 from OrthoDiffusionLib.training.segmentation.trainer import evaluate, latest_checkpoint
+from OrthoDiffusionLib.training.segmentation.keep import keep_segmentation_run
 from OrthoDiffusionLib.training.segmentation.train import (build_head, head_config, load_seg_config,
                                                            load_segmentation_run, train_segmentation)
 
@@ -174,6 +175,15 @@ def test_init_from_starts_at_the_finished_runs_weights(cohort, finished_run, tmp
     ref = json.loads((finished_run / "run.json").read_text())
     assert run["metrics"]["test"]["dice"]["mean"] == pytest.approx(ref["metrics"]["test"]["dice"]["mean"], abs=1e-9)
     assert run["config"]["init_head_sha256"]
+    # a run kept as float16 files continues the same way, from weights equal to float16 precision
+    kept = keep_segmentation_run(finished_run, tmp_path / "kept")
+    assert {p.name for p in kept.iterdir()} == {"run.json", "log.csv", "backbone.safetensors", "seg_head.safetensors"}
+    assert (kept / "backbone.safetensors").stat().st_size < 0.6 * (finished_run / "backbone.safetensors").stat().st_size
+    train_segmentation(cohort, "sagittal", None, tmp_path / "from-kept", config="seg-demo",
+                       overrides=TINY + ["lr=1e-12"], device="cpu", init_from=kept)
+    a, _ = _state(tmp_path / "from-kept" / "seg_head.safetensors")
+    b, _ = _state(finished_run / "seg_head.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=2e-3, rtol=2e-3) for k in b)
     with pytest.raises(InputError, match="coronal") as e:
         train_segmentation(cohort, "coronal", None, tmp_path / "c", config="seg-demo", overrides=TINY,
                            device="cpu", init_from=finished_run)
