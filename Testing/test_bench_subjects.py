@@ -176,8 +176,15 @@ def test_bench_whole_series_times_a_3d_series_with_its_reformats(shared_data, tm
     from bundle_helpers import make_tiny_bundle
     from OrthoDiffusionLib.bench.whole_series import bench_whole_series
 
+    import SimpleITK as sitk
+    from OrthoDiffusionLib.io import read_series
+
     bundle = make_tiny_bundle(tmp_path / "tiny.odbundle")
-    r = bench_whole_series(shared_data / "dess_sagittal_dicom", str(bundle), repeats=1, warmup=0, width=32, size=32)
+    dess = read_series(shared_data / "dess_sagittal_dicom").image  # 512 x 512 x 80; a quarter of the pixels is enough
+    small = sitk.Resample(dess, [128, 128, 80], sitk.Transform(), sitk.sitkLinear, dess.GetOrigin(),
+                          (1.25, 1.25, dess.GetSpacing()[2]), dess.GetDirection())
+    sitk.WriteImage(small, str(tmp_path / "dess.nii.gz"))
+    r = bench_whole_series(tmp_path / "dess.nii.gz", str(bundle), repeats=1, warmup=0, width=32, size=32)
     assert r["exam"]["sagittal"] == 80 and r["exam"]["coronal"] > 16 and r["exam"]["axial"] > 16
     runs = [row["run"] for row in r["rows"]]
     assert runs[0].startswith("tiny-test: diagnosis + whole-series segmentation + measures")
