@@ -187,6 +187,6 @@ def test_bench_whole_series_times_a_3d_series_with_its_reformats(shared_data, tm
     r = bench_whole_series(tmp_path / "dess.nii.gz", str(bundle), repeats=1, warmup=0, width=32, size=32)
     assert r["exam"]["sagittal"] == 80 and r["exam"]["coronal"] > 16 and r["exam"]["axial"] > 16
     runs = [row["run"] for row in r["rows"]]
-    assert runs[0].startswith("tiny-test: diagnosis + whole-series segmentation + measures")
+    assert runs[0] == "tiny-test: diagnosis + segmentation of the central slices + measures"  # a resize-only model
     assert runs[1:] == ["authors' layout: 16 central slices", "authors' layout: whole-series windows"]
     assert "measures" in r["rows"][0]["stage_s"] and r["ratio_whole_over_16"] > 0

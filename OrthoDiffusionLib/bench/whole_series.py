@@ -5,8 +5,8 @@ The exam is the series in its own plane plus its reformats onto the two other pl
 (:func:`OrthoDiffusionLib.io.reformat.reformat_series` on a clinical 2D grid, 0.6 x 0.6 x 3 mm), as a console
 shows a 3D DESS. Rows (median seconds after a warm-up, all in this process):
 
-* the bundle (``model``) as ``predict`` runs it: diagnosis on three planes, whole-series segmentation of the planes it
-  segments, structure measures;
+* the bundle (``model``) as ``predict`` runs it: diagnosis on three planes, segmentation of the planes it segments
+  (the whole series for models with a physical grid, the central slices for older ones), structure measures;
 * with ``authors_layout``, the paper's full-size layout (width 64, 16 x 256 x 256, random weights, measures off: a
   random model's labels are no knee) segmenting its 16 central slices, and the same network segmenting the whole
   series in 16-slice windows on a 4 mm x 0.6 mm grid; the ratio of the two is reported.
@@ -54,13 +54,16 @@ def bench_whole_series(series: Union[str, os.PathLike], model: Optional[str] = N
     ``width`` and ``size`` shape the authors'-layout network (the paper's 64 and 256 by default)."""
     from ..bundle.registry import resolve_model
     from ..inference.predictor import Predictor
+    from ..inference.preprocess import model_grid
     from .model import synthetic_bundle
 
     dev = setup_device(threads, device)
     exam = exam_with_reformats(series)
     rows: List[Dict[str, object]] = []
     predictor = Predictor(resolve_model(model), device=str(dev))
-    rows.append(_row(f"{predictor.bundle.meta.get('name')}: diagnosis + whole-series segmentation + measures",
+    whole = all(model_grid(m["preprocessing"]) for m in predictor.seg_meta.values())
+    seg = "whole-series segmentation" if whole else "segmentation of the central slices"
+    rows.append(_row(f"{predictor.bundle.meta.get('name')}: diagnosis + {seg} + measures",
                      lambda: predictor.predict(exam), repeats, warmup, dev))
     out: Dict[str, object] = {"exam": {p: exam.get(p).image.GetSize()[2] for p in PLANES}, **device_facts(dev)}
     if authors_layout:
