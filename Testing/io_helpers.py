@@ -8,9 +8,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from OrthoDiffusionLib.io import Series, read_series
+from OrthoDiffusionLib.io.orientation import CANONICAL_ORIENTATION
 from OrthoDiffusionLib.io.reformat import reformat_image
 
-CODES = {"sagittal": "PIL", "coronal": "LIP", "axial": "LPS"}
+CODES = CANONICAL_ORIENTATION
 
 
 @functools.lru_cache(maxsize=2)

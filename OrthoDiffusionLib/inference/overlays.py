@@ -96,9 +96,9 @@ def slices_montage(image: sitk.Image, labelmap: Optional[sitk.Image], plane: str
 
     arr = sitk.GetArrayFromImage(reorient(image, plane))
     lab = sitk.GetArrayFromImage(reorient(labelmap, plane)) if labelmap is not None else None
-    k = max(1, int(np.ceil(max(arr.shape[1:]) / max_px)))
-    arr = arr[:, ::k, ::k]
-    lab = lab[:, ::k, ::k] if lab is not None else None
+    step = max(1, int(np.ceil(max(arr.shape[1:]) / max_px)))
+    arr = arr[:, ::step, ::step]
+    lab = lab[:, ::step, ::step] if lab is not None else None
     picks = np.linspace(0.15 * (arr.shape[0] - 1), 0.85 * (arr.shape[0] - 1), count).round().astype(int)
     tiles = [np.concatenate([overlay_rgb(arr[k], None, colors), overlay_rgb(arr[k], None if lab is None else lab[k],
                                                                              colors)], axis=0) for k in picks]

@@ -776,9 +776,9 @@ class Predictor:
             result.segmentation_checks[plane] = checks
             failed = [c for c in checks if not c.passed]
             if failed:
-                result.warnings.append(
-                    f"the {plane} segmentation fails anatomical checks ({'; '.join(f'{c.name}: {c.detail}' for c in failed)}): "
-                    "review it before using its volumes")
+                listed = "; ".join(f"{c.name}: {c.detail}" for c in failed)
+                result.warnings.append(f"the {plane} segmentation fails anatomical checks ({listed}): "
+                                       "review it before using its volumes")
 
     def plane_measures(self, plane: str, labelmap: sitk.Image, planes: Optional[Sequence[str]] = None
                        ) -> List[Dict[str, Any]]:

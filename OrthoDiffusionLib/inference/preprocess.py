@@ -31,10 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidVolumeError, NotVolumeError, TooFewSlicesError
-from ..io.orientation import classify_plane
+from ..io.orientation import CANONICAL_ORIENTATION, classify_plane
 from ..io.series import PLANES, Series
 
-CANONICAL_ORIENTATION: Dict[str, str] = {"sagittal": "PIL", "coronal": "LIP", "axial": "LPS"}
 DEFAULT_SLICES = 16
 DEFAULT_SIZE = 256
 

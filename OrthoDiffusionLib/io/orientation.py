@@ -14,6 +14,9 @@ import SimpleITK as sitk
 
 from ..errors import NotVolumeError, ObliqueSeriesError
 
+#: Orientation code of each plane's canonical grid (letters: where increasing column, row and slice index point).
+CANONICAL_ORIENTATION = {"sagittal": "PIL", "coronal": "LIP", "axial": "LPS"}
+
 _AXIS_PLANE = ("sagittal", "coronal", "axial")  # dominant LPS component of the normal -> plane
 DEFAULT_TOLERANCE_DEG = 30.0
 

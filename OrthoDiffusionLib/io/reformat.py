@@ -1,8 +1,9 @@
 """Reformat a series onto another imaging plane (a thin-slice 3D series read as coronal or axial, as scanner
 consoles do).
 
-The new grid has the plane's canonical orientation (:data:`~OrthoDiffusionLib.inference.preprocess.CANONICAL_ORIENTATION`:
-sagittal PIL, coronal LIP, axial LPS; ITK axis 2 = slice axis), covers the series' bounding box, and takes
+The new grid has the plane's canonical orientation
+(:data:`~OrthoDiffusionLib.io.orientation.CANONICAL_ORIENTATION`: sagittal PIL, coronal LIP, axial LPS; ITK axis 2 =
+slice axis), covers the series' bounding box, and takes
 ``spacing`` (in-plane x, in-plane y, slice) in millimetres; intensities are resampled linearly.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from .orientation import CANONICAL_ORIENTATION
 from .series import Series
 
 __all__ = ["reformat_image", "reformat_series", "CLINICAL_2D_SPACING"]
@@ -19,11 +21,9 @@ __all__ = ["reformat_image", "reformat_series", "CLINICAL_2D_SPACING"]
 #: Grid of a reformat read as a clinical 2D series (in-plane, in-plane, slice; mm).
 CLINICAL_2D_SPACING = (0.6, 0.6, 3.0)
 
-_CODES = {"sagittal": "PIL", "coronal": "LIP", "axial": "LPS"}
-
-
 def _direction(plane: str) -> np.ndarray:
-    return np.asarray(sitk.DICOMOrientImageFilter.GetDirectionCosinesFromOrientation(_CODES[plane])).reshape(3, 3)
+    code = CANONICAL_ORIENTATION[plane]
+    return np.asarray(sitk.DICOMOrientImageFilter.GetDirectionCosinesFromOrientation(code)).reshape(3, 3)
 
 
 def reformat_image(image: sitk.Image, plane: str, spacing: Sequence[float] = (1.5, 1.5, 3.0)) -> sitk.Image:

@@ -25,6 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..atomic import atomic_path
+from ..io.orientation import CANONICAL_ORIENTATION
 from ..progress import ProgressFn
 from ..inference.preprocess import reorient, resample_to_model_grid
 from .cohort import LABEL_KEYS, PLANES, simulate_exam
@@ -171,15 +172,12 @@ def pool_files(pool: Union[str, os.PathLike]) -> List[str]:
     return [str(r["path"]) for r in read_pool(pool)]
 
 
-#: Orientation code of each plane's canonical grid (see ``OrthoDiffusionLib.inference.preprocess``).
-_CANONICAL = {"sagittal": "PIL", "coronal": "LIP", "axial": "LPS"}
-
-
 def _grid_image(array: np.ndarray, plane: str, grid: Mapping[str, float]) -> sitk.Image:
     """A (D, H, W) array as an image on the canonical model grid of ``plane``, centred at the origin."""
     img = sitk.GetImageFromArray(array)
     spacing = np.array([grid["inplane_mm"], grid["inplane_mm"], grid["slice_mm"]], dtype=np.float64)
-    direction = np.array(sitk.DICOMOrientImageFilter.GetDirectionCosinesFromOrientation(_CANONICAL[plane]))
+    code = CANONICAL_ORIENTATION[plane]
+    direction = np.array(sitk.DICOMOrientImageFilter.GetDirectionCosinesFromOrientation(code))
     size = np.array(img.GetSize(), dtype=np.float64)
     img.SetSpacing(tuple(spacing))
     img.SetDirection(tuple(direction))

@@ -24,11 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from OrthoDiffusionLib.atomic import atomic_path
+from OrthoDiffusionLib.simulate.tissues import Tissue
 
 from .data import SeriesRow
 
-#: Tissue ids of the simulator (``OrthoDiffusionLib.simulate.tissues.Tissue``: 0 air .. 23 soft tissue).
-NUM_TISSUES = 24
+#: Number of tissue ids of the simulator (``Tissue``: 0 air .. the largest id).
+NUM_TISSUES = max(int(t) for t in Tissue) + 1
 
 
 class TissueMaps:
