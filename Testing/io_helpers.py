@@ -1,6 +1,8 @@
-"""Helpers shared by the io/preprocess tests: cached real-data loads and reformats of the DESS series."""
+"""Helpers shared by the io/preprocess tests: cached real-data loads and reformats of the DESS series; manifest
+CSVs for the training tests."""
 from __future__ import annotations
 
+import csv
 import functools
 from pathlib import Path
 
@@ -12,6 +14,15 @@ from OrthoDiffusionLib.io.orientation import CANONICAL_ORIENTATION
 from OrthoDiffusionLib.io.reformat import reformat_image
 
 CODES = CANONICAL_ORIENTATION
+
+
+def write_rows_csv(path: Path, rows) -> Path:
+    """``rows`` (dicts with the same keys) as a CSV at ``path`` (header from the first row); returns ``path``."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
 
 
 @functools.lru_cache(maxsize=2)

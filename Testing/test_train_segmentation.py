@@ -3,6 +3,7 @@ exact resume, the coronal class mask from the label table, and a bad manifest.""
 from __future__ import annotations
 
 import csv
+import os
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import SimpleITK as sitk
 import torch
 
 from OrthoDiffusionLib import labels
+from io_helpers import write_rows_csv
 from OrthoDiffusionLib.model.backbone import DiffusionUNet
 from OrthoDiffusionLib.model.checkpoints import load_backbone_state, save_backbone, tensors_sha256
 from OrthoDiffusionLib.cli import main
@@ -63,11 +65,7 @@ def _cohort(root: Path, planes=("sagittal",), n: int = 8) -> Path:
             rows.append({"patient_id": pid, "plane": plane, "series_path": f"{pid}/{plane}.nii.gz",
                          "split": splits[i], "seg_path": f"{pid}/{plane}_seg.nii.gz"})
     manifest = root / "manifest.csv"
-    with open(manifest, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return manifest
+    return write_rows_csv(manifest, rows)
 
 
 @pytest.fixture(scope="module")
@@ -314,3 +312,55 @@ def test_evaluate_segmentation_tables_and_fusion(cohort, backbone_file, finished
     fused = sitk.GetArrayFromImage(sitk.ReadImage(str(example[0])))
     assert fused.max() <= 11 and fused.ndim == 3
     assert "fused" in capsys.readouterr().out
+
+
+def _with_tissue_maps(cohort: Path, root: Path) -> Path:
+    """The cohort's manifest with a tissue_path column: each labelmap plus two context tissues (fluid, fat) in
+    boxes the structures leave free."""
+    from OrthoDiffusionLib.simulate.tissues import Tissue
+
+    rows = list(csv.DictReader(open(cohort, newline="")))
+    for r in rows:
+        seg = sitk.ReadImage(str(cohort.parent / r["seg_path"]))
+        arr = sitk.GetArrayFromImage(seg)
+        arr[4:16, 30:36, 2:10] = Tissue.FLUID.value
+        arr[4:16, 30:36, 30:38] = Tissue.FAT.value
+        tissue = sitk.GetImageFromArray(arr)
+        tissue.CopyInformation(seg)
+        name = r["seg_path"].replace("_seg.nii.gz", "_tissue.nii.gz")
+        sitk.WriteImage(tissue, str(cohort.parent / name))
+        r["tissue_path"] = os.path.relpath(cohort.parent / name, root)
+        r["series_path"] = os.path.relpath(cohort.parent / r["series_path"], root)
+        r["seg_path"] = os.path.relpath(cohort.parent / r["seg_path"], root)
+    manifest = root / "manifest_tissue.csv"
+    return write_rows_csv(manifest, rows)
+
+
+def test_context_tissues_grow_the_head_and_stay_background_in_labelmaps(cohort, finished_run, tmp_path):
+    """context_tissues: the labels are the tissue maps (24 classes); --init-from a structures-only run grows its
+    output layer, keeping the structures' weights; the context classes are allowed on every plane and exported as
+    background; a manifest without tissue maps is refused."""
+    from OrthoDiffusionLib.bundle.export import _class_values
+    from OrthoDiffusionLib.simulate.tissues import Tissue
+    from OrthoDiffusionLib.training.segmentation.losses import context_tissue_names, num_seg_classes
+
+    manifest = _with_tissue_maps(cohort, tmp_path)
+    names = context_tissue_names()
+    assert num_seg_classes(True) == 24 and len(names) == 12 and names[4] == "fluid"
+    assert bool(class_mask_for_plane("coronal", 24)[12:].all()) and not bool(class_mask_for_plane("coronal", 24)[3])
+    cases = read_seg_cases(manifest, "sagittal")
+    labels_of = SegVolumes(cases, 16, 32, context_tissues=True)[0][1]
+    assert Tissue.FLUID.value in labels_of.unique().tolist()
+    out = tmp_path / "context"
+    run = train_segmentation(manifest, "sagittal", None, out, config="seg-demo",
+                             overrides=TINY + ["lr=1e-12", "context_tissues=true"], device="cpu",
+                             init_from=finished_run)
+    assert run["num_classes"] == 24 and run["context_tissues"] == names and run["head"]["num_classes"] == 24
+    grown, _ = _state(out / "seg_head.safetensors")
+    base, _ = _state(finished_run / "seg_head.safetensors")
+    assert torch.allclose(grown["classifier.weight"][:12], base["classifier.weight"], atol=1e-6)
+    assert grown["classifier.weight"].shape[0] == 24
+    assert _class_values(24, run["structures"], out / "run.json", 12) == list(range(12)) + [0] * 12
+    with pytest.raises(InputError, match="tissue map"):
+        train_segmentation(cohort, "sagittal", None, tmp_path / "no-maps", config="seg-demo",
+                           overrides=TINY + ["context_tissues=true"], device="cpu", init_from=finished_run)

@@ -100,9 +100,11 @@ def _synthetic_flag(runs: Sequence[Mapping[str, Any]]) -> Optional[bool]:
     return None
 
 
-def _class_values(num_classes: int, structures: Sequence[str], path: Path) -> List[int]:
+def _class_values(num_classes: int, structures: Sequence[str], path: Path, context: int = 0) -> List[int]:
     """Label-table value of each output class: identity for a full-table head (num_classes = 12), else class i+1 is
-    ``structures[i]``."""
+    ``structures[i]``; the ``context`` tissue classes after them (``context_tissues``) are background (0)."""
+    if context:
+        return _class_values(num_classes - context, structures, path) + [0] * context
     table = label_tables.structure_by_key()
     unknown = [s for s in structures if s not in table]
     if unknown:
@@ -194,7 +196,9 @@ def _add_segmentation_run(path: PathLike, meta: Dict[str, Any], components: Dict
         "backbone": key, "timestep": int(run["timestep"]), "block": str(run["block"]),
         "preprocessing": dict(run["preprocessing"]), "head": dict(run["head"]),
         "num_classes": int(run["num_classes"]), "structures": list(run["structures"]),
-        "class_values": _class_values(int(run["num_classes"]), run["structures"], run_json),
+        "class_values": _class_values(int(run["num_classes"]), run["structures"], run_json,
+                                      len(run.get("context_tissues") or [])),
+        "context_tissues": list(run.get("context_tissues") or []),
         "metrics": run.get("metrics", {}), "provenance": run.get("provenance", {}),
         "source": str(folder.resolve())}
     return run

@@ -22,6 +22,7 @@ Bundle JSON (``ModelBundle.meta``)::
                           "metrics", "provenance"},
      "segmentation": {plane: {"backbone": id, "timestep", "block", "preprocessing", "head": build_seg_head kwargs,
                               "num_classes", "class_values": [label value of each output class],
+                              "context_tissues": [names of the context tissue classes, background in labelmaps],
                               "structures": [keys], "metrics", "provenance"}},
      "components": {component: {"tensors_sha256", "dtype", "tensors": n}}}
 

@@ -32,6 +32,7 @@ SUBCOMMAND_MODULES: List[str] = [
     "OrthoDiffusionLib.cli.evaluate",
     "OrthoDiffusionLib.cli.diagnosis",
     "OrthoDiffusionLib.cli.segmentation",
+    "OrthoDiffusionLib.cli.tissue_diagnosis",
     "OrthoDiffusionLib.cli.evaluate_segmentation",
     "OrthoDiffusionLib.cli.check_model",
     "OrthoDiffusionLib.cli.check_anatomy",

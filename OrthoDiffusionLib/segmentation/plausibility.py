@@ -16,9 +16,8 @@ plane and orientation of the series:
   covering the joint.
 * ``knee extent``: the bones are labelled along the whole knee that the series covers, not on a few central slices:
   along the series' slice axis the bones together span at least ``min(BONES_SPAN_MM, SPAN_FRACTION x coverage)``
-  (the condyles and the plateau are 70-85 mm wide, patella to posterior condyles about 90 mm deep; without the
-  patella, femur and tibia are about 50-65 mm deep, less up to a slice lost to partial volume:
-  ``BONES_SPAN_NO_PATELLA_MM``), and no bone is cut off: where a bone's labels stop short of the series' ends, its
+  (the condyles and the plateau are 70-85 mm wide, patella to posterior condyles about 90 mm deep, femur and tibia
+  alone about 50-65 mm), and no bone is cut off: where a bone's labels stop short of the series' ends, its
   cross-section on that end slice is at most ``CUT_OFF_SHARE`` of its largest one (bones taper at their ends;
   labels confined to a few central slices end on full cross-sections).
 
@@ -42,7 +41,6 @@ ON_SURFACE = 0.8
 SURFACE_MM = 3.0
 TOPOLOGY_MM = 1.0
 BONES_SPAN_MM = 50.0
-BONES_SPAN_NO_PATELLA_MM = 45.0
 CUT_OFF_SHARE = 0.6
 SPAN_FRACTION = 0.6
 #: (lower, upper) adult volume in mL; None = no bound. Lower bounds are not applied to the ligaments and menisci
@@ -145,8 +143,7 @@ def _cut_off(mask: np.ndarray) -> List[str]:
 
 def _extent_check(labelmap: sitk.Image, bones: Mapping[str, np.ndarray]) -> Check:
     span, coverage = _span_mm(labelmap, np.logical_or.reduce(list(bones.values())))
-    floor = BONES_SPAN_MM if "patella" in bones else BONES_SPAN_NO_PATELLA_MM
-    needed = min(floor, SPAN_FRACTION * coverage)
+    needed = min(BONES_SPAN_MM, SPAN_FRACTION * coverage)
     cut = [f"{k} cut off on its {' and '.join(ends)} slice" for k, m in bones.items() for ends in [_cut_off(m)] if ends]
     detail = f"the bones span {span:.0f} mm of the {coverage:.0f} mm the series covers (>= {needed:.0f})"
     return Check("knee extent", span >= needed and not cut, "; ".join([detail, *cut]))

@@ -42,12 +42,14 @@ from ..pretrain.ddpm import SeriesVolumes
 from ..run_files import save_tensors, utc_now, write_log_csv, write_text
 from .train import patient_metrics
 
-__all__ = ["BASELINE_RUN_FORMAT", "train_baseline"]
+__all__ = ["BASELINE_RUN_FORMAT", "predictions_csv", "train_baseline"]
 
 BASELINE_RUN_FORMAT = "orthodiffusion.baseline-run"
 
 
-def _predictions_csv(patient_ids: Sequence[str], keys: Sequence[str], probabilities: np.ndarray) -> str:
+def predictions_csv(patient_ids: Sequence[str], keys: Sequence[str], probabilities: np.ndarray) -> str:
+    """The text of a ``predictions_<split>.csv`` (the format ``orthodiffusion evaluate`` reads): ``patient_id`` and
+    one probability column per label key, a row per patient of ``probabilities`` (N, L)."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["patient_id", *keys])
@@ -98,7 +100,7 @@ def _test_and_write_predictions(run: Path, data: DiagnosisManifest, predict: Cal
         zero_filled += sum(len(c.series) < len(PLANES) for c in combos.combinations)
         probs = predict(combos)
         metrics[split] = patient_metrics(combos.patient_ids(), probs, data)
-        write_text(run / f"predictions_{split}.csv", _predictions_csv(combos.patient_ids(), keys, probs))
+        write_text(run / f"predictions_{split}.csv", predictions_csv(combos.patient_ids(), keys, probs))
     return metrics, zero_filled
 
 

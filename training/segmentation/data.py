@@ -171,16 +171,20 @@ class SegVolumes(torch.utils.data.Dataset):
     """Preprocessed cases: ``dataset[i]`` -> (image (1, D, H, W) float32, labels (D, H, W) int64).
 
     Each case is read once; its arrays are cached as ``.npz`` in ``cache_dir`` (keyed by the absolute paths, slices
-    and size) or, without a cache folder, in memory. ``spacing(i)`` gives the (D, H, W) voxel size in mm.
+    and size) or, without a cache folder, in memory. ``spacing(i)`` gives the (D, H, W) voxel size in mm. With
+    ``context_tissues`` the labels are the case's tissue map (0-23: the structures keep their values 1-11, the other
+    tissues follow; see :mod:`.losses`).
     """
 
     def __init__(self, cases: Sequence[SegCase], slices: int, size: int, cache_dir: Optional[PathLike] = None,
-                 num_classes: int = 12, grid: Optional[Mapping[str, float]] = None, randomize: float = 0.0):
+                 num_classes: int = 12, grid: Optional[Mapping[str, float]] = None, randomize: float = 0.0,
+                 context_tissues: bool = False):
         self.cases = list(cases)
         self.slices, self.size, self.num_classes = int(slices), int(size), int(num_classes)
         self.grid = dict(grid or {})  # slice_mm / inplane_mm of the model grid ({}: resize only)
         # probability that a case with a tissue map is shown with a domain-randomised contrast instead of its image
         self.randomize = float(randomize)
+        self.context_tissues = bool(context_tissues)
         self._tissue_memory: Dict[int, np.ndarray] = {}
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._memory: Dict[int, Tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -239,6 +243,8 @@ class SegVolumes(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
         image, labels, _ = self.arrays(i)
+        if self.context_tissues:
+            labels = self.tissue(i)
         if self.randomize > 0 and self.cases[i].tissue_path and float(torch.rand(())) < self.randomize:
             from OrthoDiffusionLib.simulate.randomize import randomize_contrast
 

@@ -6,6 +6,10 @@
   the softmax (so the head can never predict them and is never penalised for them), are left out of the Dice mean,
   and target voxels carrying such a class are treated as background (``excluded_as="background"``, the label table's
   meaning: the structure is not segmented on that plane) or ignored (``excluded_as="ignore"``).
+* Context tissues (``context_tissues`` in a segmentation config): classes 12-23 are the simulator's other tissues
+  (fibula, collateral ligaments, tendons, fluid, fat, muscle, skin, vessels, capsule, edema, soft tissue), learnt from
+  a simulated cohort's tissue maps beside the 11 structures. They are allowed on every plane and are background in
+  the structure labelmaps; their probabilities feed the tissue-pooled diagnosis.
 """
 from __future__ import annotations
 
@@ -21,19 +25,29 @@ DEFAULT_IGNORE_INDEX = 255
 CE_WEIGHT = 0.2
 
 
-def num_seg_classes() -> int:
-    """Background + every knee structure of the label table (12)."""
-    return 1 + max(s.value for s in labels.knee_structures())
+def num_seg_classes(context_tissues: bool = False) -> int:
+    """Background + every knee structure of the label table (12), + the context tissues (24) if asked."""
+    return 1 + max(s.value for s in labels.knee_structures()) + (len(context_tissue_names()) if context_tissues else 0)
+
+
+def context_tissue_names() -> list:
+    """Names of the context tissue classes, in class order after the structures (the simulator's tissue ids
+    12-23, lower case: ``fibula`` ... ``soft_tissue``)."""
+    from OrthoDiffusionLib.simulate.tissues import Tissue
+
+    n_structures = max(s.value for s in labels.knee_structures())
+    return [t.name.lower() for t in Tissue if t.value > n_structures]
 
 
 def class_mask_for_plane(plane: Optional[str], num_classes: Optional[int] = None) -> torch.Tensor:
     """Bool (num_classes,) mask: background and the structures the label table segments on ``plane``.
 
-    ``plane=None`` allows every class.
+    ``plane=None`` allows every class; context tissue classes (beyond the label table) are allowed on every plane.
     """
     n = num_seg_classes() if num_classes is None else int(num_classes)
     mask = torch.zeros(n, dtype=torch.bool)
     mask[0] = True
+    mask[num_seg_classes():] = True
     for s in labels.knee_structures(plane):
         if s.value >= n:
             raise ValueError(f"structure {s.key} has label value {s.value} >= num_classes {n}")

@@ -48,8 +48,8 @@ from OrthoDiffusionLib.progress import ProgressFn
 
 from ..configs import resolve_config
 from ..curves import plot_run_curves
-from .data import SegVolumes, read_seg_cases, split_cases, training_cases
-from .losses import num_seg_classes
+from .data import SegCase, SegVolumes, read_seg_cases, split_cases, training_cases
+from .losses import context_tissue_names, num_seg_classes
 from .trainer import TrainSettings, evaluate, train
 
 PathLike = Union[str, os.PathLike]
@@ -127,16 +127,20 @@ def _settings(cfg: Mapping[str, Any], plane: str, section: Optional[str] = None)
                          val_every=int(cfg["eval"].get("val_every", 1)),
                          eval_noise_draws=int(cfg["eval"].get("noise_draws", 1)),
                          eval_seed=int(cfg["eval"].get("seed", 1234)),
-                         keep_checkpoints=int(cfg.get("keep_checkpoints", 2)))
+                         keep_checkpoints=int(cfg.get("keep_checkpoints", 2)),
+                         num_classes=num_seg_classes(bool(cfg.get("context_tissues", False))))
 
 
 # ------------------------------------------------------------------------------------------------------ models
-def head_config(name: str, backbone, block: str, cfg_head: Mapping[str, Any]) -> Dict[str, Any]:
-    """``build_seg_head`` keyword arguments (incl. ``name``) for a head on ``backbone``'s tap ``block``."""
+def head_config(name: str, backbone, block: str, cfg_head: Mapping[str, Any], num_classes: Optional[int] = None
+                ) -> Dict[str, Any]:
+    """``build_seg_head`` keyword arguments (incl. ``name``) for a head on ``backbone``'s tap ``block`` with
+    ``num_classes`` outputs (default: background + the label table's structures)."""
     from OrthoDiffusionLib.model.seg_head import DEFAULT_SKIP_TAPS
 
     out: Dict[str, Any] = {
-        "name": name, "num_classes": num_seg_classes(), "model_channels": int(backbone.model_channels),
+        "name": name, "num_classes": int(num_classes or num_seg_classes()),
+        "model_channels": int(backbone.model_channels),
         "bottleneck_tap": block,
         "tap_channels": {t: int(backbone.tap_channels(t)) for t in backbone.tap_names()},
         "skip_taps": [list(s) for s in cfg_head.get("skip_taps", DEFAULT_SKIP_TAPS)],
@@ -260,6 +264,15 @@ def _fmt(v: Optional[float]) -> str:
     return "" if v is None or v != v else f"{float(v):.6g}"
 
 
+def _require_tissue_maps(cases: Sequence[SegCase], manifest: Path) -> None:
+    """InputError unless every case has a tissue map (``context_tissues`` learns them)."""
+    missing = [c for c in cases if not c.tissue_path]
+    if missing:
+        raise InputError(f"context_tissues needs a tissue map for every series (the manifest's tissue_path column, "
+                         f"written by `orthodiffusion simulate pool-cohort`); {len(missing)} of {len(cases)} have "
+                         f"none, e.g. row {missing[0].row}", manifest)
+
+
 class _Job:
     """Shared plumbing of both commands: cases, datasets, training, evaluation, metrics files."""
 
@@ -275,10 +288,13 @@ class _Job:
         self.train_cases = training_cases(cases, cfg.get("train_patients"), int(cfg.get("seed", 0)))
         grid = model_grid(pre)
         randomize = float(dict(cfg.get("domain_randomisation") or {}).get("p", 0.0))
-        self.sets = {"train": SegVolumes(self.train_cases, pre["slices"], pre["size"], cache, grid=grid,
-                                         randomize=randomize),
-                     "val": SegVolumes(split_cases(cases, "val"), pre["slices"], pre["size"], cache, grid=grid),
-                     "test": SegVolumes(split_cases(cases, "test"), pre["slices"], pre["size"], cache, grid=grid)}
+        self.context = bool(cfg.get("context_tissues", False))
+        if self.context:
+            _require_tissue_maps(cases, self.manifest)
+        kwargs = {"cache_dir": cache, "grid": grid, "context_tissues": self.context}
+        self.sets = {"train": SegVolumes(self.train_cases, pre["slices"], pre["size"], randomize=randomize, **kwargs),
+                     "val": SegVolumes(split_cases(cases, "val"), pre["slices"], pre["size"], **kwargs),
+                     "test": SegVolumes(split_cases(cases, "test"), pre["slices"], pre["size"], **kwargs)}
 
     def fit(self, model: torch.nn.Module, settings: TrainSettings, device: torch.device, resume: bool,
             stop_after_epoch: Optional[int], progress: Optional[ProgressFn], cancel: Optional[threading.Event],
@@ -309,8 +325,9 @@ class _Job:
         return {
             "plane": self.plane,
             "preprocessing": dict(self.cfg["preprocessing"]),
-            "num_classes": num_seg_classes(),
+            "num_classes": num_seg_classes(self.context),
             "structures": [s.key for s in structures],
+            "context_tissues": context_tissue_names() if self.context else [],
             "label_values": {s.key: s.value for s in structures},
             "config": self.cfg,
             "data": {"train_cases": len(self.sets["train"]), "val_cases": len(self.sets["val"]),
@@ -347,14 +364,28 @@ def _load_init_head(head: torch.nn.Module, hcfg: Mapping[str, Any], run: Mapping
     from OrthoDiffusionLib.model.checkpoints import check_state_dict
 
     changed = sorted(k for k in set(hcfg) | set(run["head"]) if json.dumps(hcfg.get(k)) != json.dumps(run["head"].get(k)))
-    if changed:
+    grows = changed == ["num_classes"] and int(hcfg["num_classes"]) > int(run["head"]["num_classes"])
+    if changed and not grows:
         raise InputError("--init-from: its segmentation head differs from this configuration's in "
                          + ", ".join(changed), run_dir)
     path = run_dir / run["head_weights"]
     state = _load_weights(path)
+    if grows:  # structures -> structures + context tissues: the new classes start as copies of background
+        state = _grown_classifier(state, int(hcfg["num_classes"]))
     check_state_dict(head, state, path)
     head.load_state_dict(state)
     return _sha256(path)
+
+
+def _grown_classifier(state: Mapping[str, torch.Tensor], num_classes: int) -> Dict[str, torch.Tensor]:
+    """A head state dict whose output layer (``classifier.*``) grows to ``num_classes``; each new class starts as
+    the background class with its bias lowered by 2 (so the structures keep their predictions at the start)."""
+    out = dict(state)
+    w, b = state["classifier.weight"], state["classifier.bias"]
+    extra = num_classes - w.shape[0]
+    out["classifier.weight"] = torch.cat([w, w[:1].repeat(extra, *([1] * (w.dim() - 1)))])
+    out["classifier.bias"] = torch.cat([b, b[:1].repeat(extra) - 2.0])
+    return out
 
 
 def train_segmentation(manifest: PathLike, plane: str, backbone: PathLike, out: PathLike, *,
@@ -388,7 +419,8 @@ def train_segmentation(manifest: PathLike, plane: str, backbone: PathLike, out: 
     sel = cfg["planes"][plane]
     cfg["backbone_sha256"] = _sha256(backbone_path)
     job = _Job(manifest, plane, out, cfg, cache_dir)
-    hcfg = head_config(cfg["head"]["name"], net, sel["block"], cfg["head"])
+    hcfg = head_config(cfg["head"]["name"], net, sel["block"], cfg["head"],
+                       num_seg_classes(bool(cfg.get("context_tissues", False))))
     torch.manual_seed(int(cfg.get("seed", 0)))
     seg_head = build_head(hcfg)
     if init_run:
@@ -413,7 +445,7 @@ def train_segmentation(manifest: PathLike, plane: str, backbone: PathLike, out: 
     record["provenance"]["backbone_sha256"] = {plane: cfg["backbone_sha256"]}
     record["provenance"]["backbone"] = os.fspath(backbone_path.resolve())
     ordered = {k: record[k] for k in ("format", "version", "plane", "timestep", "block", "preprocessing", "head",
-                                      "head_weights", "backbone", "num_classes", "structures")}
+                                      "head_weights", "backbone", "num_classes", "structures", "context_tissues")}
     ordered.update({k: v for k, v in record.items() if k not in ordered})
     return job.write_run(ordered)
 

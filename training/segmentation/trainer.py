@@ -66,6 +66,7 @@ class TrainSettings:
     eval_noise_draws: int = 1
     eval_seed: int = 1234
     keep_checkpoints: int = 2
+    num_classes: int = 12  # 24 with context tissues
 
 
 def cosine_lr(base: float, step: int, total: int) -> float:
@@ -207,7 +208,7 @@ def train(model: torch.nn.Module, train_set: SegVolumes, settings: TrainSettings
     base_lrs = [g["lr"] for g in opt.param_groups]
     start = _start_or_resume(run_dir, resume, model, opt, generator, config, device)
 
-    loss_fn = SegmentationLoss.for_plane(settings.plane, ce_weight=settings.ce_weight,
+    loss_fn = SegmentationLoss.for_plane(settings.plane, settings.num_classes, ce_weight=settings.ce_weight,
                                          excluded_as=settings.excluded_as,
                                          ce_class_balance=settings.ce_class_balance).to(device)
     augment = (SegAugment(settings.plane, ignore_index=DEFAULT_IGNORE_INDEX, generator=generator,
