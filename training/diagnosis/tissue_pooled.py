@@ -52,7 +52,6 @@ PathLike = Union[str, os.PathLike]
 TISSUE_RUN_FORMAT = "orthodiffusion.tissue-diagnosis-run"
 C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
 FEATURE_SEED = 1234
-_PATELLA, _FEMUR = 3, 1
 
 
 def tissue_pooled_features(model: torch.nn.Module, volume: torch.Tensor, seed: int = FEATURE_SEED) -> np.ndarray:
@@ -75,7 +74,8 @@ def tissue_pooled_features(model: torch.nn.Module, volume: torch.Tensor, seed: i
     pooled = torch.einsum("cdhw,kdhw->ck", p, f) / (volume_c[:, None] + 1.0)  # (C, K)
     axes = torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in p.shape[1:]], indexing="ij")
     centres = torch.stack([(p * a).sum((1, 2, 3)) for a in axes], 1) / (volume_c[:, None] + 1e-3)  # (C, 3)
-    parts = [torch.log1p(volume_c), centres[_PATELLA] - centres[_FEMUR], pooled.flatten()]
+    value = {k: s.value for k, s in label_tables.structure_by_key().items()}  # structure classes keep their values
+    parts = [torch.log1p(volume_c), centres[value["patella"]] - centres[value["femur"]], pooled.flatten()]
     return torch.cat(parts).numpy().astype(np.float32).copy()
 
 
@@ -92,6 +92,7 @@ def _series_features(model: torch.nn.Module, run: Mapping[str, Any], run_sha: st
     pre = run["preprocessing"]
     grid = {k: float(pre[k]) for k in ("slice_mm", "inplane_mm") if k in pre}
     volumes = SeriesVolumes(paths, int(pre["slices"]), int(pre["size"]), cache_dir=cache / "volumes", grid=grid)
+    device = next(model.parameters()).device
     out = []
     for i, path in enumerate(paths):
         if cancel is not None and cancel.is_set():
@@ -102,7 +103,6 @@ def _series_features(model: torch.nn.Module, run: Mapping[str, Any], run_sha: st
         if file.is_file():
             out.append(np.load(file, allow_pickle=False))
         else:
-            device = next(model.parameters()).device
             out.append(tissue_pooled_features(model, volumes[i][None].to(device)))
             with atomic_path(file, suffix=".npy") as tmp:
                 np.save(tmp, out[-1], allow_pickle=False)
@@ -111,17 +111,18 @@ def _series_features(model: torch.nn.Module, run: Mapping[str, Any], run_sha: st
     return np.stack(out)
 
 
-def _patient_matrix(rows: Sequence[Any], features: Mapping[str, np.ndarray], planes: Sequence[str],
+def _patient_matrix(series: Mapping[str, Sequence[Any]], features: Mapping[str, np.ndarray],
                     patients: Sequence[str]) -> np.ndarray:
-    """(len(patients), sum of the planes' F) with each plane's series features averaged per patient; NaN where a
-    patient lacks the plane (filled with the training mean by :func:`_standardise`)."""
+    """(len(patients), sum of the planes' F): per plane (in ``series`` order), the features ``features[plane]`` of
+    the rows ``series[plane]`` averaged per patient; NaN where a patient lacks the plane (filled with the training
+    mean by :func:`_standardise`)."""
     blocks = []
-    for plane in planes:
+    for plane, rows in series.items():
         feats = features[plane]
         width = feats.shape[1]
         by_patient: Dict[str, List[np.ndarray]] = {}
-        for j, r in enumerate(r for r in rows if r.plane == plane):
-            by_patient.setdefault(r.patient_id, []).append(feats[j])
+        for r, f in zip(rows, feats):
+            by_patient.setdefault(r.patient_id, []).append(f)
         blocks.append(np.stack([np.mean(by_patient[p], 0) if p in by_patient else np.full(width, np.nan)
                                 for p in patients]))
     return np.concatenate(blocks, 1).astype(np.float64)
@@ -146,11 +147,12 @@ def fit_label_models(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray
     zt, zv = _standardise(x_train, mean, scale), _standardise(x_val, mean, scale)
     weight, bias, chosen, val_auc = [], [], [], []
     for k in range(y_train.shape[1]):
+        scorable = len(set(y_val[:, k])) > 1  # otherwise the first C is kept and the AUROC is NaN
         best = None
         for c in c_grid:
             m = LogisticRegression(C=c, max_iter=5000, class_weight="balanced").fit(zt, y_train[:, k])
-            auc = roc_auc_score(y_val[:, k], m.decision_function(zv)) if len(set(y_val[:, k])) > 1 else float("nan")
-            if best is None or (auc == auc and (best[0] != best[0] or auc > best[0])):
+            auc = roc_auc_score(y_val[:, k], m.decision_function(zv)) if scorable else float("nan")
+            if best is None or auc > best[0]:
                 best = (auc, c, m)
         weight.append(best[2].coef_[0])
         bias.append(best[2].intercept_[0])
@@ -218,15 +220,15 @@ def train_tissue_diagnosis(manifest: PathLike, runs: Mapping[str, PathLike], out
     cache = Path(cache_dir) if cache_dir is not None else out / "features"
     read = _read_runs(runs)
     planes = [p for p in label_tables.PLANES if p in read]
+    series = {plane: data.series(plane=plane) for plane in planes}
     features = {}
-    for plane in planes:
+    for plane, rows in series.items():
         folder, run, sha = read[plane]
         model, _ = load_segmentation_run(folder, resolve_device(device))
-        rows = data.series(plane=plane)
         features[plane] = _series_features(model, run, sha, [r.path for r in rows], cache, progress, cancel,
                                            f"features {plane}")
     splits = {s: data.patients(s) for s in ("train", "val", "test")}
-    x = {s: _patient_matrix(data.rows, features, planes, pids) for s, pids in splits.items()}
+    x = {s: _patient_matrix(series, features, pids) for s, pids in splits.items()}
     y = {s: data.labels_of(pids).astype(int) for s, pids in splits.items()}
     fitted = fit_label_models(x["train"], y["train"], x["val"], y["val"])
     return _write_run(out, data, keys, planes, read, features, fitted, x, y, splits, command)
