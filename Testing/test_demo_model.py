@@ -61,10 +61,11 @@ def test_readme_demo_runs_end_to_end_on_cpu(shipped, tmp_path, capsys):
     assert "Research use only" in report and "synthetic" in report.lower()
 
 
-def test_fused_segmentation_beats_the_sagittal_plane_alone_on_a_simulated_knee(shipped):
-    """``fuse_segmentations``: the sagittal and coronal probabilities averaged on the sagittal series' grid. The
-    sagittal head sees only the 16 central of 23-24 slices; the coronal series covers the rest, so on the whole
-    sagittal grid the fused map must be closer to the simulation's ground truth than the sagittal map alone."""
+def test_fused_segmentation_is_at_least_as_good_as_the_sagittal_plane_alone_on_a_simulated_knee(shipped):
+    """``fuse_segmentations``: the sagittal and coronal probabilities averaged on the sagittal series' grid (the
+    classes of one label value, such as background and the context tissues, summed first). Both planes are segmented
+    over their whole series, so the fused map must be at least as close to the simulation's ground truth as the
+    sagittal map alone."""
     import numpy as np
     import SimpleITK as sitk
 
@@ -92,7 +93,7 @@ def test_fused_segmentation_beats_the_sagittal_plane_alone_on_a_simulated_knee(s
         return float(np.mean(scores))
 
     sagittal, both = mean_dice(result.segmentations["sagittal"]), mean_dice(fused)
-    assert both > sagittal + 0.02 and both > 0.8, (sagittal, both)
+    assert both >= sagittal and both > 0.8, (sagittal, both)
     # the fused map is measured too: every structure of both planes, a cartilage thickness for each plate
     fused_rows = {r["key"]: r for r in result.measures if r["plane"] == "fused"}
     assert list(fused_rows) == [s.key for s in knee_structures("sagittal")]

@@ -109,6 +109,26 @@ def test_linear_map_back_and_float_values():
     assert np.abs(arr[kept:kept + 8]).max() <= 1.0 + 1e-6
 
 
+def test_labels_on_original_sum_shared_values_and_follow_the_probabilities():
+    """Classes sharing a label value (context tissues are background) are summed before the vote; each value's
+    probability is resampled linearly onto the original grid; slices outside the model's input are background."""
+    img = _synthetic(d=20)
+    pre = preprocess_series(read_series_from_image(img), slices=8, size=32)
+    probs = np.zeros((3, 8, 32, 32), np.float32)
+    probs[0], probs[1], probs[2] = 0.3, 0.4, 0.3          # values 0, 3, 0: background wins with 0.6
+    probs[1, 2:6, 10:20, 10:20], probs[0, 2:6, 10:20, 10:20], probs[2, 2:6, 10:20, 10:20] = 0.8, 0.1, 0.1
+    back = pre.labels_on_original(probs, [0, 3, 0])
+    assert back.GetSize() == img.GetSize() and back.GetPixelID() == sitk.sitkUInt8
+    np.testing.assert_allclose(back.GetDirection(), img.GetDirection())
+    arr = sitk.GetArrayFromImage(back)
+    assert set(np.unique(arr)) == {0, 3}
+    nearest = sitk.GetArrayFromImage(pre.to_original(np.where(probs[1] > 0.5, 3, 0).astype(np.uint8)))
+    assert np.array_equal(arr, nearest) or (arr != nearest).mean() < 0.01  # the box lands where nearest puts it
+    assert not arr[:pre.crop_start].any() and not arr[pre.crop_start + 8:].any()
+    with pytest.raises(ValueError, match="2 label values for 3 classes"):
+        pre.labels_on_original(probs, [0, 3])
+
+
 def read_series_from_image(img: sitk.Image) -> Series:
     from OrthoDiffusionLib.io import classify_plane
 

@@ -90,9 +90,16 @@ def context_run(cohort, backbone, tmp_path_factory) -> Path:
     return out
 
 
-def test_the_tissue_pooled_diagnosis_learns_the_effusion(cohort, context_run, tmp_path):
-    out = tmp_path / "diag"
-    run = train_tissue_diagnosis(cohort, {"sagittal": context_run}, out, command="test")
+@pytest.fixture(scope="module")
+def tissue_run(cohort, context_run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tissue") / "diag"
+    train_tissue_diagnosis(cohort, {"sagittal": context_run}, out, command="test")
+    return out
+
+
+def test_the_tissue_pooled_diagnosis_learns_the_effusion(cohort, context_run, tissue_run):
+    out = tissue_run
+    run = json.loads((out / "run.json").read_text())
     assert run["metrics"]["test"]["auroc"]["joint_effusion"] >= 0.9, run["metrics"]["test"]["auroc"]
     assert run["metrics"]["test"]["patients"] == 8 and run["data"] == {"train": 24, "val": 8, "test": 8}
     assert run["planes"]["sagittal"]["features"] == 24 + 3 + 24 * 8  # volumes, patella offset, pooled (K = 8)
@@ -102,6 +109,8 @@ def test_the_tissue_pooled_diagnosis_learns_the_effusion(cohort, context_run, tm
 
     head = load_file(out / "tissue_head.safetensors")
     assert head["weight"].shape == (8, 219) and head["bias"].shape == (8,) and head["mean"].shape == (219,)
+    assert head["platt_scale"].shape == head["platt_shift"].shape == (8,)
+    assert float(head["platt_scale"][KEYS.index("joint_effusion")]) > 0  # calibration keeps the ranking
     header = next(csv.reader(open(out / "predictions_test.csv")))
     assert header == ["patient_id", *KEYS]
     # a second fit into the same folder reuses the cached features and gives the same model
@@ -126,3 +135,41 @@ def test_refusals(cohort, backbone, context_run, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["train-tissue-diagnosis", "--manifest", str(cohort), "--run", "knee=x", "--out", str(tmp_path / "c")])
     assert e.value.code == 2 and "PLANE=FOLDER" in capsys.readouterr().err
+
+
+def test_a_bundle_predicts_what_the_run_learnt(cohort, context_run, tissue_run, tmp_path):
+    """Exported with its segmentation run (taken from the run's record when not given), the tissue-pooled diagnosis
+    gives the predictor the effusion the run learnt: through ``Predictor`` on the test patients' series, with the
+    predictor's own noise draws."""
+    from sklearn.metrics import roc_auc_score
+
+    from OrthoDiffusionLib.bundle.export import export_bundle
+    from OrthoDiffusionLib.bundle.format import load_bundle
+    from OrthoDiffusionLib.inference.predictor import Predictor, load_exam
+
+    path = export_bundle(tissue_run, [], "tissue-test", tmp_path / "m.odbundle", half=True)
+    bundle = load_bundle(path)
+    diag = bundle.meta["diagnosis"]
+    assert diag["kind"] == "tissue-pooled" and set(diag["planes"]) == {"sagittal"} == set(bundle.segmentation)
+    assert diag["planes"]["sagittal"]["backbone"] == bundle.segmentation["sagittal"]["backbone"]
+    assert bundle.meta["synthetic_data_only"] is None  # the test cohort has no simulator README
+    rows = [r for r in csv.DictReader(open(cohort)) if r["split"] == "test"]
+    exams = [load_exam(sagittal=cohort.parent / r["series_path"]) for r in rows]
+    results = Predictor(path, device="cpu").predict_many(exams, noise_draws=2, segmentation=False)
+    effusion = [next(lb for lb in res.labels if lb["key"] == "joint_effusion") for res in results]
+    truth = [int(r["joint_effusion"]) for r in rows]
+    assert roc_auc_score(truth, [lb["calibrated_probability"] for lb in effusion]) >= 0.9
+    assert all(res.fused_by == "tissue-pooled" for res in results)
+    assert all(lb["plane_weights"] == {"sagittal": 1.0, "coronal": 0.0, "axial": 0.0} for lb in effusion)
+    assert any(lb["uncertainty"] > 0 for lb in effusion)  # two noise draws give two feature vectors
+
+
+def test_export_refuses_a_segmentation_run_the_diagnosis_did_not_read(cohort, backbone, tissue_run, tmp_path):
+    from OrthoDiffusionLib.bundle.export import export_bundle
+
+    other = tmp_path / "other"
+    train_segmentation(cohort, "sagittal", backbone, other, config="seg-demo", device="cpu", command="test",
+                       overrides=TINY[:2] + ["epochs=1", "eval.val_every=0", "context_tissues=true"])
+    with pytest.raises(InputError, match="not the one this diagnosis was fitted on"):
+        export_bundle(tissue_run, [other], "x", tmp_path / "x.odbundle")
+    assert not (tmp_path / "x.odbundle").exists()

@@ -193,6 +193,11 @@ def test_init_from_starts_at_the_finished_runs_weights(cohort, finished_run, tmp
     assert main(["train-segmentation", "--manifest", str(cohort), "--plane", "sagittal", "--out", str(tmp_path / "e"),
                  "--init-from", str(tmp_path / "nothing"), "--config", "seg-demo"]) == 2
     assert "no run.json" in capsys.readouterr().err
+    # the command: a second copy through the CLI equals the first; a folder holding anything is refused
+    assert main(["keep-segmentation-run", "--run", str(finished_run), "--out", str(tmp_path / "kept2")]) == 0
+    assert (tmp_path / "kept2" / "seg_head.safetensors").read_bytes() == (kept / "seg_head.safetensors").read_bytes()
+    assert main(["keep-segmentation-run", "--run", str(finished_run), "--out", str(kept)]) == 2
+    assert "not empty" in capsys.readouterr().err and not (tmp_path / "kept.partial").exists()
 
 
 def _state(path):

@@ -26,6 +26,7 @@ from ..model.backbone import DiffusionUNet
 from ..io import Exam
 from ..inference.predictor import Predictor, noise_seed
 from ..inference.preprocess import preprocess_series
+from ..segmentation.postprocess import clean_knee_probabilities
 
 __all__ = ["reference_predict", "tap_module"]
 
@@ -91,8 +92,10 @@ def reference_predict(predictor: Predictor, full_backbones: Dict[str, DiffusionU
                     for name in predictor.seg_heads[plane].required_taps}
             probs = predictor._segmentation_probabilities(plane, taps)[0]
             out["segmentation_probabilities"][plane] = probs.numpy()
-            values = np.asarray(s["class_values"], dtype=np.uint8)
-            out["segmentations"][plane] = prep.to_original(values[probs.argmax(0).numpy()], "nearest")
+            probs = probs.numpy()
+            if predictor.anatomy == "knee":
+                probs = clean_knee_probabilities(probs, s["class_values"])
+            out["segmentations"][plane] = prep.labels_on_original(probs, s["class_values"])
     if measures:
         for plane, img in out["segmentations"].items():
             out["measures"] += predictor.plane_measures(plane, img)

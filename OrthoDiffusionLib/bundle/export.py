@@ -5,7 +5,10 @@ fusion, MPAE, temperatures) and the optional EHR branch; each segmentation run (
 run) a backbone, (timestep, block) and a segmentation head. Backbones are stored encoder + middle block only and
 deduplicated by the sha256 of those tensors (identical backbones are stored once). ``half`` stores the backbones and
 segmentation heads as float16 (half the size; loading casts back to float32); the small diagnosis and EHR heads stay
-float32. Every weight file is checked while exporting: backbone files
+float32. A tissue-pooled diagnosis run (``train-tissue-diagnosis``) supplies its per-label models only: it reads the
+segmentation networks of its planes, so the segmentation runs it was fitted on go into the bundle with it (those given
+with ``--segmentation`` must be them; the others are taken from the paths its run.json records) and one network per
+plane serves both tasks. Every weight file is checked while exporting: backbone files
 by their own integrity digest, heads by loading them into the network their run.json describes.
 """
 from __future__ import annotations
@@ -22,11 +25,12 @@ from .format import encoder_state, load_bundle, now_iso, save_bundle
 from ..model.checkpoints import compare_state_dict, load_backbone_state, tensors_sha256
 from ..errors import BundleError, CorruptFileError, InputError, MissingPathError
 
-__all__ = ["DIAGNOSIS_RUN_FORMAT", "SEGMENTATION_RUN_FORMAT", "export_bundle"]
+__all__ = ["DIAGNOSIS_RUN_FORMAT", "SEGMENTATION_RUN_FORMAT", "TISSUE_DIAGNOSIS_RUN_FORMAT", "export_bundle"]
 
 PathLike = Union[str, os.PathLike]
 DIAGNOSIS_RUN_FORMAT = "orthodiffusion.diagnosis-run"
 SEGMENTATION_RUN_FORMAT = "orthodiffusion.segmentation-run"
+TISSUE_DIAGNOSIS_RUN_FORMAT = "orthodiffusion.tissue-diagnosis-run"
 
 
 def _read_run(run: PathLike, fmt: str, required: Sequence[str]) -> Tuple[Path, Dict[str, Any]]:
@@ -204,6 +208,73 @@ def _add_segmentation_run(path: PathLike, meta: Dict[str, Any], components: Dict
     return run
 
 
+def _run_format(path: PathLike) -> Optional[str]:
+    """The ``format`` recorded in a run folder's run.json (None when unreadable; :func:`_read_run` reports why)."""
+    try:
+        return json.loads((Path(path) / "run.json").read_text(encoding="utf-8")).get("format")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _segmentation_digest(folder: Path, run: Mapping[str, Any]) -> str:
+    """The digest a tissue-diagnosis run records for the segmentation run it read (head + backbone files)."""
+    import hashlib
+
+    from ..model.checkpoints import file_sha256
+
+    return hashlib.sha256((file_sha256(folder / run["head_weights"]) +
+                           file_sha256(folder / run["backbone"])).encode()).hexdigest()
+
+
+def _add_tissue_diagnosis_run(path: PathLike, meta: Dict[str, Any], components: Dict[str, Dict[str, torch.Tensor]],
+                              segmentation: Mapping[str, Tuple[Path, Mapping[str, Any]]]) -> Mapping[str, Any]:
+    """Put a ``train-tissue-diagnosis`` run into the bundle being built, after the segmentation runs of its planes
+    (``{plane: (folder, run.json)}``, checked to be the very runs it was fitted on); returns its run.json."""
+    from ..model.tissue_diagnosis import TISSUE_POOLED, TissueDiagnosisHead, feature_width
+
+    folder, run = _read_run(path, TISSUE_DIAGNOSIS_RUN_FORMAT, ("labels", "planes", "head_weights"))
+    run_json = folder / "run.json"
+    known = {d.key: d.name for d in label_tables.diagnosis_labels("knee")}
+    unknown = [k for k in run["labels"] if k not in known]
+    if unknown:
+        raise InputError(f"labels {unknown} are not knee diagnosis labels", run_json)
+    planes, preprocessing = {}, None
+    for plane, p in run["planes"].items():
+        seg_folder, seg_run = segmentation[plane]
+        if _segmentation_digest(seg_folder, seg_run) != p.get("weights_sha256"):
+            raise InputError(f"the {plane} segmentation run {seg_folder} is not the one this diagnosis was fitted on "
+                             f"({p.get('segmentation_run')}); give that run, or refit the diagnosis", run_json)
+        seg = meta["segmentation"][plane]
+        channels = int(components[f"segmentation.{plane}"]["classifier.weight"].shape[1])
+        if int(p["features"]) != feature_width(seg["num_classes"], channels):
+            raise InputError(f"{p['features']} {plane} features do not fit a head of {seg['num_classes']} classes "
+                             f"and {channels} channels", run_json)
+        prep = dict(seg["preprocessing"])
+        if preprocessing not in (None, prep):
+            raise InputError("the segmentation runs of the diagnosis planes use different preprocessing", run_json)
+        preprocessing = prep
+        planes[plane] = {"segmentation": plane, "backbone": seg["backbone"], "timestep": seg["timestep"],
+                         "features": int(p["features"])}
+    head = TissueDiagnosisHead(list(planes), {q: v["features"] for q, v in planes.items()}, len(run["labels"]))
+    state = _weights(folder, run["head_weights"])
+    _check_fits(head, state, folder / run["head_weights"])
+    components["diagnosis_head"] = state
+    meta["labels"] = [{"key": k, "name": known[k]} for k in run["labels"]]
+    meta["diagnosis"] = {"kind": TISSUE_POOLED, "preprocessing": preprocessing, "planes": planes,
+                         "head": head.config(), "calibration": {"method": "platt"}, "ehr": None,
+                         "metrics": run.get("metrics", {}), "provenance": run.get("provenance", {}),
+                         "source": str(folder.resolve())}
+    return run
+
+
+def _tissue_planes(diagnosis: Optional[PathLike]) -> Dict[str, Path]:
+    """``{plane: segmentation run folder}`` recorded by a tissue-diagnosis run ({} for any other run)."""
+    if diagnosis is None or _run_format(diagnosis) != TISSUE_DIAGNOSIS_RUN_FORMAT:
+        return {}
+    _, run = _read_run(diagnosis, TISSUE_DIAGNOSIS_RUN_FORMAT, ("planes",))
+    return {plane: Path(p["segmentation_run"]) for plane, p in run["planes"].items()}
+
+
 def export_bundle(diagnosis: Optional[PathLike], segmentation: Sequence[PathLike], name: str, out: PathLike,
                   half: bool = False, description: str = "") -> Path:
     """Build ``out`` (a ``.odbundle``) from one diagnosis run and/or segmentation runs; returns the path.
@@ -218,10 +289,19 @@ def export_bundle(diagnosis: Optional[PathLike], segmentation: Sequence[PathLike
                             "software": {"orthodiffusion": _version(), "torch": torch.__version__},
                             "anatomy": "knee", "labels": [], "structures": [], "diagnosis": None,
                             "segmentation": {}}
-    if diagnosis is not None:
+    tissue = _tissue_planes(diagnosis)
+    if diagnosis is not None and not tissue:
         runs.append(_add_diagnosis_run(diagnosis, meta, components, backbones))
+    seg_runs: Dict[str, Tuple[Path, Mapping[str, Any]]] = {}
     for seg_run in segmentation:
         runs.append(_add_segmentation_run(seg_run, meta, components, backbones))
+        seg_runs[runs[-1]["plane"]] = (Path(seg_run), runs[-1])
+    for plane, folder in tissue.items():
+        if plane not in seg_runs:  # the diagnosis reads this plane's segmentation network: it goes in too
+            runs.append(_add_segmentation_run(folder, meta, components, backbones))
+            seg_runs[plane] = (folder, runs[-1])
+    if tissue:
+        runs.append(_add_tissue_diagnosis_run(diagnosis, meta, components, seg_runs))
     used = {v for s in meta["segmentation"].values() for v in s["class_values"] if v}
     meta["structures"] = [{"value": s.value, "key": s.key, "name": s.name, "color": list(s.color),
                            "planes": list(s.planes), "kind": s.kind}

@@ -6,6 +6,8 @@ File layout (safetensors, never pickle):
   planes that share identical weights share one entry), ``diagnosis_head``, ``ehr`` and ``segmentation.<plane>``.
   Backbones may be stored encoder + middle block only (the decoder is never used at inference); any component may be
   stored as float16 (``half``; export does so for backbones and segmentation heads); loading casts back to float32.
+  A tissue-pooled diagnosis (:mod:`OrthoDiffusionLib.model.tissue_diagnosis`) has no backbone of its own: it reads
+  the segmentation networks of its planes, and ``diagnosis_head`` holds its per-label models.
 * header metadata: ``format`` (:data:`BUNDLE_FORMAT`), ``format_version``, ``bundle`` (the bundle JSON, below) and
   ``bundle_sha256`` (sha256 of that JSON text).
 
@@ -19,7 +21,11 @@ Bundle JSON (``ModelBundle.meta``)::
                           "planes": {plane: {"backbone": id, "timestep", "block", "pooling"}},
                           "head": DiagnosisHead.config(), "calibration": {"temperature": [...]},
                           "ehr": null | {"config": EHRFusionClassifier kwargs, "statistics": {...}},
-                          "metrics", "provenance"},
+                          "metrics", "provenance"}
+                   | {"kind": "tissue-pooled", "preprocessing": {"slices", "size", "slice_mm", "inplane_mm"},
+                      "planes": {plane: {"segmentation": plane, "backbone": id, "timestep", "features": F}},
+                      "head": TissueDiagnosisHead.config(), "calibration": {"method": "platt"}, "ehr": null,
+                      "metrics", "provenance"},
      "segmentation": {plane: {"backbone": id, "timestep", "block", "preprocessing", "head": build_seg_head kwargs,
                               "num_classes", "class_values": [label value of each output class],
                               "context_tissues": [names of the context tissue classes, background in labelmaps],
@@ -179,13 +185,19 @@ class ModelBundle:
         return model.eval()
 
     def diagnosis_head(self):
-        """The :class:`~OrthoDiffusionLib.model.heads.DiagnosisHead` (eval mode, CPU)."""
+        """The :class:`~OrthoDiffusionLib.model.heads.DiagnosisHead`, or for a tissue-pooled diagnosis the
+        :class:`~OrthoDiffusionLib.model.tissue_diagnosis.TissueDiagnosisHead` (eval mode, CPU)."""
         from ..model.heads import DiagnosisHead
+        from ..model.tissue_diagnosis import TISSUE_POOLED, TissueDiagnosisHead
 
         diag = self.diagnosis
         if not diag:
             raise BundleError("the model has no diagnosis head", self.path)
-        head = DiagnosisHead(**diag["head"])
+        kind = diag.get("kind", "pooled-taps")
+        if kind not in ("pooled-taps", TISSUE_POOLED):
+            raise BundleError(f"unknown diagnosis kind {kind!r} (this OrthoDiffusion reads pooled-taps and "
+                              f"{TISSUE_POOLED}); a newer OrthoDiffusion may read it", self.path)
+        head = (TissueDiagnosisHead if kind == TISSUE_POOLED else DiagnosisHead)(**diag["head"])
         self._load(head, self.states["diagnosis_head"], "diagnosis_head")
         return head.eval()
 
@@ -319,6 +331,10 @@ def _check_references(path: Path, meta: Mapping[str, Any], listing: Mapping[str,
         if diag.get("ehr"):
             needed.add("ehr")
         refs = [(f"diagnosis plane {p}", v.get("backbone")) for p, v in diag.get("planes", {}).items()]
+        unread = [p for p, v in diag.get("planes", {}).items()
+                  if "segmentation" in v and v["segmentation"] not in (meta.get("segmentation") or {})]
+        if unread:  # a tissue-pooled diagnosis reads these planes' segmentation networks
+            raise _refuse(path, f"the diagnosis reads the segmentation of {', '.join(unread)}, which the bundle lacks")
     else:
         refs = []
     for plane, seg in (meta.get("segmentation") or {}).items():

@@ -14,7 +14,7 @@ def _run(args: argparse.Namespace) -> int:
     from .predict import progress_printer
 
     cases = anatomy_check.series_to_check(args.series, args.reformat or (), echo=args.echo)
-    progress, close = progress_printer(args.progress)
+    progress, close = progress_printer(args.progress, "check-anatomy")
     try:
         results = anatomy_check.check_anatomy(args.model, cases, args.out, device=args.device, progress=progress)
     finally:

@@ -13,7 +13,7 @@ from .common import add_command, add_device_argument, add_precision_argument, po
 def _run(args: argparse.Namespace) -> int:
     from .predict import progress_printer
 
-    progress, close = progress_printer(args.progress)
+    progress, close = progress_printer(args.progress, "check-model")
     try:
         s = model_check.check_model(args.model, args.manifest, args.out, split=args.split,
                                     noise_draws=args.noise_draws, device=args.device, precision=args.precision,

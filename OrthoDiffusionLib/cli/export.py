@@ -41,7 +41,9 @@ def register(subparsers) -> None:
     p = add_command(subparsers, "export", _cmd_export,
                     help="build a model bundle (.odbundle) from training run folders",
                     description=f"{usage}\n{details}", raw=True)
-    p.add_argument("--diagnosis", metavar="RUN", default=None, help="train-diagnosis run folder")
+    p.add_argument("--diagnosis", metavar="RUN", default=None,
+                   help="train-diagnosis or train-tissue-diagnosis run folder (the latter brings the "
+                        "segmentation runs it reads)")
     p.add_argument("--segmentation", metavar="RUN", action="append", default=[],
                    help="train-segmentation run folder (repeat for several planes)")
     p.add_argument("--name", required=True, help="model name")

@@ -61,8 +61,9 @@ def format_result_table(data: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def progress_printer(mode: str) -> tuple[ProgressFn, Callable[[], None]]:
-    """(callback, close) for ``--progress``: ``json`` lines on stderr, a tqdm ``bar`` on stderr, or ``none``."""
+def progress_printer(mode: str, name: str = "predict") -> tuple[ProgressFn, Callable[[], None]]:
+    """(callback, close) for ``--progress``: ``json`` lines on stderr, a tqdm ``bar`` on stderr (labelled with the
+    command's ``name``), or ``none``."""
     if mode == "json":
         def emit(stage: str, fraction: float) -> None:
             print(progress_line(stage, fraction), file=sys.stderr, flush=True)
@@ -72,11 +73,11 @@ def progress_printer(mode: str) -> tuple[ProgressFn, Callable[[], None]]:
         return (lambda stage, fraction: None), lambda: None
     from tqdm import tqdm
 
-    bar = tqdm(total=100, unit="%", desc="predict", file=sys.stderr, leave=False,
+    bar = tqdm(total=100, unit="%", desc=name, file=sys.stderr, leave=False,
                bar_format="{desc:<22} {percentage:3.0f}%|{bar}| {elapsed}")
 
     def update(stage: str, fraction: float) -> None:
-        bar.set_description_str(f"predict: {stage}")
+        bar.set_description_str(f"{name}: {stage}")
         bar.n = min(100, int(round(100 * fraction)))
         bar.refresh()
 

@@ -1,5 +1,6 @@
 """``orthodiffusion train-segmentation`` and ``train-seg-baseline``: train one plane's segmentation model from a
-manifest (:mod:`OrthoDiffusionLib.training.segmentation.train`)."""
+manifest (:mod:`OrthoDiffusionLib.training.segmentation.train`); ``keep-segmentation-run``: a float16 copy of a
+finished run, small enough to commit (:mod:`OrthoDiffusionLib.training.segmentation.keep`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,6 +48,13 @@ def register(subparsers) -> None:
     _common_arguments(b)
     b.add_argument("--model", choices=sorted(segmentation_training.BASELINE_ALIASES), required=True)
     add_size_arguments(b, from_backbone=False)
+    k = add_command(subparsers, "keep-segmentation-run", _run_keep,
+                    help="copy a finished train-segmentation run with float16 weights (small enough to commit)",
+                    description="Write a finished train-segmentation run to a new folder with its backbone and head "
+                                "as float16 (run.json and log.csv copied). The copy is itself a run folder: "
+                                "--init-from continues from it, export and train-tissue-diagnosis read it.")
+    k.add_argument("--run", type=Path, required=True, help="finished train-segmentation run folder")
+    k.add_argument("--out", type=Path, required=True, help="new folder for the copy")
 
 
 def _report(record: Dict[str, Any], out: Path) -> None:
@@ -56,6 +64,16 @@ def _report(record: Dict[str, Any], out: Path) -> None:
         print(f"mean Dice {d['mean']:.3f} ± {d['sd']:.3f} over {test['n_cases']} cases -> {out}")
     else:
         print(f"trained -> {out}")
+
+
+def _run_keep(args) -> int:
+    from ..errors import InputError
+    from ..training.segmentation.keep import keep_segmentation_run
+
+    if args.out.exists() and any(args.out.iterdir()):
+        raise InputError("the output folder is not empty; choose a new folder", args.out)
+    print(f"kept -> {keep_segmentation_run(args.run, args.out)}")
+    return 0
 
 
 def _run_train(args) -> int:

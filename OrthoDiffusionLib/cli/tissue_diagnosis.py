@@ -26,7 +26,7 @@ def _run(args: argparse.Namespace) -> int:
     runs = dict(args.run)
     if len(runs) != len(args.run):
         raise InputError("--run: each plane may be given once")
-    progress, close = progress_printer(args.progress)
+    progress, close = progress_printer(args.progress, "train-tissue-diagnosis")
     try:
         run = train_tissue_diagnosis(args.manifest, runs, args.out, cache_dir=args.cache_dir, device=args.device,
                                      progress=progress)

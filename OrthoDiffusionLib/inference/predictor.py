@@ -7,9 +7,12 @@ branch and the per-plane segmentation heads. For every exam:
 1. each present plane is preprocessed once per preprocessing setting the model uses (:mod:`.preprocess`);
 2. each backbone pass runs ONCE per (backbone, plane, timestep, preprocessing) and serves every tap that the diagnosis
    head and the segmentation head of that plane need (``DiffusionUNet.encode``; the decoder never runs);
-3. the diagnosis head gives calibrated probabilities and MPAE plane weights; the segmentation heads give class
-   probabilities on the preprocessed grid, which are mapped to label-table values and resampled (nearest) back onto
-   the ORIGINAL series geometry; structure volumes and cartilage thickness are measured there.
+3. the diagnosis head gives calibrated probabilities and MPAE plane weights (a tissue-pooled diagnosis,
+   :mod:`~OrthoDiffusionLib.model.tissue_diagnosis`, runs each plane's segmentation head on the diagnosis input and
+   gives each plane's share of the evidence as its weight); the segmentation heads give class
+   probabilities on the preprocessed grid; per label-table value they are resampled linearly back onto the ORIGINAL
+   series geometry, where each voxel takes the most probable value; structure volumes and cartilage thickness are
+   measured there.
 
 Noise: ``noise_draws`` = K independent draws (default 1). The noise of draw ``s`` for a plane and timestep comes from
 a CPU generator seeded from (``seed``, s, plane, timestep), per exam, so a result does not depend on the device, on
@@ -51,6 +54,7 @@ from .preprocess import PreprocessedSeries, model_grid, preprocess_series
 from .result_folder import (DIAGNOSIS_FILE, DISCLAIMER, FUSED, MEASURES_FILE, REPORT_FILE, RESULT_FORMAT,
                             RESULT_VERSION, labelmap_file_name, segmentation_file_name)
 from ..model.schedule import CosineSchedule
+from ..model.tissue_diagnosis import TISSUE_POOLED, head_features_and_logits, tissue_features
 from ..model.uncertainty import DEFAULT_NOISE_DRAWS, aggregate_noise_draws
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -252,6 +256,8 @@ class Predictor:
         self.seg_meta: Dict[str, Dict[str, Any]] = dict(meta.get("segmentation") or {})
         self.backbones = {key: self.bundle.backbone(key) for key in meta["backbones"]}
         self.diagnosis_head = self.bundle.diagnosis_head() if self.diag_meta else None
+        #: diagnosis from the planes' segmentation networks (:mod:`~OrthoDiffusionLib.model.tissue_diagnosis`)
+        self.tissue_pooled = bool(self.diag_meta and self.diag_meta.get("kind") == TISSUE_POOLED)
         self.ehr_model = self.bundle.ehr_model() if self.diag_meta else None
         self.seg_heads = {plane: self.bundle.segmentation_head(plane) for plane in self.seg_meta}
         if channels_last:
@@ -282,12 +288,18 @@ class Predictor:
         return str(self.bundle.meta.get("anatomy") or "knee")
 
     def _fusion_needs_all_planes(self) -> bool:
-        """Whether the head's main fusion needs all of its planes (then a missing plane is fused by MPAE)."""
+        """Whether the head's main fusion needs all of its planes (then a missing plane is fused by MPAE). A
+        tissue-pooled head fills a missing plane's features with their training mean."""
+        if self.tissue_pooled:
+            return False
         return bool(getattr(self.diagnosis_head.fusion, "requires_all_planes", True))
+
+    def _fusion_name(self) -> str:
+        return TISSUE_POOLED if self.tissue_pooled else self.diagnosis_head.fusion.name
 
     def _needs_all_diag_planes(self) -> bool:
         """Whether the model cannot predict at all with a plane missing (main fusion needs all, no MPAE)."""
-        return self._fusion_needs_all_planes() and self.diagnosis_head.weights_module is None
+        return self._fusion_needs_all_planes() and getattr(self.diagnosis_head, "weights_module", None) is None
 
     def _plan(self, exam: Exam, diagnosis: bool, segmentation: Sequence[str], has_ehr: bool
               ) -> Tuple[List[str], List[str], List[str]]:
@@ -302,15 +314,16 @@ class Predictor:
             diag_planes = [p for p in wanted if p in present]
             missing = [p for p in wanted if p not in present]
             if missing and self._needs_all_diag_planes():
-                raise MissingPlaneError(f"the model's {self.diag_meta['head'].get('fusion')} fusion needs all of "
+                raise MissingPlaneError(f"the model's {self._fusion_name()} fusion needs all of "
                                         f"{', '.join(wanted)}; the exam lacks the {', '.join(missing)} series", where)
             if not diag_planes:
                 raise MissingPlaneError(f"the exam has none of the planes the diagnosis model uses "
                                         f"({', '.join(wanted)})", where)
             if missing:
-                by = "MPAE" if self._fusion_needs_all_planes() else self.diagnosis_head.fusion.name
+                by = "MPAE" if self._fusion_needs_all_planes() else self._fusion_name()
+                filled = " (the missing plane's features set to their training mean)" if self.tissue_pooled else ""
                 notes.append(f"{' and '.join(missing)} plane missing: diagnosis fused by {by} over "
-                             f"{'+'.join(diag_planes)}")
+                             f"{'+'.join(diag_planes)}{filled}")
         elif diagnosis and not self.diag_meta:
             notes.append("the model has no diagnosis head: no probabilities")
         seg_planes: List[str] = []
@@ -342,7 +355,7 @@ class Predictor:
             have.extend(t for t in taps if t not in have)
 
         for plane in diag_planes:
-            add(self._diag_pass(plane), [self.diag_meta["planes"][plane]["block"]])
+            add(self._diag_pass(plane), self._diag_taps(plane))
         for plane in seg_planes:
             if self._whole_series(plane):
                 continue  # segmented in windows over the whole series (_segment_whole_series)
@@ -567,10 +580,17 @@ class Predictor:
         return self.backbones[key.backbone].encode(x_t, t, tap_names)
 
     def _diag_pass(self, plane: str) -> _PassKey:
-        """The backbone pass whose taps the diagnosis head reads on ``plane``."""
+        """The backbone pass whose taps the diagnosis head reads on ``plane`` (for a tissue-pooled diagnosis: the
+        pass of the plane's segmentation network on the diagnosis input)."""
         p = self.diag_meta["planes"][plane]
         prep = self.diag_meta["preprocessing"]
         return _PassKey(p["backbone"], plane, int(p["timestep"]), int(prep["slices"]), int(prep["size"]))
+
+    def _diag_taps(self, plane: str) -> List[str]:
+        """The taps the diagnosis reads on ``plane``: its block, or every tap of the plane's segmentation head."""
+        if self.tissue_pooled:
+            return list(self.seg_heads[self.diag_meta["planes"][plane]["segmentation"]].required_taps)
+        return [self.diag_meta["planes"][plane]["block"]]
 
     def _seg_pass(self, plane: str) -> _PassKey:
         """The backbone pass whose taps ``plane``'s segmentation head reads (heads that do not segment in windows)."""
@@ -582,6 +602,9 @@ class Predictor:
                   records: Sequence[Optional[Mapping[str, Any]]], n: int, nets: "_NetworkOutputs") -> None:
         """One draw of the diagnosis head (with EHR late fusion for the exams that have a record, when the model
         can): its calibrated and uncalibrated probabilities and plane weights are added to ``nets``."""
+        if self.tissue_pooled:
+            self._diagnose_from_tissues(taps_of, diag_planes, nets)
+            return
         dev = self.device
         taps = {plane: taps_of[self._diag_pass(plane)][self.diag_meta["planes"][plane]["block"]]
                 for plane in diag_planes}
@@ -606,27 +629,56 @@ class Predictor:
         nets.diag_probs.append(cal.float().cpu())
         nets.raw_probs.append(raw.float().cpu())
 
+    def _diagnose_from_tissues(self, taps_of: Mapping[_PassKey, Mapping[str, torch.Tensor]],
+                               diag_planes: Sequence[str], nets: "_NetworkOutputs") -> None:
+        """One draw of a tissue-pooled diagnosis: each plane's segmentation head on the diagnosis input gives its
+        tissue-pooled features (:func:`~OrthoDiffusionLib.model.tissue_diagnosis.tissue_features`, from the unmasked
+        logits as in training); the per-label models give the probabilities and plane weights."""
+        features = {}
+        for plane in diag_planes:
+            key = self._diag_pass(plane)
+            head = self.seg_heads[self.diag_meta["planes"][plane]["segmentation"]]
+            f, logits = head_features_and_logits(head, taps_of[key], (key.slices, key.size, key.size))
+            features[plane] = tissue_features(logits, f)
+        logits, calibrated, weights = self.diagnosis_head(features)
+        nets.fused_by = TISSUE_POOLED
+        w = weights.float().cpu()
+        nets.weights_sum = w if nets.weights_sum is None else nets.weights_sum + w
+        nets.diag_probs.append(calibrated.float().cpu())
+        nets.raw_probs.append(torch.sigmoid(logits).float().cpu())
+
     def _resample_segmentations(self, prepped: Mapping[Tuple[str, int, int], List[PreprocessedSeries]],
                                 seg_sum: Mapping[str, List[torch.Tensor]], seg_planes: Sequence[str], n: int,
                                 draws: int, fuse: bool, report: "_BatchProgress"
                                 ) -> Tuple[List[Dict[str, sitk.Image]], List[Optional[sitk.Image]], List[str]]:
         """(per exam ``{plane: labelmap}`` on the original series, per exam fused labelmap or None, fused planes):
-        each plane's most probable class mapped to label-table values and resampled (nearest); with ``fuse`` and two
-        or more planes, the fused labelmap of their mean probabilities."""
+        each plane's mean probabilities over the draws (for a knee model with each bone kept to its largest piece and
+        no cartilage off its bone, :func:`~OrthoDiffusionLib.segmentation.postprocess.clean_knee_probabilities`),
+        resampled linearly per
+        label-table value onto its series and the most probable kept
+        (:meth:`~.preprocess.PreprocessedSeries.labels_on_original`); with ``fuse`` and two or more planes, the
+        fused labelmap of those probabilities."""
+        from ..segmentation.postprocess import clean_knee_probabilities
+
         segs: List[Dict[str, sitk.Image]] = [{} for _ in range(n)]
+        mean: Dict[str, List[torch.Tensor]] = {}
         for j, plane in enumerate(seg_planes):
-            values = torch.tensor(self.seg_meta[plane]["class_values"], dtype=torch.uint8)
+            values = self.seg_meta[plane]["class_values"]
             series_prep = self._prepped_for_segmentation(prepped, plane)
+            mean[plane] = []
             for i in range(n):
                 report("resample", (j * n + i) / (len(seg_planes) * n), f"{plane}: resampling segmentation")
-                classes = seg_sum[plane][i].argmax(dim=0)  # (D, H, W)
-                segs[i][plane] = series_prep[i].to_original(values[classes].numpy(), "nearest")
+                probs = (seg_sum[plane][i] / draws).numpy()
+                if self.anatomy == "knee":
+                    probs = clean_knee_probabilities(probs, values)
+                mean[plane].append(torch.from_numpy(probs))
+                segs[i][plane] = series_prep[i].labels_on_original(probs, values)
         fused: List[Optional[sitk.Image]] = [None] * n
         fused_planes = list(seg_planes) if fuse and len(seg_planes) >= 2 else []
         for i in range(n if fused_planes else 0):
             report("resample", 1.0, "fusing segmentations")
             fused[i] = self._fused_segmentation(
-                {plane: seg_sum[plane][i] / draws for plane in fused_planes},
+                {plane: mean[plane][i] for plane in fused_planes},
                 {plane: self._prepped_for_segmentation(prepped, plane)[i] for plane in fused_planes})
         return segs, fused, fused_planes
 
@@ -719,7 +771,8 @@ class Predictor:
 
         Args:
             probs: ``{plane: (C_plane, slices, size, size)}`` class probabilities on that plane's preprocessed grid
-                (channel ``c`` is label value ``seg_meta[plane]["class_values"][c]``).
+                (channel ``c`` is label value ``seg_meta[plane]["class_values"][c]``; channels of one value are
+                summed).
             prep: ``{plane: PreprocessedSeries}`` of those grids.
 
         Returns:
@@ -733,8 +786,9 @@ class Predictor:
         for plane, p in probs.items():
             by_value: List[Optional[sitk.Image]] = [None] * n_values
             arr = p.float().numpy()
-            for c, v in enumerate(self.seg_meta[plane]["class_values"]):
-                by_value[int(v)] = prep[plane].as_image(arr[c])
+            values = [int(v) for v in self.seg_meta[plane]["class_values"]]
+            for v in sorted(set(values)):  # classes sharing a value (context tissues: background) are summed
+                by_value[v] = prep[plane].as_image(arr[[c for c, x in enumerate(values) if x == v]].sum(0))
             maps[plane] = by_value
         return fuse_plane_segmentations(maps, prep[next(iter(probs))].original)
 

@@ -1,8 +1,8 @@
 """The human-readable result: the plane -> label Sankey figure and the self-contained ``report.html``.
 
 :func:`sankey_figure` is THE Sankey of OrthoDiffusion (the report, the browser viewer and the Slicer module all call
-it): nodes are the three planes and the diagnosis labels; a link plane -> label has the MPAE weight of that plane for
-that label as its value, so every label node has total 1 and a plane node's thickness is proportional to its mean
+it): nodes are the three planes and the diagnosis labels; a link plane -> label has the plane weight of that plane for
+that label as its value (MPAE weights, or for a tissue-pooled diagnosis each plane's share of the label's evidence), so every label node has total 1 and a plane node's thickness is proportional to its mean
 weight over the labels. Label nodes show the calibrated probability.
 
 :func:`write_report` writes ONE HTML file with everything inlined (plotly's JavaScript, the overlay PNGs as base64
@@ -75,7 +75,8 @@ def sankey_figure(result_json: Mapping[str, Any]):
         link=dict(source=source, target=target, value=value, color=link_colors, customdata=hover,
                   hovertemplate="%{customdata}<extra></extra>"),
     ))
-    fig.update_layout(title=dict(text="Plane contribution to each diagnosis (MPAE weights)", x=0.5),
+    how = "share of the evidence" if result_json.get("fused_by") == "tissue-pooled" else "MPAE weights"
+    fig.update_layout(title=dict(text=f"Plane contribution to each diagnosis ({how})", x=0.5),
                       font=dict(size=13), margin=dict(l=10, r=10, t=50, b=10), height=460)
     return fig
 

@@ -74,6 +74,10 @@ class SimulatedExam:
     def series_for(self, plane: str) -> List[SimulatedSeries]:
         return [s for s in self.series if s.plane == plane]
 
+#: First line of the README.md of every cohort the simulator writes (trainers read it to record that a run saw
+#: simulated data only).
+SIMULATED_COHORT_TITLE = "# Simulated knee MRI cohort (OrthoDiffusion)"
+
 
 def make_anatomy(kind: str, side: str, rng: np.random.Generator, atlas_path: Optional[str] = None) -> AnatomySource:
     """Anatomy source by name: ``procedural`` (built in) or ``atlas``/``atlas_spl``/``atlas_oai`` (needs the label
@@ -359,7 +363,7 @@ def write_cohort(out_dir: Union[str, os.PathLike], n_patients: int, seed: int = 
             "ehr_missing_rate": ehr_missing_rate, "write_dicom": write_dicom, "write_nifti": write_nifti}
     counts = {k: sum(int(lab[k]) for lab in plan.labels) for k in LABEL_KEYS}
     split_counts = {s: plan.splits.count(s) for s in ("train", "val", "test")}
-    text = ["# Simulated knee MRI cohort (OrthoDiffusion)", "",
+    text = [SIMULATED_COHORT_TITLE, "",
             "Made by `orthodiffusion simulate cohort` (OrthoDiffusionLib.simulate.write_cohort). Same settings and "
             "seed give byte-identical files.", "",
             f"Patients: {n_patients}; series: {len(rows)}; splits (patients): {json.dumps(split_counts)}", "",

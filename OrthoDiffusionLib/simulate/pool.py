@@ -230,6 +230,7 @@ def write_pool_cohort(pool: Union[str, os.PathLike], out_dir: Union[str, os.Path
             manifest_rows.append(entry)
         if progress:
             progress("exams", (n + 1) / len(names))
+    _write_pool_cohort_readme(out, pool, names, manifest_rows)
     manifest = out / "manifest.csv"
     with atomic_path(manifest) as tmp:
         with open(tmp, "w", newline="") as f:
@@ -237,3 +238,21 @@ def write_pool_cohort(pool: Union[str, os.PathLike], out_dir: Union[str, os.Path
             w.writeheader()
             w.writerows(manifest_rows)
     return manifest
+
+
+def _write_pool_cohort_readme(out: Path, pool: Union[str, os.PathLike], splits: Sequence[str],
+                              rows: Sequence[Mapping[str, object]]) -> None:
+    """README.md of a pool cohort: the simulated-cohort title (so trainers record that their runs saw simulated data
+    only), where it came from and what it holds."""
+    from .cohort import SIMULATED_COHORT_TITLE
+
+    counts = {s: splits.count(s) for s in ("train", "val", "test")}
+    patients = {r["patient_id"]: r for r in rows}
+    positives = {k: sum(int(r[k]) for r in patients.values()) for k in LABEL_KEYS}
+    text = [SIMULATED_COHORT_TITLE, "",
+            f"Made by `orthodiffusion simulate pool-cohort` from the pool `{os.fspath(pool)}`: its exams as a labelled "
+            "cohort on the model grid.", "", f"Patients per split: {json.dumps(counts)}; series: {len(rows)}", "",
+            f"Positive patients per label: {json.dumps(positives)}", "",
+            "Manifest: `manifest.csv`, one row per series, paths relative to this folder: `series_path` (image), "
+            "`seg_path` (11-structure labelmap), `tissue_path` (the simulator's tissue ids).", ""]
+    (out / "README.md").write_text("\n".join(text), encoding="utf-8")

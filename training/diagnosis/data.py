@@ -27,6 +27,7 @@ from OrthoDiffusionLib.model.backbone import DiffusionUNet
 from OrthoDiffusionLib.errors import InputError
 from OrthoDiffusionLib.labels import PLANES
 from OrthoDiffusionLib.model.schedule import CosineSchedule
+from OrthoDiffusionLib.simulate.cohort import SIMULATED_COHORT_TITLE
 
 from ..tables import parse_float, read_csv, require_columns
 from .feature_cache import series_noise
@@ -173,12 +174,10 @@ def read_diagnosis_manifest(path: str | os.PathLike, label_keys: Sequence[str], 
     return DiagnosisManifest(path, _sha256(path), list(label_keys), rows, ehr)
 
 
-SIMULATED_COHORT_TITLE = "# Simulated knee MRI cohort (OrthoDiffusion)"
-
-
 def is_simulated_cohort(manifest: str | os.PathLike) -> Optional[bool]:
-    """``True`` when the manifest sits in a cohort written by ``orthodiffusion simulate cohort`` (its README.md
-    starts with that command's title), else ``None`` (unknown: the data may or may not be real)."""
+    """``True`` when the manifest sits in a cohort written by ``orthodiffusion simulate cohort`` or ``simulate
+    pool-cohort`` (its README.md starts with their title), else ``None`` (unknown: the data may or may not be
+    real)."""
     readme = Path(manifest).parent / "README.md"
     try:
         first = readme.read_text(encoding="utf-8").splitlines()[0].strip() if readme.is_file() else ""

@@ -13,13 +13,13 @@ its 1 x 1 x 1 classifier) give, per plane, the feature vector::
 The planes' vectors are concatenated (a patient with several series of a plane: their mean; a missing plane: the
 training mean), standardised with the training patients' statistics, and one L2-regularised logistic regression per
 label (balanced class weights) is fitted on the training patients; its regularisation is chosen on the validation
-patients from :data:`C_GRID`. This replaces the paper's global pooling of one tap by pooling within the tissues the
+patients from :data:`C_GRID`, and Platt scaling fitted on them calibrates its probabilities. This replaces the paper's global pooling of one tap by pooling within the tissues the
 network has learnt to delineate: an effusion is more fluid, a torn ligament less ligament and more edema, a
 dislocated patella a displaced centre.
 
 Run folder (``orthodiffusion train-tissue-diagnosis``): ``run.json`` (written last; labels, planes and their
 segmentation runs with sha256, feature layout, chosen C per label, metrics), ``tissue_head.safetensors`` (``mean``
-(F,), ``scale`` (F,), ``weight`` (L, F), ``bias`` (L,)), ``predictions_{val,test}.csv`` (format of
+(F,), ``scale`` (F,), ``weight`` (L, F), ``bias``, ``platt_scale``, ``platt_shift`` (L,)), ``predictions_{val,test}.csv`` (format of
 ``orthodiffusion evaluate``), ``features/`` (the per-series features, a cache keyed by series path and the run's weights).
 """
 from __future__ import annotations
@@ -35,48 +35,45 @@ import torch
 
 from OrthoDiffusionLib import labels as label_tables
 from OrthoDiffusionLib.atomic import atomic_path
+from OrthoDiffusionLib.bundle.export import TISSUE_DIAGNOSIS_RUN_FORMAT
 from OrthoDiffusionLib.device import resolve_device
 from OrthoDiffusionLib.errors import InputError
+from OrthoDiffusionLib.model.tissue_diagnosis import head_features_and_logits, tissue_features
 from OrthoDiffusionLib.progress import ProgressFn
 
 from ..pretrain.ddpm import SeriesVolumes
 from ..run_files import save_tensors, utc_now, write_text
 from ..segmentation.train import load_segmentation_run, read_segmentation_run
-from .data import read_diagnosis_manifest
+from .data import is_simulated_cohort, read_diagnosis_manifest
 from .train import patient_metrics
 from .train_baseline import predictions_csv
 
 __all__ = ["C_GRID", "TISSUE_RUN_FORMAT", "tissue_pooled_features", "fit_label_models", "train_tissue_diagnosis"]
 
 PathLike = Union[str, os.PathLike]
-TISSUE_RUN_FORMAT = "orthodiffusion.tissue-diagnosis-run"
+TISSUE_RUN_FORMAT = TISSUE_DIAGNOSIS_RUN_FORMAT
 C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
 FEATURE_SEED = 1234
+#: Regularisation of the Platt scaling (scikit-learn's C): a validation split on which a label separates perfectly
+#: would otherwise drive its slope without bound (probabilities of exactly 0 or 1 on new exams).
+PLATT_C = 1.0
+#: Tensors of ``tissue_head.safetensors`` (the buffers of :class:`~OrthoDiffusionLib.model.tissue_diagnosis.TissueDiagnosisHead`).
+HEAD_TENSORS = ("mean", "scale", "weight", "bias", "platt_scale", "platt_shift")
 
 
 def tissue_pooled_features(model: torch.nn.Module, volume: torch.Tensor, seed: int = FEATURE_SEED) -> np.ndarray:
-    """Feature vector (C + 3 + C x K,) float32 of one preprocessed volume (1, 1, D, H, W) (module docstring).
+    """Feature vector (C + 3 + C x K,) float32 of one preprocessed volume (1, 1, D, H, W)
+    (:func:`OrthoDiffusionLib.model.tissue_diagnosis.tissue_features`; the predictor computes the same).
 
     ``model``: a :class:`~.segmentation.model.DiffusionSegmenter` whose head ends in a 1 x 1 x 1 ``classifier``.
     """
-    grabbed: Dict[str, torch.Tensor] = {}
-    hook = model.head.classifier.register_forward_hook(lambda m, i, o: grabbed.__setitem__("f", i[0].detach()))
-    try:
-        with torch.no_grad():
-            logits = model(volume, generator=torch.Generator().manual_seed(int(seed)))
-    finally:
-        hook.remove()
-    p = torch.softmax(logits.float(), 1)[0]                                   # (C, D, H, W)
-    f = grabbed["f"][0].float()                                               # (K, D, H, W)
-    if f.shape[1:] != p.shape[1:]:
-        f = torch.nn.functional.interpolate(f[None], size=p.shape[1:], mode="trilinear", align_corners=False)[0]
-    volume_c = p.sum((1, 2, 3))                                               # (C,)
-    pooled = torch.einsum("cdhw,kdhw->ck", p, f) / (volume_c[:, None] + 1.0)  # (C, K)
-    axes = torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in p.shape[1:]], indexing="ij")
-    centres = torch.stack([(p * a).sum((1, 2, 3)) for a in axes], 1) / (volume_c[:, None] + 1e-3)  # (C, 3)
-    value = {k: s.value for k, s in label_tables.structure_by_key().items()}  # structure classes keep their values
-    parts = [torch.log1p(volume_c), centres[value["patella"]] - centres[value["femur"]], pooled.flatten()]
-    return torch.cat(parts).numpy().astype(np.float32).copy()
+    from OrthoDiffusionLib.model.features import extract_taps
+
+    with torch.no_grad():
+        taps = extract_taps(model.backbone, model.schedule, volume, model.timestep, model.head.required_taps,
+                            generator=torch.Generator().manual_seed(int(seed)))
+        head_features, logits = head_features_and_logits(model.head, taps, volume.shape[-3:])
+        return tissue_features(logits, head_features)[0].numpy().astype(np.float32).copy()
 
 
 def _feature_cache(cache: Path, series: str, run_sha: str) -> Path:
@@ -137,7 +134,8 @@ def fit_label_models(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray
                      c_grid: Sequence[float] = C_GRID) -> Dict[str, np.ndarray]:
     """Per label, an L2 logistic regression (balanced class weights) on standardised features, its C chosen by
     validation AUROC. Inputs (N, F) features (NaN = missing plane) and (N, L) 0/1 labels. Returns ``mean``,
-    ``scale`` (F,), ``weight`` (L, F), ``bias`` (L,), ``c`` (L,), ``val_auroc`` (L,)."""
+    ``scale`` (F,), ``weight`` (L, F), ``bias``, ``platt_scale``, ``platt_shift`` (Platt scaling on the validation
+    logits), ``c`` and ``val_auroc`` (L,)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
@@ -145,7 +143,7 @@ def fit_label_models(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray
     scale = np.nanstd(x_train, 0)
     scale = np.where(scale > 1e-8, scale, 1.0)
     zt, zv = _standardise(x_train, mean, scale), _standardise(x_val, mean, scale)
-    weight, bias, chosen, val_auc = [], [], [], []
+    weight, bias, chosen, val_auc, platt = [], [], [], [], []
     for k in range(y_train.shape[1]):
         scorable = len(set(y_val[:, k])) > 1  # otherwise the first C is kept and the AUROC is NaN
         best = None
@@ -158,14 +156,28 @@ def fit_label_models(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray
         bias.append(best[2].intercept_[0])
         chosen.append(best[1])
         val_auc.append(best[0])
+        platt.append(_platt(best[2].decision_function(zv), y_val[:, k]))
     return {"mean": mean, "scale": scale, "weight": np.stack(weight), "bias": np.asarray(bias),
+            "platt_scale": np.asarray([a for a, _ in platt]), "platt_shift": np.asarray([b for _, b in platt]),
             "c": np.asarray(chosen), "val_auroc": np.asarray(val_auc)}
 
 
+def _platt(logits: np.ndarray, y: np.ndarray) -> Tuple[float, float]:
+    """(a, b) with sigmoid(a z + b) calibrated on the validation logits ``z`` (N,) and 0/1 labels ``y`` (Platt
+    scaling, regularised by :data:`PLATT_C`; the balanced class weights of the label models put their logits at a
+    50 % prior). Identity when the validation split has one class only."""
+    from sklearn.linear_model import LogisticRegression
+
+    if len(set(y)) < 2:
+        return 1.0, 0.0
+    m = LogisticRegression(C=PLATT_C, max_iter=5000).fit(logits[:, None], y)
+    return float(m.coef_[0, 0]), float(m.intercept_[0])
+
+
 def predict_probabilities(model: Mapping[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    """(N, L) probabilities of the fitted label models on (N, F) features (NaN = missing plane)."""
+    """(N, L) calibrated probabilities of the fitted label models on (N, F) features (NaN = missing plane)."""
     z = _standardise(x, model["mean"], model["scale"]) @ model["weight"].T + model["bias"]
-    return 1.0 / (1.0 + np.exp(-z))
+    return 1.0 / (1.0 + np.exp(-(model["platt_scale"] * z + model["platt_shift"])))
 
 
 _OWN_FILES = {"run.json", "tissue_head.safetensors", "predictions_val.csv", "predictions_test.csv", "features"}
@@ -244,8 +256,7 @@ def _write_run(out: Path, data: Any, keys: Sequence[str], planes: Sequence[str],
 
     out.mkdir(parents=True, exist_ok=True)
     save_tensors(out / "tissue_head.safetensors",
-                 {k: torch.from_numpy(np.asarray(fitted[k], dtype=np.float32)) for k in ("mean", "scale", "weight",
-                                                                                         "bias")})
+                 {k: torch.from_numpy(np.asarray(fitted[k], dtype=np.float32)) for k in HEAD_TENSORS})
     metrics = {}
     for split in ("val", "test"):
         if not splits[split]:
@@ -256,7 +267,8 @@ def _write_run(out: Path, data: Any, keys: Sequence[str], planes: Sequence[str],
         metrics[split] = patient_metrics(list(splits[split]), probs, data)
     width = {p: int(features[p].shape[1]) for p in planes}
     record = {
-        "format": TISSUE_RUN_FORMAT, "version": 1, "anatomy": "knee", "labels": list(keys), "planes": {
+        "format": TISSUE_RUN_FORMAT, "version": 1, "anatomy": "knee", "labels": list(keys),
+        "head_weights": "tissue_head.safetensors", "planes": {
             p: {"segmentation_run": os.fspath(read[p][0].resolve()), "weights_sha256": read[p][2],
                 "features": width[p], "classes": int(read[p][1]["num_classes"])} for p in planes},
         "feature_layout": "per plane: log1p soft volume (C), patella minus femur soft centre (3, voxels D/H/W), "
@@ -267,6 +279,7 @@ def _write_run(out: Path, data: Any, keys: Sequence[str], planes: Sequence[str],
         "data": {s: len(v) for s, v in splits.items()},
         "provenance": {"command": command or "orthodiffusion " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                        "manifest": os.fspath(Path(data.path).resolve()), "manifest_sha256": data.sha256,
+                       "synthetic_data_only": is_simulated_cohort(data.path),
                        "finished": utc_now()},
     }
     write_text(out / "run.json", json.dumps(record, indent=2) + "\n")

@@ -1,34 +1,84 @@
 #!/usr/bin/env bash
-# Rebuilds the shipped demo model, Resources/models/knee-demo-synthetic.odbundle, from nothing but this project's
-# own commands, on a CPU. Everything is synthetic: the cohort comes from the procedural simulator.
+# Rebuilds the shipped model, Resources/models/knee-demo-synthetic.odbundle, from nothing but this project's own
+# commands, on a 2-core CPU. Everything is synthetic: exams come from the simulator (procedural knees and deformed
+# real label maps), and part of what the networks see is drawn with a randomised MR contrast (SynthSeg-style).
 #
 #   bash training/recipes/knee-demo-model.sh [WORK_DIR]      (default WORK_DIR: ./knee-demo-work)
 #
-# Steps: a 300-exam procedural cohort (16-slice series at 128 x 128), one small diffusion backbone pretrained on the
-# train split's series of all three planes (width 32, channel multipliers 1,1,2,2,2, 16 x 64 x 64 volumes), diagnosis
-# linear probing (config knee-demo-ft with the overrides below), sagittal and coronal segmentation fine-tuning (config seg-demo; 60 epochs sagittal, 40 coronal), export with
-# float16 weights. See docs/inference.md ("The demo model") for the measured results and times.
+# 1. a pool of POOL_N simulated exams on the model grid (4 mm slices, 1.2 mm pixels, 128 x 128): images + tissue maps
+# 2. the CPU-scale diffusion backbone, shared by the three planes (in-plane space-to-depth x4, width 16, channel
+#    multipliers 1,2,4,8), pretrained without labels on random 64 x 64 crops of the pool's first POOL_PRETRAIN exams.
+#    The repository keeps the float16 backbone the shipped model started from (training/runs/pretrain-cpu/,
+#    6,750 steps); the recipe uses it unless PRETRAIN_FROM_SCRATCH=1, which pretrains PRETRAIN_STEPS steps here.
+# 3. the pool as a labelled cohort (POOL_SPLITS train/val/test exams)
+# 4. segmentation per plane (config seg-cpu, skip head): the 11 structures first, then continued with the 12 context
+#    tissues of the simulator (--set context_tissues=true; fluid, collateral ligaments, oedema, ...)
+# 5. the tissue-pooled diagnosis (train-tissue-diagnosis): per-label models on what those networks see in each plane
+# 6. export: one network per plane serves both tasks; float16 weights.
+# Every step can be interrupted and run again: the pool skips exams already written, pretraining resumes, the
+# trainers resume their runs (--resume), the diagnosis reuses its feature cache.
+# The atlas anatomies need the real knee label maps (SPL Knee Atlas, OAI DESS labels); without them pass
+# POOL_MIX=procedural=1.
 set -euo pipefail
 WORK="${1:-knee-demo-work}"
 OUT_MODEL="${OUT_MODEL:-Resources/models/knee-demo-synthetic.odbundle}"
+POOL_MIX="${POOL_MIX:-procedural=0.6,atlas_spl=0.2,atlas_oai=0.2}"
+POOL_N="${POOL_N:-1141}"
+POOL_PRETRAIN="${POOL_PRETRAIN:-1000}"
+POOL_SPLITS="${POOL_SPLITS:-941,100,100}"
+PRETRAIN_STEPS="${PRETRAIN_STEPS:-6750}"
+KEPT="training/runs/pretrain-cpu/backbone_shared.fp16.safetensors"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 mkdir -p "$WORK"
 
-orthodiffusion simulate cohort --out "$WORK/cohort" --n 300 --seed 7 --matrix 128 --no-dicom --workers 2
-orthodiffusion pretrain --manifest "$WORK/cohort/manifest.csv" --plane shared --out "$WORK/pretrain" \
-    --width 32 --channel-mult 1,1,2,2,2 --attention-resolutions 16 --size 64 --slices 16 \
-    --steps 120 --batch-size 8 --lr-per-sample 2.5e-5 --ckpt-every 10 --keep-checkpoints 2 --log-every 5 --device cpu
-BACKBONE="$WORK/pretrain/backbone_shared.safetensors"
-# linear probing (the shared backbone stays frozen, so the bundle stores it once and stays under 25 MB)
-orthodiffusion train-diagnosis --manifest "$WORK/cohort/manifest.csv" --config knee-demo-ft \
-    --set protocol='"linear_probe"' --set stage1.epochs=40 --set stage1.lr=0.002 \
-    --set stage1.noise='"fixed-draw-cached"' --set stage1.backbone_lr_scale=null \
-    --backbone "$BACKBONE" --out "$WORK/diagnosis" --device cpu
-for plane_epochs in sagittal:60 coronal:40; do
-    plane="${plane_epochs%%:*}"
-    orthodiffusion train-segmentation --manifest "$WORK/cohort/manifest.csv" --plane "$plane" --config seg-demo \
-        --backbone "$BACKBONE" --out "$WORK/segmentation_$plane" --device cpu --head skip --set "epochs=${plane_epochs##*:}"
+# resumable segmentation run: continue a run folder that has checkpoints, else start it
+seg() {  # seg OUT ARGS...
+    local out="$1"; shift
+    if [ -f "$out/run.json" ]; then return; fi
+    if [ -d "$out/checkpoints" ]; then set -- "$@" --resume; fi
+    orthodiffusion train-segmentation --manifest "$WORK/cohort/manifest.csv" --config seg-cpu --set crop=64 \
+        --cache-dir "$WORK/seg-cache" --out "$out" --device cpu "$@"
+}
+
+orthodiffusion simulate pool --out "$WORK/pool" --n "$POOL_N" --seed 2026 --anatomy-mix "$POOL_MIX" --workers 2
+if [ "${PRETRAIN_FROM_SCRATCH:-0}" = 1 ] || [ ! -f "$KEPT" ]; then
+    PRETRAIN=(--pool "$WORK/pool" --pool-exams "0:$POOL_PRETRAIN" --plane shared --out "$WORK/pretrain"
+              --steps "$PRETRAIN_STEPS" --batch-size 8 --lr-per-sample 2.5e-5 --width 16 --channel-mult 1,2,4,8
+              --attention-resolutions 8 --patch-size 4 --norm-groups 8 --size 128 --crop 64 --slices 16
+              --ckpt-every 250 --keep-checkpoints 2 --log-every 25 --device cpu)
+    if [ -f "$WORK/pretrain/checkpoints/latest.json" ]; then
+        orthodiffusion pretrain "${PRETRAIN[@]}" --resume
+    else
+        orthodiffusion pretrain "${PRETRAIN[@]}"
+    fi
+    BACKBONE="$WORK/pretrain/backbone_shared.safetensors"
+else
+    BACKBONE="$KEPT"
+fi
+orthodiffusion simulate pool-cohort --pool "$WORK/pool" --out "$WORK/cohort" --splits "$POOL_SPLITS"
+
+# 4a. the 11 structures
+seg "$WORK/sag-a" --plane sagittal --backbone "$BACKBONE" --set epochs=6 --set eval.val_every=2
+seg "$WORK/sag-b" --plane sagittal --init-from "$WORK/sag-a" --set epochs=12 --set lr=0.0005 \
+    --set backbone_lr_scale=0.5 --set eval.val_every=3
+seg "$WORK/cor-a" --plane coronal --backbone "$BACKBONE" --set epochs=8 --set backbone_lr_scale=0.3 \
+    --set eval.val_every=4
+# 4b. continued with the context tissues (a quarter of the cases with a randomised contrast)
+TISSUES=(--set context_tissues=true --set backbone_lr_scale=0.5 --set domain_randomisation.p=0.25)
+seg "$WORK/sag-c" --plane sagittal --init-from "$WORK/sag-b" "${TISSUES[@]}" --set epochs=8 --set lr=0.0005 \
+    --set eval.val_every=4
+seg "$WORK/sag-d" --plane sagittal --init-from "$WORK/sag-c" "${TISSUES[@]}" --set epochs=12 --set lr=0.0003 \
+    --set eval.val_every=6
+seg "$WORK/cor-c" --plane coronal --init-from "$WORK/cor-a" "${TISSUES[@]}" --set epochs=6 --set lr=0.0005 \
+    --set eval.val_every=3
+
+# 5. the diagnosis, on the networks as they are stored in the bundle (float16)
+for run in sag-d cor-c; do
+    [ -f "$WORK/$run-fp16/run.json" ] || orthodiffusion keep-segmentation-run --run "$WORK/$run" --out "$WORK/$run-fp16"
 done
-orthodiffusion export --diagnosis "$WORK/diagnosis" --segmentation "$WORK/segmentation_sagittal" \
-    --segmentation "$WORK/segmentation_coronal" --name knee-demo-synthetic --out "$OUT_MODEL" --half \
-    --description "Demo model trained on simulated (procedural) knee MRI only. Not for clinical use."
+orthodiffusion train-tissue-diagnosis --manifest "$WORK/cohort/manifest.csv" --run "sagittal=$WORK/sag-d-fp16" \
+    --run "coronal=$WORK/cor-c-fp16" --out "$WORK/diagnosis" --progress none --device cpu
+
+# 6. the bundle (the diagnosis brings the two segmentation runs it reads)
+orthodiffusion export --diagnosis "$WORK/diagnosis" --name knee-demo-synthetic --out "$OUT_MODEL" --half \
+    --description "Demo model trained on simulated knee MRI only (procedural and atlas anatomy, randomised contrasts). Not for clinical use."

@@ -11,7 +11,7 @@ from typing import Union
 
 import torch
 
-from OrthoDiffusionLib.atomic import atomic_path
+from OrthoDiffusionLib.errors import InputError
 from OrthoDiffusionLib.model.checkpoints import load_backbone, save_backbone
 
 from .train import HEAD_FORMAT, RUN_FORMAT, read_segmentation_run
@@ -20,25 +20,34 @@ PathLike = Union[str, os.PathLike]
 
 
 def keep_segmentation_run(run_dir: PathLike, out_dir: PathLike) -> Path:
-    """Write ``run_dir`` (a finished ``train-segmentation`` run) to ``out_dir`` with float16 weights; returns
-    ``out_dir``. Raises the errors of :func:`read_segmentation_run` for anything else."""
+    """Write ``run_dir`` (a finished ``train-segmentation`` run) to ``out_dir`` (new or empty) with float16 weights;
+    returns ``out_dir``. Nothing is left behind on failure. Raises the errors of :func:`read_segmentation_run`, and
+    InputError for another kind of run."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     run = read_segmentation_run(run_dir)
     if run["format"] != RUN_FORMAT:
-        raise ValueError(f"{run_dir}: only train-segmentation runs are kept this way")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    net, meta = load_backbone(run_dir / run["backbone"], device="cpu")
-    save_backbone(net, out_dir / run["backbone"], meta.get("plane", run["plane"]), provenance=meta.get("provenance"),
-                  half=True, preprocessing=run["preprocessing"])
-    with safe_open(str(run_dir / run["head_weights"]), "pt") as f:
-        state = {k: f.get_tensor(k).to(torch.float16).contiguous() for k in f.keys()}
-        metadata = f.metadata() or {"format": HEAD_FORMAT}
-    with atomic_path(out_dir / run["head_weights"]) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
-    for name in ("run.json", "log.csv"):
-        if (run_dir / name).is_file():
-            shutil.copyfile(run_dir / name, out_dir / name)
+        raise InputError("only train-segmentation runs are kept this way", run_dir)
+    partial = out_dir.with_name(out_dir.name + ".partial")  # everything is written here, then renamed
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        net, meta = load_backbone(run_dir / run["backbone"], device="cpu")
+        save_backbone(net, partial / run["backbone"], meta.get("plane", run["plane"]),
+                      provenance=meta.get("provenance"), half=True, preprocessing=run["preprocessing"])
+        with safe_open(str(run_dir / run["head_weights"]), "pt") as f:
+            state = {k: f.get_tensor(k).to(torch.float16).contiguous() for k in f.keys()}
+            metadata = f.metadata() or {"format": HEAD_FORMAT}
+        save_file(state, str(partial / run["head_weights"]), metadata=metadata)
+        for name in ("run.json", "log.csv"):
+            if (run_dir / name).is_file():
+                shutil.copyfile(run_dir / name, partial / name)
+        if out_dir.exists():
+            out_dir.rmdir()  # an empty folder only (a non-empty one raises OSError and is kept)
+        partial.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     return out_dir

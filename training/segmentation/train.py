@@ -48,6 +48,7 @@ from OrthoDiffusionLib.progress import ProgressFn
 
 from ..configs import resolve_config
 from ..curves import plot_run_curves
+from ..diagnosis.data import is_simulated_cohort
 from .data import SegCase, SegVolumes, read_seg_cases, split_cases, training_cases
 from .losses import context_tissue_names, num_seg_classes
 from .trainer import TrainSettings, evaluate, train
@@ -241,14 +242,6 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _synthetic(manifest: Path) -> Optional[bool]:
-    """True when the manifest sits in a cohort folder written by ``orthodiffusion simulate`` (its README says so)."""
-    readme = manifest.parent / "README.md"
-    if readme.is_file() and "simulat" in readme.read_text(encoding="utf-8", errors="replace")[:2000].lower():
-        return True
-    return None
-
-
 def _write_case_csv(path: Path, cases: Sequence[Mapping[str, Any]], plane: str) -> None:
     keys = [s.key for s in labels.knee_structures(plane)]
     with atomic_path(path, suffix=".csv") as tmp:
@@ -336,7 +329,7 @@ class _Job:
             "provenance": {"command": command or "orthodiffusion " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                            "manifest": os.fspath(self.manifest.resolve()),
                            "manifest_sha256": _sha256(self.manifest), "started": self.started,
-                           "synthetic_data_only": _synthetic(self.manifest)},
+                           "synthetic_data_only": is_simulated_cohort(self.manifest)},
         }
 
     def write_run(self, record: Dict[str, Any]) -> Dict[str, Any]:

@@ -1,0 +1,48 @@
+"""clean_knee_probabilities: a bone's islands go to background, its largest piece and other structures stay."""
+from __future__ import annotations
+
+import numpy as np
+
+from OrthoDiffusionLib.segmentation.postprocess import clean_knee_probabilities
+
+
+def _probabilities(label: np.ndarray, values, confidence: float = 0.7) -> np.ndarray:
+    """(C, D, H, W) probabilities whose most probable class is ``label``'s value (the rest spread evenly)."""
+    c = len(values)
+    probs = np.full((c, *label.shape), (1 - confidence) / (c - 1), np.float32)
+    for k, v in enumerate(values):
+        if v:
+            probs[k][label == v] = confidence
+    probs[0][label == 0] = confidence
+    return probs
+
+
+def test_bone_islands_become_background_and_the_rest_stays():
+    values = [0, 1, 2, 10, 0]                      # background, femur, tibia, ACL, a context tissue (background)
+    label = np.zeros((8, 20, 20), np.uint8)
+    label[1:7, 2:10, 2:10] = 1                     # the femur
+    label[2:4, 15:18, 15:18] = 1                   # a femur island
+    label[1:7, 12:14, 2:10] = 2                    # the tibia: one piece
+    label[5, 17, 2], label[5, 17, 6] = 10, 10      # two separate ACL voxels: not a bone, both kept
+    probs = _probabilities(label, values)
+    out = clean_knee_probabilities(probs, values)
+    winner = np.asarray(values)[out.argmax(0)]
+    assert (winner[1:7, 2:10, 2:10] == 1).all() and (winner[2:4, 15:18, 15:18] == 0).all()
+    assert (winner[label == 2] == 2).all() and (winner[label == 10] == 10).all()
+    np.testing.assert_allclose(out.sum(0), probs.sum(0), atol=1e-6)
+    assert np.array_equal(out[:, label != 1], probs[:, label != 1])  # nothing else touched
+    assert np.array_equal(clean_knee_probabilities(out, values), out)  # one piece stays as it is
+
+
+def test_cartilage_that_touches_no_bone_goes_to_background():
+    values = list(range(12))                       # a full-table head: class v is label value v
+    label = np.zeros((8, 24, 24), np.uint8)
+    label[1:7, 2:10, 2:20] = 1                     # femur
+    label[1:7, 10:12, 2:20] = 4                    # femoral cartilage on it (kept, also where it reaches past it)
+    label[1:7, 10:12, 20:23] = 4
+    label[1:7, 18:20, 2:20] = 4                    # a femoral cartilage rim in the "muscle": no femur voxel near
+    label[1:7, 12:14, 2:20] = 5                    # medial tibial cartilage with no tibia in the volume: left alone
+    probs = _probabilities(label, values)
+    winner = np.asarray(values)[clean_knee_probabilities(probs, values).argmax(0)]
+    assert (winner[1:7, 10:12, 2:23] == 4).all() and (winner[1:7, 18:20, 2:20] == 0).all()
+    assert (winner[label == 5] == 5).all() and (winner[label == 1] == 1).all()
