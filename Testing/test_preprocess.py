@@ -129,6 +129,21 @@ def test_labels_on_original_sum_shared_values_and_follow_the_probabilities():
         pre.labels_on_original(probs, [0, 3])
 
 
+def test_labels_on_original_equal_resampling_every_value_everywhere():
+    """Resampling each value only in the box where it can win gives the labelmap of resampling all of them over the
+    whole series (smooth random probabilities, 12 values over 24 classes, a finer original grid)."""
+    img = _synthetic(d=20, h=40, w=36)
+    pre = preprocess_series(read_series_from_image(img), slices=8, size=16)
+    logits = torch.from_numpy(np.random.default_rng(1).normal(size=(1, 24, 8, 16, 16)).astype(np.float32))
+    probs = torch.softmax(F.avg_pool3d(logits, 3, 1, 1) * 8, 1)[0].numpy()
+    values = list(range(12)) + [0] * 12
+    maps = {v: sitk.GetArrayFromImage(pre.to_original(probs[[c for c, x in enumerate(values) if x == v]].sum(0),
+                                                      "linear")) for v in range(12)}
+    expected = np.asarray(list(maps))[np.stack(list(maps.values())).argmax(0)]
+    got = sitk.GetArrayFromImage(pre.labels_on_original(probs, values))
+    assert len(np.unique(got)) > 5 and np.array_equal(got, expected)
+
+
 def read_series_from_image(img: sitk.Image) -> Series:
     from OrthoDiffusionLib.io import classify_plane
 

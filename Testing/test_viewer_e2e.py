@@ -127,8 +127,13 @@ def test_run_on_the_simulated_sample_shows_views_labels_and_sankey(browser, view
         # 8 label rows with a probability each
         texts = [e.inner_text() for e in page.query_selector_all(".diagnosis-row .diagnosis-probability")]
         assert len(texts) == 8 and all(re.fullmatch(r"\d+% ± \d+\.\d%", t) for t in texts), texts
-        # the Sankey: 3 plane nodes + 8 label nodes
-        page.wait_for_function("document.querySelectorAll('#sankey .sankey-node').length === 11", timeout=30_000)
+        # the Sankey: one node per plane the default model diagnoses from (sagittal, coronal) + 8 label nodes
+        from OrthoDiffusionLib.bundle.format import load_bundle
+        from OrthoDiffusionLib.bundle.registry import resolve_model
+
+        nodes = len(load_bundle(resolve_model(None)).meta["diagnosis"]["planes"]) + 8
+        page.wait_for_function(f"document.querySelectorAll('#sankey .sankey-node').length === {nodes}",
+                               timeout=30_000)
         # structures listed for toggling; unticking one reaches the server (which sends back the updated rows)
         rows = page.query_selector_all(".structure-row")
         assert len(rows) >= 9

@@ -23,7 +23,7 @@ back onto the original series grid.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional, Sequence, Union
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -99,30 +99,69 @@ class PreprocessedSeries:
     def labels_on_original(self, probabilities: np.ndarray, values: Sequence[int]) -> sitk.Image:
         """uint8 labelmap on the ORIGINAL series grid from class probabilities on the preprocessed grid: the
         probabilities of the classes sharing a label value are summed, each value's map is resampled linearly onto
-        the original grid, and every voxel takes the value of the largest (ties: the first value; voxels outside
-        the preprocessed slices are background). Smoother and closer to the anatomy than resampling the argmax
-        with nearest neighbours when the original grid is finer than the model's.
+        the original grid, and every voxel takes the most probable value (ties: the lower value; voxels outside the
+        preprocessed slices are background). Smoother and closer to the anatomy than resampling the argmax with
+        nearest neighbours when the original grid is finer than the model's.
+
+        A value is resampled only within the box of the original grid around the model voxels where its
+        probability reaches 1 / (number of values): a linearly interpolated probability is at most that of its
+        model-grid neighbours, and the winner of a voxel has at least that share, so nothing outside the box can
+        win. Small structures thus cost little on a large series, and the result is that of resampling everything.
 
         Args:
-            probabilities: (C, slices, size, size) class probabilities.
+            probabilities: (C, slices, size, size) class probabilities (summing to 1 over C).
             values: label value of each of the C classes (several classes may share one, e.g. context tissues 0).
         """
         probabilities = np.asarray(probabilities, dtype=np.float32)
         if len(values) != probabilities.shape[0]:
             raise ValueError(f"{len(values)} label values for {probabilities.shape[0]} classes")
-        best = label = None
-        for v in sorted({int(x) for x in values}):
+        distinct = sorted({int(x) for x in values})
+        shape = self.original.GetSize()[::-1]
+        best = np.zeros(shape, np.float32)             # the most probable value's probability so far
+        label = np.zeros(shape, np.uint8)
+        for v in distinct:
             summed = probabilities[[c for c, x in enumerate(values) if int(x) == v]].sum(0)
-            on_original = sitk.GetArrayFromImage(self.to_original(summed, "linear"))
-            if best is None:
-                best, label = on_original, np.full(on_original.shape, v, np.uint8)
+            box = self._original_box(summed >= 1.0 / len(distinct))
+            if box is None:
                 continue
-            better = on_original > best
-            best = np.where(better, on_original, best)
-            label[better] = v
+            region = tuple(slice(a, b) for a, b in box)
+            p = self._resample_into(summed, box)
+            better = p > best[region]
+            best[region] = np.where(better, p, best[region])
+            label[region][better] = v
         out = sitk.GetImageFromArray(label)
         out.CopyInformation(self.original)
         return out
+
+    def _original_box(self, mask: np.ndarray) -> Optional[Tuple[Tuple[int, int], ...]]:
+        """((z0, z1), (y0, y1), (x0, x1)) of the original grid covering the model voxels of ``mask`` (D, H, W) and
+        a margin of one model voxel, clamped to the series; None when ``mask`` is empty or outside it."""
+        idx = np.argwhere(mask)
+        if idx.size == 0:
+            return None
+        lo, hi = idx.min(0) - 1, idx.max(0) + 1                   # (k, y, x) on the model grid
+        corners = [self.reference.TransformContinuousIndexToPhysicalPoint(
+            (float(x), float(y), float(k))) for k in (lo[0] - 0.5, hi[0] + 0.5) for y in (lo[1] - 0.5, hi[1] + 0.5)
+            for x in (lo[2] - 0.5, hi[2] + 0.5)]
+        cont = np.array([self.original.TransformPhysicalPointToContinuousIndex(c) for c in corners])[:, ::-1]
+        size = np.array(self.original.GetSize()[::-1])
+        a = np.clip(np.floor(cont.min(0)).astype(int), 0, size)
+        b = np.clip(np.ceil(cont.max(0)).astype(int) + 1, 0, size)
+        if np.any(b <= a):
+            return None
+        return tuple((int(i), int(j)) for i, j in zip(a, b))
+
+    def _resample_into(self, array: np.ndarray, box: Tuple[Tuple[int, int], ...]) -> np.ndarray:
+        """(z1-z0, y1-y0, x1-x0) float32: ``array`` on the preprocessed grid resampled linearly onto the ``box`` of
+        the original grid (0 outside the preprocessed slices)."""
+        (z0, z1), (y0, y1), (x0, x1) = box
+        roi = sitk.Image([x1 - x0, y1 - y0, z1 - z0], sitk.sitkUInt8)
+        roi.SetSpacing(self.original.GetSpacing())
+        roi.SetDirection(self.original.GetDirection())
+        roi.SetOrigin(self.original.TransformIndexToPhysicalPoint((x0, y0, z0)))
+        img = self.as_image(array.astype(np.float32))
+        return sitk.GetArrayFromImage(sitk.Resample(img, roi, sitk.Transform(), sitk.sitkLinear, 0.0,
+                                                    sitk.sitkFloat32))
 
 
 def _as_series(series: Union[Series, sitk.Image]) -> Series:

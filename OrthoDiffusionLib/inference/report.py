@@ -245,7 +245,8 @@ def report_html(result: Any) -> str:
     fused = data.get("fused_by")
     how = f" Probabilities fused by <b>{_e(fused)}</b>{' with EHR late fusion' if data.get('ehr_used') else ''}; " \
           f"{data.get('noise_draws', 1)} noise draw(s)." if fused else ""
-    parts.append(f"<h2>Diagnosis</h2><p class='muted'>Calibrated probability (temperature scaling), its spread over "
+    calibration = "Platt scaling" if fused == "tissue-pooled" else "temperature scaling"
+    parts.append(f"<h2>Diagnosis</h2><p class='muted'>Calibrated probability ({calibration}), its spread over "
                  f"noise draws, and the uncalibrated model output.{how}</p>" + _labels_table(data["labels"], int(data.get("noise_draws") or 1)))
     if data["labels"]:
         fig = sankey_figure(data)
