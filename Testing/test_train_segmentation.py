@@ -197,7 +197,7 @@ def test_init_from_starts_at_the_finished_runs_weights(cohort, finished_run, tmp
     assert main(["keep-segmentation-run", "--run", str(finished_run), "--out", str(tmp_path / "kept2")]) == 0
     assert (tmp_path / "kept2" / "seg_head.safetensors").read_bytes() == (kept / "seg_head.safetensors").read_bytes()
     assert main(["keep-segmentation-run", "--run", str(finished_run), "--out", str(kept)]) == 2
-    assert "not empty" in capsys.readouterr().err and not (tmp_path / "kept.partial").exists()
+    assert "not an empty folder" in capsys.readouterr().err and not (tmp_path / "kept.partial").exists()
 
 
 def _state(path):

@@ -67,11 +67,8 @@ def _report(record: Dict[str, Any], out: Path) -> None:
 
 
 def _run_keep(args) -> int:
-    from ..errors import InputError
     from ..training.segmentation.keep import keep_segmentation_run
 
-    if args.out.exists() and any(args.out.iterdir()):
-        raise InputError("the output folder is not empty; choose a new folder", args.out)
     print(f"kept -> {keep_segmentation_run(args.run, args.out)}")
     return 0
 

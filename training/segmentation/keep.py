@@ -30,8 +30,12 @@ def keep_segmentation_run(run_dir: PathLike, out_dir: PathLike) -> Path:
     run = read_segmentation_run(run_dir)
     if run["format"] != RUN_FORMAT:
         raise InputError("only train-segmentation runs are kept this way", run_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise InputError("the output exists and is not an empty folder; choose a new folder", out_dir)
     partial = out_dir.with_name(out_dir.name + ".partial")  # everything is written here, then renamed
-    shutil.rmtree(partial, ignore_errors=True)
+    if partial.exists():
+        raise InputError("this folder is in the way of the copy (left by an interrupted keep-segmentation-run?); "
+                         "remove it", partial)
     partial.mkdir(parents=True)
     try:
         net, meta = load_backbone(run_dir / run["backbone"], device="cpu")
@@ -45,7 +49,7 @@ def keep_segmentation_run(run_dir: PathLike, out_dir: PathLike) -> Path:
             if (run_dir / name).is_file():
                 shutil.copyfile(run_dir / name, partial / name)
         if out_dir.exists():
-            out_dir.rmdir()  # an empty folder only (a non-empty one raises OSError and is kept)
+            out_dir.rmdir()  # empty (checked above)
         partial.rename(out_dir)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
