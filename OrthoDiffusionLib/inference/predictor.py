@@ -780,15 +780,15 @@ class Predictor:
             order, so sagittal when present).
         """
         from ..segmentation.io import fuse_plane_segmentations
+        from ..segmentation.postprocess import probabilities_by_value
 
         n_values = 1 + max(max(int(v) for v in self.seg_meta[p]["class_values"]) for p in probs)
         maps: Dict[str, List[Optional[sitk.Image]]] = {}
         for plane, p in probs.items():
             by_value: List[Optional[sitk.Image]] = [None] * n_values
-            arr = p.float().numpy()
-            values = [int(v) for v in self.seg_meta[plane]["class_values"]]
-            for v in sorted(set(values)):  # classes sharing a value (context tissues: background) are summed
-                by_value[v] = prep[plane].as_image(arr[[c for c, x in enumerate(values) if x == v]].sum(0))
+            summed = probabilities_by_value(p.float().numpy(), self.seg_meta[plane]["class_values"])
+            for v, arr in summed.items():  # classes sharing a value (context tissues: background) are summed
+                by_value[v] = prep[plane].as_image(arr)
             maps[plane] = by_value
         return fuse_plane_segmentations(maps, prep[next(iter(probs))].original)
 

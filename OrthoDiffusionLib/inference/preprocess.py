@@ -115,13 +115,14 @@ class PreprocessedSeries:
         probabilities = np.asarray(probabilities, dtype=np.float32)
         if len(values) != probabilities.shape[0]:
             raise ValueError(f"{len(values)} label values for {probabilities.shape[0]} classes")
-        distinct = sorted({int(x) for x in values})
+        from ..segmentation.postprocess import probabilities_by_value
+
+        by_value = probabilities_by_value(probabilities, values)
         shape = self.original.GetSize()[::-1]
         best = np.zeros(shape, np.float32)             # the most probable value's probability so far
         label = np.zeros(shape, np.uint8)
-        for v in distinct:
-            summed = probabilities[[c for c, x in enumerate(values) if int(x) == v]].sum(0)
-            box = self._original_box(summed >= 1.0 / len(distinct))
+        for v, summed in by_value.items():
+            box = self._original_box(summed >= 1.0 / len(by_value))
             if box is None:
                 continue
             region = tuple(slice(a, b) for a, b in box)

@@ -12,14 +12,14 @@ was not found at all.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Dict, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
 from .. import labels as label_tables
 
-__all__ = ["clean_knee_probabilities", "CARTILAGE_BONE"]
+__all__ = ["clean_knee_probabilities", "probabilities_by_value", "CARTILAGE_BONE"]
 
 #: The bone each articular cartilage covers.
 CARTILAGE_BONE = {"femoral_cartilage": "femur", "medial_tibial_cartilage": "tibia",
@@ -52,11 +52,17 @@ def _to_background(probs: np.ndarray, values: Sequence[int], value: int, where: 
         probs[c][where] = 0.0
 
 
+def probabilities_by_value(probabilities: np.ndarray, values: Sequence[int]) -> Dict[int, np.ndarray]:
+    """``{label value: (D, H, W) probability}`` in increasing value order from class probabilities (C, D, H, W),
+    the classes sharing a value (background and the context tissues) summed; ``values`` gives each class's value."""
+    values = [int(v) for v in values]
+    return {u: probabilities[[c for c, v in enumerate(values) if v == u]].sum(0) for u in sorted(set(values))}
+
+
 def _winners(probabilities: np.ndarray, values: Sequence[int]) -> np.ndarray:
     """(D, H, W) the most probable label value per voxel (classes sharing a value summed)."""
-    distinct = sorted(set(values))
-    summed = np.stack([probabilities[[c for c, v in enumerate(values) if v == u]].sum(0) for u in distinct])
-    return np.asarray(distinct)[summed.argmax(0)]
+    by_value = probabilities_by_value(probabilities, values)
+    return np.asarray(list(by_value))[np.stack(list(by_value.values())).argmax(0)]
 
 
 def clean_knee_probabilities(probabilities: np.ndarray, values: Sequence[int]) -> np.ndarray:
