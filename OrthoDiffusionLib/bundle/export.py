@@ -25,7 +25,8 @@ from .format import encoder_state, load_bundle, now_iso, save_bundle
 from ..model.checkpoints import compare_state_dict, load_backbone_state, tensors_sha256
 from ..errors import BundleError, CorruptFileError, InputError, MissingPathError
 
-__all__ = ["DIAGNOSIS_RUN_FORMAT", "SEGMENTATION_RUN_FORMAT", "TISSUE_DIAGNOSIS_RUN_FORMAT", "export_bundle"]
+__all__ = ["DIAGNOSIS_RUN_FORMAT", "SEGMENTATION_RUN_FORMAT", "TISSUE_DIAGNOSIS_RUN_FORMAT", "export_bundle",
+           "segmentation_run_digest"]
 
 PathLike = Union[str, os.PathLike]
 DIAGNOSIS_RUN_FORMAT = "orthodiffusion.diagnosis-run"
@@ -216,8 +217,8 @@ def _run_format(path: PathLike) -> Optional[str]:
         return None
 
 
-def _segmentation_digest(folder: Path, run: Mapping[str, Any]) -> str:
-    """The digest a tissue-diagnosis run records for the segmentation run it read (head + backbone files)."""
+def segmentation_run_digest(folder: Path, run: Mapping[str, Any]) -> str:
+    """The digest a tissue-diagnosis run records for a segmentation run it reads (its head and backbone files)."""
     import hashlib
 
     from ..model.checkpoints import file_sha256
@@ -241,7 +242,7 @@ def _add_tissue_diagnosis_run(path: PathLike, meta: Dict[str, Any], components: 
     planes, preprocessing = {}, None
     for plane, p in run["planes"].items():
         seg_folder, seg_run = segmentation[plane]
-        if _segmentation_digest(seg_folder, seg_run) != p.get("weights_sha256"):
+        if segmentation_run_digest(seg_folder, seg_run) != p.get("weights_sha256"):
             raise InputError(f"the {plane} segmentation run {seg_folder} is not the one this diagnosis was fitted on "
                              f"({p.get('segmentation_run')}); give that run, or refit the diagnosis", run_json)
         seg = meta["segmentation"][plane]

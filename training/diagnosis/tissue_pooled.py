@@ -35,7 +35,7 @@ import torch
 
 from OrthoDiffusionLib import labels as label_tables
 from OrthoDiffusionLib.atomic import atomic_path
-from OrthoDiffusionLib.bundle.export import TISSUE_DIAGNOSIS_RUN_FORMAT
+from OrthoDiffusionLib.bundle.export import TISSUE_DIAGNOSIS_RUN_FORMAT, segmentation_run_digest
 from OrthoDiffusionLib.device import resolve_device
 from OrthoDiffusionLib.errors import InputError
 from OrthoDiffusionLib.model.tissue_diagnosis import head_features_and_logits, tissue_features
@@ -200,8 +200,6 @@ def _check_run_folder(out: Path) -> None:
 
 
 def _read_runs(runs: Mapping[str, PathLike]) -> Dict[str, Tuple[Path, Dict[str, Any], str]]:
-    from OrthoDiffusionLib.model.checkpoints import file_sha256
-
     out = {}
     for plane, folder in runs.items():
         folder = Path(folder)
@@ -211,9 +209,7 @@ def _read_runs(runs: Mapping[str, PathLike]) -> Dict[str, Tuple[Path, Dict[str, 
         if not run.get("context_tissues"):
             raise InputError("the segmentation run was not trained with context_tissues (its head segments the "
                              "structures only); train one with --set context_tissues=true", folder)
-        digest = hashlib.sha256((file_sha256(folder / run["head_weights"]) +
-                                 file_sha256(folder / run["backbone"])).encode()).hexdigest()
-        out[plane] = (folder, run, digest)
+        out[plane] = (folder, run, segmentation_run_digest(folder, run))
     return out
 
 
