@@ -225,6 +225,38 @@ def test_segmentation_head_reaches_full_resolution_on_a_space_to_depth_backbone(
                        strides=((2, 2, 2),) * 3)
 
 
+def test_the_image_path_gives_the_full_resolution_stages_the_input_and_starts_as_identity():
+    """On the space-to-depth backbone the shallowest tap is 4x coarser in-plane than the input; image_stages join
+    the input itself (the ``input`` pseudo-tap) at the two full-resolution stages. Grown from a head without it,
+    the zero-initialised fusion gives the same logits, and once trained the input changes them."""
+    from OrthoDiffusionLib.model.backbone import INPUT_TAP
+    from OrthoDiffusionLib.model.seg_head import build_seg_head
+
+    net = DiffusionUNet(**CPU_SCALE).eval()
+    kwargs = dict(num_classes=12, bottleneck_tap="mid_2", tap_channels={t: net.tap_channels(t) for t in net.tap_names()},
+                  skip_taps=(("in_5", 1), ("in_3", 2), ("in_1", 3)), decoder_channels=(32, 16, 16, 16, 16),
+                  strides=((2, 2, 2),) * 3 + ((1, 2, 2),) * 2)
+    plain = build_seg_head("skip", **kwargs)
+    head = build_seg_head("skip", image_stages=(4, 5), image_channels=8, **kwargs)
+    assert head.required_taps == (*plain.required_taps, INPUT_TAP) and INPUT_TAP not in net.tap_names()
+    missing, unexpected = head.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("image_") for k in missing)
+    x = torch.randn(1, 1, 16, 64, 64)
+    taps = net.encode(x, 50, taps=head.required_taps)
+    assert torch.equal(taps[INPUT_TAP], x) and set(net.encode(x, 50, taps=(INPUT_TAP,))) == {INPUT_TAP}
+    with torch.no_grad():
+        assert torch.equal(head(taps), plain(taps))
+        for fuse in head.image_fuse.values():
+            torch.nn.init.normal_(fuse[-1].weight, std=0.1)
+        changed = head(taps)
+        taps2 = dict(taps, **{INPUT_TAP: x.flip(-1)})      # only the input differs
+        assert changed.shape == (1, 12, 16, 64, 64) and not torch.allclose(head(taps2), changed)
+    with pytest.raises(ValueError, match="image_stages"):
+        build_seg_head("skip", image_stages=(6,), **kwargs)
+    with pytest.raises(ValueError, match="skip head"):
+        build_seg_head("bottleneck", image_stages=(3,))
+
+
 def test_a_thin_slice_3d_series_is_shown_on_the_model_grid(shared_data):
     """The real 80-slice DESS (1.5 mm slices, 0.31 mm pixels) preprocessed on the 4 mm / 1.2 mm grid: the 16
     central slices span 64 mm of the knee, the pixels 1.2 mm, and results map back onto the DICOM grid."""

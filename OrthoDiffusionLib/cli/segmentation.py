@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict
 
+from ..errors import InputError
 from ..labels import PLANES
 from ..training.named_options import size_overrides
 from ..training.segmentation import train as segmentation_training
@@ -40,6 +41,9 @@ def register(subparsers) -> None:
                        help="start from a finished train-segmentation run's backbone and head (same plane and head; "
                             "e.g. more epochs on a new schedule)")
     p.add_argument("--head", choices=("bottleneck", "skip"), default=None, help="override the config's head")
+    p.add_argument("--random-init", action="store_true",
+                   help="train the network of --backbone from random initialisation (its architecture, not its "
+                        "weights): the no-pretraining ablation of a label-efficiency study")
     add_size_arguments(p)
     b = add_command(subparsers, "train-seg-baseline", _run_baseline,
                     help="train a MONAI 3D U-Net / UNETR segmentation baseline",
@@ -74,6 +78,8 @@ def _run_keep(args) -> int:
 
 
 def _run_train(args) -> int:
+    if args.random_init and args.backbone is None:
+        raise InputError("--random-init takes the architecture of --backbone; it cannot be used with --init-from")
     start = args.backbone if args.backbone is not None else args.init_from / "backbone.safetensors"
     sizes, note = size_overrides(args.size, args.slices, args.overrides, [start])
     if note:
@@ -81,7 +87,7 @@ def _run_train(args) -> int:
     record = segmentation_training.train_segmentation(
         args.manifest, args.plane, args.backbone, args.out, config=args.config, overrides=sizes + args.overrides,
         head=args.head, train_patients=args.train_patients, resume=args.resume, device=args.device,
-        show_progress=True, cache_dir=args.cache_dir, init_from=args.init_from)
+        show_progress=True, cache_dir=args.cache_dir, init_from=args.init_from, random_init=args.random_init)
     _report(record, args.out)
     return 0
 

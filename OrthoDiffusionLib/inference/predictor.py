@@ -656,8 +656,8 @@ class Predictor:
         no cartilage off its bone, :func:`~OrthoDiffusionLib.segmentation.postprocess.clean_knee_probabilities`),
         resampled linearly per
         label-table value onto its series and the most probable kept
-        (:meth:`~.preprocess.PreprocessedSeries.labels_on_original`); with ``fuse`` and two or more planes, the
-        fused labelmap of those probabilities."""
+        (:meth:`~.preprocess.PreprocessedSeries.labels_on_original`), bones kept to one piece once more on that grid;
+        with ``fuse`` and two or more planes, the fused labelmap of those probabilities."""
         from ..segmentation.postprocess import clean_knee_probabilities
 
         segs: List[Dict[str, sitk.Image]] = [{} for _ in range(n)]
@@ -672,15 +672,22 @@ class Predictor:
                 if self.anatomy == "knee":
                     probs = clean_knee_probabilities(probs, values)
                 mean[plane].append(torch.from_numpy(probs))
-                segs[i][plane] = series_prep[i].labels_on_original(probs, values)
+                segs[i][plane] = self._bones_in_one_piece(series_prep[i].labels_on_original(probs, values))
         fused: List[Optional[sitk.Image]] = [None] * n
         fused_planes = list(seg_planes) if fuse and len(seg_planes) >= 2 else []
         for i in range(n if fused_planes else 0):
             report("resample", 1.0, "fusing segmentations")
-            fused[i] = self._fused_segmentation(
+            fused[i] = self._bones_in_one_piece(self._fused_segmentation(
                 {plane: mean[plane][i] for plane in fused_planes},
-                {plane: self._prepped_for_segmentation(prepped, plane)[i] for plane in fused_planes})
+                {plane: self._prepped_for_segmentation(prepped, plane)[i] for plane in fused_planes}))
         return segs, fused, fused_planes
+
+    def _bones_in_one_piece(self, labelmap: sitk.Image) -> sitk.Image:
+        """For a knee model, ``labelmap`` with each bone kept to its largest piece on the series' own grid
+        (:func:`~OrthoDiffusionLib.segmentation.postprocess.keep_largest_bone_pieces`); otherwise as it is."""
+        from ..segmentation.postprocess import keep_largest_bone_pieces
+
+        return keep_largest_bone_pieces(labelmap) if self.anatomy == "knee" else labelmap
 
     def _measure_batch(self, segs: Sequence[Mapping[str, sitk.Image]], fused: Sequence[Optional[sitk.Image]],
                        fused_planes: Sequence[str], report: "_BatchProgress") -> List[List[Dict[str, Any]]]:
@@ -777,9 +784,11 @@ class Predictor:
 
         Returns:
             Labelmap (label-table values) on the original grid of the first plane (the planes come in ``PLANES``
-            order, so sagittal when present).
+            order, so sagittal when present). Each plane's vote for a structure is weighted by its validation Dice
+            of that structure (:func:`~OrthoDiffusionLib.segmentation.io.fusion_weights`; equal for a bundle that
+            records none).
         """
-        from ..segmentation.io import fuse_plane_segmentations
+        from ..segmentation.io import fuse_plane_segmentations, fusion_weights
         from ..segmentation.postprocess import probabilities_by_value
 
         n_values = 1 + max(max(int(v) for v in self.seg_meta[p]["class_values"]) for p in probs)
@@ -790,7 +799,10 @@ class Predictor:
             for v, arr in summed.items():  # classes sharing a value (context tissues: background) are summed
                 by_value[v] = prep[plane].as_image(arr)
             maps[plane] = by_value
-        return fuse_plane_segmentations(maps, prep[next(iter(probs))].original)
+        dice = {plane: {k: float(v["mean"]) for k, v in
+                        (((self.seg_meta[plane].get("metrics") or {}).get("val") or {}).get("dice") or {}).items()
+                        if k != "mean"} for plane in probs}
+        return fuse_plane_segmentations(maps, prep[next(iter(probs))].original, fusion_weights(dice, n_values))
 
     def _weights_in_plane_order(self, weights: Optional[torch.Tensor], diag_planes: Sequence[str], n: int,
                                 k: int) -> torch.Tensor:

@@ -217,6 +217,9 @@ class EmbedSequential(nn.Sequential):
 
 #: The CPU-scale member of the family (docs/cpu-scale-model.md): in-plane space-to-depth x4, width 16, channel
 #: multipliers 1,2,4,8, attention at the bottleneck, GroupNorm(8); 16 x 128 x 128 volumes on the model grid.
+#: Pseudo-tap name for the network input ``x_t`` itself in :meth:`DiffusionUNet.encode` (not in ``tap_names()``).
+INPUT_TAP = "input"
+
 CPU_SCALE_CONFIG: Dict[str, object] = {"patch_size": 4, "model_channels": 16, "channel_mult": (1, 2, 4, 8),
                                        "attention_resolutions": (8,), "norm_groups": 8}
 
@@ -461,20 +464,21 @@ class DiffusionUNet(nn.Module):
             x_t: (B, C_in, D, H, W) noised volume.
             t: (B,) or scalar timestep(s).
             taps: names from :meth:`tap_names` (``in_i`` = output of ``input_blocks[i]``; ``mid_0/1/2`` = outputs
-                of ``middle_block[0]`` (ResBlock), ``[1]`` (attention), ``[2]`` (ResBlock)).
+                of ``middle_block[0]`` (ResBlock), ``[1]`` (attention), ``[2]`` (ResBlock)), or :data:`INPUT_TAP`
+                for ``x_t`` itself (B, C_in, D, H, W), which segmentation heads use for full-resolution detail.
 
         Returns:
             {name: (B, tap_channels(name), D/ds, H/ds, W/ds)} for exactly the requested names.
         """
         if isinstance(taps, str):
             taps = (taps,)
-        wanted = {name: self._tap_index(name) for name in taps}
-        if not wanted:
+        if not taps:
             raise ValueError("encode() needs at least one tap")
-        deepest = max(wanted.values())
+        wanted = {name: self._tap_index(name) for name in taps if name != INPUT_TAP}
+        deepest = max(wanted.values(), default=-1)
         n_in = len(self.input_blocks)
         h, emb = self._prepare(x_t, t)
-        out: Dict[str, torch.Tensor] = {}
+        out: Dict[str, torch.Tensor] = {INPUT_TAP: x_t} if INPUT_TAP in taps else {}
         for i, block in enumerate(self.input_blocks):
             if i > deepest:
                 break

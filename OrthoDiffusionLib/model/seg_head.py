@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backbone import INPUT_TAP
+
 #: Decoder widths of the paper's head: 256 -> 128 -> 64 -> 32 -> 16.
 DEFAULT_DECODER_CHANNELS: Tuple[int, int, int, int] = (128, 64, 32, 16)
 #: Default skip taps of ``SkipSegHead``: (tap name, decoder stage it joins). Stage 0 is the bottleneck resolution
@@ -138,15 +140,24 @@ class SkipSegHead(nn.Module):
     (2x32x32), ``in_4`` at stage 2 (4x64x64) and ``in_2`` at stage 3 (8x128x128) for a 16x256x256 input; the
     full-resolution taps ``in_0``/``in_1`` (stage 4) can be added but cost much activation memory.
 
-    ``required_taps`` = (bottleneck_tap, *skip tap names). Input tensors of shape (B, C_tap, *stage size);
-    output logits (B, num_classes, D, H, W).
+    ``image_stages`` (e.g. (4, 5) for the CPU-scale backbone, whose shallowest tap is already 4x coarser in-plane
+    than the input) also join the network input there: a small full-resolution stem (Conv3d 3x3x3 then 1x3x3, each
+    with GroupNorm + SiLU, ``image_channels`` wide) reads the input tap :data:`INPUT_TAP` (B, 1, D, H, W), is
+    average-pooled to the stage's size, and is added through Conv3d(1x3x3) + GroupNorm + SiLU on [stage, image
+    features] and a zero-initialised Conv3d(1x1x1). Thin
+    structures (2-3 mm cartilage plates, ligaments) thus get boundaries from the image itself, and a head grown
+    this way from a trained one starts out giving exactly that head's logits.
+
+    ``required_taps`` = (bottleneck_tap, *skip tap names[, INPUT_TAP]). Input tensors of shape (B, C_tap, *stage
+    size); output logits (B, num_classes, D, H, W).
     """
 
     def __init__(self, num_classes: int = 12, in_channels: int = 256, bottleneck_tap: str = "mid_2",
                  skip_taps: Sequence[Tuple[str, int]] = DEFAULT_SKIP_TAPS,
                  tap_channels: Optional[Mapping[str, int]] = None,
                  decoder_channels: Sequence[int] = DEFAULT_DECODER_CHANNELS,
-                 strides: Sequence[Sequence[int]] = DEFAULT_STRIDES):
+                 strides: Sequence[Sequence[int]] = DEFAULT_STRIDES,
+                 image_stages: Sequence[int] = (), image_channels: int = 16):
         super().__init__()
         tap_channels = dict(encoder_tap_channels(in_channels // 4) if tap_channels is None else tap_channels)
         self.num_classes = int(num_classes)
@@ -167,7 +178,34 @@ class SkipSegHead(nn.Module):
             self.fuse[str(stage)] = nn.Sequential(
                 nn.Conv3d(c + int(tap_channels[name]), c, kernel_size=3, padding=1),
                 nn.GroupNorm(_groups(c), c), nn.SiLU())
+        self.image_stages: Tuple[int, ...] = tuple(int(v) for v in image_stages)
+        if self.image_stages:
+            if any(not 0 <= v <= len(strides) for v in self.image_stages) or \
+                    len(set(self.image_stages)) != len(self.image_stages):
+                raise ValueError(f"image_stages need distinct stages in 0..{len(strides)}, got {self.image_stages}")
+            ci = int(image_channels)
+            self.image_stem = nn.Sequential(
+                nn.Conv3d(1, ci, kernel_size=3, padding=1), nn.GroupNorm(_groups(ci), ci), nn.SiLU(),
+                nn.Conv3d(ci, ci, kernel_size=(1, 3, 3), padding=(0, 1, 1)), nn.GroupNorm(_groups(ci), ci), nn.SiLU())
+            self.image_fuse = nn.ModuleDict()
+            for stage in self.image_stages:  # in-plane kernels: the detail is in-plane, and full size is costly
+                c = chans[stage]
+                last = nn.Conv3d(c, c, kernel_size=1)
+                nn.init.zeros_(last.weight)
+                nn.init.zeros_(last.bias)
+                self.image_fuse[str(stage)] = nn.Sequential(
+                    nn.Conv3d(c + ci, c, kernel_size=(1, 3, 3), padding=(0, 1, 1)), nn.GroupNorm(_groups(c), c),
+                    nn.SiLU(), last)
+            self.required_taps = (*self.required_taps, INPUT_TAP)
         self.classifier = nn.Conv3d(chans[-1], self.num_classes, kernel_size=1)
+
+    def _add_image(self, x: torch.Tensor, stage: int, image: Optional[torch.Tensor]) -> torch.Tensor:
+        """x + fuse([x, image features pooled to x's size]) at an image stage; x unchanged elsewhere."""
+        if image is None or stage not in self.image_stages:
+            return x
+        feats = image if tuple(image.shape[-3:]) == tuple(x.shape[-3:]) else \
+            F.adaptive_avg_pool3d(image, tuple(x.shape[-3:]))
+        return x + self.image_fuse[str(stage)](torch.cat([x, feats.to(x.dtype)], dim=1))
 
     def _merge(self, x: torch.Tensor, stage: int, taps: Mapping[str, torch.Tensor]) -> torch.Tensor:
         name = self._stage_tap.get(stage)
@@ -181,12 +219,13 @@ class SkipSegHead(nn.Module):
 
     def forward(self, taps: Mapping[str, torch.Tensor],
                 output_size: Optional[Sequence[int]] = None) -> torch.Tensor:
-        x = self._merge(_require(taps, self.bottleneck_tap), 0, taps)
+        image = self.image_stem(_require(taps, INPUT_TAP)[:, :1]) if self.image_stages else None
+        x = self._add_image(self._merge(_require(taps, self.bottleneck_tap), 0, taps), 0, image)
         for k, up in enumerate(self.ups):
             x = up(x)
             if k < len(self.blocks):
                 x = self.blocks[k](x)
-            x = self._merge(x, k + 1, taps)
+            x = self._add_image(self._merge(x, k + 1, taps), k + 1, image)
         return _resize_to(self.classifier(x), output_size)
 
 
@@ -216,7 +255,8 @@ def build_seg_head(name: str, num_classes: int = 12, model_channels: int = 64, b
                    tap_channels: Optional[Mapping[str, int]] = None,
                    skip_taps: Sequence[Tuple[str, int]] = DEFAULT_SKIP_TAPS,
                    decoder_channels: Sequence[int] = DEFAULT_DECODER_CHANNELS,
-                   strides: Sequence[Sequence[int]] = DEFAULT_STRIDES) -> nn.Module:
+                   strides: Sequence[Sequence[int]] = DEFAULT_STRIDES, image_stages: Sequence[int] = (),
+                   image_channels: int = 16) -> nn.Module:
     """Segmentation head by name (``"bottleneck"`` or ``"skip"``).
 
     Channel counts come from ``tap_channels`` (tap name -> channels) or, if omitted, from
@@ -226,8 +266,10 @@ def build_seg_head(name: str, num_classes: int = 12, model_channels: int = 64, b
     if bottleneck_tap not in channels:
         raise ValueError(f"no channel count for bottleneck tap {bottleneck_tap!r}")
     if name == "bottleneck":
+        if image_stages:
+            raise ValueError("image_stages need the skip head")
         return BottleneckSegHead(num_classes, channels[bottleneck_tap], bottleneck_tap, decoder_channels, strides)
     if name == "skip":
         return SkipSegHead(num_classes, channels[bottleneck_tap], bottleneck_tap, skip_taps, channels,
-                           decoder_channels, strides)
+                           decoder_channels, strides, image_stages, image_channels)
     raise ValueError(f"unknown segmentation head {name!r}; known: {', '.join(SEG_HEADS)}")

@@ -200,8 +200,31 @@ def _plane_classes(plane: str, num_classes: int) -> np.ndarray:
     return seg
 
 
-def _fused_class_maps(prob_maps: Mapping[str, ProbabilityMap], reference: sitk.Image
-                      ) -> Iterator[Tuple[int, np.ndarray]]:
+#: Temperature of :func:`fusion_weights`: a plane 0.05 Dice behind another on a structure counts e^-1 as much.
+FUSION_DICE_TEMPERATURE = 0.05
+
+
+def fusion_weights(validation_dice: Mapping[str, Mapping[str, float]], num_classes: int
+                   ) -> Dict[str, List[float]]:
+    """Per plane, the weight of its vote for each label value (0..num_classes-1) in a fused segmentation: for a
+    structure, ``exp((d_plane - d_best) / FUSION_DICE_TEMPERATURE)`` with ``d`` the planes' validation Dice of that
+    structure (``{plane: {structure key: Dice}}``), so planes that segment it about equally well are averaged and a
+    clearly worse one counts little; 1 for background and for structures a plane has no figure for."""
+    by_value = {s.value: s.key for s in labels.knee_structures()}
+    out = {plane: [1.0] * num_classes for plane in validation_dice}
+    for value in range(1, num_classes):
+        key = by_value.get(value)
+        scores = {p: d[key] for p, d in validation_dice.items() if key is not None and d.get(key) is not None}
+        if len(scores) < 2:
+            continue
+        best = max(scores.values())
+        for plane, d in scores.items():
+            out[plane][value] = float(np.exp((d - best) / FUSION_DICE_TEMPERATURE))
+    return out
+
+
+def _fused_class_maps(prob_maps: Mapping[str, ProbabilityMap], reference: sitk.Image,
+                      weights: Optional[Mapping[str, Sequence[float]]] = None) -> Iterator[Tuple[int, np.ndarray]]:
     """Yield ``(class, fused probability (z, y, x) float32)`` one class at a time (see fuse_plane_probabilities)."""
     if not prob_maps:
         raise ValueError("no probability maps to fuse")
@@ -226,15 +249,18 @@ def _fused_class_maps(prob_maps: Mapping[str, ProbabilityMap], reference: sitk.I
                 continue
             p = sitk.GetArrayFromImage(sitk.Resample(imgs[c], reference, sitk.Transform(), sitk.sitkLinear, 0.0,
                                                      sitk.sitkFloat32))
-            total += np.where(coverage[plane], p, 0.0)
-            weight += coverage[plane]
+            w = 1.0 if weights is None else float(weights[plane][c])
+            total += np.where(coverage[plane], w * p, 0.0)
+            weight += w * coverage[plane]
         fused = np.zeros(shape, dtype=np.float32)
         np.divide(total, weight, out=fused, where=weight > 0)
         yield c, fused
 
 
-def fuse_plane_probabilities(prob_maps: Mapping[str, ProbabilityMap], reference: sitk.Image) -> np.ndarray:
-    """Average the per-class probabilities of several planes on the grid of ``reference``.
+def fuse_plane_probabilities(prob_maps: Mapping[str, ProbabilityMap], reference: sitk.Image,
+                             weights: Optional[Mapping[str, Sequence[float]]] = None) -> np.ndarray:
+    """Average the per-class probabilities of several planes on the grid of ``reference`` (weighted per plane and
+    class by ``weights``, e.g. :func:`fusion_weights`; equal without).
 
     ``prob_maps`` maps a plane name to its probabilities on its own geometry: a vector image with one component per
     class or a list of scalar images (class 0 = background; ``None`` for a class that plane's model does not
@@ -243,14 +269,15 @@ def fuse_plane_probabilities(prob_maps: Mapping[str, ProbabilityMap], reference:
     Returns float32 (C, z, y, x), 0 where no plane votes (C x the reference size in memory;
     :func:`fuse_plane_segmentations` needs only two reference-size arrays).
     """
-    return np.stack([fused for _, fused in _fused_class_maps(prob_maps, reference)])
+    return np.stack([fused for _, fused in _fused_class_maps(prob_maps, reference, weights)])
 
 
-def fuse_plane_segmentations(prob_maps: Mapping[str, ProbabilityMap], reference: sitk.Image) -> sitk.Image:
+def fuse_plane_segmentations(prob_maps: Mapping[str, ProbabilityMap], reference: sitk.Image,
+                             weights: Optional[Mapping[str, Sequence[float]]] = None) -> sitk.Image:
     """Fused uint8 labelmap on the grid of ``reference``: the per-voxel argmax over classes of the averaged
     probabilities of :func:`fuse_plane_probabilities` (ties -> lowest class; background where no plane covers)."""
     best = best_label = None
-    for c, fused in _fused_class_maps(prob_maps, reference):
+    for c, fused in _fused_class_maps(prob_maps, reference, weights):
         if best is None:
             best, best_label = fused, np.zeros(fused.shape, np.uint8)
             continue

@@ -9,6 +9,10 @@ background, so the labelmap resampled afterwards has one piece per bone and no f
 nnU-Net style post-processing, limited to what holds in every knee: menisci and ligaments are left as they are, a
 cartilage piece is kept whole as soon as any of its voxels touches the bone, and cartilage is left alone where its bone
 was not found at all.
+
+Resampling onto a series finer than the network grid can still split a bone where two pieces met only at a corner of
+a coarse voxel, so :func:`keep_largest_bone_pieces` applies the one-piece rule once more to the labelmap on the
+series' own grid.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import SimpleITK as sitk
 
 from .. import labels as label_tables
 
-__all__ = ["clean_knee_probabilities", "probabilities_by_value", "CARTILAGE_BONE"]
+__all__ = ["clean_knee_probabilities", "keep_largest_bone_pieces", "probabilities_by_value", "CARTILAGE_BONE"]
 
 #: The bone each articular cartilage covers.
 CARTILAGE_BONE = {"femoral_cartilage": "femur", "medial_tibial_cartilage": "tibia",
@@ -84,3 +88,36 @@ def clean_knee_probabilities(probabilities: np.ndarray, values: Sequence[int]) -
         if c in values and b in values and (winner == c).any() and (winner == b).any():  # no bone: nothing to lie on
             _to_background(out, values, c, _pieces_not_touching(winner == c, winner == b))
     return out
+
+
+def keep_largest_bone_pieces(labelmap: sitk.Image) -> sitk.Image:
+    """``labelmap`` (integer label-table values, any grid) with each bone's voxels outside its largest 26-connected
+    piece set to background; the same image when there is nothing to remove. Each bone is searched only within its
+    bounding box, so a large series costs a fraction of a second."""
+    arr = sitk.GetArrayFromImage(labelmap)
+    changed = False
+    for bone in (s.value for s in label_tables.knee_structures() if s.kind == "bone"):
+        mask = arr == bone
+        box = _bounding_box(mask)
+        if box is None:
+            continue
+        outside = _outside_largest_piece(mask[box])
+        if outside.any():
+            arr[box][outside] = 0
+            changed = True
+    if not changed:
+        return labelmap
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(labelmap)
+    return out
+
+
+def _bounding_box(mask: np.ndarray):
+    """The tuple of slices bounding the True voxels of ``mask`` (D, H, W), or None when there are none."""
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hit.size == 0:
+            return None
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)

@@ -12,7 +12,8 @@ its 1 x 1 x 1 classifier) give, per plane, the feature vector::
 
 The planes' vectors are concatenated (a patient with several series of a plane: their mean; a missing plane: the
 training mean), standardised with the training patients' statistics, and one L2-regularised logistic regression per
-label (balanced class weights) is fitted on the training patients; its regularisation is chosen on the validation
+label (balanced class weights) is fitted on the training patients (those the segmentation runs were trained on:
+all, or their nested ``--train-patients`` subset); its regularisation is chosen on the validation
 patients from :data:`C_GRID`, and Platt scaling fitted on them calibrates its probabilities. This replaces the paper's global pooling of one tap by pooling within the tissues the
 network has learnt to delineate: an effusion is more fluid, a torn ligament less ligament and more edema, a
 dislocated patella a displaced centre.
@@ -199,6 +200,20 @@ def _check_run_folder(out: Path) -> None:
         raise InputError("the output folder holds files this command did not write; choose a new folder", out)
 
 
+def _training_patients(train: Sequence[str], read: Mapping[str, Tuple[Path, Dict[str, Any], str]]) -> List[str]:
+    """The training patients the diagnosis learns from: all of ``train``, or, when the segmentation runs were
+    trained on a nested subset (``--train-patients N``, label-efficiency runs), the same subset: the labels of
+    the patients the networks saw and no others."""
+    from ..segmentation.data import nested_patient_subset
+
+    subsets = {(run["config"].get("train_patients"), int(run["config"].get("seed", 0))) for _, run, _ in read.values()}
+    if len(subsets) > 1:
+        raise InputError("the segmentation runs were trained on different training subsets "
+                         f"(train_patients, seed: {sorted(subsets, key=str)}); give runs of one subset")
+    n, seed = subsets.pop()
+    return list(train) if n is None else nested_patient_subset(train, int(n), seed)
+
+
 def _read_runs(runs: Mapping[str, PathLike]) -> Dict[str, Tuple[Path, Dict[str, Any], str]]:
     out = {}
     for plane, folder in runs.items():
@@ -228,14 +243,16 @@ def train_tissue_diagnosis(manifest: PathLike, runs: Mapping[str, PathLike], out
     cache = Path(cache_dir) if cache_dir is not None else out / "features"
     read = _read_runs(runs)
     planes = [p for p in label_tables.PLANES if p in read]
-    series = {plane: data.series(plane=plane) for plane in planes}
+    splits = {s: data.patients(s) for s in ("train", "val", "test")}
+    splits["train"] = _training_patients(splits["train"], read)
+    wanted = {p for pids in splits.values() for p in pids}
+    series = {plane: [r for r in data.series(plane=plane) if r.patient_id in wanted] for plane in planes}
     features = {}
     for plane, rows in series.items():
         folder, run, sha = read[plane]
         model, _ = load_segmentation_run(folder, resolve_device(device))
         features[plane] = _series_features(model, run, sha, [r.path for r in rows], cache, progress, cancel,
                                            f"features {plane}")
-    splits = {s: data.patients(s) for s in ("train", "val", "test")}
     x = {s: _patient_matrix(series, features, pids) for s, pids in splits.items()}
     y = {s: data.labels_of(pids).astype(int) for s, pids in splits.items()}
     fitted = fit_label_models(x["train"], y["train"], x["val"], y["val"])

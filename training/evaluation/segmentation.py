@@ -6,10 +6,14 @@ Inputs: finished run folders of ``train-segmentation`` and ``train-seg-baseline`
 * ``table.csv``: plane, method, run, metric (dice | hd95), structure (key | mean), mean, sd, n;
 * ``table.md``: per plane a Dice (%) and an HD95 (mm) table, one column per run, mean ± sd (like the paper's
   Table 2), computed from the per-case CSVs (cases where a structure is absent are left out, see :mod:`OrthoDiffusionLib.segmentation.metrics`);
+* ``paired.csv`` / ``paired.md``: per plane, the first run of that plane against each other run on the cases both
+  scored: the mean over cases of the per-case mean Dice of each, their difference, on how many cases the first is
+  better, and a two-sided paired permutation test (the two runs' scores swapped per patient, 10,000 draws);
 * with one sagittal and one coronal run of the same manifest (or ``--fuse SAG_RUN COR_RUN``): ``fusion.csv`` /
   ``fusion.md`` and ``fusion_example_<patient>.nii.gz``. For every test patient with a labelled sagittal and a
   labelled coronal series, both runs predict class probabilities on their preprocessed grids; the fused labelmap
-  (:func:`OrthoDiffusionLib.segmentation.io.fuse_plane_segmentations`: probabilities resampled linearly and averaged over
+  (:func:`OrthoDiffusionLib.segmentation.io.fuse_plane_segmentations`: probabilities resampled linearly and averaged,
+  each run's vote for a structure weighted by its validation Dice as in ``predict``, over
   the planes that cover a voxel and segment the class) is compared with each plane alone, on each plane's own
   preprocessed grid against that plane's ground truth, inside the region that both series cover (outside it the
   fused map is the single covering plane's prediction, so only the overlap can differ). The example file is the
@@ -83,6 +87,53 @@ def comparison_tables(runs: Sequence[Tuple[str, Path, Mapping[str, Any]]], split
     return rows, "\n".join(md) + "\n"
 
 
+def paired_comparisons(runs: Sequence[Tuple[str, Path, Mapping[str, Any]]], split: str = "test",
+                       n_perm: int = 10000, seed: int = 0) -> Tuple[List[Dict[str, Any]], str]:
+    """(CSV rows, Markdown): per plane, the first run against each other run on their common cases, by per-case
+    mean Dice over the structures (see the module docstring)."""
+    from .metrics import paired_permutation_test
+
+    rows: List[Dict[str, Any]] = []
+    md: List[str] = [f"Split: {split}. Per-case mean Dice (%) over the structures; paired permutation test "
+                     f"({n_perm} draws, two-sided) of the difference of the means."]
+    for plane in labels.PLANES:
+        chosen = [(n, d, r) for n, d, r in runs if r["plane"] == plane]
+        if len(chosen) < 2:
+            continue
+        ref_name, ref = chosen[0][0], _case_mean_dice(chosen[0][1], chosen[0][2], split)
+        md += ["", f"### {plane.capitalize()}: {ref_name} against", "",
+               "| run | cases | mean Dice, first | mean Dice, this | difference | first better on | p |",
+               "|---|---|---|---|---|---|---|"]
+        for name, folder, run in chosen[1:]:
+            other = _case_mean_dice(folder, run, split)
+            cases = sorted(set(ref) & set(other))
+            if not cases:
+                raise InputError(f"no {split} case in common with {chosen[0][1]}", folder)
+            a = np.array([ref[c] for c in cases])[:, None]
+            b = np.array([other[c] for c in cases])[:, None]
+            test = paired_permutation_test(np.zeros_like(a), a, b, metric=lambda _y, p: float(np.mean(p)),
+                                           n_perm=n_perm, seed=seed)
+            row = {"plane": plane, "first": ref_name, "other": name, "cases": len(cases),
+                   "mean_dice_first": test["metric_a"], "mean_dice_other": test["metric_b"],
+                   "difference": test["difference"], "first_better": int((a > b).sum()), "p_value": test["p_value"]}
+            rows.append(row)
+            md.append(f"| {name} | {len(cases)} | {100 * row['mean_dice_first']:.1f} | "
+                      f"{100 * row['mean_dice_other']:.1f} | {100 * row['difference']:+.1f} | "
+                      f"{row['first_better']} of {len(cases)} | {row['p_value']:.4f} |")
+    return rows, "\n".join(md) + "\n"
+
+
+def _case_mean_dice(run_dir: Path, run: Mapping[str, Any], split: str) -> Dict[str, float]:
+    """{case_id: mean Dice over the structures present} from ``metrics_<split>.csv``."""
+    path = run_dir / f"metrics_{split}.csv"
+    if not path.is_file():
+        raise MissingPathError(f"the run has no {split} metrics", path)
+    with open(path, newline="", encoding="utf-8") as f:
+        scores = {row["case_id"]: [float(row[f"dice_{k}"]) for k in run["structures"] if row.get(f"dice_{k}")]
+                  for row in csv.DictReader(f)}
+    return {c: float(np.mean(v)) for c, v in scores.items() if v}
+
+
 # ------------------------------------------------------------------------------------------------------ fusion
 def _paired_cases(sag_run: Mapping[str, Any], cor_run: Mapping[str, Any], split: str):
     from ..segmentation.data import read_seg_cases, split_cases
@@ -141,7 +192,8 @@ def fusion_comparison(sag_dir: Path, cor_dir: Path, out_dir: Path, split: str = 
     import SimpleITK as sitk
     import torch
 
-    from OrthoDiffusionLib.segmentation.io import common_reference_grid, fuse_plane_segmentations, write_labelmap_nifti
+    from OrthoDiffusionLib.segmentation.io import (common_reference_grid, fuse_plane_segmentations, fusion_weights,
+                                                   write_labelmap_nifti)
 
     from ..segmentation.train import load_segmentation_run
 
@@ -153,6 +205,10 @@ def fusion_comparison(sag_dir: Path, cor_dir: Path, out_dir: Path, split: str = 
             raise InputError(f"expected a {plane} run, this one is {run['plane']}", folder)
         models[plane] = (model, run)
     pairs = _paired_cases(models["sagittal"][1], models["coronal"][1], split)
+    weights = fusion_weights({plane: {k: float(v["mean"]) for k, v in
+                                      (((run.get("metrics") or {}).get("val") or {}).get("dice") or {}).items()
+                                      if k != "mean"} for plane, (_, run) in models.items()},
+                             int(models["sagittal"][1]["num_classes"]))
     generator = torch.Generator().manual_seed(int(models["sagittal"][1]["config"]["eval"].get("seed", 1234)))
     scores: Dict[Tuple[str, str], List[Dict[str, Dict[str, float]]]] = {}
     for i, (sag_case, cor_case) in enumerate(pairs):
@@ -170,12 +226,12 @@ def fusion_comparison(sag_dir: Path, cor_dir: Path, out_dir: Path, split: str = 
             spacing = np.asarray(reference.GetSpacing())[::-1]
             for method, fused_maps in (("sagittal only", {"sagittal": maps["sagittal"]}),
                                        ("coronal only", {"coronal": maps["coronal"]}), ("fused", maps)):
-                labelmap = sitk.GetArrayFromImage(fuse_plane_segmentations(fused_maps, reference))
+                labelmap = sitk.GetArrayFromImage(fuse_plane_segmentations(fused_maps, reference, weights))
                 case_scores = evaluate_case(np.where(inside, labelmap, 0), truth, spacing, plane=grid_plane)
                 scores.setdefault((grid_plane, method), []).append(case_scores)
         if i == 0:
             grid = common_reference_grid([pred["sagittal"][0], pred["coronal"][0]], example_spacing_mm)
-            write_labelmap_nifti(fuse_plane_segmentations(maps, grid),
+            write_labelmap_nifti(fuse_plane_segmentations(maps, grid, weights),
                                  out_dir / f"fusion_example_{sag_case.patient_id}.nii.gz")
         if progress is not None:
             progress("fusion", (i + 1) / len(pairs))
@@ -217,7 +273,8 @@ def evaluate_segmentation(run_dirs: Sequence[PathLike], out: PathLike, *, names:
                           ) -> Dict[str, Any]:
     """Write the comparison tables (and the fusion comparison, see the module docstring) into ``out``.
 
-    Returns {"table": CSV rows, "fusion": CSV rows or None}. Nothing is written unless every run reads.
+    Returns {"table": CSV rows, "fusion": CSV rows or None, "paired": CSV rows (empty without two runs of a plane)}.
+    Nothing is written unless every run reads.
     """
     folders = [Path(d) for d in run_dirs]
     from ..segmentation.train import read_segmentation_run
@@ -232,6 +289,7 @@ def evaluate_segmentation(run_dirs: Sequence[PathLike], out: PathLike, *, names:
         if seen[n] > 1:
             labels_[i] = f"{n} [{folders[i].name}]"
     rows, md = comparison_tables(list(zip(labels_, folders, runs)), split)
+    paired_rows, paired_md = paired_comparisons(list(zip(labels_, folders, runs)), split)
     pair = _fusion_pair(folders, runs, fuse)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -243,7 +301,10 @@ def evaluate_segmentation(run_dirs: Sequence[PathLike], out: PathLike, *, names:
         _write_text(out_dir / "fusion.md", fusion_md)
     _write_csv(out_dir / "table.csv", rows)
     _write_text(out_dir / "table.md", md)
-    return {"table": rows, "fusion": fusion_rows}
+    if paired_rows:
+        _write_csv(out_dir / "paired.csv", paired_rows)
+        _write_text(out_dir / "paired.md", paired_md)
+    return {"table": rows, "fusion": fusion_rows, "paired": paired_rows}
 
 
 def _fusion_pair(folders: Sequence[Path], runs: Sequence[Mapping[str, Any]], fuse: Optional[Sequence[PathLike]]

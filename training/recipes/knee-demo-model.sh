@@ -12,7 +12,8 @@
 #    6,750 steps); the recipe uses it unless PRETRAIN_FROM_SCRATCH=1, which pretrains PRETRAIN_STEPS steps here.
 # 3. the pool as a labelled cohort (POOL_SPLITS train/val/test exams)
 # 4. segmentation per plane (config seg-cpu, skip head): the 11 structures first, then continued with the 12 context
-#    tissues of the simulator (--set context_tissues=true; fluid, collateral ligaments, oedema, ...)
+#    tissues of the simulator (--set context_tissues=true; fluid, collateral ligaments, oedema, ...), then (sagittal)
+#    with the input image joined at the full-resolution decoder stages
 # 5. the tissue-pooled diagnosis (train-tissue-diagnosis): per-label models on what those networks see in each plane
 # 6. export: one network per plane serves both tasks; float16 weights.
 # Every step can be interrupted and run again: the pool skips exams already written, pretraining resumes, the
@@ -57,26 +58,33 @@ else
 fi
 orthodiffusion simulate pool-cohort --pool "$WORK/pool" --out "$WORK/cohort" --splits "$POOL_SPLITS"
 
-# 4a. the 11 structures
-seg "$WORK/sag-a" --plane sagittal --backbone "$BACKBONE" --set epochs=6 --set eval.val_every=2
-seg "$WORK/sag-b" --plane sagittal --init-from "$WORK/sag-a" --set epochs=12 --set lr=0.0005 \
+# 4a. the 11 structures (these steps ran before the image path existed: head.image_stages=[] keeps it out)
+NO_IMAGE=(--set "head.image_stages=[]")
+seg "$WORK/sag-a" --plane sagittal --backbone "$BACKBONE" "${NO_IMAGE[@]}" --set epochs=6 --set eval.val_every=2
+seg "$WORK/sag-b" --plane sagittal --init-from "$WORK/sag-a" "${NO_IMAGE[@]}" --set epochs=12 --set lr=0.0005 \
     --set backbone_lr_scale=0.5 --set eval.val_every=3
-seg "$WORK/cor-a" --plane coronal --backbone "$BACKBONE" --set epochs=8 --set backbone_lr_scale=0.3 \
+seg "$WORK/cor-a" --plane coronal --backbone "$BACKBONE" "${NO_IMAGE[@]}" --set epochs=8 --set backbone_lr_scale=0.3 \
     --set eval.val_every=4
 # 4b. continued with the context tissues (a quarter of the cases with a randomised contrast)
 TISSUES=(--set context_tissues=true --set backbone_lr_scale=0.5 --set domain_randomisation.p=0.25)
-seg "$WORK/sag-c" --plane sagittal --init-from "$WORK/sag-b" "${TISSUES[@]}" --set epochs=8 --set lr=0.0005 \
-    --set eval.val_every=4
-seg "$WORK/sag-d" --plane sagittal --init-from "$WORK/sag-c" "${TISSUES[@]}" --set epochs=12 --set lr=0.0003 \
+seg "$WORK/sag-c" --plane sagittal --init-from "$WORK/sag-b" "${NO_IMAGE[@]}" "${TISSUES[@]}" --set epochs=8 \
+    --set lr=0.0005 --set eval.val_every=4
+seg "$WORK/sag-d" --plane sagittal --init-from "$WORK/sag-c" "${NO_IMAGE[@]}" "${TISSUES[@]}" --set epochs=12 \
+    --set lr=0.0003 --set eval.val_every=6
+seg "$WORK/sag-e" --plane sagittal --init-from "$WORK/sag-d" "${NO_IMAGE[@]}" "${TISSUES[@]}" --set epochs=10 \
+    --set lr=0.0002 --set eval.val_every=5
+seg "$WORK/cor-c" --plane coronal --init-from "$WORK/cor-a" "${NO_IMAGE[@]}" "${TISSUES[@]}" --set epochs=6 \
+    --set lr=0.0005 --set eval.val_every=3
+# 4c. the sagittal head grown with the image path (seg-cpu's head.image_stages: the input joins the two
+#     full-resolution decoder stages, starting from exactly sag-e's predictions)
+seg "$WORK/sag-f" --plane sagittal --init-from "$WORK/sag-e" "${TISSUES[@]}" --set epochs=12 --set lr=0.0003 \
     --set eval.val_every=6
-seg "$WORK/cor-c" --plane coronal --init-from "$WORK/cor-a" "${TISSUES[@]}" --set epochs=6 --set lr=0.0005 \
-    --set eval.val_every=3
 
 # 5. the diagnosis, on the networks as they are stored in the bundle (float16)
-for run in sag-d cor-c; do
+for run in sag-f cor-c; do
     [ -f "$WORK/$run-fp16/run.json" ] || orthodiffusion keep-segmentation-run --run "$WORK/$run" --out "$WORK/$run-fp16"
 done
-orthodiffusion train-tissue-diagnosis --manifest "$WORK/cohort/manifest.csv" --run "sagittal=$WORK/sag-d-fp16" \
+orthodiffusion train-tissue-diagnosis --manifest "$WORK/cohort/manifest.csv" --run "sagittal=$WORK/sag-f-fp16" \
     --run "coronal=$WORK/cor-c-fp16" --out "$WORK/diagnosis" --progress none --device cpu
 
 # 6. the bundle (the diagnosis brings the two segmentation runs it reads)

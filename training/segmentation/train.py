@@ -149,6 +149,9 @@ def head_config(name: str, backbone, block: str, cfg_head: Mapping[str, Any], nu
     }
     if "strides" in cfg_head:
         out["strides"] = [[int(v) for v in s] for s in cfg_head["strides"]]
+    if cfg_head.get("image_stages"):
+        out["image_stages"] = [int(v) for v in cfg_head["image_stages"]]
+        out["image_channels"] = int(cfg_head.get("image_channels", 16))
     missing = [t for t, _ in out["skip_taps"] if t not in out["tap_channels"]] if name == "skip" else []
     if missing:
         raise InputError(f"the skip head's taps {', '.join(missing)} do not exist in this backbone (it has "
@@ -353,18 +356,23 @@ def _init_run(run_dir: PathLike, plane: str) -> Dict[str, Any]:
 def _load_init_head(head: torch.nn.Module, hcfg: Mapping[str, Any], run: Mapping[str, Any],
                     run_dir: Path) -> str:
     """Load the ``--init-from`` run's head weights into ``head``; returns their sha256 (kept in the config so a
-    resumed run must start from the same weights). Raises InputError when the two heads differ."""
+    resumed run must start from the same weights). Raises InputError when the two heads differ other than by
+    more classes (context tissues) or by a new image path (``image_stages``)."""
     from OrthoDiffusionLib.model.checkpoints import check_state_dict
 
     changed = sorted(k for k in set(hcfg) | set(run["head"]) if json.dumps(hcfg.get(k)) != json.dumps(run["head"].get(k)))
     grows = changed == ["num_classes"] and int(hcfg["num_classes"]) > int(run["head"]["num_classes"])
-    if changed and not grows:
+    adds_image = bool(changed) and set(changed) <= {"image_stages", "image_channels"} and \
+        not run["head"].get("image_stages")
+    if changed and not grows and not adds_image:
         raise InputError("--init-from: its segmentation head differs from this configuration's in "
                          + ", ".join(changed), run_dir)
     path = run_dir / run["head_weights"]
     state = _load_weights(path)
     if grows:  # structures -> structures + context tissues: the new classes start as copies of background
         state = _grown_classifier(state, int(hcfg["num_classes"]))
+    if adds_image:  # the new image path starts as built: its zero-initialised fusion leaves the logits unchanged
+        state = {**{k: v for k, v in head.state_dict().items() if k.startswith("image_")}, **state}
     check_state_dict(head, state, path)
     head.load_state_dict(state)
     return _sha256(path)
@@ -387,12 +395,15 @@ def train_segmentation(manifest: PathLike, plane: str, backbone: PathLike, out: 
                        progress: Optional[ProgressFn] = None, cancel: Optional[threading.Event] = None,
                        stop_after_epoch: Optional[int] = None, show_progress: bool = False,
                        command: Optional[str] = None, cache_dir: Optional[PathLike] = None,
-                       init_from: Optional[PathLike] = None) -> Optional[Dict[str, Any]]:
+                       init_from: Optional[PathLike] = None, random_init: bool = False
+                       ) -> Optional[Dict[str, Any]]:
     """Fine-tune ``backbone`` with a segmentation head on ``plane``; returns the run.json record (None when stopped
     early by ``stop_after_epoch``). See the module docstring for the run folder.
 
     ``init_from``: a finished ``train-segmentation`` run whose backbone and head start this run (a new schedule on
-    top of a trained model); ``backbone`` is then ignored and may be None. Its head must match this config's."""
+    top of a trained model); ``backbone`` is then ignored and may be None. Its head must match this config's.
+    ``random_init``: train ``backbone``'s architecture from random weights (seeded by the config's ``seed``), the
+    no-pretraining ablation; recorded as ``config.backbone_init = "random"``."""
     from OrthoDiffusionLib.model.checkpoints import load_backbone, save_backbone
 
     from .model import DiffusionSegmenter
@@ -409,6 +420,12 @@ def train_segmentation(manifest: PathLike, plane: str, backbone: PathLike, out: 
     init_run = _init_run(init_from, plane) if init_from is not None else None
     backbone_path = Path(init_from) / init_run["backbone"] if init_run else Path(backbone)
     net, _ = load_backbone(backbone_path, device="cpu")
+    if random_init:
+        if init_run:
+            raise ValueError("random_init takes the architecture of backbone; it cannot be used with init_from")
+        torch.manual_seed(int(cfg.get("seed", 0)))
+        net = type(net)(**net.config())
+        cfg["backbone_init"] = "random"
     sel = cfg["planes"][plane]
     cfg["backbone_sha256"] = _sha256(backbone_path)
     job = _Job(manifest, plane, out, cfg, cache_dir)
@@ -467,7 +484,7 @@ def train_seg_baseline(manifest: PathLike, plane: str, model_name: str, out: Pat
     pre = cfg["preprocessing"]
     spec = dict(cfg["baseline"].get(name, {}))
     torch.manual_seed(int(cfg.get("seed", 0)))
-    net = build_seg_baseline(name, num_classes=num_seg_classes(), img_size=(pre["slices"], pre["size"], pre["size"]),
+    net = build_seg_baseline(name, num_classes=num_seg_classes(bool(cfg.get("context_tissues", False))), img_size=(pre["slices"], pre["size"], pre["size"]),
                              **spec)
     model = BaselineSegmenter(net).to(dev)
     settings = _settings(cfg, plane, section="baseline")
