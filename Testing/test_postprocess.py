@@ -69,3 +69,79 @@ def test_bones_are_one_piece_on_the_series_grid_too():
     assert np.array_equal(arr[label != 2], label[label != 2])
     assert out.GetSpacing() == img.GetSpacing() and out.GetOrigin() == img.GetOrigin()
     assert keep_largest_bone_pieces(out) is out
+
+
+def _knee_with_compartments(lateral_label_on_both_sides: bool = True):
+    """(label, values): cruciates in the middle columns (W 10-11), tibial cartilage and a meniscus on both sides
+    (W 2-7 and 14-19), all called lateral when ``lateral_label_on_both_sides``."""
+    label = np.zeros((6, 12, 22), np.uint8)
+    label[1:5, 2:6, 10:12] = 10                    # ACL
+    label[1:5, 6:9, 10:12] = 11                    # PCL
+    cart = 6 if lateral_label_on_both_sides else 5
+    label[1:5, 9:11, 2:8] = cart                   # tibial cartilage, low W side
+    label[1:5, 9:11, 14:20] = 6                    # tibial cartilage, high W side
+    label[1:5, 7:9, 2:8] = 9                       # lateral meniscus label on the low W side
+    label[1:5, 7:9, 14:20] = 9                     # and on the high W side
+    return label, list(range(12))
+
+
+def _side_markers(shape, w: slice) -> dict:
+    fibula = np.zeros(shape, bool)
+    fibula[1:5, 10:12, w] = True
+    return {"fibula": fibula}
+
+
+def test_tibial_cartilage_and_menisci_take_the_name_of_their_side_of_the_notch():
+    """The fibula's side is lateral: what lies across the cruciates from it is medial, for either knee."""
+    from OrthoDiffusionLib.segmentation.postprocess import assign_compartment_sides
+
+    label, values = _knee_with_compartments()
+    probs = _probabilities(label, values)
+    lr = np.broadcast_to(np.arange(22, dtype=np.float32), label.shape)
+    for fibula_cols, lateral_cols, medial_cols in ((slice(18, 21), slice(14, 20), slice(2, 8)),
+                                                   (slice(0, 3), slice(2, 8), slice(14, 20))):
+        out = assign_compartment_sides(probs, values, lr, _side_markers(label.shape, fibula_cols))
+        winner = out.argmax(0)
+        assert (winner[1:5, 9:11, lateral_cols] == 6).all() and (winner[1:5, 9:11, medial_cols] == 5).all()
+        assert (winner[1:5, 7:9, lateral_cols] == 9).all() and (winner[1:5, 7:9, medial_cols] == 8).all()
+        np.testing.assert_allclose(out.sum(0), probs.sum(0), atol=1e-6)
+        assert np.array_equal(winner[label == 10], label[label == 10])  # cruciates untouched
+
+
+def test_without_side_markers_the_networks_own_majority_names_the_sides():
+    from OrthoDiffusionLib.segmentation.postprocess import assign_compartment_sides
+
+    label, values = _knee_with_compartments(lateral_label_on_both_sides=False)
+    label[1:3, 9:11, 2:8] = 6                      # part of the medial cartilage called lateral
+    probs = _probabilities(label, values)
+    lr = np.broadcast_to(np.arange(22, dtype=np.float32), label.shape)
+    winner = assign_compartment_sides(probs, values, lr, {}).argmax(0)
+    assert (winner[1:5, 9:11, 2:8] == 5).all() and (winner[1:5, 9:11, 14:20] == 6).all()
+    assert (winner[1:5, 7:9, 2:8] == 8).all() and (winner[1:5, 7:9, 14:20] == 9).all()
+
+
+def test_compartment_sides_are_left_alone_without_cruciates():
+    from OrthoDiffusionLib.segmentation.postprocess import assign_compartment_sides
+
+    label, values = _knee_with_compartments()
+    label[np.isin(label, (10, 11))] = 0
+    probs = _probabilities(label, values)
+    lr = np.broadcast_to(np.arange(22, dtype=np.float32), label.shape)
+    assert np.array_equal(assign_compartment_sides(probs, values, lr, _side_markers(label.shape, slice(18, 21))),
+                          probs)
+
+
+def test_left_right_coordinates_follow_the_image_geometry():
+    """left_right_mm gives each voxel's LPS x, whatever the slice orientation (here a sagittal grid: slices along x)."""
+    import SimpleITK as sitk
+
+    from OrthoDiffusionLib.segmentation.postprocess import left_right_mm
+
+    img = sitk.Image([5, 4, 3], sitk.sitkUInt8)
+    img.SetSpacing((0.5, 0.7, 4.0))
+    img.SetOrigin((-30.0, 12.0, 7.0))
+    img.SetDirection((0, 0, -1, 1, 0, 0, 0, -1, 0))  # columns: array W -> y, H -> -z, D (slices) -> -x
+    lr = left_right_mm(img)
+    assert lr.shape == (3, 4, 5)
+    for k, j, i in ((0, 0, 0), (2, 3, 4), (1, 2, 3)):
+        assert lr[k, j, i] == np.float32(img.TransformIndexToPhysicalPoint((i, j, k))[0])

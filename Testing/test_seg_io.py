@@ -202,12 +202,24 @@ def test_fusion_weighs_each_plane_by_its_validation_dice():
     assert w["sagittal"][0] == w["coronal"][0] == 1.0 and w["sagittal"][femur] == w["coronal"][femur] == 1.0
     assert w["sagittal"][acl] == 1.0 and w["coronal"][acl] == pytest.approx(np.exp(-0.10 / FUSION_DICE_TEMPERATURE))
     assert fusion_weights({"sagittal": {"acl": 0.8}, "coronal": {}}, 12)["coronal"][acl] == 1.0
+
     probs, other = _probabilities((6, 8, 10), 6), _probabilities((6, 8, 10), 7)
     ref = sitk.Image(10, 8, 6, sitk.sitkUInt8)
     fused = fuse_plane_probabilities({"sagittal": _vector_image(probs), "coronal": _vector_image(other)}, ref, w)
     wc = w["coronal"][acl]
     assert np.allclose(fused[acl], (probs[acl] + wc * other[acl]) / (1 + wc), atol=1e-5)
     assert np.allclose(fused[femur], (probs[femur] + other[femur]) / 2, atol=1e-5)
+
+
+def test_validation_dice_leaves_out_structures_without_a_figure():
+    """A tiny validation split can lack a structure: run.json then records no mean for it (None or NaN), and the
+    fusion must treat it as 'no figure', not fail."""
+    from OrthoDiffusionLib.segmentation.io import validation_dice
+
+    run = {"metrics": {"val": {"dice": {"mean": 0.7, "femur": {"mean": 0.9, "std": 0.01}, "acl": {"mean": None},
+                                        "pcl": {"mean": float("nan")}}}}}
+    assert validation_dice(run) == {"femur": 0.9}
+    assert validation_dice({}) == {} and validation_dice({"metrics": {"val": None}}) == {}
 
 
 def test_common_reference_grid_covers_all_images():

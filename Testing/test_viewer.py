@@ -301,6 +301,11 @@ def test_diagnosis_rows_show_uncertainty_only_with_several_noise_draws(tmp_path,
         assert len(rows) == 8 and rows[2]["text"] == text and rows[2]["percent"] == pytest.approx(95.4)
         assert rows[2]["name"] == written["labels"][2]["name"]
         assert rows[2]["color"] != rows[0]["color"]  # >= 50% is drawn in the alarm colour
+    # a measured spread too small for one decimal reads "< 0.1%" (as in the terminal and the report), never "0.0%"
+    written["noise_draws"], written["labels"][2]["uncertainty"] = 4, 0.0002
+    (tmp_path / "res" / "diagnosis.json").write_text(json.dumps(written), encoding="utf-8")
+    assert diagnosis_rows(open_result_folder(tmp_path / "res"))[2]["text"] == "95% ± < 0.1%"
+    written["noise_draws"] = 1
     # the headline is the calibrated probability (as in report.html); the raw model output is shown beside it
     written["labels"][2]["probability"] = 0.40
     (tmp_path / "res" / "diagnosis.json").write_text(json.dumps(written), encoding="utf-8")

@@ -26,7 +26,7 @@ from ..model.backbone import INPUT_TAP, DiffusionUNet
 from ..io import Exam
 from ..inference.predictor import Predictor, noise_seed
 from ..inference.preprocess import preprocess_series
-from ..segmentation.postprocess import clean_knee_probabilities, keep_largest_bone_pieces
+from ..segmentation.postprocess import keep_largest_bone_pieces, postprocess_knee
 
 __all__ = ["reference_predict", "tap_module"]
 
@@ -94,7 +94,7 @@ def reference_predict(predictor: Predictor, full_backbones: Dict[str, DiffusionU
             out["segmentation_probabilities"][plane] = probs.numpy()
             probs = probs.numpy()
             if predictor.anatomy == "knee":
-                probs = clean_knee_probabilities(probs, s["class_values"])
+                probs = postprocess_knee(probs, s["class_values"], prep.reference, s.get("context_tissues") or ())
             out["segmentations"][plane] = prep.labels_on_original(probs, s["class_values"])
             if predictor.anatomy == "knee":
                 out["segmentations"][plane] = keep_largest_bone_pieces(out["segmentations"][plane])

@@ -652,13 +652,13 @@ class Predictor:
                                 draws: int, fuse: bool, report: "_BatchProgress"
                                 ) -> Tuple[List[Dict[str, sitk.Image]], List[Optional[sitk.Image]], List[str]]:
         """(per exam ``{plane: labelmap}`` on the original series, per exam fused labelmap or None, fused planes):
-        each plane's mean probabilities over the draws (for a knee model with each bone kept to its largest piece and
-        no cartilage off its bone, :func:`~OrthoDiffusionLib.segmentation.postprocess.clean_knee_probabilities`),
-        resampled linearly per
+        each plane's mean probabilities over the draws (for a knee model with each bone kept to its largest piece,
+        no cartilage off its bone and the tibial cartilage and menisci named by their side of the notch,
+        :func:`~OrthoDiffusionLib.segmentation.postprocess.postprocess_knee`), resampled linearly per
         label-table value onto its series and the most probable kept
         (:meth:`~.preprocess.PreprocessedSeries.labels_on_original`), bones kept to one piece once more on that grid;
         with ``fuse`` and two or more planes, the fused labelmap of those probabilities."""
-        from ..segmentation.postprocess import clean_knee_probabilities
+        from ..segmentation.postprocess import postprocess_knee
 
         segs: List[Dict[str, sitk.Image]] = [{} for _ in range(n)]
         mean: Dict[str, List[torch.Tensor]] = {}
@@ -670,7 +670,8 @@ class Predictor:
                 report("resample", (j * n + i) / (len(seg_planes) * n), f"{plane}: resampling segmentation")
                 probs = (seg_sum[plane][i] / draws).numpy()
                 if self.anatomy == "knee":
-                    probs = clean_knee_probabilities(probs, values)
+                    probs = postprocess_knee(probs, values, series_prep[i].reference,
+                                             self.seg_meta[plane].get("context_tissues") or ())
                 mean[plane].append(torch.from_numpy(probs))
                 segs[i][plane] = self._bones_in_one_piece(series_prep[i].labels_on_original(probs, values))
         fused: List[Optional[sitk.Image]] = [None] * n
@@ -788,7 +789,7 @@ class Predictor:
             of that structure (:func:`~OrthoDiffusionLib.segmentation.io.fusion_weights`; equal for a bundle that
             records none).
         """
-        from ..segmentation.io import fuse_plane_segmentations, fusion_weights
+        from ..segmentation.io import fuse_plane_segmentations, fusion_weights, validation_dice
         from ..segmentation.postprocess import probabilities_by_value
 
         n_values = 1 + max(max(int(v) for v in self.seg_meta[p]["class_values"]) for p in probs)
@@ -799,9 +800,7 @@ class Predictor:
             for v, arr in summed.items():  # classes sharing a value (context tissues: background) are summed
                 by_value[v] = prep[plane].as_image(arr)
             maps[plane] = by_value
-        dice = {plane: {k: float(v["mean"]) for k, v in
-                        (((self.seg_meta[plane].get("metrics") or {}).get("val") or {}).get("dice") or {}).items()
-                        if k != "mean"} for plane in probs}
+        dice = {plane: validation_dice(self.seg_meta[plane]) for plane in probs}
         return fuse_plane_segmentations(maps, prep[next(iter(probs))].original, fusion_weights(dice, n_values))
 
     def _weights_in_plane_order(self, weights: Optional[torch.Tensor], diag_planes: Sequence[str], n: int,

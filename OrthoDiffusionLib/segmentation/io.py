@@ -204,6 +204,15 @@ def _plane_classes(plane: str, num_classes: int) -> np.ndarray:
 FUSION_DICE_TEMPERATURE = 0.05
 
 
+def validation_dice(run_or_meta: Mapping) -> Dict[str, float]:
+    """``{structure key: mean validation Dice}`` recorded in a segmentation run's run.json or a bundle's
+    segmentation metadata (``metrics.val.dice``); structures without a figure (absent from every validation case)
+    are left out."""
+    dice = ((run_or_meta.get("metrics") or {}).get("val") or {}).get("dice") or {}
+    return {k: float(v["mean"]) for k, v in dice.items()
+            if k != "mean" and isinstance(v, Mapping) and v.get("mean") is not None and np.isfinite(v["mean"])}
+
+
 def fusion_weights(validation_dice: Mapping[str, Mapping[str, float]], num_classes: int
                    ) -> Dict[str, List[float]]:
     """Per plane, the weight of its vote for each label value (0..num_classes-1) in a fused segmentation: for a

@@ -10,24 +10,40 @@ nnU-Net style post-processing, limited to what holds in every knee: menisci and 
 cartilage piece is kept whole as soon as any of its voxels touches the bone, and cartilage is left alone where its bone
 was not found at all.
 
+The medial and lateral compartments lie on either side of the intercondylar notch, where the cruciate ligaments run,
+and the lateral one is the side of the fibula and the lateral collateral ligament. In a sagittal image the two tibial
+plateaus and the two menisci differ only in shape, so a network can call part of one compartment by the other's name.
+:func:`assign_compartment_sides` gives every voxel of tibial cartilage or meniscus the name of the side of the notch it
+lies on (physical left-right coordinates, so the rule holds for left and right knees and any slice orientation).
+
 Resampling onto a series finer than the network grid can still split a bone where two pieces met only at a corner of
 a coarse voxel, so :func:`keep_largest_bone_pieces` applies the one-piece rule once more to the labelmap on the
 series' own grid.
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
 from .. import labels as label_tables
 
-__all__ = ["clean_knee_probabilities", "keep_largest_bone_pieces", "probabilities_by_value", "CARTILAGE_BONE"]
+__all__ = ["clean_knee_probabilities", "assign_compartment_sides", "left_right_mm", "postprocess_knee",
+           "keep_largest_bone_pieces", "probabilities_by_value", "CARTILAGE_BONE", "COMPARTMENT_PAIRS",
+           "SIDE_MARKERS"]
 
 #: The bone each articular cartilage covers.
 CARTILAGE_BONE = {"femoral_cartilage": "femur", "medial_tibial_cartilage": "tibia",
                   "lateral_tibial_cartilage": "tibia", "patellar_cartilage": "patella"}
+
+
+#: The structures that come as a medial and a lateral one: (medial, lateral).
+COMPARTMENT_PAIRS = (("medial_tibial_cartilage", "lateral_tibial_cartilage"), ("medial_meniscus", "lateral_meniscus"))
+#: Context tissues that mark a side of the knee: +1 lateral (fibula, lateral collateral ligament), -1 medial.
+SIDE_MARKERS = {"fibula": 1, "lcl": 1, "mcl": -1}
+#: The structures that run through the intercondylar notch, between the two compartments.
+NOTCH_STRUCTURES = ("acl", "pcl")
 
 
 def _outside_largest_piece(mask: np.ndarray) -> np.ndarray:
@@ -50,9 +66,15 @@ def _pieces_not_touching(mask: np.ndarray, other: np.ndarray) -> np.ndarray:
 def _to_background(probs: np.ndarray, values: Sequence[int], value: int, where: np.ndarray) -> None:
     """Move the probability of the classes of label ``value`` to background (the first class of value 0) at
     ``where``, in place."""
-    background = list(values).index(0)
+    _move(probs, values, value, 0, where)
+
+
+def _move(probs: np.ndarray, values: Sequence[int], value: int, to: int, where: np.ndarray) -> None:
+    """Move the probability of the classes of label ``value`` to the first class of label ``to`` at ``where``,
+    in place."""
+    target = list(values).index(to)
     for c in (c for c, v in enumerate(values) if v == value):
-        probs[background][where] += probs[c][where]
+        probs[target][where] += probs[c][where]
         probs[c][where] = 0.0
 
 
@@ -88,6 +110,78 @@ def clean_knee_probabilities(probabilities: np.ndarray, values: Sequence[int]) -
         if c in values and b in values and (winner == c).any() and (winner == b).any():  # no bone: nothing to lie on
             _to_background(out, values, c, _pieces_not_touching(winner == c, winner == b))
     return out
+
+
+def left_right_mm(reference: sitk.Image) -> np.ndarray:
+    """(D, H, W) float32: the patient left-right coordinate (mm, LPS x: increasing towards the patient's left) of
+    each voxel of ``reference``'s grid (array axes D, H, W are the image's z, y, x)."""
+    d = np.asarray(reference.GetDirection(), dtype=np.float64).reshape(3, 3)
+    (sx, sy, sz), (nx, ny, nz) = reference.GetSpacing(), reference.GetSize()
+    x = (reference.GetOrigin()[0] + d[0, 0] * sx * np.arange(nx)[None, None, :]
+         + d[0, 1] * sy * np.arange(ny)[None, :, None] + d[0, 2] * sz * np.arange(nz)[:, None, None])
+    return np.broadcast_to(x, (nz, ny, nx)).astype(np.float32)
+
+
+def _lateral_direction(winner: np.ndarray, side: np.ndarray, markers: Mapping[str, np.ndarray],
+                       pairs: Sequence[tuple]) -> int:
+    """+1 when the lateral compartment lies where ``side`` > 0, -1 where < 0, 0 when nothing tells.
+
+    The side markers decide (each voxel of the fibula or LCL votes for its side, of the MCL against); without any,
+    the network's own names do (each voxel called lateral votes for its side, called medial against)."""
+    votes = sum(SIDE_MARKERS[name] * float(side[mask].sum()) for name, mask in markers.items())
+    if votes == 0:
+        votes = sum(float(side[winner == lat].sum() - side[winner == med].sum()) for med, lat in pairs)
+    return int(np.sign(votes))
+
+
+def assign_compartment_sides(probabilities: np.ndarray, values: Sequence[int], left_right: np.ndarray,
+                             markers: Optional[Mapping[str, np.ndarray]] = None) -> np.ndarray:
+    """Class probabilities (C, D, H, W) with the tibial cartilage and the menisci named by the side of the
+    intercondylar notch they lie on (module docstring).
+
+    The notch is the median left-right coordinate of the voxels whose most probable label is a cruciate ligament;
+    the lateral side is found by :func:`_lateral_direction`. On the lateral side every medial structure's probability
+    moves to its lateral partner, on the medial side the other way round, so the probabilities still sum to 1 and the
+    two together keep their extent. Returns a new array; the same values when the volume has no cruciate voxel, no
+    compartment pair, or nothing that tells the sides apart.
+
+    Args:
+        probabilities: (C, D, H, W) class probabilities; ``values`` gives each class's label-table value.
+        left_right: (D, H, W) patient left-right coordinate of each voxel in mm (:func:`left_right_mm`).
+        markers: ``{name in SIDE_MARKERS: (D, H, W) bool}`` voxels of those context tissues (may be empty).
+    """
+    values = [int(v) for v in values]
+    table = label_tables.structure_by_key()
+    pairs = [(table[m].value, table[l].value) for m, l in COMPARTMENT_PAIRS
+             if table[m].value in values and table[l].value in values]
+    out = np.array(probabilities, dtype=np.float32, copy=True)
+    winner = _winners(out, values)
+    notch = np.isin(winner, [table[k].value for k in NOTCH_STRUCTURES])
+    if not pairs or not notch.any():
+        return out
+    side = np.sign(left_right - np.median(left_right[notch]))
+    lateral = _lateral_direction(winner, side, {k: v for k, v in (markers or {}).items() if k in SIDE_MARKERS},
+                                 pairs)
+    if lateral == 0:
+        return out
+    on_lateral_side = side == lateral
+    for med, lat in pairs:
+        _move(out, values, med, lat, on_lateral_side)
+        _move(out, values, lat, med, ~on_lateral_side)
+    return out
+
+
+def postprocess_knee(probabilities: np.ndarray, values: Sequence[int], reference: sitk.Image,
+                     context_tissues: Sequence[str] = ()) -> np.ndarray:
+    """The knee post-processing of one network's class probabilities (C, D, H, W) on its grid ``reference``:
+    :func:`clean_knee_probabilities`, then :func:`assign_compartment_sides` with the side markers among the
+    ``context_tissues`` (the last ``len(context_tissues)`` classes, in that order) where they are the most probable
+    class."""
+    out = clean_knee_probabilities(probabilities, values)
+    first_context = len(values) - len(context_tissues)
+    argmax = out.argmax(0) if context_tissues else None
+    markers = {name: argmax == first_context + k for k, name in enumerate(context_tissues) if name in SIDE_MARKERS}
+    return assign_compartment_sides(out, values, left_right_mm(reference), markers)
 
 
 def keep_largest_bone_pieces(labelmap: sitk.Image) -> sitk.Image:

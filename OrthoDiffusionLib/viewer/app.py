@@ -22,7 +22,7 @@ from ..errors import InputError, OrthoDiffusionError
 from ..atomic import atomic_path
 from ..inference.demo import DEFAULT_ABNORMALITY
 from ..inference.result_folder import is_result_folder
-from ..model.uncertainty import DEFAULT_NOISE_DRAWS
+from ..model.uncertainty import DEFAULT_NOISE_DRAWS, spread_percent
 from ..io import PLANES, Exam, load_study
 from ..bundle.registry import model_anatomy, orthodiffusion_home
 from .background import BackgroundTask, TaskOutcome
@@ -76,7 +76,7 @@ def diagnosis_rows(result: ResultFolder) -> List[Dict[str, Any]]:
         p = raw if cal is None else float(cal)
         u = entry.get("uncertainty")
         # with one noise draw there is no spread to report (the uncertainty field is 0 by definition)
-        spread = f" ± {100.0 * float(u):.1f}%" if u is not None and draws != 1 else ""
+        spread = f" ± {spread_percent(float(u), 1)}" if u is not None and draws != 1 else ""
         rows.append({
             "key": str(entry.get("key") or i), "name": str(entry["name"]), "percent": round(100.0 * p, 1),
             "text": _percent(p) + spread,

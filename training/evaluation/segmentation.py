@@ -193,7 +193,7 @@ def fusion_comparison(sag_dir: Path, cor_dir: Path, out_dir: Path, split: str = 
     import torch
 
     from OrthoDiffusionLib.segmentation.io import (common_reference_grid, fuse_plane_segmentations, fusion_weights,
-                                                   write_labelmap_nifti)
+                                                   validation_dice, write_labelmap_nifti)
 
     from ..segmentation.train import load_segmentation_run
 
@@ -205,9 +205,7 @@ def fusion_comparison(sag_dir: Path, cor_dir: Path, out_dir: Path, split: str = 
             raise InputError(f"expected a {plane} run, this one is {run['plane']}", folder)
         models[plane] = (model, run)
     pairs = _paired_cases(models["sagittal"][1], models["coronal"][1], split)
-    weights = fusion_weights({plane: {k: float(v["mean"]) for k, v in
-                                      (((run.get("metrics") or {}).get("val") or {}).get("dice") or {}).items()
-                                      if k != "mean"} for plane, (_, run) in models.items()},
+    weights = fusion_weights({plane: validation_dice(run) for plane, (_, run) in models.items()},
                              int(models["sagittal"][1]["num_classes"]))
     generator = torch.Generator().manual_seed(int(models["sagittal"][1]["config"]["eval"].get("seed", 1234)))
     scores: Dict[Tuple[str, str], List[Dict[str, Dict[str, float]]]] = {}

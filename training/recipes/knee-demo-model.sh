@@ -13,7 +13,7 @@
 # 3. the pool as a labelled cohort (POOL_SPLITS train/val/test exams)
 # 4. segmentation per plane (config seg-cpu, skip head): the 11 structures first, then continued with the 12 context
 #    tissues of the simulator (--set context_tissues=true; fluid, collateral ligaments, oedema, ...), then (sagittal)
-#    with the input image joined at the full-resolution decoder stages
+#    with the input image joined at the full-resolution decoder stages, and two more rounds of that
 # 5. the tissue-pooled diagnosis (train-tissue-diagnosis): per-label models on what those networks see in each plane
 # 6. export: one network per plane serves both tasks; float16 weights.
 # Every step can be interrupted and run again: the pool skips exams already written, pretraining resumes, the
@@ -79,12 +79,17 @@ seg "$WORK/cor-c" --plane coronal --init-from "$WORK/cor-a" "${NO_IMAGE[@]}" "${
 #     full-resolution decoder stages, starting from exactly sag-e's predictions)
 seg "$WORK/sag-f" --plane sagittal --init-from "$WORK/sag-e" "${TISSUES[@]}" --set epochs=12 --set lr=0.0003 \
     --set eval.val_every=6
+# 4d. two more rounds of 16 epochs with the image path (each a fresh cosine schedule from lr 3e-4)
+seg "$WORK/sag-g" --plane sagittal --init-from "$WORK/sag-f" "${TISSUES[@]}" --set epochs=16 --set lr=0.0003 \
+    --set eval.val_every=8
+seg "$WORK/sag-h" --plane sagittal --init-from "$WORK/sag-g" "${TISSUES[@]}" --set epochs=16 --set lr=0.0003 \
+    --set eval.val_every=8
 
 # 5. the diagnosis, on the networks as they are stored in the bundle (float16)
-for run in sag-f cor-c; do
+for run in sag-h cor-c; do
     [ -f "$WORK/$run-fp16/run.json" ] || orthodiffusion keep-segmentation-run --run "$WORK/$run" --out "$WORK/$run-fp16"
 done
-orthodiffusion train-tissue-diagnosis --manifest "$WORK/cohort/manifest.csv" --run "sagittal=$WORK/sag-f-fp16" \
+orthodiffusion train-tissue-diagnosis --manifest "$WORK/cohort/manifest.csv" --run "sagittal=$WORK/sag-h-fp16" \
     --run "coronal=$WORK/cor-c-fp16" --out "$WORK/diagnosis" --progress none --device cpu
 
 # 6. the bundle (the diagnosis brings the two segmentation runs it reads)
