@@ -26,7 +26,7 @@ from ..model.backbone import INPUT_TAP, DiffusionUNet
 from ..io import Exam
 from ..inference.predictor import Predictor, noise_seed
 from ..inference.preprocess import preprocess_series
-from ..segmentation.postprocess import keep_largest_bone_pieces, postprocess_knee
+from ..segmentation.postprocess import postprocess_knee
 
 __all__ = ["reference_predict", "tap_module"]
 
@@ -95,9 +95,8 @@ def reference_predict(predictor: Predictor, full_backbones: Dict[str, DiffusionU
             probs = probs.numpy()
             if predictor.anatomy == "knee":
                 probs = postprocess_knee(probs, s["class_values"], prep.reference, s.get("context_tissues") or ())
-            out["segmentations"][plane] = prep.labels_on_original(probs, s["class_values"])
-            if predictor.anatomy == "knee":
-                out["segmentations"][plane] = keep_largest_bone_pieces(out["segmentations"][plane])
+            labelmap = prep.labels_on_original(probs, s["class_values"])
+            out["segmentations"][plane] = predictor._bones_in_one_piece(labelmap)
     if measures:
         for plane, img in out["segmentations"].items():
             out["measures"] += predictor.plane_measures(plane, img)

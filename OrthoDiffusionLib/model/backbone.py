@@ -215,11 +215,11 @@ class EmbedSequential(nn.Sequential):
 
 
 
-#: The CPU-scale member of the family (docs/cpu-scale-model.md): in-plane space-to-depth x4, width 16, channel
-#: multipliers 1,2,4,8, attention at the bottleneck, GroupNorm(8); 16 x 128 x 128 volumes on the model grid.
 #: Pseudo-tap name for the network input ``x_t`` itself in :meth:`DiffusionUNet.encode` (not in ``tap_names()``).
 INPUT_TAP = "input"
 
+#: The CPU-scale member of the family (docs/cpu-scale-model.md): in-plane space-to-depth x4, width 16, channel
+#: multipliers 1,2,4,8, attention at the bottleneck, GroupNorm(8); 16 x 128 x 128 volumes on the model grid.
 CPU_SCALE_CONFIG: Dict[str, object] = {"patch_size": 4, "model_channels": 16, "channel_mult": (1, 2, 4, 8),
                                        "attention_resolutions": (8,), "norm_groups": 8}
 

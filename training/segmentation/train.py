@@ -484,8 +484,8 @@ def train_seg_baseline(manifest: PathLike, plane: str, model_name: str, out: Pat
     pre = cfg["preprocessing"]
     spec = dict(cfg["baseline"].get(name, {}))
     torch.manual_seed(int(cfg.get("seed", 0)))
-    net = build_seg_baseline(name, num_classes=num_seg_classes(bool(cfg.get("context_tissues", False))), img_size=(pre["slices"], pre["size"], pre["size"]),
-                             **spec)
+    net = build_seg_baseline(name, num_classes=num_seg_classes(bool(cfg.get("context_tissues", False))),
+                             img_size=(pre["slices"], pre["size"], pre["size"]), **spec)
     model = BaselineSegmenter(net).to(dev)
     settings = _settings(cfg, plane, section="baseline")
     state = job.fit(model, settings, dev, resume, stop_after_epoch, progress, cancel, show_progress,
