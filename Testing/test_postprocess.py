@@ -71,6 +71,41 @@ def test_bones_are_one_piece_on_the_series_grid_too():
     assert keep_largest_bone_pieces(out) is out
 
 
+def test_a_bone_part_joined_by_a_sub_millimetre_bridge_is_dropped():
+    """On a 0.3 mm grid a femur part joined to the rest only by a bridge one voxel thick is one piece on the fine grid
+    but not at the 1 mm scale where bone topology is judged: keep_largest_bone_pieces drops that part (the bridge's
+    start stays with the bone it touches), and the anatomical check then finds the femur in one piece. A neck 2 mm thick is
+    bone and stays."""
+    import SimpleITK as sitk
+
+    from OrthoDiffusionLib.segmentation.plausibility import knee_plausibility
+    from OrthoDiffusionLib.segmentation.postprocess import keep_largest_bone_pieces
+
+    def femur(neck: int) -> sitk.Image:
+        label = np.zeros((40, 40, 50), np.uint8)
+        label[0:30, 0:30, 0:30] = 1                # the femur (z, y, x)
+        label[0:20, 0:20, 35:47] = 1               # a part beside it (15 % of the bone)
+        if neck == 1:
+            label[3, 3, 30:35] = 1                 # joined by a line one voxel thick, between the 1 mm samples
+        else:
+            label[0:neck, 0:neck, 30:35] = 1       # joined by a neck neck x neck voxels
+        img = sitk.GetImageFromArray(label)
+        img.SetSpacing((0.3, 0.3, 0.3))
+        return img
+
+    thin = femur(neck=1)
+    assert not _one_piece(knee_plausibility(thin, segmented=["femur"]))
+    out = sitk.GetArrayFromImage(keep_largest_bone_pieces(thin))
+    assert (out[0:20, 0:20, 35:47] == 0).all() and (out[0:30, 0:30, 0:30] == 1).all() and out[3, 3, 30] == 1
+    assert _one_piece(knee_plausibility(keep_largest_bone_pieces(thin), segmented=["femur"]))
+    thick = femur(neck=7)
+    assert keep_largest_bone_pieces(thick) is thick
+
+
+def _one_piece(checks) -> bool:
+    return next(c for c in checks if c.name == "one piece").passed
+
+
 def _knee_with_compartments(lateral_label_on_both_sides: bool = True):
     """(label, values): cruciates in the middle columns (W 10-11), tibial cartilage and a meniscus on both sides
     (W 2-7 and 14-19), all called lateral when ``lateral_label_on_both_sides``."""

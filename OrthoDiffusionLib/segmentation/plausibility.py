@@ -97,7 +97,7 @@ def _near_femur_share(labelmap: sitk.Image, femur: np.ndarray, cartilage: np.nda
     return float((distance[cartilage] <= tolerance).mean()), tolerance
 
 
-def _coarse(labelmap: sitk.Image) -> sitk.Image:
+def topology_copy(labelmap: sitk.Image) -> sitk.Image:
     """``labelmap`` resampled (nearest neighbour, same extent and direction) so no voxel side is below
     ``TOPOLOGY_MM``; returned unchanged when none is."""
     spacing = np.asarray(labelmap.GetSpacing(), dtype=np.float64)
@@ -156,7 +156,7 @@ def knee_plausibility(labelmap: sitk.Image, segmented: Optional[Iterable[str]] =
     keys = set(segmented) if segmented is not None else {s.key for s in labels.knee_structures()}
     masks, voxel_ml = _masks(labelmap)
     ml = {k: float(m.sum()) * voxel_ml for k, m in masks.items()}
-    coarse_map = _coarse(labelmap)
+    coarse_map = topology_copy(labelmap)
     coarse = _masks(coarse_map)[0] if coarse_map is not labelmap else masks
     bones = [k for k in MIN_BONE_ML if k in keys]
     found = [k for k in bones if masks[k].any()]

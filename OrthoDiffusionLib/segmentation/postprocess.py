@@ -18,7 +18,10 @@ lies on (physical left-right coordinates, so the rule holds for left and right k
 
 Resampling onto a series finer than the network grid can still split a bone where two pieces met only at a corner of
 a coarse voxel, so :func:`keep_largest_bone_pieces` applies the one-piece rule once more to the labelmap on the
-series' own grid.
+series' own grid, and on a thin-slice series also at the scale where bone topology is judged (a copy no finer than
+``TOPOLOGY_MM``, as the anatomical checks read it): a part of a bone joined to the rest only by a bridge thinner than
+that is no bone (real bones are joined by centimetres of marrow), typically labels in the soft tissue of the
+outermost slices of a wide series.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .. import labels as label_tables
+from .plausibility import TOPOLOGY_MM, topology_copy
 
 __all__ = ["clean_knee_probabilities", "assign_compartment_sides", "left_right_mm", "postprocess_knee",
            "keep_largest_bone_pieces", "probabilities_by_value", "CARTILAGE_BONE", "COMPARTMENT_PAIRS",
@@ -186,8 +190,9 @@ def postprocess_knee(probabilities: np.ndarray, values: Sequence[int], reference
 
 def keep_largest_bone_pieces(labelmap: sitk.Image) -> sitk.Image:
     """``labelmap`` (integer label-table values, any grid) with each bone's voxels outside its largest 26-connected
-    piece set to background; the same image when there is nothing to remove. Each bone is searched only within its
-    bounding box, so a large series costs a fraction of a second."""
+    piece set to background, judged on the labelmap's own grid and, where a voxel side is below ``TOPOLOGY_MM``, on a
+    copy at that scale too (module docstring); the same image when there is nothing to remove. Each bone is searched
+    only within its bounding box, so a large series costs a fraction of a second."""
     arr = sitk.GetArrayFromImage(labelmap)
     changed = False
     for bone in (s.value for s in label_tables.knee_structures() if s.kind == "bone"):
@@ -195,15 +200,35 @@ def keep_largest_bone_pieces(labelmap: sitk.Image) -> sitk.Image:
         box = _bounding_box(mask)
         if box is None:
             continue
-        outside = _outside_largest_piece(mask[box])
-        if outside.any():
-            arr[box][outside] = 0
+        sub = mask[box]
+        keep = sub & ~_outside_largest_piece(sub) & ~_outside_largest_coarse_piece(sub, labelmap, box)
+        keep &= ~_outside_largest_piece(keep)
+        if (sub & ~keep).any():
+            arr[box][sub & ~keep] = 0
             changed = True
     if not changed:
         return labelmap
     out = sitk.GetImageFromArray(arr)
     out.CopyInformation(labelmap)
     return out
+
+
+def _outside_largest_coarse_piece(mask: np.ndarray, labelmap: sitk.Image, box) -> np.ndarray:
+    """(d, h, w) bool: the voxels of ``mask`` (the ``box`` of ``labelmap``'s grid) that lie in a voxel of a piece
+    other than the largest on a copy no finer than ``TOPOLOGY_MM`` (nearest neighbour); none where the grid is no
+    finer than that already."""
+    none = np.zeros_like(mask)
+    if min(labelmap.GetSpacing()) >= TOPOLOGY_MM:
+        return none
+    img = sitk.GetImageFromArray(mask.astype(np.uint8))
+    img.SetSpacing(labelmap.GetSpacing())
+    img.SetDirection(labelmap.GetDirection())
+    img.SetOrigin(labelmap.TransformIndexToPhysicalPoint([int(b.start) for b in reversed(box)]))
+    pieces = sitk.RelabelComponent(sitk.ConnectedComponent(topology_copy(img), True), sortByObjectSize=True)
+    if int(sitk.GetArrayViewFromImage(pieces).max()) <= 1:
+        return none
+    back = sitk.Resample(pieces, img, sitk.Transform(), sitk.sitkNearestNeighbor, 0, pieces.GetPixelID())
+    return mask & (sitk.GetArrayFromImage(back) > 1)
 
 
 def _bounding_box(mask: np.ndarray):
