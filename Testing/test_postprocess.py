@@ -166,6 +166,24 @@ def test_compartment_sides_are_left_alone_without_cruciates():
                           probs)
 
 
+def test_cruciate_labels_far_from_the_notch_go_to_background():
+    """A PCL label 45 mm beside the notch (soft tissue beyond the condyles) goes to background; the cruciates in
+    the notch, 20 mm or less from its centre, and every other label stay."""
+    from OrthoDiffusionLib.segmentation.postprocess import keep_cruciates_in_notch
+
+    label, values = _knee_with_compartments()
+    label[1:3, 2:4, 0:1] = 11                      # a PCL label far out (left-right 0 mm; notch at 10.5 mm x 4 = 42)
+    probs = _probabilities(label, values)
+    lr = np.broadcast_to(np.arange(22, dtype=np.float32) * 4.0, label.shape)  # 4 mm columns
+    winner = keep_cruciates_in_notch(probs, values, lr).argmax(0)
+    assert (winner[1:3, 2:4, 0:1] == 0).all()
+    assert np.array_equal(winner[label != 11], label[label != 11]) and (winner[1:5, 6:9, 10:12] == 11).all()
+    label[1:3, 2:4, 0:1] = 0
+    label[1:3, 2:4, 7:8] = 11                      # 14.5 mm from the centre: inside the notch band, kept
+    probs = _probabilities(label, values)
+    assert (keep_cruciates_in_notch(probs, values, lr).argmax(0)[1:3, 2:4, 7:8] == 11).all()
+
+
 def test_left_right_coordinates_follow_the_image_geometry():
     """left_right_mm gives each voxel's LPS x, whatever the slice orientation (here a sagittal grid: slices along x)."""
     import SimpleITK as sitk

@@ -15,6 +15,9 @@ and the lateral one is the side of the fibula and the lateral collateral ligamen
 plateaus and the two menisci differ only in shape, so a network can call part of one compartment by the other's name.
 :func:`assign_compartment_sides` gives every voxel of tibial cartilage or meniscus the name of the side of the notch it
 lies on (physical left-right coordinates, so the rule holds for left and right knees and any slice orientation).
+The cruciates themselves run inside the notch, about 20 mm wide, so :func:`keep_cruciates_in_notch` sends a cruciate
+label farther than ``NOTCH_HALF_WIDTH_MM`` from the notch's centre to background (typically soft tissue on the
+outermost slices of a wide series, beyond the condyles).
 
 Resampling onto a series finer than the network grid can still split a bone where two pieces met only at a corner of
 a coarse voxel, so :func:`keep_largest_bone_pieces` applies the one-piece rule once more to the labelmap on the
@@ -34,7 +37,7 @@ from .. import labels as label_tables
 from .plausibility import TOPOLOGY_MM, topology_copy
 
 __all__ = ["clean_knee_probabilities", "assign_compartment_sides", "left_right_mm", "postprocess_knee",
-           "keep_largest_bone_pieces", "probabilities_by_value", "CARTILAGE_BONE", "COMPARTMENT_PAIRS",
+           "keep_largest_bone_pieces", "keep_cruciates_in_notch", "probabilities_by_value", "CARTILAGE_BONE", "COMPARTMENT_PAIRS",
            "SIDE_MARKERS"]
 
 #: The bone each articular cartilage covers.
@@ -48,6 +51,9 @@ COMPARTMENT_PAIRS = (("medial_tibial_cartilage", "lateral_tibial_cartilage"), ("
 SIDE_MARKERS = {"fibula": 1, "lcl": 1, "mcl": -1}
 #: The structures that run through the intercondylar notch, between the two compartments.
 NOTCH_STRUCTURES = ("acl", "pcl")
+#: How far (mm, left-right) from the notch's centre a cruciate may lie: the notch is about 20 mm wide and each
+#: cruciate runs inside it; the margin covers an ACL on the lateral wall and the error of the centre's estimate.
+NOTCH_HALF_WIDTH_MM = 20.0
 
 
 def _outside_largest_piece(mask: np.ndarray) -> np.ndarray:
@@ -160,10 +166,10 @@ def assign_compartment_sides(probabilities: np.ndarray, values: Sequence[int], l
              if table[m].value in values and table[l].value in values]
     out = np.array(probabilities, dtype=np.float32, copy=True)
     winner = _winners(out, values)
-    notch = np.isin(winner, [table[k].value for k in NOTCH_STRUCTURES])
-    if not pairs or not notch.any():
+    centre = _notch_centre(winner, left_right, table)
+    if not pairs or centre is None:
         return out
-    side = np.sign(left_right - np.median(left_right[notch]))
+    side = np.sign(left_right - centre)
     lateral = _lateral_direction(winner, side, {k: v for k, v in (markers or {}).items() if k in SIDE_MARKERS},
                                  pairs)
     if lateral == 0:
@@ -175,17 +181,42 @@ def assign_compartment_sides(probabilities: np.ndarray, values: Sequence[int], l
     return out
 
 
+def _notch_centre(winner: np.ndarray, left_right: np.ndarray, table) -> Optional[float]:
+    """The intercondylar notch's left-right coordinate (mm): the median of the voxels whose most probable label is a
+    cruciate ligament; None when there are none."""
+    notch = np.isin(winner, [table[k].value for k in NOTCH_STRUCTURES])
+    return float(np.median(left_right[notch])) if notch.any() else None
+
+
+def keep_cruciates_in_notch(probabilities: np.ndarray, values: Sequence[int], left_right: np.ndarray) -> np.ndarray:
+    """Class probabilities (C, D, H, W) with each cruciate's probability moved to background wherever the voxel lies
+    farther than ``NOTCH_HALF_WIDTH_MM`` (left-right, ``left_right`` as in :func:`assign_compartment_sides`) from the
+    notch's centre (module docstring). Returns a new array; the same values when no voxel is a cruciate."""
+    values = [int(v) for v in values]
+    table = label_tables.structure_by_key()
+    out = np.array(probabilities, dtype=np.float32, copy=True)
+    centre = _notch_centre(_winners(out, values), left_right, table)
+    if centre is None:
+        return out
+    outside = np.abs(left_right - centre) > NOTCH_HALF_WIDTH_MM
+    for key in NOTCH_STRUCTURES:
+        if table[key].value in values:
+            _to_background(out, values, table[key].value, outside)
+    return out
+
+
 def postprocess_knee(probabilities: np.ndarray, values: Sequence[int], reference: sitk.Image,
                      context_tissues: Sequence[str] = ()) -> np.ndarray:
     """The knee post-processing of one network's class probabilities (C, D, H, W) on its grid ``reference``:
-    :func:`clean_knee_probabilities`, then :func:`assign_compartment_sides` with the side markers among the
-    ``context_tissues`` (the last ``len(context_tissues)`` classes, in that order) where they are the most probable
-    class."""
-    out = clean_knee_probabilities(probabilities, values)
+    :func:`clean_knee_probabilities`, :func:`keep_cruciates_in_notch`, then :func:`assign_compartment_sides` with the
+    side markers among the ``context_tissues`` (the last ``len(context_tissues)`` classes, in that order) where they
+    are the most probable class."""
+    left_right = left_right_mm(reference)
+    out = keep_cruciates_in_notch(clean_knee_probabilities(probabilities, values), values, left_right)
     first_context = len(values) - len(context_tissues)
     argmax = out.argmax(0) if context_tissues else None
     markers = {name: argmax == first_context + k for k, name in enumerate(context_tissues) if name in SIDE_MARKERS}
-    return assign_compartment_sides(out, values, left_right_mm(reference), markers)
+    return assign_compartment_sides(out, values, left_right, markers)
 
 
 def keep_largest_bone_pieces(labelmap: sitk.Image) -> sitk.Image:
