@@ -74,8 +74,8 @@ def test_bones_are_one_piece_on_the_series_grid_too():
 def test_a_bone_part_joined_by_a_sub_millimetre_bridge_is_dropped():
     """On a 0.3 mm grid a femur part joined to the rest only by a bridge one voxel thick is one piece on the fine grid
     but not at the 1 mm scale where bone topology is judged: keep_largest_bone_pieces drops that part (the bridge's
-    start stays with the bone it touches), and the anatomical check then finds the femur in one piece. A neck 2 mm thick is
-    bone and stays."""
+    start stays with the bone it touches), and the anatomical check then finds the femur in one piece. A neck 2 mm
+    thick is bone and stays."""
     import SimpleITK as sitk
 
     from OrthoDiffusionLib.segmentation.plausibility import knee_plausibility

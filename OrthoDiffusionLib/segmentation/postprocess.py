@@ -37,8 +37,8 @@ from .. import labels as label_tables
 from .plausibility import TOPOLOGY_MM, topology_copy
 
 __all__ = ["clean_knee_probabilities", "assign_compartment_sides", "left_right_mm", "postprocess_knee",
-           "keep_largest_bone_pieces", "keep_cruciates_in_notch", "probabilities_by_value", "CARTILAGE_BONE", "COMPARTMENT_PAIRS",
-           "SIDE_MARKERS"]
+           "keep_largest_bone_pieces", "keep_cruciates_in_notch", "probabilities_by_value", "CARTILAGE_BONE",
+           "COMPARTMENT_PAIRS", "SIDE_MARKERS"]
 
 #: The bone each articular cartilage covers.
 CARTILAGE_BONE = {"femoral_cartilage": "femur", "medial_tibial_cartilage": "tibia",
@@ -232,10 +232,10 @@ def keep_largest_bone_pieces(labelmap: sitk.Image) -> sitk.Image:
         if box is None:
             continue
         sub = mask[box]
-        keep = sub & ~_outside_largest_piece(sub) & ~_outside_largest_coarse_piece(sub, labelmap, box)
-        keep &= ~_outside_largest_piece(keep)
-        if (sub & ~keep).any():
-            arr[box][sub & ~keep] = 0
+        keep = sub & ~_outside_largest_coarse_piece(sub, labelmap, box)
+        drop = sub & ~(keep & ~_outside_largest_piece(keep))
+        if drop.any():
+            arr[box][drop] = 0
             changed = True
     if not changed:
         return labelmap
