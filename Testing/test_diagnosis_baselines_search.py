@@ -48,6 +48,27 @@ def test_baselines_write_predictions_that_evaluate_compares(cohort, tmp_path, ca
     assert comparison[0]["baseline"] == "predictions_val" and 0 < float(comparison[0]["p_value"]) <= 1
 
 
+def test_one_plane_baseline_reads_only_that_plane(cohort, tmp_path, capsys):
+    """``--planes sagittal``: one encoder, no zero-filled rows (p011 lacks only its axial series); a plane name
+    that does not exist is one clear error (exit 2) and no run folder."""
+    from safetensors.numpy import load_file
+
+    manifest, _ = cohort
+    run = tmp_path / "sag"
+    common = ["train-baseline", "--manifest", str(manifest), "--model", "resnet18", "--resnet-widen", "0.125",
+              "--size", "32", "--slices", "8", "--set", "baselines.epochs.resnet18=1", "--device", "cpu"]
+    assert main([*common, "--planes", "sagittal", "--out", str(run)]) == 0
+    info = json.loads((run / "run.json").read_text())
+    assert info["planes"] == ["sagittal"] and info["training"]["eval_rows_zero_filled_plane"] == 0
+    assert {k.split(".")[1] for k in load_file(str(run / "model.safetensors")) if k.startswith("encoders.")} == \
+        {"sagittal"}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*common, "--planes", "sagital", "--out", str(tmp_path / "bad")])
+    assert exit_info.value.code == 2 and "sagital" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 @pytest.mark.slow
 def test_search_writes_table_and_a_trainable_config(cohort, tmp_path):
     manifest, backbone = cohort

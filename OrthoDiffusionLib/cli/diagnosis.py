@@ -15,7 +15,7 @@ from ..training.diagnosis.search import BLOCKS, TIMESTEPS
 from ..training.named_options import diagnosis_overrides, resolved_size
 from ..training.progress_bars import run_with_bars
 from ..training.run_files import print_run_summary
-from .common import add_command, add_device_argument, command_line, int_list, with_stage_bars
+from .common import add_command, add_device_argument, command_line, int_list, plane_list, with_stage_bars
 from .training_options import add_label_arguments, add_protocol_argument, add_size_arguments
 
 
@@ -97,7 +97,7 @@ def _run_baseline(args: argparse.Namespace) -> int:
         kwargs["channels"] = list(args.unet_channels)
     if args.resnet_widen is not None:
         kwargs["widen_factor"] = args.resnet_widen
-    return _train(baseline_module.train_baseline, args, args.model, cfg, encoder_kwargs=kwargs)
+    return _train(baseline_module.train_baseline, args, args.model, cfg, encoder_kwargs=kwargs, planes=args.planes)
 
 
 def add_train_baseline(subparsers) -> None:
@@ -117,6 +117,9 @@ def add_train_baseline(subparsers) -> None:
     p.add_argument("--unet-channels", type=int_list, help="U-Net encoder channels, e.g. 16,16,32,32,64 "
                                                           "(default: the paper's 64,64,128,128,256)")
     p.add_argument("--resnet-widen", type=float, help="ResNet-18 widen factor (default 1)")
+    p.add_argument("--planes", type=plane_list, default=PLANES, metavar="PLANE,...",
+                   help="planes with an encoder, e.g. sagittal to compare with a one-plane run "
+                        "(default sagittal,coronal,axial)")
     add_label_arguments(p)
     _subset_arguments(p)
     p.add_argument("--seed", type=int, default=0)

@@ -88,10 +88,12 @@ class DiagnosisManifest:
     def series(self, split: Optional[str] = None, plane: Optional[str] = None) -> List[SeriesRow]:
         return [r for r in self.rows if (split is None or r.split == split) and (plane is None or r.plane == plane)]
 
-    def combinations(self, split: str, require_all_planes: bool) -> CombinationSet:
-        """Cross-plane combinations of ``split`` (see :func:`.multiscan.enumerate_combinations`); each
-        combination's ``series`` maps plane -> ``SeriesRow.as_mapping()`` (with the row ``index``)."""
-        return enumerate_combinations([r.as_mapping() for r in self.series(split)], PLANES, require_all_planes)
+    def combinations(self, split: str, require_all_planes: bool,
+                     planes: Sequence[str] = PLANES) -> CombinationSet:
+        """Cross-plane combinations of ``split`` over ``planes`` (see :func:`.multiscan.enumerate_combinations`;
+        series of other planes are ignored); each combination's ``series`` maps plane -> ``SeriesRow.as_mapping()``
+        (with the row ``index``)."""
+        return enumerate_combinations([r.as_mapping() for r in self.series(split)], planes, require_all_planes)
 
     def restrict_train(self, n_patients: Optional[int] = None, fraction: Optional[float] = None,
                        seed: int = 0) -> "DiagnosisManifest":

@@ -1,7 +1,8 @@
 """``orthodiffusion train-baseline``: the paper's from-scratch classification baselines on the same manifest.
 
-``unet3d`` (MONAI U-Net encoder, bottleneck GAP + linear) or ``resnet18`` (MONAI 3D ResNet-18), one encoder per plane,
-features concatenated into one linear head (:mod:`.baselines`), trained on every cross-plane combination of
+``unet3d`` (MONAI U-Net encoder, bottleneck GAP + linear) or ``resnet18`` (MONAI 3D ResNet-18), one encoder per plane
+(all three by default; ``--planes`` restricts them, e.g. to the one plane a compared run sees), features concatenated
+into one linear head (:mod:`.baselines`), trained on every cross-plane combination of
 the training patients with weight 1/n (:mod:`.multiscan`); Adam at the configuration's ``baselines.lr``
 (1e-4) for the paper's epochs of the anatomy (``baselines.epochs``), constant learning rate, batch
 ``baselines.batch_size``. Preprocessing as the compared diagnosis run (``--size``/``--slices``). Training patients
@@ -62,13 +63,13 @@ class _Inputs:
     """The baseline's inputs: one volume per plane of each cross-plane combination, a zero volume for a missing
     plane (the baselines have no fallback)."""
 
-    def __init__(self, volumes: SeriesVolumes, slices: int, size: int, device: torch.device):
-        self.volumes, self.slices, self.size, self.device = volumes, slices, size, device
+    def __init__(self, volumes: SeriesVolumes, planes: Sequence[str], slices: int, size: int, device: torch.device):
+        self.volumes, self.planes, self.slices, self.size, self.device = volumes, tuple(planes), slices, size, device
 
     def batch(self, combos: CombinationSet, idx: Sequence[int]) -> Dict[str, torch.Tensor]:
-        """``{plane: (len(idx), 1, slices, size, size)}`` on the device."""
+        """``{plane: (len(idx), 1, slices, size, size)}`` on the device, a key per plane of the model."""
         out: Dict[str, torch.Tensor] = {}
-        for p in PLANES:
+        for p in self.planes:
             vols = [self.volumes[combos.combinations[i].series[p]["index"]] if p in combos.combinations[i].series
                     else torch.zeros(1, self.slices, self.size, self.size) for i in idx]
             out[p] = torch.stack(vols).to(self.device)
@@ -87,25 +88,34 @@ class _Inputs:
 
 
 def _test_and_write_predictions(run: Path, data: DiagnosisManifest, predict: Callable[[CombinationSet], np.ndarray],
-                                keys: Sequence[str]) -> Tuple[Dict[str, Any], int]:
+                                keys: Sequence[str], planes: Sequence[str]) -> Tuple[Dict[str, Any], int]:
     """Patient-level metrics of the validation and test splits (``None`` for an empty split), writing
     ``predictions_<split>.csv``; and how many of their rows had a missing plane filled with zeros."""
     metrics: Dict[str, Any] = {}
     zero_filled = 0
     for split in ("val", "test"):
-        combos = data.combinations(split, require_all_planes=False)
+        combos = data.combinations(split, require_all_planes=False, planes=planes)
         if not len(combos):
             metrics[split] = None
             continue
-        zero_filled += sum(len(c.series) < len(PLANES) for c in combos.combinations)
+        zero_filled += sum(len(c.series) < len(planes) for c in combos.combinations)
         probs = predict(combos)
         metrics[split] = patient_metrics(combos.patient_ids(), probs, data)
         write_text(run / f"predictions_{split}.csv", predictions_csv(combos.patient_ids(), keys, probs))
     return metrics, zero_filled
 
 
+def _checked_planes(planes: Sequence[str]) -> Tuple[str, ...]:
+    """``planes`` in ``PLANES`` order; an error for an unknown plane or none."""
+    unknown = [p for p in planes if p not in PLANES]
+    if unknown or not planes:
+        raise InputError(f"baseline planes must be some of {', '.join(PLANES)}, got {', '.join(planes) or 'none'}")
+    return tuple(p for p in PLANES if p in planes)
+
+
 def train_baseline(manifest: str | os.PathLike, model_name: str, config: Mapping[str, Any], out: str | os.PathLike,
-                   *, encoder_kwargs: Optional[Mapping[str, Any]] = None, resume: bool = False, device: str = "cpu",
+                   *, encoder_kwargs: Optional[Mapping[str, Any]] = None, planes: Sequence[str] = PLANES,
+                   resume: bool = False, device: str = "cpu",
                    seed: int = 0, train_patients: Optional[int] = None, train_fraction: Optional[float] = None,
                    cache_dir: Optional[str | os.PathLike] = None, command: str = "",
                    progress: Optional[ProgressFn] = None,
@@ -116,7 +126,7 @@ def train_baseline(manifest: str | os.PathLike, model_name: str, config: Mapping
 
     ``config``: a resolved diagnosis configuration (anatomy, labels, ``preprocessing``, ``baselines``).
     ``encoder_kwargs``: e.g. ``{"channels": [16, 16, 32, 32, 64]}`` (U-Net) or ``{"widen_factor": 0.25}`` (ResNet)
-    for small demos; default: the paper's networks.
+    for small demos; default: the paper's networks. ``planes``: the planes with an encoder (default all three).
     """
     cfg = json.loads(json.dumps(dict(config)))
     name = str(model_name).lower()
@@ -125,9 +135,10 @@ def train_baseline(manifest: str | os.PathLike, model_name: str, config: Mapping
     bl = cfg["baselines"]
     epochs, lr, batch = int(bl["epochs"][name]), float(bl["lr"]), int(bl.get("batch_size", 10))
     kwargs = dict(encoder_kwargs or {})
+    planes = _checked_planes(planes)
     run = Path(out)
     data = read_diagnosis_manifest(manifest, cfg["labels"]).restrict_train(train_patients, train_fraction, seed=seed)
-    settings = {"model": name, "encoder": kwargs, "config": cfg, "manifest_sha256": data.sha256, "seed": int(seed),
+    settings = {"model": name, "encoder": kwargs, "planes": list(planes), "config": cfg, "manifest_sha256": data.sha256, "seed": int(seed),
                 "train_patients": data.patients("train")}
     state = RunState.open(run, settings, resume, kind="baseline")
     dev = resolve_device(device)
@@ -136,18 +147,19 @@ def train_baseline(manifest: str | os.PathLike, model_name: str, config: Mapping
     volumes = SeriesVolumes([r.path for r in data.rows], slices=slices, size=size, cache_dir=cache / "volumes",
                             grid=model_grid(cfg["preprocessing"]))
     torch.manual_seed(derived_seed(seed, "init", name))
-    model = state.add_part("model", build_classification_baseline(name, cfg["num_labels"], PLANES, **kwargs).to(dev))
-    inputs = _Inputs(volumes, slices, size, dev)
+    model = state.add_part("model", build_classification_baseline(name, cfg["num_labels"], planes, **kwargs).to(dev))
+    inputs = _Inputs(volumes, planes, slices, size, dev)
 
     def predict(combos: CombinationSet) -> np.ndarray:
         return inputs.predict(model, combos, batch, cfg["num_labels"])
 
-    train = data.combinations("train", require_all_planes=True)
+    train = data.combinations("train", require_all_planes=True, planes=planes)
     if not len(train):
-        raise InputError("no training patient has all three planes", data.path)
+        raise InputError(f"no training patient has a series of every plane the baseline reads "
+                         f"({', '.join(planes)})", data.path)
     y = torch.as_tensor(data.labels_of(train.patient_ids())).to(dev)
     w = torch.as_tensor(train.weights(), dtype=torch.float32).to(dev)
-    val = data.combinations("val", require_all_planes=False)
+    val = data.combinations("val", require_all_planes=False, planes=planes)
 
     def step(idx: torch.Tensor, epoch: int, b: int) -> torch.Tensor:
         model.train()
@@ -164,9 +176,10 @@ def train_baseline(manifest: str | os.PathLike, model_name: str, config: Mapping
     EpochLoop(state, log, progress, cancel, step_log).run(name, [{"params": model.parameters(), "lr": lr}],
                                                           len(train), batch, epochs, step, evaluate,
                                                           schedule="constant")
-    metrics, zero_filled = _test_and_write_predictions(run, data, predict, cfg["labels"])
+    metrics, zero_filled = _test_and_write_predictions(run, data, predict, cfg["labels"], planes)
     save_tensors(run / "model.safetensors", model.state_dict())
-    info = {"format": BASELINE_RUN_FORMAT, "version": 1, "model": name, "encoder": kwargs, "anatomy": cfg["anatomy"],
+    info = {"format": BASELINE_RUN_FORMAT, "version": 1, "model": name, "encoder": kwargs, "planes": list(planes),
+            "anatomy": cfg["anatomy"],
             "labels": cfg["labels"], "preprocessing": {"slices": slices, "size": size},
             "weights": "model.safetensors", "training": {"epochs": epochs, "lr": lr, "batch_size": batch,
                                                           "schedule": "constant", "seed": int(seed),
