@@ -66,6 +66,25 @@ def test_evaluate_end_to_end(cohort, capsys):
                                                           ("field_strength", "1.5"), ("field_strength", "3.0")}
 
 
+def test_baselines_from_run_folders_are_named_by_their_folder(cohort, capsys):
+    """Two run folders' ``predictions_test.csv`` as baselines: each comparison row names its folder."""
+    d, y, good, bad = cohort
+    for run, probs in (("resnet18-10", bad), ("unet3d-10", 0.5 * good + 0.5 * bad)):
+        (d / run).mkdir()
+        write(d / run / "predictions_test.csv", ["patient_id", *KEYS], [[f"p{i}", *probs[i]] for i in range(60)])
+    rc = main(["evaluate", "--predictions", str(d / "pred.csv"), "--manifest", str(d / "manifest.csv"),
+               "--out", str(d / "out"), "--anatomy", "ankle",
+               "--baseline", str(d / "resnet18-10" / "predictions_test.csv"),
+               "--baseline", str(d / "unet3d-10" / "predictions_test.csv"), "--bootstrap", "20", "--permutations", "50",
+               "--no-figures"])
+    assert rc == 0 and "vs resnet18-10/predictions_test" in capsys.readouterr().out
+    with open(d / "out" / "comparison.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    test = slice(20, 60)
+    assert [r["baseline"] for r in rows] == ["resnet18-10/predictions_test", "unet3d-10/predictions_test"]
+    assert float(rows[0]["macro_auroc_baseline"]) == pytest.approx(M.macro_auroc(y[test], bad[test]), abs=1e-6)
+
+
 def test_evaluate_errors_name_the_file(cohort, capsys):
     d, *_ = cohort
     base = ["evaluate", "--manifest", str(d / "manifest.csv"), "--out", str(d / "o"), "--anatomy", "ankle",

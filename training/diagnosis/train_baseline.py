@@ -138,7 +138,8 @@ def train_baseline(manifest: str | os.PathLike, model_name: str, config: Mapping
     planes = _checked_planes(planes)
     run = Path(out)
     data = read_diagnosis_manifest(manifest, cfg["labels"]).restrict_train(train_patients, train_fraction, seed=seed)
-    settings = {"model": name, "encoder": kwargs, "planes": list(planes), "config": cfg, "manifest_sha256": data.sha256, "seed": int(seed),
+    settings = {"model": name, "encoder": kwargs, "planes": list(planes), "config": cfg,
+                "manifest_sha256": data.sha256, "seed": int(seed),
                 "train_patients": data.patients("train")}
     state = RunState.open(run, settings, resume, kind="baseline")
     dev = resolve_device(device)

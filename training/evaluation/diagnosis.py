@@ -30,7 +30,7 @@ from OrthoDiffusionLib.labels import diagnosis_labels
 from ..tables import parse_float, read_csv, require_columns
 from . import metrics as M
 
-__all__ = ["PatientTable", "read_manifest_labels", "read_predictions", "evaluate_predictions"]
+__all__ = ["PatientTable", "read_manifest_labels", "read_predictions", "baseline_names", "evaluate_predictions"]
 
 
 @dataclass
@@ -99,6 +99,13 @@ def _aligned(pred: PatientTable, truth: PatientTable, pred_path: Path) -> Tuple[
     return pred.select(truth.patient_ids).values, truth
 
 
+def baseline_names(paths: Sequence[str | os.PathLike]) -> List[str]:
+    """A name per baseline file for the comparison table: its stem (``predictions_test``), or ``folder/stem`` when
+    stems repeat (the same file name in several run folders)."""
+    stems = [Path(b).stem for b in paths]
+    return [f"{Path(b).parent.name}/{s}" if stems.count(s) > 1 else s for b, s in zip(paths, stems)]
+
+
 def evaluate_predictions(predictions: str | os.PathLike, manifest: str | os.PathLike, out_dir: str | os.PathLike,
                          anatomy: str = "knee", split: Optional[str] = "test",
                          val_predictions: Optional[str | os.PathLike] = None, val_split: str = "val",
@@ -121,7 +128,8 @@ def evaluate_predictions(predictions: str | os.PathLike, manifest: str | os.Path
         vtruth = read_manifest_labels(manifest, keys, val_split)
         vp, vtruth = _aligned(read_predictions(val_predictions, keys), vtruth, Path(val_predictions))
         val = (vtruth.values, vp)
-    baseline_probs = [(Path(b).stem, _aligned(read_predictions(b, keys), truth, Path(b))[0]) for b in baselines]
+    baseline_probs = [(name, _aligned(read_predictions(b, keys), truth, Path(b))[0])
+                      for name, b in zip(baseline_names(baselines), baselines)]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
