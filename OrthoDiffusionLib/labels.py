@@ -15,6 +15,15 @@ PLANES: Tuple[str, str, str] = ("sagittal", "coronal", "axial")
 SHARED_PLANE = "shared"  # a backbone trained on, and used for, every plane
 
 
+def planes_in_order(planes: Sequence[str], what: str = "plane") -> Tuple[str, ...]:
+    """``planes`` in ``PLANES`` order, each once; ValueError naming every unknown one (``what``: how the message
+    calls them, e.g. ``segmentation plane``)."""
+    unknown = [p for p in planes if p not in PLANES]
+    if unknown:
+        raise ValueError(f"unknown {what}(s) {', '.join(map(str, unknown))}: choose from {', '.join(PLANES)}")
+    return tuple(p for p in PLANES if p in planes)
+
+
 @dataclass(frozen=True)
 class DiagnosisLabel:
     key: str

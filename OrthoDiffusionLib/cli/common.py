@@ -8,7 +8,7 @@ import sys
 from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
 
 from ..device import DEVICE_HELP, PRECISIONS
-from ..labels import PLANES
+from ..labels import PLANES, planes_in_order
 from ..progress import ProgressFn
 
 __all__ = ["add_command", "add_device_argument", "add_precision_argument", "add_json_argument", "int_list",
@@ -55,10 +55,13 @@ def int_list(text: str) -> Tuple[int, ...]:
 def plane_list(text: str) -> Tuple[str, ...]:
     """argparse type of a comma-separated list of planes (``sagittal,coronal``), in ``PLANES`` order."""
     chosen = [v.strip() for v in text.split(",") if v.strip()]
-    unknown = [v for v in chosen if v not in PLANES]
-    if unknown or not chosen:
+    try:
+        planes = planes_in_order(chosen)
+    except ValueError:
+        planes = ()
+    if not planes:
         raise argparse.ArgumentTypeError(f"expected comma-separated planes out of {','.join(PLANES)}, got {text!r}")
-    return tuple(p for p in PLANES if p in chosen)
+    return planes
 
 
 def command_line() -> str:

@@ -47,7 +47,7 @@ from ..device import check_precision, precision_autocast, resolve_device
 from ..errors import CancelledError, InputError, MissingPlaneError
 from ..io import Exam, load_study
 from ..io.coverage import coverage_warnings
-from ..labels import PLANES
+from ..labels import PLANES, planes_in_order
 from ..progress import ProgressFn
 from ..segmentation.plausibility import Check, knee_plausibility
 from .preprocess import PreprocessedSeries, model_grid, preprocess_series
@@ -428,11 +428,7 @@ class Predictor:
             return (), []
         if chosen is None:
             return tuple(PLANES), []
-        unknown = [p for p in chosen if p not in PLANES]
-        if unknown:
-            raise ValueError(f"unknown segmentation plane(s) {', '.join(map(str, unknown))}: "
-                             f"choose from {', '.join(PLANES)}")
-        wanted = tuple(p for p in PLANES if p in chosen)
+        wanted = planes_in_order(chosen, "segmentation plane")
         notes = [f"the model does not segment the {p} plane: no {p} segmentation" for p in wanted
                  if p not in self.seg_meta]
         return wanted, notes

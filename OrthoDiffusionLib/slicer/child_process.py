@@ -23,7 +23,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from OrthoDiffusionLib.errors import CorruptFileError
 from OrthoDiffusionLib.inference.result_folder import DEFAULT_NOISE_DRAWS
-from OrthoDiffusionLib.labels import PLANES
+from OrthoDiffusionLib.labels import PLANES, planes_in_order
 from OrthoDiffusionLib.progress import parse_progress_line
 
 PathLike = Union[str, os.PathLike]
@@ -44,10 +44,7 @@ def predict_arguments(inputs: Mapping[str, PathLike], out: PathLike, *, model: O
     ``segmentation_planes``: segment only these planes (``--segmentation-planes``; None = every plane the model
     segments, an empty list = no segmentation); ``precision``: ``fp32`` or ``bf16`` (``--precision``)."""
     if segmentation and segmentation_planes is not None:
-        unknown = [p for p in segmentation_planes if p not in PLANES]
-        if unknown:
-            raise ValueError(f"unknown plane(s) {', '.join(map(str, unknown))}: choose from {', '.join(PLANES)}")
-        segmentation_planes = [p for p in PLANES if p in segmentation_planes]
+        segmentation_planes = list(planes_in_order(segmentation_planes))
         segmentation = bool(segmentation_planes)
     args = ["predict"]
     for plane, path in inputs.items():

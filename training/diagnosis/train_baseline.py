@@ -28,7 +28,7 @@ import torch
 
 from OrthoDiffusionLib.device import resolve_device
 from OrthoDiffusionLib.errors import InputError
-from OrthoDiffusionLib.labels import PLANES
+from OrthoDiffusionLib.labels import PLANES, planes_in_order
 from OrthoDiffusionLib.progress import ProgressFn
 
 from .baselines import BASELINES, build_classification_baseline
@@ -107,10 +107,12 @@ def _test_and_write_predictions(run: Path, data: DiagnosisManifest, predict: Cal
 
 def _checked_planes(planes: Sequence[str]) -> Tuple[str, ...]:
     """``planes`` in ``PLANES`` order; an error for an unknown plane or none."""
-    unknown = [p for p in planes if p not in PLANES]
-    if unknown or not planes:
-        raise InputError(f"baseline planes must be some of {', '.join(PLANES)}, got {', '.join(planes) or 'none'}")
-    return tuple(p for p in PLANES if p in planes)
+    if not planes:
+        raise InputError(f"a baseline needs at least one plane out of {', '.join(PLANES)}")
+    try:
+        return planes_in_order(planes, "baseline plane")
+    except ValueError as error:
+        raise InputError(str(error)) from None
 
 
 def train_baseline(manifest: str | os.PathLike, model_name: str, config: Mapping[str, Any], out: str | os.PathLike,
