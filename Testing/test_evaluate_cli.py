@@ -85,6 +85,39 @@ def test_baselines_from_run_folders_are_named_by_their_folder(cohort, capsys):
     assert float(rows[0]["macro_auroc_baseline"]) == pytest.approx(M.macro_auroc(y[test], bad[test]), abs=1e-6)
 
 
+def test_replicate_runs_are_tested_across_runs(cohort, capsys):
+    """Three runs of a recipe against three of a baseline: per-run AUROC and p, run-level t-test and sign flip."""
+    d, y, good, bad = cohort
+    rng = np.random.default_rng(1)
+    files = {"model": [], "base": []}
+    for i in range(3):
+        for arm, probs in (("model", good), ("base", 0.3 * good + 0.7 * bad)):
+            path = d / f"{arm}-s{i}" / "predictions_test.csv"
+            path.parent.mkdir()
+            noisy = np.clip(probs + 0.05 * rng.standard_normal(probs.shape), 0, 1)
+            write(path, ["patient_id", *KEYS], [[f"p{j}", *noisy[j]] for j in range(60)])
+            files[arm].append(str(path))
+    common = ["evaluate", "--manifest", str(d / "manifest.csv"), "--anatomy", "ankle", "--bootstrap", "20",
+              "--permutations", "200", "--no-figures"]
+    assert main(common + ["--predictions", *files["model"], "--baseline", *files["base"], "--out", str(d / "r")]) == 0
+    out = capsys.readouterr().out
+    with open(d / "r" / "replicates.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    test = slice(20, 60)
+    first = [M.macro_auroc(y[test], np.loadtxt(f, delimiter=",", skiprows=1, usecols=range(1, 5))[test])
+             for f in files["model"]]
+    assert [float(row[f"first_run{i}"]) for i in (1, 2, 3)] == pytest.approx(first, abs=1e-6)
+    assert row["first_better"] == "3" and float(row["p_sign_flip"]) == pytest.approx(0.25)
+    assert float(row["p_t_test"]) < 0.05 and all(float(row[f"p_run{i}"]) < 0.05 for i in (1, 2, 3))
+    assert "over 3 runs vs base-s0/predictions_test" in out and "better in 3 of 3" in out
+    # the tables describe the first run
+    assert json.loads((d / "r" / "summary.json").read_text())["macro_auroc"] == pytest.approx(first[0], abs=1e-6)
+    assert main(common + ["--predictions", *files["model"], "--baseline", *files["base"][:2],
+                          "--out", str(d / "bad")]) == 2
+    assert "2 baseline predictions files where the evaluated model has 3 replicate runs" in capsys.readouterr().err
+    assert not (d / "bad").exists()
+
+
 def test_evaluate_errors_name_the_file(cohort, capsys):
     d, *_ = cohort
     base = ["evaluate", "--manifest", str(d / "manifest.csv"), "--out", str(d / "o"), "--anatomy", "ankle",

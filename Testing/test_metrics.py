@@ -109,6 +109,26 @@ def test_permutation_test():
     assert M.paired_permutation_test(y, good, noisy, n_perm=200, seed=0)["p_value"] > 0.2
 
 
+def test_replicate_test_counts_every_sign_pattern_and_matches_scipy():
+    """Run-level test of two recipes: exact sign flip over 2^N patterns, paired t-test as scipy computes it."""
+    from scipy import stats
+
+    first, other = [0.53, 0.55, 0.50, 0.57], [0.46, 0.47, 0.44, 0.45]
+    r = M.replicate_test(first, other)
+    # every difference positive: only the identity and the all-flipped pattern are as extreme
+    assert r["p_sign_flip"] == pytest.approx(2 / 16) and r["first_better"] == 4 and r["n"] == 4
+    assert r["p_t_test"] == pytest.approx(stats.ttest_rel(first, other).pvalue)
+    assert r["difference"] == pytest.approx(np.mean(np.subtract(first, other)))
+    assert r["sd_difference"] == pytest.approx(np.std(np.subtract(first, other), ddof=1))
+    mixed = M.replicate_test([0.5, 0.6, 0.4], [0.6, 0.5, 0.4])  # +0.1, -0.1, 0: no direction
+    assert mixed["p_sign_flip"] == 1.0 and mixed["first_better"] == 1 and mixed["difference"] == pytest.approx(0)
+    one = M.replicate_test([0.7], [0.6])
+    assert np.isnan(one["p_t_test"]) and np.isnan(one["sd_difference"]) and one["p_sign_flip"] == 1.0
+    with pytest.raises(ValueError, match="equal-length"):
+        M.replicate_test([0.5, 0.6], [0.5])
+
+
+
 def test_rows_subgroups_and_writers(tmp_path):
     y, p = fixed_arrays()
     names = ["a", "b", "c", "d"]

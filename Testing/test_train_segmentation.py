@@ -439,3 +439,43 @@ def test_paired_comparison_of_runs_on_their_common_cases(tmp_path):
     elsewhere = run_folder("elsewhere", {"other": 0.7})
     with pytest.raises(InputError, match="no test case in common"):
         paired_comparisons([first, elsewhere])
+
+
+def test_replicate_arms_are_compared_run_by_run_and_across_runs(tmp_path, capsys):
+    """--replicates 3: paired.md pairs the i-th runs; replicates.md tests the arms over their three runs."""
+    def run_folder(name, shift):
+        folder = tmp_path / name
+        folder.mkdir()
+        write_rows_csv(folder / "metrics_test.csv", [
+            {"case_id": f"c{i}", "patient_id": f"c{i}", "dice_femur": 0.5 + 0.01 * i + shift} for i in range(10)])
+        (folder / "run.json").write_text(json.dumps({"plane": "sagittal", "structures": ["femur"]}))
+        return folder
+
+    shifts = {"pre": [0.10, 0.06, 0.08], "rand": [0.0, 0.01, -0.01]}
+    folders = [run_folder(f"{arm}-s{i}", s) for arm, arm_shifts in shifts.items() for i, s in enumerate(arm_shifts)]
+    import OrthoDiffusionLib.training.segmentation.train as seg_train
+
+    def read(folder):
+        return json.loads((Path(folder) / "run.json").read_text())
+
+    original, seg_train.read_segmentation_run = seg_train.read_segmentation_run, read
+    try:
+        rc = main(["evaluate-segmentation", "--runs", *map(str, folders), "--replicates", "3",
+                   "--names", "pretrained", "random", "--out", str(tmp_path / "eval")])
+        assert rc == 0
+        rows = list(csv.DictReader(open(tmp_path / "eval" / "replicates.csv")))
+        assert len(rows) == 1 and rows[0]["other"] == "random" and rows[0]["first_better"] == "3"
+        assert float(rows[0]["difference"]) == pytest.approx(np.mean([0.10, 0.05, 0.09]))
+        assert float(rows[0]["p_sign_flip"]) == pytest.approx(0.25) and float(rows[0]["p_t_test"]) < 0.05
+        paired = list(csv.DictReader(open(tmp_path / "eval" / "paired.csv")))
+        assert [(r["replicate"], r["first"], r["other"]) for r in paired] == [
+            (str(i + 1), f"pretrained [pre-s{i}]", f"random [rand-s{i}]") for i in range(3)]
+        assert "| pretrained | 64.5 | 60.5 | 62.5 | 62.5 | 2.0 |" in capsys.readouterr().out
+        assert main(["evaluate-segmentation", "--runs", *map(str, folders[:5]), "--replicates", "3",
+                     "--out", str(tmp_path / "bad")]) == 2
+        assert "does not divide the 5 runs" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+        assert main(["evaluate-segmentation", "--runs", *map(str, folders), "--replicates", "3",
+                     "--names", "a", "b", "c", "--out", str(tmp_path / "bad")]) == 2
+        assert "3 names for 2 arms" in capsys.readouterr().err
+    finally:
+        seg_train.read_segmentation_run = original

@@ -21,6 +21,10 @@ def _run(args: argparse.Namespace) -> int:
     for c in summary["comparisons"]:
         print(f"vs {c['baseline']}: {c['macro_auroc_baseline']:.4f}, difference {c['difference']:+.4f}, "
               f"p = {c['p_value']:.4g}")
+    for r in summary["replicates"]:
+        print(f"over {r['n']} runs vs {r['other']}: {r['mean_first']:.4f} against {r['mean_other']:.4f}, "
+              f"difference {r['difference']:+.4f} (sd {r['sd_difference']:.4f}), better in {r['first_better']} "
+              f"of {r['n']}, p = {r['p_t_test']:.4g} (t-test), {r['p_sign_flip']:.4g} (sign flip)")
     print(f"tables and figures in {args.out}")
     return 0
 
@@ -30,7 +34,8 @@ def register(subparsers) -> None:
     p = add_command(subparsers, "evaluate", _run, help="diagnosis metrics (AUROC/AP with CIs, CP/CR/CF1/OP/OR/OF1, "
                                                        "subgroups, permutation tests) from prediction CSVs",
                     description=evaluation.__doc__, raw=True)
-    p.add_argument("--predictions", required=True, help="predictions CSV of the evaluated split")
+    p.add_argument("--predictions", required=True, nargs="+",
+                   help="predictions CSV of the evaluated split; several: replicate runs (seed order)")
     p.add_argument("--manifest", required=True, help="training-data manifest CSV (labels, split, center, ...)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--anatomy", default="knee", choices=anatomies())
@@ -40,7 +45,8 @@ def register(subparsers) -> None:
     p.add_argument("--split", default="test", help="manifest split to evaluate ('' = all rows)")
     p.add_argument("--val-predictions", help="validation predictions CSV (for per-label thresholds)")
     p.add_argument("--val-split", default="val")
-    p.add_argument("--baseline", action="append", help="baseline predictions CSV (repeatable)")
+    p.add_argument("--baseline", action="append", nargs="+",
+                   help="baseline predictions CSV (repeatable); with replicate runs, one file per run")
     p.add_argument("--threshold-method", default="youden", choices=("youden", "f1"))
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates (default 1000)")
     p.add_argument("--permutations", type=int, default=1000, help="permutations per test (default 1000)")

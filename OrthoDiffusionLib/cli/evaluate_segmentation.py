@@ -11,8 +11,11 @@ from .common import add_command, add_device_argument
 
 def _run(args: argparse.Namespace) -> int:
     result = evaluation.evaluate_segmentation(args.runs, args.out, names=args.names, split=args.split,
-                                              fuse=args.fuse, device=args.device)
+                                              fuse=args.fuse, device=args.device,
+                                              replicates=args.replicates)
     print((args.out / "table.md").read_text(), end="")
+    if result["replicates"]:
+        print((args.out / "replicates.md").read_text(), end="")
     if result["fusion"] is not None:
         print((args.out / "fusion.md").read_text(), end="")
     return 0
@@ -25,7 +28,11 @@ def register(subparsers) -> None:
                     description=evaluation.__doc__.split("\n\n")[0])
     p.add_argument("--runs", nargs="+", type=Path, required=True, help="run folders (train-segmentation / baseline)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--names", nargs="+", default=None, help="column names, one per run (default: from run.json)")
+    p.add_argument("--names", nargs="+", default=None,
+                   help="column names, one per run, or one per arm with --replicates (default: from run.json)")
+    p.add_argument("--replicates", type=int, default=1, metavar="N",
+                   help="the runs are N training runs per arm, given arm by arm, the i-th run of every arm from "
+                        "the same seed: adds replicates.md, run-level tests of the arms (default 1)")
     p.add_argument("--split", choices=("val", "test"), default="test")
     p.add_argument("--fuse", nargs=2, type=Path, default=None, metavar=("SAGITTAL_RUN", "CORONAL_RUN"),
                    help="runs to fuse (default: the one sagittal and one coronal run given, if any)")

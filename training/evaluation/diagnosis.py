@@ -13,6 +13,12 @@ Outputs in ``--out``: ``per_label.csv/.md`` (AUROC, AP with patient-level bootst
 (CP/CR/CF1/OP/OR/OF1 at 0.5 and, with validation predictions, at per-label thresholds chosen on validation),
 ``subgroups.csv/.md`` (by center and field strength, when present), ``comparison.csv/.md`` (paired permutation test
 against each ``--baseline``), ``roc.png``, ``summary.json``.
+
+Replicates (training recipes run N times, the i-th run of each from the same seed): give ``--predictions`` N files
+and every ``--baseline`` N files, in seed order. The tables above then describe the first run of each, and
+``replicates.csv/.md`` compare the recipes across runs: each run's macro AUROC, the paired permutation p of every
+pair of i-th runs, and the run-level tests (paired t-test, exact sign flip over the 2^N sign patterns) of the
+per-seed differences, whose p-values include the spread between training runs.
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -30,7 +36,10 @@ from OrthoDiffusionLib.labels import diagnosis_labels
 from ..tables import parse_float, read_csv, require_columns
 from . import metrics as M
 
-__all__ = ["PatientTable", "read_manifest_labels", "read_predictions", "baseline_names", "evaluate_predictions"]
+__all__ = ["PatientTable", "read_manifest_labels", "read_predictions", "baseline_names", "evaluate_predictions",
+           "replicate_comparisons"]
+
+PathOrRuns = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
 
 
 @dataclass
@@ -99,27 +108,31 @@ def _aligned(pred: PatientTable, truth: PatientTable, pred_path: Path) -> Tuple[
     return pred.select(truth.patient_ids).values, truth
 
 
-def baseline_names(paths: Sequence[str | os.PathLike]) -> List[str]:
+def baseline_names(paths: Sequence[str | os.PathLike], evaluated: Optional[str | os.PathLike] = None) -> List[str]:
     """A name per baseline file for the comparison table: its stem (``predictions_test``), or ``folder/stem`` when
-    stems repeat (the same file name in several run folders)."""
+    stems repeat (the same file name in several run folders, or the evaluated file's name)."""
     stems = [Path(b).stem for b in paths]
-    return [f"{Path(b).parent.name}/{s}" if stems.count(s) > 1 else s for b, s in zip(paths, stems)]
+    taken = stems + ([Path(evaluated).stem] if evaluated is not None else [])
+    return [f"{Path(b).parent.name}/{s}" if taken.count(s) > 1 else s for b, s in zip(paths, stems)]
 
 
-def evaluate_predictions(predictions: str | os.PathLike, manifest: str | os.PathLike, out_dir: str | os.PathLike,
+def evaluate_predictions(predictions: PathOrRuns, manifest: str | os.PathLike, out_dir: str | os.PathLike,
                          anatomy: str = "knee", split: Optional[str] = "test",
                          val_predictions: Optional[str | os.PathLike] = None, val_split: str = "val",
-                         baselines: Sequence[str | os.PathLike] = (), threshold_method: str = "youden",
+                         baselines: Sequence[PathOrRuns] = (), threshold_method: str = "youden",
                          n_boot: int = 1000, n_perm: int = 1000, seed: int = 0, figures: bool = True,
                          labels: Optional[Sequence[str]] = None) -> Dict:
     """Write the evaluation tables/figures (module doc) and return the summary dict (also ``summary.json``).
 
-    ``labels``: the label keys to evaluate (a model trained on its own label set); default: the anatomy's."""
+    ``predictions`` and each baseline: one CSV, or the CSVs of N replicate runs (same N for all; the tables then
+    describe the first run, ``replicates.*`` all of them). ``labels``: the label keys to evaluate (a model trained
+    on its own label set); default: the anatomy's."""
     table = {d.key: d.name for d in diagnosis_labels(anatomy)}
     keys = list(labels) if labels else list(table)
     names = [table.get(k, k.replace("_", " ")) for k in keys]
     truth = read_manifest_labels(manifest, keys, split)
-    pred_path = Path(predictions)
+    runs = _replicate_runs(predictions, baselines)
+    pred_path = runs[0][0]
     p, truth = _aligned(read_predictions(pred_path, keys), truth, pred_path)
     y = truth.values
     # read and check every input before writing anything (no partial outputs on bad input)
@@ -128,8 +141,10 @@ def evaluate_predictions(predictions: str | os.PathLike, manifest: str | os.Path
         vtruth = read_manifest_labels(manifest, keys, val_split)
         vp, vtruth = _aligned(read_predictions(val_predictions, keys), vtruth, Path(val_predictions))
         val = (vtruth.values, vp)
-    baseline_probs = [(name, _aligned(read_predictions(b, keys), truth, Path(b))[0])
-                      for name, b in zip(baseline_names(baselines), baselines)]
+    run_probs = [[p] + [_aligned(read_predictions(f, keys), truth, f)[0] for f in runs[0][1:]]]
+    run_probs += [[_aligned(read_predictions(f, keys), truth, f)[0] for f in files] for files in runs[1:]]
+    baseline_probs = [(name, probs[0]) for name, probs in zip(baseline_names([b[0] for b in runs[1:]], pred_path),
+                                                               run_probs[1:])]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -166,6 +181,15 @@ def evaluate_predictions(predictions: str | os.PathLike, manifest: str | os.Path
         M.write_csv(comparisons, out / "comparison.csv")
         M.write_markdown(comparisons, out / "comparison.md", title="Paired permutation test (macro AUROC)")
 
+    replicate_rows: List[Dict] = []
+    if len(runs[0]) > 1 and baseline_probs:
+        replicate_rows = replicate_comparisons(y, run_probs, ["evaluated"] + [n for n, _ in baseline_probs],
+                                               n_perm=n_perm, seed=seed)
+        M.write_csv(replicate_rows, out / "replicates.csv")
+        M.write_markdown(replicate_rows, out / "replicates.md",
+                         title=f"Replicates: the evaluated recipe against each baseline over {len(runs[0])} runs "
+                               "(macro AUROC per run; run-level paired t-test and exact sign-flip test)")
+
     if figures:
         from .plots import plot_roc_curves
 
@@ -176,8 +200,44 @@ def evaluate_predictions(predictions: str | os.PathLike, manifest: str | os.Path
                "macro_auroc_ci": [per_label[-1]["auroc_lo"], per_label[-1]["auroc_hi"]],
                "per_label_auroc": {r["label"]: r["auroc"] for r in per_label[:-1]},
                "multilabel": {r["threshold"]: {k: v for k, v in r.items() if k != "threshold"} for r in ml},
-               "comparisons": comparisons, "labels": keys, "warnings": warnings_list}
+               "comparisons": comparisons, "replicates": replicate_rows, "labels": keys, "warnings": warnings_list}
     if val is not None:
         summary["thresholds"] = dict(zip(keys, map(float, thresholds[f"{threshold_method} (val)"])))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8")
     return summary
+
+
+def replicate_comparisons(y: np.ndarray, run_probs: Sequence[Sequence[np.ndarray]], arm_names: Sequence[str],
+                          n_perm: int = 1000, seed: int = 0) -> List[Dict]:
+    """The first arm against each other over paired replicate runs.
+
+    ``y``: (P, K) labels; ``run_probs[a][i]``: (P, K) probabilities of arm ``a``'s i-th run (the i-th runs of all
+    arms from the same seed). One row per other arm: each run's macro AUROC, the paired permutation p of the i-th
+    runs, and :func:`~.metrics.replicate_test` of the per-run macro AUROCs.
+    """
+    scores = [[M.macro_auroc(y, pr) for pr in arm] for arm in run_probs]
+    rows = []
+    for name, arm, probs in zip(arm_names[1:], scores[1:], run_probs[1:]):
+        row: Dict = {"first": arm_names[0], "other": name}
+        for i, (first_p, other_p) in enumerate(zip(run_probs[0], probs)):
+            row[f"first_run{i + 1}"] = scores[0][i]
+            row[f"other_run{i + 1}"] = arm[i]
+            row[f"p_run{i + 1}"] = M.paired_permutation_test(y, first_p, other_p, n_perm=n_perm, seed=seed)["p_value"]
+        rows.append({**row, **M.replicate_test(scores[0], arm)})
+    return rows
+
+
+def _replicate_runs(predictions: PathOrRuns, baselines: Sequence[PathOrRuns]) -> List[List[Path]]:
+    """[[evaluated run files], [baseline 1 run files], ...], every list as long as the first."""
+    def files(x: PathOrRuns) -> List[Path]:
+        return [Path(x)] if isinstance(x, (str, os.PathLike)) else [Path(f) for f in x]
+
+    runs = [files(predictions)] + [files(b) for b in baselines]
+    n = len(runs[0])
+    if n == 0:
+        raise InputError("no predictions file given")
+    for r in runs[1:]:
+        if len(r) != n:
+            raise InputError(f"{len(r)} baseline predictions files where the evaluated model has {n} replicate "
+                             "runs: give every --baseline one file per run, in the same seed order", r[0])
+    return runs

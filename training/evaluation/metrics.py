@@ -18,6 +18,10 @@ label); labels are 0/1. A sample is predicted positive when ``prob >= threshold`
   2.5th/97.5th percentiles (percentile method) of the replicates where the metric is defined.
 * The paired permutation test swaps the two models' predictions per patient with probability 1/2 and compares
   ``|metric(A) - metric(B)|`` with the observed one (two-sided, ``p = (1 + #{|d*| >= |d|}) / (1 + n)``).
+* The replicate test compares two *training recipes*, not two models: each was trained N times, the i-th run of
+  both with the same seed (same patients, order, augmentation). It works on the N per-run scores: a paired t-test
+  and the exact sign-flip test over all 2^N sign patterns of the per-seed differences (two-sided). Unlike the
+  paired permutation test of one pair of runs, its p-value includes the spread between training runs.
 """
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ __all__ = [
     "choose_thresholds",
     "bootstrap_ci",
     "paired_permutation_test",
+    "replicate_test",
     "per_label_rows",
     "multilabel_rows",
     "subgroup_rows",
@@ -241,6 +246,34 @@ def paired_permutation_test(y_true, prob_a, prob_b, patient_ids: Optional[Sequen
             exceed += 1
     return {"metric_a": float(ma), "metric_b": float(mb), "difference": float(observed),
             "p_value": (1 + exceed) / (1 + n_perm), "n_perm": n_perm}
+
+
+def replicate_test(first: Sequence[float], other: Sequence[float]) -> Dict[str, float]:
+    """Run-level comparison of two recipes from N paired replicates (the i-th score of each from the same seed).
+
+    Returns ``{"n", "mean_first", "mean_other", "difference", "sd_difference", "first_better", "p_t_test",
+    "p_sign_flip"}``: the mean per-seed difference (first - other), its sample sd, the seeds where first scored
+    higher, the two-sided paired t-test p (NaN with fewer than 2 seeds or no spread) and the exact two-sided
+    sign-flip p (smallest possible value ``2 / 2^N``).
+    """
+    a, b = np.asarray(first, dtype=np.float64), np.asarray(other, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"replicate_test needs two equal-length lists of scores, got {a.shape} and {b.shape}")
+    if a.size > 20:
+        raise ValueError(f"{a.size} replicates: the exact sign-flip test enumerates 2^N patterns (N <= 20)")
+    d = a - b
+    signs = 1 - 2 * ((np.arange(2 ** d.size)[:, None] >> np.arange(d.size)) & 1)  # (2^N, N) of +-1
+    flipped = np.abs((signs * d).mean(axis=1))
+    p_flip = float(np.mean(flipped >= abs(d.mean()) - 1e-12 * max(1.0, abs(d.mean()))))
+    sd = float(d.std(ddof=1)) if d.size > 1 else math.nan
+    p_t = math.nan
+    if d.size > 1 and sd > 0:
+        from scipy import stats
+
+        p_t = float(stats.ttest_rel(a, b).pvalue)
+    return {"n": int(d.size), "mean_first": float(a.mean()), "mean_other": float(b.mean()),
+            "difference": float(d.mean()), "sd_difference": sd, "first_better": int((d > 0).sum()),
+            "p_t_test": p_t, "p_sign_flip": p_flip}
 
 
 def per_label_rows(y_true, y_prob, label_names: Sequence[str], patient_ids: Optional[Sequence] = None,

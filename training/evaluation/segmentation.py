@@ -9,6 +9,12 @@ Inputs: finished run folders of ``train-segmentation`` and ``train-seg-baseline`
 * ``paired.csv`` / ``paired.md``: per plane, the first run of that plane against each other run on the cases both
   scored: the mean over cases of the per-case mean Dice of each, their difference, on how many cases the first is
   better, and a two-sided paired permutation test (the two runs' scores swapped per patient, 10,000 draws);
+* with ``replicates=N`` (the runs given arm by arm, N per arm, the i-th run of every arm trained with the same
+  seed): ``paired.*`` compares the first arm's i-th run with every other arm's i-th run, and ``replicates.csv`` /
+  ``replicates.md`` compare the arms across their runs (each run scored by its mean over the common cases of the
+  per-case mean Dice): mean and sd over the runs, the per-seed differences and the run-level tests of
+  :func:`~OrthoDiffusionLib.training.evaluation.metrics.replicate_test`, whose p-values include the spread
+  between training runs that the per-pair permutation test leaves out;
 * with one sagittal and one coronal run of the same manifest (or ``--fuse SAG_RUN COR_RUN``): ``fusion.csv`` /
   ``fusion.md`` and ``fusion_example_<patient>.nii.gz``. For every test patient with a labelled sagittal and a
   labelled coronal series, both runs predict class probabilities on their preprocessed grids; the fused labelmap
@@ -120,6 +126,45 @@ def paired_comparisons(runs: Sequence[Tuple[str, Path, Mapping[str, Any]]], spli
             md.append(f"| {name} | {len(cases)} | {100 * row['mean_dice_first']:.1f} | "
                       f"{100 * row['mean_dice_other']:.1f} | {100 * row['difference']:+.1f} | "
                       f"{row['first_better']} of {len(cases)} | {row['p_value']:.4f} |")
+    return rows, "\n".join(md) + "\n"
+
+
+def replicate_comparisons(arms: Sequence[Tuple[str, Sequence[Tuple[Path, Mapping[str, Any]]]]], split: str = "test"
+                          ) -> Tuple[List[Dict[str, Any]], str]:
+    """(CSV rows, Markdown): the first arm against each other arm over paired replicates.
+
+    ``arms``: ``(name, [(run folder, run.json), ...])``, the same number of runs per arm, the i-th of each arm
+    trained with the same seed. Every run is scored by the mean, over the cases all runs share, of its per-case
+    mean Dice; rows hold the per-run scores and the :func:`replicate_test` figures.
+    """
+    from .metrics import replicate_test
+
+    per_run = [[_case_mean_dice(d, r, split) for d, r in runs] for _, runs in arms]
+    cases = sorted(set.intersection(*[set(s) for arm in per_run for s in arm]))
+    if not cases:
+        raise InputError(f"the replicate runs share no {split} case", arms[0][1][0][0])
+    scores = [[float(np.mean([s[c] for c in cases])) for s in arm] for arm in per_run]
+    n = len(scores[0])
+    md = [f"Split: {split}. {len(arms)} arms x {n} runs (the i-th run of every arm from the same seed); a run's "
+          f"score is its mean Dice (%) over the {len(cases)} cases all runs share. Run-level tests of the "
+          "per-seed differences: paired t-test and exact sign-flip test, two-sided.", "",
+          "| arm | " + " | ".join(f"run {i + 1}" for i in range(n)) + " | mean | sd |",
+          "|---|" + "---|" * (n + 2)]
+    for (name, _), arm in zip(arms, scores):
+        sd = f"{100 * np.std(arm, ddof=1):.1f}" if n > 1 else "-"
+        md.append(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in arm) + f" | {100 * np.mean(arm):.1f} | {sd} |")
+    md += ["", f"{arms[0][0]} against each other arm:", "",
+           "| arm | difference (mean, sd) | first better in | p, t-test | p, sign flip |", "|---|---|---|---|---|"]
+    rows: List[Dict[str, Any]] = []
+    for (name, _), arm in zip(arms[1:], scores[1:]):
+        test = replicate_test(scores[0], arm)
+        rows.append({"first": arms[0][0], "other": name, "cases": len(cases),
+                     **{f"first_run{i + 1}": v for i, v in enumerate(scores[0])},
+                     **{f"other_run{i + 1}": v for i, v in enumerate(arm)}, **test})
+        sd = "-" if math.isnan(test["sd_difference"]) else f"{100 * test['sd_difference']:.1f}"
+        p_t = "-" if math.isnan(test["p_t_test"]) else f"{test['p_t_test']:.4f}"
+        md.append(f"| {name} | {100 * test['difference']:+.1f} ({sd}) | {test['first_better']} of {n} | {p_t} | "
+                  f"{test['p_sign_flip']:.4f} |")
     return rows, "\n".join(md) + "\n"
 
 
@@ -267,28 +312,34 @@ def _write_text(path: Path, text: str) -> None:
 
 def evaluate_segmentation(run_dirs: Sequence[PathLike], out: PathLike, *, names: Optional[Sequence[str]] = None,
                           split: str = "test", fuse: Optional[Sequence[PathLike]] = None, device: str = "cpu",
-                          progress: Optional[ProgressFn] = None, cancel: Optional[threading.Event] = None
-                          ) -> Dict[str, Any]:
+                          replicates: int = 1, progress: Optional[ProgressFn] = None,
+                          cancel: Optional[threading.Event] = None) -> Dict[str, Any]:
     """Write the comparison tables (and the fusion comparison, see the module docstring) into ``out``.
 
-    Returns {"table": CSV rows, "fusion": CSV rows or None, "paired": CSV rows (empty without two runs of a plane)}.
-    Nothing is written unless every run reads.
+    ``replicates``: N runs per arm, given arm by arm; ``names`` then names the arms. Returns {"table": CSV rows,
+    "fusion": CSV rows or None, "paired": CSV rows (empty without two runs of a plane), "replicates": CSV rows
+    (empty unless replicates > 1)}. Nothing is written unless every run reads.
     """
     folders = [Path(d) for d in run_dirs]
+    if fuse and replicates > 1:
+        raise InputError("--fuse compares one sagittal and one coronal run; it cannot be combined with --replicates")
     from ..segmentation.train import read_segmentation_run
 
     runs = [read_segmentation_run(d) for d in folders]
-    if names is not None and len(names) != len(folders):
-        raise InputError(f"--names gives {len(names)} names for {len(folders)} runs")
-    labels_ = list(names) if names is not None else [method_name(r) for r in runs]
-    seen: Dict[str, int] = {}
-    for i, n in enumerate(labels_):  # two runs of the same method and size: keep both columns apart
-        seen[n] = seen.get(n, 0) + 1
-        if seen[n] > 1:
-            labels_[i] = f"{n} [{folders[i].name}]"
+    labels_ = _column_names(folders, runs, names, replicates)
     rows, md = comparison_tables(list(zip(labels_, folders, runs)), split)
-    paired_rows, paired_md = paired_comparisons(list(zip(labels_, folders, runs)), split)
-    pair = _fusion_pair(folders, runs, fuse)
+    columns = list(zip(labels_, folders, runs))
+    replicate_rows: List[Dict[str, Any]] = []
+    if replicates > 1:
+        n_arms = len(folders) // replicates
+        arm_names = list(names) if names is not None else [method_name(runs[k * replicates]) for k in range(n_arms)]
+        paired_rows, paired_md = _paired_by_replicate(columns, n_arms, replicates, split)
+        replicate_rows, replicate_md = replicate_comparisons(
+            [(arm_names[k], list(zip(folders, runs))[k * replicates:(k + 1) * replicates]) for k in range(n_arms)],
+            split)
+    else:
+        paired_rows, paired_md = paired_comparisons(columns, split)
+    pair = _fusion_pair(folders, runs, fuse) if replicates == 1 else None
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     fusion_rows = None
@@ -302,7 +353,43 @@ def evaluate_segmentation(run_dirs: Sequence[PathLike], out: PathLike, *, names:
     if paired_rows:
         _write_csv(out_dir / "paired.csv", paired_rows)
         _write_text(out_dir / "paired.md", paired_md)
-    return {"table": rows, "fusion": fusion_rows, "paired": paired_rows}
+    if replicate_rows:
+        _write_csv(out_dir / "replicates.csv", replicate_rows)
+        _write_text(out_dir / "replicates.md", replicate_md)
+    return {"table": rows, "fusion": fusion_rows, "paired": paired_rows, "replicates": replicate_rows}
+
+
+def _column_names(folders: Sequence[Path], runs: Sequence[Mapping[str, Any]], names: Optional[Sequence[str]],
+                  replicates: int) -> List[str]:
+    """One table column name per run; with replicates the arm's name, told apart by the run's folder."""
+    if replicates < 1 or len(folders) % replicates:
+        raise InputError(f"--replicates {replicates} does not divide the {len(folders)} runs into arms of "
+                         f"{replicates} runs each")
+    if replicates > 1 and len({r["plane"] for r in runs}) > 1:
+        raise InputError("replicate arms must all be runs of one plane")
+    n_arms = len(folders) // replicates
+    if names is not None and len(names) != n_arms:
+        what = "arms" if replicates > 1 else "runs"
+        raise InputError(f"--names gives {len(names)} names for {n_arms} {what}")
+    labels_ = ([n for n in names for _ in range(replicates)] if names is not None
+               else [method_name(r) for r in runs])
+    seen: Dict[str, int] = {}
+    for i, n in enumerate(labels_):  # two runs of the same method and size: keep both columns apart
+        seen[n] = seen.get(n, 0) + 1
+        if seen[n] > 1 or replicates > 1:
+            labels_[i] = f"{n} [{folders[i].name}]"
+    return labels_
+
+
+def _paired_by_replicate(columns, n_arms: int, replicates: int, split: str) -> Tuple[List[Dict[str, Any]], str]:
+    """paired_comparisons of the i-th run of every arm, for each i; rows carry ``replicate`` (1-based)."""
+    rows: List[Dict[str, Any]] = []
+    md: List[str] = []
+    for i in range(replicates):
+        r, m = paired_comparisons([columns[k * replicates + i] for k in range(n_arms)], split)
+        rows += [{"replicate": i + 1, **row} for row in r]
+        md += [f"## Run {i + 1} of each arm", "", m]
+    return rows, "\n".join(md)
 
 
 def _fusion_pair(folders: Sequence[Path], runs: Sequence[Mapping[str, Any]], fuse: Optional[Sequence[PathLike]]
