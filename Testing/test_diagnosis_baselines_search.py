@@ -45,7 +45,9 @@ def test_baselines_write_predictions_that_evaluate_compares(cohort, tmp_path, ca
     assert rc == 0
     with open(tmp_path / "eval" / "comparison.csv", newline="") as f:
         comparison = list(csv.DictReader(f))
-    assert comparison[0]["baseline"] == "predictions_val" and 0 < float(comparison[0]["p_value"]) <= 1
+    # the same file name as the evaluated one: named by its run folder
+    assert comparison[0]["baseline"] == f"{runs['resnet18'].name}/predictions_val"
+    assert 0 < float(comparison[0]["p_value"]) <= 1
 
 
 def test_one_plane_baseline_reads_only_that_plane(cohort, tmp_path, capsys):

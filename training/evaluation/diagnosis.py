@@ -183,7 +183,8 @@ def evaluate_predictions(predictions: PathOrRuns, manifest: str | os.PathLike, o
 
     replicate_rows: List[Dict] = []
     if len(runs[0]) > 1 and baseline_probs:
-        replicate_rows = replicate_comparisons(y, run_probs, ["evaluated"] + [n for n, _ in baseline_probs],
+        evaluated = f"{pred_path.parent.name}/{pred_path.stem}"
+        replicate_rows = replicate_comparisons(y, run_probs, [evaluated] + [n for n, _ in baseline_probs],
                                                n_perm=n_perm, seed=seed)
         M.write_csv(replicate_rows, out / "replicates.csv")
         M.write_markdown(replicate_rows, out / "replicates.md",

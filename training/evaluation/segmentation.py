@@ -332,7 +332,8 @@ def evaluate_segmentation(run_dirs: Sequence[PathLike], out: PathLike, *, names:
     replicate_rows: List[Dict[str, Any]] = []
     if replicates > 1:
         n_arms = len(folders) // replicates
-        arm_names = list(names) if names is not None else [method_name(runs[k * replicates]) for k in range(n_arms)]
+        arm_names = list(names) if names is not None else [
+            f"{method_name(runs[k * replicates])} [{folders[k * replicates].name}]" for k in range(n_arms)]
         paired_rows, paired_md = _paired_by_replicate(columns, n_arms, replicates, split)
         replicate_rows, replicate_md = replicate_comparisons(
             [(arm_names[k], list(zip(folders, runs))[k * replicates:(k + 1) * replicates]) for k in range(n_arms)],
