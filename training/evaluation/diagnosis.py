@@ -143,8 +143,7 @@ def evaluate_predictions(predictions: PathOrRuns, manifest: str | os.PathLike, o
         val = (vtruth.values, vp)
     run_probs = [[p] + [_aligned(read_predictions(f, keys), truth, f)[0] for f in runs[0][1:]]]
     run_probs += [[_aligned(read_predictions(f, keys), truth, f)[0] for f in files] for files in runs[1:]]
-    baseline_probs = [(name, probs[0]) for name, probs in zip(baseline_names([b[0] for b in runs[1:]], pred_path),
-                                                               run_probs[1:])]
+    baseline_labels = baseline_names([b[0] for b in runs[1:]], pred_path)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -171,21 +170,21 @@ def evaluate_predictions(predictions: PathOrRuns, manifest: str | os.PathLike, o
         M.write_csv(sub, out / "subgroups.csv")
         M.write_markdown(sub, out / "subgroups.md", title="Subgroups")
 
-    comparisons = []
-    for name, bp in baseline_probs:
-        r = M.paired_permutation_test(y, p, bp, n_perm=n_perm, seed=seed)
-        comparisons.append({"baseline": name, "macro_auroc_model": r["metric_a"],
-                            "macro_auroc_baseline": r["metric_b"], "difference": r["difference"],
-                            "p_value": r["p_value"], "n_perm": n_perm})
+    # pair_tests[b][i]: the evaluated model's i-th run against baseline b's i-th run
+    pair_tests = [[M.paired_permutation_test(y, pa, pb, n_perm=n_perm, seed=seed) for pa, pb in zip(run_probs[0], arm)]
+                  for arm in run_probs[1:]]
+    comparisons = [{"baseline": name, "macro_auroc_model": tests[0]["metric_a"],
+                    "macro_auroc_baseline": tests[0]["metric_b"], "difference": tests[0]["difference"],
+                    "p_value": tests[0]["p_value"], "n_perm": n_perm}
+                   for name, tests in zip(baseline_labels, pair_tests)]
     if comparisons:
         M.write_csv(comparisons, out / "comparison.csv")
         M.write_markdown(comparisons, out / "comparison.md", title="Paired permutation test (macro AUROC)")
 
     replicate_rows: List[Dict] = []
-    if len(runs[0]) > 1 and baseline_probs:
+    if len(runs[0]) > 1 and pair_tests:
         evaluated = f"{pred_path.parent.name}/{pred_path.stem}"
-        replicate_rows = replicate_comparisons(y, run_probs, [evaluated] + [n for n, _ in baseline_probs],
-                                               n_perm=n_perm, seed=seed)
+        replicate_rows = replicate_comparisons(evaluated, baseline_labels, pair_tests)
         M.write_csv(replicate_rows, out / "replicates.csv")
         M.write_markdown(replicate_rows, out / "replicates.md",
                          title=f"Replicates: the evaluated recipe against each baseline over {len(runs[0])} runs "
@@ -208,23 +207,22 @@ def evaluate_predictions(predictions: PathOrRuns, manifest: str | os.PathLike, o
     return summary
 
 
-def replicate_comparisons(y: np.ndarray, run_probs: Sequence[Sequence[np.ndarray]], arm_names: Sequence[str],
-                          n_perm: int = 1000, seed: int = 0) -> List[Dict]:
-    """The first arm against each other over paired replicate runs.
+def replicate_comparisons(evaluated: str, baselines: Sequence[str], pair_tests: Sequence[Sequence[Dict]]
+                          ) -> List[Dict]:
+    """The evaluated recipe against each baseline over paired replicate runs.
 
-    ``y``: (P, K) labels; ``run_probs[a][i]``: (P, K) probabilities of arm ``a``'s i-th run (the i-th runs of all
-    arms from the same seed). One row per other arm: each run's macro AUROC, the paired permutation p of the i-th
-    runs, and :func:`~.metrics.replicate_test` of the per-run macro AUROCs.
+    ``pair_tests[b][i]``: :func:`~.metrics.paired_permutation_test` of the evaluated model's i-th run against
+    baseline ``b``'s i-th run (the i-th runs of all from the same seed). One row per baseline: each run's macro
+    AUROC, the paired permutation p of the i-th runs, and :func:`~.metrics.replicate_test` of the per-run macro
+    AUROCs.
     """
-    scores = [[M.macro_auroc(y, pr) for pr in arm] for arm in run_probs]
     rows = []
-    for name, arm, probs in zip(arm_names[1:], scores[1:], run_probs[1:]):
-        row: Dict = {"first": arm_names[0], "other": name}
-        for i, (first_p, other_p) in enumerate(zip(run_probs[0], probs)):
-            row[f"first_run{i + 1}"] = scores[0][i]
-            row[f"other_run{i + 1}"] = arm[i]
-            row[f"p_run{i + 1}"] = M.paired_permutation_test(y, first_p, other_p, n_perm=n_perm, seed=seed)["p_value"]
-        rows.append({**row, **M.replicate_test(scores[0], arm)})
+    for name, tests in zip(baselines, pair_tests):
+        row: Dict = {"first": evaluated, "other": name}
+        for i, t in enumerate(tests):
+            row.update({f"first_run{i + 1}": t["metric_a"], f"other_run{i + 1}": t["metric_b"],
+                        f"p_run{i + 1}": t["p_value"]})
+        rows.append({**row, **M.replicate_test([t["metric_a"] for t in tests], [t["metric_b"] for t in tests])})
     return rows
 
 

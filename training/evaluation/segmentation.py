@@ -326,9 +326,8 @@ def evaluate_segmentation(run_dirs: Sequence[PathLike], out: PathLike, *, names:
     from ..segmentation.train import read_segmentation_run
 
     runs = [read_segmentation_run(d) for d in folders]
-    labels_ = _column_names(folders, runs, names, replicates)
-    rows, md = comparison_tables(list(zip(labels_, folders, runs)), split)
-    columns = list(zip(labels_, folders, runs))
+    columns = list(zip(_column_names(folders, runs, names, replicates), folders, runs))
+    rows, md = comparison_tables(columns, split)
     replicate_rows: List[Dict[str, Any]] = []
     if replicates > 1:
         n_arms = len(folders) // replicates
@@ -336,11 +335,11 @@ def evaluate_segmentation(run_dirs: Sequence[PathLike], out: PathLike, *, names:
             f"{method_name(runs[k * replicates])} [{folders[k * replicates].name}]" for k in range(n_arms)]
         paired_rows, paired_md = _paired_by_replicate(columns, n_arms, replicates, split)
         replicate_rows, replicate_md = replicate_comparisons(
-            [(arm_names[k], list(zip(folders, runs))[k * replicates:(k + 1) * replicates]) for k in range(n_arms)],
-            split)
+            [(arm_names[k], [(d, r) for _, d, r in columns[k * replicates:(k + 1) * replicates]])
+             for k in range(n_arms)], split)
     else:
         paired_rows, paired_md = paired_comparisons(columns, split)
-    pair = _fusion_pair(folders, runs, fuse) if replicates == 1 else None
+    pair = _fusion_pair(folders, runs, fuse)  # None with replicates: their runs are of one plane and --fuse is refused
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     fusion_rows = None
