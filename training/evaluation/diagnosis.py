@@ -113,7 +113,12 @@ def baseline_names(paths: Sequence[str | os.PathLike], evaluated: Optional[str |
     stems repeat (the same file name in several run folders, or the evaluated file's name)."""
     stems = [Path(b).stem for b in paths]
     taken = stems + ([Path(evaluated).stem] if evaluated is not None else [])
-    return [f"{Path(b).parent.name}/{s}" if taken.count(s) > 1 else s for b, s in zip(paths, stems)]
+    return [_folder_stem(b) if taken.count(s) > 1 else s for b, s in zip(paths, stems)]
+
+
+def _folder_stem(path: str | os.PathLike) -> str:
+    """``run_folder/stem`` of a predictions file: the name that tells same-named files of several runs apart."""
+    return f"{Path(path).parent.name}/{Path(path).stem}"
 
 
 def evaluate_predictions(predictions: PathOrRuns, manifest: str | os.PathLike, out_dir: str | os.PathLike,
@@ -183,8 +188,7 @@ def evaluate_predictions(predictions: PathOrRuns, manifest: str | os.PathLike, o
 
     replicate_rows: List[Dict] = []
     if len(runs[0]) > 1 and pair_tests:
-        evaluated = f"{pred_path.parent.name}/{pred_path.stem}"
-        replicate_rows = replicate_comparisons(evaluated, baseline_labels, pair_tests)
+        replicate_rows = replicate_comparisons(_folder_stem(pred_path), baseline_labels, pair_tests)
         M.write_csv(replicate_rows, out / "replicates.csv")
         M.write_markdown(replicate_rows, out / "replicates.md",
                          title=f"Replicates: the evaluated recipe against each baseline over {len(runs[0])} runs "
